@@ -1,0 +1,8 @@
+"""Shared fixtures live in tests/support, one plugin per kind of server a test needs."""
+
+pytest_plugins = [
+    "tests.support.postgres",
+    "tests.support.mail_servers",
+    "tests.support.fakes",
+    "tests.support.gateway",
+]
