@@ -1,0 +1,257 @@
+"""Settings read once from the environment and validated all at once.
+
+Every variable of docs/design.md is here with its type, default and unit. A bad environment fails
+at start-up with one ConfigError naming every problem, so an operator fixes them in one go instead
+of discovering them one restart at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Literal, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from worker.errors import ConfigError
+
+Responder = Literal["claude", "offline"]
+DatabaseBackend = Literal["postgres", "supabase"]
+
+MIN_WORKER_SECRET_CHARS = 16
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_SHOPIFY_VERSION = re.compile(r"^(\d{4}-(0[1-9]|1[0-2])|unstable)$")
+_SECRET_FIELDS = frozenset({"supabase_service_role_key", "worker_secret", "anthropic_api_key"})
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The worker's whole configuration; field names are the env var names in lower case."""
+
+    database_url: str | None = None
+    supabase_url: str | None = None
+    supabase_service_role_key: str | None = None
+    worker_secret: str | None = None
+    anthropic_api_key: str | None = None
+    anthropic_base_url: str | None = None
+    claude_model: str = "claude-haiku-4-5"
+    claude_timeout_seconds: float = 30.0
+    shopify_api_version: str = "2025-10"
+    shopify_base_url: str | None = None
+    fetch_concurrency: int = 10
+    fetch_max_per_store: int = 50
+    store_timeout_seconds: float = 60.0
+    imap_timeout_seconds: float = 30.0
+    smtp_timeout_seconds: float = 30.0
+    max_message_bytes: int = 26_214_400
+    run_budget_seconds: float = 110.0
+    process_concurrency: int = 16
+    lease_seconds: int = 300
+    reply_cap_per_customer: int = 3
+    reply_cap_window_hours: int = 24
+    extra_ca_file: str | None = None
+    db_timeout_seconds: float = 10.0
+    log_level: str = "INFO"
+    port: int = 8080
+
+    @property
+    def responder(self) -> Responder:
+        """'claude' when an Anthropic key is configured, else the offline responder."""
+        return "claude" if self.anthropic_api_key else "offline"
+
+    @property
+    def database_backend(self) -> DatabaseBackend:
+        """'postgres' (psycopg over DATABASE_URL) or 'supabase' (PostgREST RPC)."""
+        return "postgres" if self.database_url else "supabase"
+
+    def __repr__(self) -> str:
+        # Settings end up in logs and tracebacks; secrets (and the password inside DATABASE_URL)
+        # must never be printed, but whether they are set is useful to see.
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _SECRET_FIELDS and value is not None:
+                shown = "'***'"
+            elif f.name == "database_url" and value is not None:
+                shown = repr(redact_url(value))
+            else:
+                shown = repr(value)
+            parts.append(f"{f.name}={shown}")
+        return f"Settings({', '.join(parts)})"
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by '***', safe to log."""
+    try:
+        split = urlsplit(url)
+        if split.password is None:
+            return url
+        host = split.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        userinfo = f"{split.username}:***@" if split.username is not None else ":***@"
+        port = f":{split.port}" if split.port is not None else ""
+        return urlunsplit(split._replace(netloc=f"{userinfo}{host}{port}"))
+    except ValueError:
+        return "<unparseable url>"
+
+
+class _Reader:
+    """Reads variables from one mapping, collecting every problem instead of stopping."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.problems: list[str] = []
+
+    def raw(self, name: str) -> str | None:
+        # An empty value (`FOO=` in an env file) means "not set", as docker and systemd treat it.
+        value = self.environ.get(name)
+        if value is None:
+            return None
+        value = value.strip()
+        return value or None
+
+    def parsed(
+        self, name: str, default: T, parse: Callable[[str], T | None], expectation: str
+    ) -> T:
+        text = self.raw(name)
+        if text is None:
+            return default
+        value = parse(text)
+        if value is None:
+            self.problems.append(f"{name} must be {expectation}, got {text!r}")
+            return default
+        return value
+
+    def positive_int(self, name: str, default: int, *, maximum: int | None = None) -> int:
+        def parse(text: str) -> int | None:
+            try:
+                number = int(text, 10)
+            except ValueError:
+                return None
+            if number <= 0 or (maximum is not None and number > maximum):
+                return None
+            return number
+
+        expectation = "a positive integer" + (f" no greater than {maximum}" if maximum else "")
+        return self.parsed(name, default, parse, expectation)
+
+    def positive_seconds(self, name: str, default: float) -> float:
+        def parse(text: str) -> float | None:
+            try:
+                number = float(text)
+            except ValueError:
+                return None
+            # float() accepts 'nan' and 'inf'; neither is a usable timeout.
+            return number if 0 < number < float("inf") else None
+
+        return self.parsed(name, default, parse, "a positive number of seconds")
+
+    def http_url(self, name: str) -> str | None:
+        def parse(text: str) -> str | None:
+            split = urlsplit(text)
+            if split.scheme not in ("http", "https") or not split.hostname:
+                return None
+            return text.rstrip("/")
+
+        return self.parsed(name, None, parse, "an http(s) URL such as https://host")
+
+
+def _parse_database_url(text: str) -> str | None:
+    split = urlsplit(text)
+    if split.scheme not in ("postgres", "postgresql"):
+        return None
+    return text
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, *, require_worker_secret: bool = True
+) -> Settings:
+    """Settings from `environ` (default os.environ); raises ConfigError listing every problem.
+
+    Tools that only talk to the database (store CLI, requeue) pass require_worker_secret=False.
+    """
+    env = _Reader(os.environ if environ is None else environ)
+    problems = env.problems
+
+    database_url = env.raw("DATABASE_URL")
+    if database_url is not None and _parse_database_url(database_url) is None:
+        # The URL carries the password, so the message names the problem, not the value.
+        problems.append("DATABASE_URL must be a postgresql:// URL")
+        database_url = None
+    supabase_url = env.http_url("SUPABASE_URL")
+    service_key = env.raw("SUPABASE_SERVICE_ROLE_KEY")
+    has_db_url = env.raw("DATABASE_URL") is not None
+    has_supabase = env.raw("SUPABASE_URL") is not None or service_key is not None
+    if has_db_url and has_supabase:
+        problems.append(
+            "set exactly one database backend: DATABASE_URL, or SUPABASE_URL with "
+            "SUPABASE_SERVICE_ROLE_KEY, not both"
+        )
+    elif not has_db_url and not has_supabase:
+        problems.append(
+            "no database configured: set DATABASE_URL, or SUPABASE_URL and "
+            "SUPABASE_SERVICE_ROLE_KEY"
+        )
+    elif has_supabase:
+        if env.raw("SUPABASE_URL") is None:
+            problems.append("SUPABASE_URL is missing (SUPABASE_SERVICE_ROLE_KEY is set)")
+        if service_key is None:
+            problems.append("SUPABASE_SERVICE_ROLE_KEY is missing (SUPABASE_URL is set)")
+
+    worker_secret = env.raw("WORKER_SECRET")
+    if worker_secret is None:
+        if require_worker_secret:
+            problems.append("WORKER_SECRET is missing")
+    elif len(worker_secret) < MIN_WORKER_SECRET_CHARS:
+        problems.append(
+            f"WORKER_SECRET must be at least {MIN_WORKER_SECRET_CHARS} characters, "
+            f"got {len(worker_secret)}"
+        )
+
+    log_level = env.parsed(
+        "LOG_LEVEL",
+        "INFO",
+        lambda text: text.upper() if text.upper() in LOG_LEVELS else None,
+        "one of " + ", ".join(LOG_LEVELS),
+    )
+    shopify_api_version = env.parsed(
+        "SHOPIFY_API_VERSION",
+        "2025-10",
+        lambda text: text if _SHOPIFY_VERSION.match(text) else None,
+        "a Shopify API version such as 2025-10",
+    )
+
+    settings = Settings(
+        database_url=database_url,
+        supabase_url=supabase_url,
+        supabase_service_role_key=service_key,
+        worker_secret=worker_secret,
+        anthropic_api_key=env.raw("ANTHROPIC_API_KEY"),
+        anthropic_base_url=env.http_url("ANTHROPIC_BASE_URL"),
+        claude_model=env.raw("CLAUDE_MODEL") or "claude-haiku-4-5",
+        claude_timeout_seconds=env.positive_seconds("CLAUDE_TIMEOUT_SECONDS", 30.0),
+        shopify_api_version=shopify_api_version,
+        shopify_base_url=env.http_url("SHOPIFY_BASE_URL"),
+        fetch_concurrency=env.positive_int("FETCH_CONCURRENCY", 10),
+        fetch_max_per_store=env.positive_int("FETCH_MAX_PER_STORE", 50),
+        store_timeout_seconds=env.positive_seconds("STORE_TIMEOUT_SECONDS", 60.0),
+        imap_timeout_seconds=env.positive_seconds("IMAP_TIMEOUT_SECONDS", 30.0),
+        smtp_timeout_seconds=env.positive_seconds("SMTP_TIMEOUT_SECONDS", 30.0),
+        max_message_bytes=env.positive_int("MAX_MESSAGE_BYTES", 26_214_400),
+        run_budget_seconds=env.positive_seconds("RUN_BUDGET_SECONDS", 110.0),
+        process_concurrency=env.positive_int("PROCESS_CONCURRENCY", 16),
+        lease_seconds=env.positive_int("LEASE_SECONDS", 300),
+        reply_cap_per_customer=env.positive_int("REPLY_CAP_PER_CUSTOMER", 3),
+        reply_cap_window_hours=env.positive_int("REPLY_CAP_WINDOW_HOURS", 24),
+        extra_ca_file=env.raw("EXTRA_CA_FILE"),
+        db_timeout_seconds=env.positive_seconds("DB_TIMEOUT_SECONDS", 10.0),
+        log_level=log_level,
+        port=env.positive_int("PORT", 8080, maximum=65535),
+    )
+    if problems:
+        raise ConfigError(problems)
+    return settings
