@@ -1,0 +1,295 @@
+"""The worker's HTTP face: triggers for pg_net, health, readiness, metrics and run records.
+
+pg_net waits only a couple of seconds for an answer, so a trigger starts a background run and
+answers 202 at once. A second trigger while a run of that kind is going answers 409 with the
+running run's id (409 rather than 200: nothing was started, and pg_net only logs the status).
+Request bodies are ignored (pg_net sends '{}').
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import importlib
+import logging
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from worker import metrics, runs
+from worker.config import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("worker", __name__)
+
+EXTENSION_KEY = "support_worker"
+TRIGGER_KINDS = {"/fetch-emails": "fetch", "/process-queue": "process"}
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+class Database(Protocol):
+    """What the app needs from the database client."""
+
+    def ping(self) -> object:
+        """Raise when the database cannot be reached."""
+        ...
+
+    def queue_stats(self) -> Mapping[str, Any]:
+        """The JSON of the `queue_stats()` SQL function."""
+        ...
+
+
+class Services(Protocol):
+    """What `worker.services.build_services(settings)` must return (and tests fake)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def db(self) -> Database: ...
+
+    @property
+    def runners(self) -> Mapping[str, runs.Runner]: ...
+
+
+ServicesFactory = Callable[[Settings], Services]
+
+
+def load_services(settings: Settings) -> Services:
+    """The real services from `worker.services.build_services` (imported on first use)."""
+    # Imported at first use: the lead's worker/services.py pulls in every I/O client, and the
+    # app must import and answer /healthz even before (or when) building them fails.
+    module = importlib.import_module("worker.services")
+    services: Services = module.build_services(settings)
+    return services
+
+
+class LazyServices:
+    """Builds the services once, on first use; a failed build is retried on the next use."""
+
+    def __init__(
+        self, settings: Settings, factory: ServicesFactory, *, built: Services | None = None
+    ) -> None:
+        self._settings = settings
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._services = built
+
+    def get(self) -> Services:
+        """The services, building them if needed (raises what the build raises)."""
+        with self._lock:
+            if self._services is None:
+                self._services = self._factory(self._settings)
+            return self._services
+
+    def close(self) -> None:
+        """Close the services if they were built and can be closed."""
+        with self._lock:
+            close = getattr(self._services, "close", None)
+        if callable(close):
+            close()
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerState:
+    """Per-app state kept in `app.extensions`."""
+
+    settings: Settings
+    services: LazyServices
+    manager: runs.RunManager
+
+
+def _deferred_runner(services: LazyServices, kind: str) -> runs.Runner:
+    # Resolved inside the run's thread, so a services build failure (database down at boot)
+    # becomes a failed run with the error recorded, not a crashed request.
+    def run(budget: runs.Budget) -> Mapping[str, Any]:
+        return services.get().runners[kind](budget)
+
+    return run
+
+
+def configure_logging(level: str) -> None:
+    """Log to stdout at `level` unless logging was already configured (tests, gunicorn conf)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    services: Services | None = None,
+    services_factory: ServicesFactory | None = None,
+) -> Flask:
+    """Build the Flask app; settings default to the environment, services are built lazily."""
+    if settings is None:
+        settings = services.settings if services is not None else load_settings()
+    configure_logging(settings.log_level)
+    lazy = LazyServices(settings, services_factory or load_services, built=services)
+    manager = runs.RunManager(
+        {kind: _deferred_runner(lazy, kind) for kind in TRIGGER_KINDS.values()},
+        budget_seconds=settings.run_budget_seconds,
+    )
+    manager.on_finish.append(runs.start_process_after_fetch)
+
+    app = Flask(__name__)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions[EXTENSION_KEY] = WorkerState(settings, lazy, manager)
+    app.register_blueprint(bp)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    return app
+
+
+def get_state(app: Flask) -> WorkerState:
+    """The worker state of an app built by create_app()."""
+    state: WorkerState = app.extensions[EXTENSION_KEY]
+    return state
+
+
+def shutdown(app: Flask, grace_seconds: float = runs.SHUTDOWN_GRACE_SECONDS) -> bool:
+    """Tell running runs to stop claiming, wait for them, close services; True if all ended."""
+    state = get_state(app)
+    finished = state.manager.shutdown(grace_seconds)
+    try:
+        state.services.close()
+    except Exception:
+        logger.exception("closing services failed")
+    return finished
+
+
+def _state() -> WorkerState:
+    return get_state(current_app)
+
+
+def _error(status: int, error: str, message: str, **extra: Any) -> tuple[Response, int]:
+    return jsonify({"error": error, "message": message, **extra}), status
+
+
+def _http_error(exc: HTTPException) -> tuple[Response, int]:
+    name = (exc.name or "error").lower().replace(" ", "_")
+    return _error(exc.code or 500, name, exc.description or name)
+
+
+def _unexpected_error(exc: Exception) -> tuple[Response, int]:
+    logger.exception("unhandled error on %s %s", request.method, request.path)
+    return _error(500, "internal_error", "unexpected error; see the worker logs")
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, else None."""
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token
+
+
+def is_authorized(header: str | None, secret: str | None) -> bool:
+    """Constant-time check of the bearer token against WORKER_SECRET (never true without one)."""
+    token = bearer_token(header)
+    if not secret or token is None:
+        return False
+    return hmac.compare_digest(token.encode(), secret.encode())
+
+
+def _unauthorized() -> tuple[Response, int]:
+    response, status = _error(401, "unauthorized", "missing or wrong bearer token")
+    response.headers["WWW-Authenticate"] = 'Bearer realm="worker"'
+    return response, status
+
+
+def _require_auth() -> tuple[Response, int] | None:
+    if is_authorized(request.headers.get("Authorization"), _state().settings.worker_secret):
+        return None
+    return _unauthorized()
+
+
+def _trigger(kind: str) -> tuple[Response, int]:
+    denied = _require_auth()
+    if denied is not None:
+        return denied
+    try:
+        record, started = _state().manager.trigger(kind)
+    except runs.ShuttingDown:
+        return _error(503, "shutting_down", "the worker is shutting down; retry later")
+    if not started:
+        return jsonify(
+            {
+                "run_id": record.id,
+                "kind": kind,
+                "status": "already_running",
+                "started_at": record.started_at.isoformat(),
+            }
+        ), 409
+    response = jsonify({"run_id": record.id, "kind": kind, "status": "started"})
+    response.headers["Location"] = f"/runs/{record.id}"
+    return response, 202
+
+
+@bp.post("/fetch-emails")
+def fetch_emails() -> tuple[Response, int]:
+    """Start a fetch run in the background."""
+    return _trigger("fetch")
+
+
+@bp.post("/process-queue")
+def process_queue() -> tuple[Response, int]:
+    """Start a process run in the background."""
+    return _trigger("process")
+
+
+@bp.get("/healthz")
+def healthz() -> tuple[Response, int]:
+    """Alive: the process answers; touches no dependency."""
+    return jsonify({"status": "ok"}), 200
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    """Ready: the database answers."""
+    try:
+        _state().services.get().db.ping()
+    except Exception as exc:
+        # The probe is unauthenticated: the details go to the log, only the type to the caller.
+        logger.warning("readiness check failed: %s: %s", type(exc).__name__, exc)
+        return jsonify({"status": "unavailable", "error": type(exc).__name__}), 503
+    return jsonify({"status": "ready"}), 200
+
+
+@bp.get("/metrics")
+def metrics_endpoint() -> Response:
+    """Prometheus text format: queue stats from the database plus this container's runs."""
+    state = _state()
+    stats: Mapping[str, Any] | None
+    try:
+        stats = state.services.get().db.queue_stats()
+    except Exception as exc:
+        logger.warning("queue_stats failed for /metrics: %s: %s", type(exc).__name__, exc)
+        stats = None
+    body = metrics.render(
+        [*metrics.queue_metrics(stats), *metrics.run_metrics(state.manager.stats())]
+    )
+    return Response(body, status=200, content_type=metrics.CONTENT_TYPE)
+
+
+@bp.get("/runs/<run_id>")
+def get_run(run_id: str) -> tuple[Response, int]:
+    """The record of a recent run of this container."""
+    denied = _require_auth()
+    if denied is not None:
+        return denied
+    record = _state().manager.get(run_id)
+    if record is None:
+        return _error(404, "not_found", f"no run {run_id} in this container's recent history")
+    return jsonify(record.to_dict()), 200
