@@ -1,0 +1,395 @@
+"""The worker's one database interface: a typed method per SQL function of docs/design.md.
+
+Methods carry the SQL argument names without the `p_` prefix. An optional argument left as None
+is not sent at all, so the SQL default applies (the defaults live in the migrations, not here).
+Results come back normalised the same way whichever backend carries them: ids as str,
+timestamps as aware UTC datetimes, jsonb as Python objects, rows as dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+from worker.db.types import (
+    Row,
+    Transport,
+    normalize_optional_row,
+    normalize_row,
+    normalize_value,
+)
+from worker.errors import ConfigError, DatabaseConstraintError
+
+if TYPE_CHECKING:
+    from worker.config import Settings
+
+__all__ = ["Database", "Row", "Transport", "connect"]
+
+FailStatus = Literal["pending", "dead_letter"]
+CreditReservation = Literal["reserved", "already_reserved", "no_credits"]
+SendGate = Literal["ok", "already_sent", "in_doubt", "held", "failed"]
+
+# Nested rows inside load_job_context's jsonb, normalised like rows so callers see one type per
+# column whichever function returned it.
+_CONTEXT_ROWS = ("job", "message", "store", "conversation", "reply")
+
+
+def _args(required: Mapping[str, Any], optional: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    args = {f"p_{name}": value for name, value in required.items()}
+    if optional:
+        args.update({f"p_{name}": value for name, value in optional.items() if value is not None})
+    return args
+
+
+class Database:
+    """Typed calls to the SQL API over any Transport (psycopg pool or PostgREST RPC)."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def close(self) -> None:
+        """Release the backend's connections."""
+        self.transport.close()
+
+    def ping(self) -> None:
+        """Raise DatabaseError unless the database answers (for /readyz)."""
+        self.transport.ping()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _scalar(self, fn: str, args: dict[str, Any]) -> Any:
+        return normalize_value(self.transport.call(fn, args, "scalar"))
+
+    def _rows(self, fn: str, args: dict[str, Any]) -> list[Row]:
+        rows = self.transport.call(fn, args, "rows") or []
+        return [normalize_row(row) for row in rows]
+
+    def _first(self, fn: str, args: dict[str, Any]) -> Row | None:
+        rows = self._rows(fn, args)
+        return rows[0] if rows else None
+
+    def _row(self, fn: str, args: dict[str, Any]) -> Row | None:
+        return normalize_optional_row(self.transport.call(fn, args, "row"))
+
+    def _void(self, fn: str, args: dict[str, Any]) -> None:
+        self.transport.call(fn, args, "void")
+
+    def _required_row(self, fn: str, args: dict[str, Any]) -> Row:
+        row = self._row(fn, args)
+        if row is None:
+            # The function's contract is "always a row"; NULL means a bug, not a retryable blip.
+            raise DatabaseConstraintError(f"{fn}: returned no row")
+        return row
+
+    # -- queue ------------------------------------------------------------------------------
+
+    def enqueue_job(
+        self,
+        job_type: str,
+        payload: Any,
+        idempotency_key: str | None = None,
+        store_id: str | None = None,
+        conversation_id: str | None = None,
+        priority: int | None = None,
+        run_at: datetime | None = None,
+        max_attempts: int | None = None,
+    ) -> str:
+        """Enqueue a job; the same idempotency key returns the first job's id."""
+        args = _args(
+            {"job_type": job_type, "payload": payload},
+            {
+                "idempotency_key": idempotency_key,
+                "store_id": store_id,
+                "conversation_id": conversation_id,
+                "priority": priority,
+                "run_at": run_at,
+                "max_attempts": max_attempts,
+            },
+        )
+        return cast(str, self._scalar("enqueue_job", args))
+
+    def dequeue_jobs(
+        self,
+        worker_id: str,
+        batch_size: int | None = None,
+        lease_seconds: int | None = None,
+        job_types: Sequence[str] | None = None,
+    ) -> list[Row]:
+        """Claim up to batch_size due jobs for worker_id (rows of job_queue)."""
+        args = _args(
+            {"worker_id": worker_id},
+            {
+                "batch_size": batch_size,
+                "lease_seconds": lease_seconds,
+                "job_types": None if job_types is None else list(job_types),
+            },
+        )
+        return self._rows("dequeue_jobs", args)
+
+    def extend_lease(
+        self, worker_id: str, job_ids: Sequence[str], lease_seconds: int | None = None
+    ) -> int:
+        """Heartbeat: extend the leases worker_id still holds; returns how many."""
+        args = _args(
+            {"worker_id": worker_id, "job_ids": list(job_ids)}, {"lease_seconds": lease_seconds}
+        )
+        return cast(int, self._scalar("extend_lease", args))
+
+    def complete_job(self, job_id: str, worker_id: str, result: Any = None) -> bool:
+        """Mark a held job completed; False when worker_id no longer holds the lease."""
+        args = _args({"job_id": job_id, "worker_id": worker_id}, {"result": result})
+        return cast(bool, self._scalar("complete_job", args))
+
+    def complete_jobs(
+        self, worker_id: str, job_ids: Sequence[str], results: Sequence[Any] | None = None
+    ) -> int:
+        """Batch ack; results (if given) align with job_ids. Returns how many completed."""
+        args = _args(
+            {"worker_id": worker_id, "job_ids": list(job_ids)},
+            {"results": None if results is None else list(results)},
+        )
+        return cast(int, self._scalar("complete_jobs", args))
+
+    def fail_job(
+        self,
+        job_id: str,
+        worker_id: str,
+        error: str,
+        error_type: Literal["transient", "permanent"] | None = None,
+        retry_after_seconds: int | None = None,
+    ) -> FailStatus:
+        """Record a failure; returns the job's new status ('pending' or 'dead_letter')."""
+        args = _args(
+            {"job_id": job_id, "worker_id": worker_id, "error": error},
+            {"error_type": error_type, "retry_after_seconds": retry_after_seconds},
+        )
+        return cast(FailStatus, self._scalar("fail_job", args))
+
+    def defer_job(self, job_id: str, worker_id: str, delay_seconds: int, reason: str) -> bool:
+        """Put a held job back to pending later without spending an attempt."""
+        args = _args(
+            {
+                "job_id": job_id,
+                "worker_id": worker_id,
+                "delay_seconds": delay_seconds,
+                "reason": reason,
+            }
+        )
+        return cast(bool, self._scalar("defer_job", args))
+
+    def requeue_dlq_job(self, job_id: str, reset_attempts: bool | None = None) -> bool:
+        """Move a dead-lettered job back to pending now; False if it is not dead-lettered."""
+        args = _args({"job_id": job_id}, {"reset_attempts": reset_attempts})
+        return cast(bool, self._scalar("requeue_dlq_job", args))
+
+    def try_lock_conversation(self, conversation_id: str) -> bool:
+        """The claim's transaction-scoped advisory lock (released when this call returns)."""
+        return cast(
+            bool,
+            self._scalar("try_lock_conversation", _args({"conversation_id": conversation_id})),
+        )
+
+    def circuit_allow(self, service: str) -> bool:
+        """Whether the service's breaker lets a call through now."""
+        return cast(bool, self._scalar("circuit_allow", _args({"service": service})))
+
+    def circuit_record(self, service: str, success: bool) -> str:
+        """Record a call's outcome; returns the breaker's state afterwards."""
+        args = _args({"service": service, "success": success})
+        return cast(str, self._scalar("circuit_record", args))
+
+    def aggregate_queue_metrics(self) -> None:
+        """Write this window's queue_metrics rows."""
+        self._void("aggregate_queue_metrics", {})
+
+    # -- dead-letter queue and operations ---------------------------------------------------
+
+    def list_dead_letter_jobs(
+        self,
+        store_id: str | None = None,
+        job_type: str | None = None,
+        error_type: str | None = None,
+        min_age_seconds: int | None = None,
+        limit: int | None = None,
+    ) -> list[Row]:
+        """Dead-lettered jobs, newest first, optionally filtered."""
+        args = _args(
+            {},
+            {
+                "store_id": store_id,
+                "job_type": job_type,
+                "error_type": error_type,
+                "min_age_seconds": min_age_seconds,
+                "limit": limit,
+            },
+        )
+        return self._rows("list_dead_letter_jobs", args)
+
+    def get_job(self, job_id: str) -> Row | None:
+        """The job_queue row, or None."""
+        return self._first("get_job", _args({"job_id": job_id}))
+
+    def get_job_events(self, job_id: str) -> list[Row]:
+        """The job's events, oldest first."""
+        return self._rows("get_job_events", _args({"job_id": job_id}))
+
+    def purge_dead_letter_jobs(self, job_ids: Sequence[str]) -> int:
+        """Delete the given dead-lettered jobs; returns how many."""
+        return cast(int, self._scalar("purge_dead_letter_jobs", _args({"job_ids": list(job_ids)})))
+
+    def queue_stats(self) -> dict[str, Any]:
+        """Counts by type and status, oldest due age and breaker states (for /metrics)."""
+        return cast(dict[str, Any], self._scalar("queue_stats", {}))
+
+    # -- ingestion --------------------------------------------------------------------------
+
+    def list_active_stores(self) -> list[Row]:
+        """Every active store (rows of stores)."""
+        return self._rows("list_active_stores", {})
+
+    def get_store(self, store_id: str) -> Row | None:
+        """The stores row, or None."""
+        return self._first("get_store", _args({"store_id": store_id}))
+
+    def get_store_secrets(self, store_id: str) -> dict[str, Any]:
+        """The store's imap_password, smtp_password and shopify_token from Vault."""
+        return cast(
+            dict[str, Any], self._scalar("get_store_secrets", _args({"store_id": store_id}))
+        )
+
+    def get_mailbox_state(self, store_id: str, folder: str) -> Row | None:
+        """The folder's UIDVALIDITY and last UID, or None before the first fetch."""
+        return self._first("get_mailbox_state", _args({"store_id": store_id, "folder": folder}))
+
+    def ingest_messages(
+        self,
+        store_id: str,
+        folder: str,
+        uidvalidity: int,
+        last_uid: int,
+        messages: Sequence[Mapping[str, Any]],
+    ) -> dict[str, Any]:
+        """Store parsed messages, enqueue their jobs and advance the mailbox state at once."""
+        args = _args(
+            {
+                "store_id": store_id,
+                "folder": folder,
+                "uidvalidity": uidvalidity,
+                "last_uid": last_uid,
+                "messages": [dict(message) for message in messages],
+            }
+        )
+        return cast(dict[str, Any], self._scalar("ingest_messages", args))
+
+    def record_events(self, events: Sequence[Mapping[str, Any]]) -> int:
+        """Append events; returns how many were written."""
+        args = _args({"events": [dict(event) for event in events]})
+        return cast(int, self._scalar("record_events", args))
+
+    # -- processing -------------------------------------------------------------------------
+
+    def load_job_context(
+        self, job_id: str, reply_window_hours: int | None = None
+    ) -> dict[str, Any] | None:
+        """Job, message, store, conversation, existing reply and recent reply count."""
+        args = _args({"job_id": job_id}, {"reply_window_hours": reply_window_hours})
+        context = self._scalar("load_job_context", args)
+        if context is None:
+            return None
+        result = dict(context)
+        for key in _CONTEXT_ROWS:
+            if isinstance(result.get(key), dict):
+                result[key] = normalize_row(result[key])
+        return result
+
+    def reserve_credit(self, store_id: str, job_id: str) -> CreditReservation:
+        """Take one credit for this job (idempotent per job)."""
+        args = _args({"store_id": store_id, "job_id": job_id})
+        return cast(CreditReservation, self._scalar("reserve_credit", args))
+
+    def release_credit(self, store_id: str, job_id: str, reason: str) -> bool:
+        """Refund the job's reserved credit once."""
+        args = _args({"store_id": store_id, "job_id": job_id, "reason": reason})
+        return cast(bool, self._scalar("release_credit", args))
+
+    def save_reply(self, job_id: str, message_id: str, reply: Mapping[str, Any]) -> Row:
+        """Save the drafted reply, or return the existing one for that message unchanged."""
+        args = _args({"job_id": job_id, "message_id": message_id, "reply": dict(reply)})
+        return self._required_row("save_reply", args)
+
+    def begin_send(self, reply_id: str) -> SendGate:
+        """Move drafted -> sending; otherwise say why sending must not happen."""
+        return cast(SendGate, self._scalar("begin_send", _args({"reply_id": reply_id})))
+
+    def finish_send(self, reply_id: str, job_id: str, worker_id: str, result: Any = None) -> bool:
+        """Mark the reply sent and complete the job in one transaction."""
+        args = _args(
+            {"reply_id": reply_id, "job_id": job_id, "worker_id": worker_id, "result": result}
+        )
+        return cast(bool, self._scalar("finish_send", args))
+
+    def reset_reply(
+        self, reply_id: str, status: Literal["drafted", "failed"], error: str | None
+    ) -> bool:
+        """sending -> drafted (definitely not sent) or failed."""
+        args = _args({"reply_id": reply_id, "status": status, "error": error})
+        return cast(bool, self._scalar("reset_reply", args))
+
+    # -- store administration ---------------------------------------------------------------
+
+    def admin_create_store(self, store: Mapping[str, Any], secrets: Mapping[str, Any]) -> str:
+        """Create a store, its secrets going straight into Vault; returns its id."""
+        args = _args({"store": dict(store), "secrets": dict(secrets)})
+        return cast(str, self._scalar("admin_create_store", args))
+
+    def admin_update_store(
+        self,
+        store_id: str,
+        changes: Mapping[str, Any],
+        secrets: Mapping[str, Any] | None = None,
+    ) -> Row:
+        """Apply changes (and replace given secrets); returns the updated stores row."""
+        args = _args(
+            {"store_id": store_id, "changes": dict(changes)},
+            {"secrets": None if secrets is None else dict(secrets)},
+        )
+        return self._required_row("admin_update_store", args)
+
+    def admin_add_credits(self, store_id: str, amount: int, reason: str | None = None) -> int:
+        """Add (or with a negative amount remove) credits; returns the new balance."""
+        args = _args({"store_id": store_id, "amount": amount}, {"reason": reason})
+        return cast(int, self._scalar("admin_add_credits", args))
+
+
+def connect(settings: Settings, *, min_size: int = 1, max_size: int | None = None) -> Database:
+    """A Database over the backend Settings names: DATABASE_URL -> psycopg, else PostgREST."""
+    if settings.database_url:
+        from worker.db.pg import PgTransport
+
+        pool_max = max_size or max(settings.process_concurrency, settings.fetch_concurrency) + 2
+        return Database(
+            PgTransport(
+                settings.database_url,
+                timeout_seconds=settings.db_timeout_seconds,
+                min_size=min(min_size, pool_max),
+                max_size=pool_max,
+            )
+        )
+    if settings.supabase_url and settings.supabase_service_role_key:
+        from worker.db.rest import RestTransport
+
+        return Database(
+            RestTransport(
+                settings.supabase_url,
+                settings.supabase_service_role_key,
+                timeout_seconds=settings.db_timeout_seconds,
+            )
+        )
+    raise ConfigError("no database configured: set DATABASE_URL, or SUPABASE_URL and key")

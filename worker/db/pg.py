@@ -1,0 +1,197 @@
+"""The psycopg 3 backend: SQL function calls over a connection pool, one transaction per call.
+
+Each argument is cast to the type the function declares (read once from pg_proc), so Python
+lists reach uuid[] parameters and ints reach bigint ones without per-call type hints, and the
+query text per function stays stable enough for psycopg to prepare it.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Json, Jsonb
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from worker.db.types import Shape, error_for_code
+from worker.errors import DatabaseConstraintError, DatabaseError
+
+SCHEMA = "public"
+DEFAULT_TIMEOUT_SECONDS = 10.0
+# psycopg prepares a statement after this many executions of the same text on a connection.
+# None switches preparing off, which transaction-mode poolers without prepared-statement
+# support need.
+DEFAULT_PREPARE_THRESHOLD: int | None = 5
+# libpq rejects connect_timeout values below 2 seconds (it silently raises them to 2).
+MIN_CONNECT_TIMEOUT_SECONDS = 2
+
+# Input arguments of every overload of a function, with their declared types, in order.
+_SIGNATURE_SQL = """
+select p.oid::bigint as oid, a.name, format_type(a.type, null) as type
+from pg_catalog.pg_proc p
+cross join lateral unnest(
+    coalesce(p.proallargtypes, p.proargtypes::oid[]),
+    p.proargnames,
+    coalesce(p.proargmodes, array_fill('i'::"char", array[p.pronargs]))
+) with ordinality as a(type, name, mode, position)
+where p.pronamespace = %(schema)s::regnamespace and p.proname = %(fn)s
+  and a.mode in ('i', 'b', 'v')
+order by p.oid, a.position
+"""
+
+Signature = dict[str, str]
+
+
+@contextmanager
+def translate_errors(fn: str) -> Iterator[None]:
+    """The one place psycopg failures become worker errors (SQLSTATE kept in `.code`)."""
+    try:
+        yield
+    except PoolTimeout as exc:
+        raise DatabaseError(f"{fn}: no database connection available ({exc})") from exc
+    except psycopg.Error as exc:
+        raise error_from_psycopg(fn, exc) from exc
+
+
+def error_from_psycopg(fn: str, exc: psycopg.Error) -> DatabaseError | DatabaseConstraintError:
+    """Classify a psycopg error: by SQLSTATE when the server sent one, else by its class."""
+    diag = exc.diag
+    message = diag.message_primary or str(exc).strip() or type(exc).__name__
+    if diag.message_detail:
+        message = f"{message} ({diag.message_detail})"
+    if exc.sqlstate:
+        return error_for_code(fn, message, exc.sqlstate, constraint=diag.constraint_name)
+    # No SQLSTATE: the failure happened client-side, e.g. connection refused or dropped.
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return DatabaseError(f"{fn}: {message}")
+    return DatabaseConstraintError(f"{fn}: {message}")
+
+
+def adapt(value: Any, sql_type: str) -> Any:
+    """Wrap a Python value for a json/jsonb parameter; other types adapt by the cast."""
+    if value is None:
+        return None
+    if sql_type == "jsonb":
+        return Jsonb(value)
+    if sql_type == "json":
+        return Json(value)
+    return value
+
+
+def build_call(
+    fn: str, signature: Signature, args: Mapping[str, Any], shape: Shape
+) -> sql.Composed:
+    """`select ... from public.fn(p_a => %(p_a)s::type, ...)` for the given arguments."""
+    named = sql.SQL(", ").join(
+        sql.SQL("{} => {}::{}").format(
+            sql.Identifier(name), sql.Placeholder(name), sql.SQL(signature[name])
+        )
+        for name in args
+    )
+    target = sql.SQL("{}.{}({})").format(sql.Identifier(SCHEMA), sql.Identifier(fn), named)
+    if shape in ("rows", "row"):
+        return sql.SQL("select * from {}").format(target)
+    return sql.SQL("select {}").format(target)
+
+
+class PgTransport:
+    """Transport over a psycopg_pool.ConnectionPool (thread-safe)."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        min_size: int = 1,
+        max_size: int = 10,
+        prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD,
+        application_name: str = "support-worker",
+    ) -> None:
+        statement_ms = max(1, int(timeout_seconds * 1000))
+        kwargs: dict[str, Any] = {
+            "connect_timeout": max(MIN_CONNECT_TIMEOUT_SECONDS, math.ceil(timeout_seconds)),
+            # Startup options cost no round trip; the statement timeout bounds every call so a
+            # stuck query cannot hold a worker thread past its run budget.
+            "options": f"-c statement_timeout={statement_ms}",
+            "application_name": application_name,
+            "prepare_threshold": prepare_threshold,
+        }
+        self._signatures: dict[str, list[Signature]] = {}
+        self._signatures_lock = threading.Lock()
+        self._pool = ConnectionPool(
+            conninfo,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs=kwargs,
+            timeout=timeout_seconds,
+            name="worker-db",
+            open=True,
+        )
+
+    def call(self, fn: str, args: Mapping[str, Any], shape: Shape) -> Any:
+        """Run public.<fn>(named args) in its own transaction and shape the result."""
+        with translate_errors(fn):
+            signature = self._signature(fn, args)
+            query = build_call(fn, signature, args, shape)
+            params = {name: adapt(value, signature[name]) for name, value in args.items()}
+            with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+                cur.execute(query, params)
+                if shape == "void":
+                    return None
+                if shape == "rows":
+                    return cur.fetchall()
+                row = cur.fetchone()
+                if shape == "row":
+                    return row
+                return None if row is None else next(iter(row.values()))
+
+    def ping(self) -> None:
+        """Raise DatabaseError unless a pooled connection answers `select 1`."""
+        with translate_errors("ping"), self._pool.connection() as conn:
+            conn.execute("select 1")
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self._pool.close()
+
+    def _signature(self, fn: str, args: Mapping[str, Any]) -> Signature:
+        overloads = self._signatures.get(fn)
+        if overloads is None:
+            overloads = self._load_signatures(fn)
+        for signature in overloads:
+            if set(args) <= signature.keys():
+                return signature
+        wanted = ", ".join(args)
+        raise DatabaseConstraintError(f"{fn}: no function {SCHEMA}.{fn}({wanted})", code="42883")
+
+    def _load_signatures(self, fn: str) -> list[Signature]:
+        with self._pool.connection() as conn:
+            rows = conn.execute(_SIGNATURE_SQL, {"schema": SCHEMA, "fn": fn}).fetchall()
+        by_oid: dict[int, Signature] = {}
+        for oid, name, sql_type in rows:
+            signature = by_oid.setdefault(oid, {})
+            if name:
+                signature[name] = sql_type
+        # A function with no arguments has no rows in the unnest; it still exists if pg_proc
+        # has it, but then an empty signature is all a call needs.
+        overloads = list(by_oid.values()) or self._zero_arg_overload(fn)
+        if overloads:
+            # Not caching a miss: a migration may create the function while we run.
+            with self._signatures_lock:
+                self._signatures[fn] = overloads
+        return overloads
+
+    def _zero_arg_overload(self, fn: str) -> list[Signature]:
+        with self._pool.connection() as conn:
+            found = conn.execute(
+                "select 1 from pg_catalog.pg_proc"
+                " where pronamespace = %s::regnamespace and proname = %s",
+                (SCHEMA, fn),
+            ).fetchone()
+        return [{}] if found else []
