@@ -1,0 +1,230 @@
+"""The offline responder: rule-based classification (pt, en) and templated, grounded replies."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker import offline
+from worker.responder import (
+    HOLD_NEEDS_HUMAN,
+    Classification,
+    EmailFacts,
+    FulfillmentFacts,
+    OrderFacts,
+    StoreVoice,
+    TrackingFacts,
+)
+
+SAMPLES = [
+    (
+        "Onde está meu pedido?",
+        "Olá, fiz a compra semana passada. Qual o código de rastreio?",
+        "order_status",
+        "pt-BR",
+    ),
+    (
+        "Pedido atrasado",
+        "Meu pedido #1043 ainda não chegou e o prazo já passou.",
+        "shipping_delay",
+        "pt-BR",
+    ),
+    (
+        "Reembolso",
+        "Quero a devolução do produto e o reembolso do valor, por favor.",
+        "return_refund",
+        "pt-BR",
+    ),
+    ("Cancelar compra", "Bom dia, gostaria de cancelar o pedido 2231.", "cancellation", "pt-BR"),
+    (
+        "Dúvida",
+        "Vocês têm essa camiseta no tamanho G? Qual o material?",
+        "product_question",
+        "pt-BR",
+    ),
+    ("Absurdo", "Produto veio com defeito, péssimo atendimento.", "complaint", "pt-BR"),
+    (
+        "Where is my order?",
+        "Hi, I placed an order last week. Can you send the tracking number?",
+        "order_status",
+        "en",
+    ),
+    (
+        "Late delivery",
+        "My order #1002 still hasn't arrived and it is two weeks late.",
+        "shipping_delay",
+        "en",
+    ),
+    ("Refund please", "I would like to return the mug and get a refund.", "return_refund", "en"),
+    (
+        "Cancel",
+        "Please cancel my order number 5512, I ordered the wrong size.",
+        "cancellation",
+        "en",
+    ),
+    ("Question", "Do you have the tote bag in stock in green?", "product_question", "en"),
+    ("Increase your traffic", "We offer SEO services and backlinks. Click here.", "spam", "en"),
+    ("Hello", "Just wanted to say hello to the team.", "other", "en"),
+]
+
+
+@pytest.mark.parametrize(("subject", "body", "intent", "language"), SAMPLES)
+def test_classifies_portuguese_and_english(
+    subject: str, body: str, intent: str, language: str
+) -> None:
+    result = offline.OfflineResponder().classify(EmailFacts("c@example.com", subject, body))
+    assert (result.intent, result.language) == (intent, language)
+    assert result.is_spam == (intent == "spam")
+    assert 0.0 <= result.confidence <= 1.0
+
+
+def test_unknown_intent_has_low_confidence() -> None:
+    result = offline.classify_text("Hello", "Just wanted to say hello to the team.")
+    assert result.intent == "other"
+    assert result.confidence < offline.CONFIDENCE_MIXED
+
+
+@pytest.mark.parametrize(
+    ("text", "numbers"),
+    [
+        ("Meu pedido #1043 não chegou", ["1043"]),
+        ("pedido nº 2231 e também o pedido 2232", ["2231", "2232"]),
+        ("order number 5512 and #5512 again", ["5512"]),
+        ("Order no. 77812", ["77812"]),
+        ("Call me at 11 99999-8888 tomorrow", []),
+    ],
+)
+def test_finds_order_numbers(text: str, numbers: list[str]) -> None:
+    assert offline.find_order_numbers(text) == numbers
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "Quero falar com um atendente humano agora.",
+        "I want to speak to a manager about this.",
+        "Vou abrir reclamação no Procon.",
+        "I will file a chargeback with my bank.",
+    ],
+)
+def test_requests_for_a_person_need_a_human(body: str) -> None:
+    assert offline.classify_text("Help", body).needs_human
+
+
+def test_sentiment() -> None:
+    assert offline.classify_text("", "Péssimo, estou decepcionada").sentiment == "negative"
+    assert offline.classify_text("", "Obrigada, adorei o produto!").sentiment == "positive"
+    assert offline.classify_text("", "Qual o tamanho da caixa?").sentiment == "neutral"
+
+
+def test_language_hint_breaks_ties() -> None:
+    assert offline.detect_language("#1001", hint="pt-BR") == "pt-BR"
+    assert offline.detect_language("#1001") == "en"
+
+
+ORDER = OrderFacts(
+    name="#1001",
+    created_at="2025-09-28T14:12:00Z",
+    email="ana@example.com.br",
+    customer_email="ana@example.com.br",
+    financial_status="PAID",
+    fulfillment_status="FULFILLED",
+    line_items=["2 x Camiseta"],
+    fulfillments=[
+        FulfillmentFacts(
+            status="IN_TRANSIT",
+            estimated_delivery_at="2025-10-06T23:59:00Z",
+            tracking=[TrackingFacts("BR123456789BR", "https://t.example/BR1", "Correios")],
+        )
+    ],
+)
+STORE = StoreVoice("Loja Demo", signature="Equipe Loja Demo")
+
+
+def classification(intent: str, language: str, needs_human: bool = False) -> Classification:
+    return Classification(intent, language, "neutral", needs_human, 0.85, [])  # type: ignore[arg-type]
+
+
+def test_portuguese_reply_states_the_order_facts() -> None:
+    email = EmailFacts("ana@example.com.br", "Rastreio", "Cadê meu pedido #1001?")
+    draft = offline.OfflineResponder().draft(
+        email, classification("order_status", "pt-BR"), [ORDER], STORE
+    )
+    assert draft.model == "offline-responder"
+    assert draft.language == "pt-BR"
+    assert draft.hold_reason is None
+    body = draft.body_text
+    assert "Pedido #1001 (feito em 28/09/2025)" in body
+    assert "Envio: enviado" in body
+    assert "Rastreio: Correios BR123456789BR - https://t.example/BR1" in body
+    assert "Previsão de entrega: 06/10/2025" in body
+    assert body.endswith("\n\nEquipe Loja Demo")
+
+
+def test_english_reply_and_formal_tone() -> None:
+    store = StoreVoice("Demo Shop", tone="formal", signature="The Demo Shop team")
+    draft = offline.OfflineResponder().draft(
+        EmailFacts("a@example.com", "Late", "Where is it?"),
+        classification("shipping_delay", "en"),
+        [ORDER],
+        store,
+    )
+    assert draft.body_text.startswith("Dear customer,")
+    assert "Order #1001 (placed on Sep 28, 2025)" in draft.body_text
+    assert "Tracking: Correios BR123456789BR" in draft.body_text
+    assert "sorry for the wait" in draft.body_text
+
+
+def test_no_order_reply_is_identical_whatever_number_was_asked() -> None:
+    responder = offline.OfflineResponder()
+    texts = {
+        responder.draft(
+            EmailFacts("m@example.com", "Pedido", f"Status do pedido {n}?"),
+            classification("order_status", "pt-BR"),
+            [],
+            STORE,
+        ).body_text
+        for n in ("#1001", "#9999", "")
+    }
+    assert len(texts) == 1
+    [text] = texts
+    assert "Não conseguimos localizar um pedido" in text
+    assert "#1001" in text  # only as the format example, same for everyone
+
+
+@pytest.mark.parametrize("language", ["pt-BR", "en"])
+@pytest.mark.parametrize("intent", ["return_refund", "cancellation"])
+def test_never_promises_refunds_or_cancellations(intent: str, language: str) -> None:
+    draft = offline.OfflineResponder().draft(
+        EmailFacts("a@example.com", "x", "y"), classification(intent, language), [ORDER], STORE
+    )
+    text = draft.body_text.lower()
+    for promise in (
+        "will refund",
+        "has been cancelled",
+        "reembolsaremos",
+        "foi cancelado",
+        "we will cancel",
+        "vamos cancelar",
+        "refund has been",
+    ):
+        assert promise not in text
+    assert ("team will review" in text) or ("equipe vai analisar" in text)
+
+
+def test_needs_human_holds_the_draft() -> None:
+    draft = offline.OfflineResponder().draft(
+        EmailFacts("a@example.com", "x", "y"),
+        classification("complaint", "en", needs_human=True),
+        [],
+        STORE,
+    )
+    assert draft.hold_reason == HOLD_NEEDS_HUMAN
+
+
+def test_store_language_overrides_customer_language() -> None:
+    store = StoreVoice("Shop", reply_language="en")
+    draft = offline.OfflineResponder().draft(
+        EmailFacts("a@example.com", "x", "y"), classification("other", "pt-BR"), [], store
+    )
+    assert draft.language == "en"
+    assert "We have received your message" in draft.body_text

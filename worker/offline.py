@@ -1,0 +1,446 @@
+"""The offline responder: deterministic keyword classification and templated replies (pt, en).
+
+Used when no ANTHROPIC_API_KEY is configured (the local demo, tests, benchmarks). It is clearly
+labelled: every reply it drafts records the model name 'offline-responder'. Like the Claude
+responder it states only the order facts it is given and never promises an action.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable
+
+from worker.prompts import with_signature
+from worker.responder import (
+    HOLD_NEEDS_HUMAN,
+    Classification,
+    Draft,
+    EmailFacts,
+    Intent,
+    OrderFacts,
+    Sentiment,
+    StoreVoice,
+    reply_language,
+)
+
+MODEL_NAME = "offline-responder"
+
+# Confidence the rules claim: one clear family of keywords, several competing ones, or none.
+CONFIDENCE_CLEAR = 0.85
+CONFIDENCE_MIXED = 0.7
+CONFIDENCE_NONE = 0.4
+CONFIDENCE_SPAM = 0.9
+
+# Keywords are matched on lower-cased, accent-stripped text, as whole words or phrases.
+# The first intent (in this order) whose keywords appear wins: a refund request that also
+# mentions tracking is a refund request.
+# fmt: off
+INTENT_KEYWORDS: tuple[tuple[Intent, tuple[str, ...]], ...] = (
+    (
+        "spam",
+        (
+            "viagra", "casino", "bitcoin", "crypto", "seo services", "backlinks",
+            "you have won", "lottery", "click here to claim", "ganhe dinheiro", "renda extra",
+            "investment opportunity", "guest post", "increase your traffic",
+        ),
+    ),
+    (
+        "cancellation",
+        ("cancelar", "cancelamento", "cancele", "cancela", "cancel", "cancellation", "cancelled"),
+    ),
+    (
+        "return_refund",
+        (
+            "reembolso", "devolucao", "devolver", "estorno", "estornar", "troca", "trocar",
+            "dinheiro de volta", "refund", "return", "returns", "exchange", "money back",
+        ),
+    ),
+    (
+        "shipping_delay",
+        (
+            "atraso", "atrasado", "atrasada", "nao chegou", "ainda nao recebi", "demorando",
+            "demora", "prazo", "late", "delay", "delayed", "hasn't arrived", "has not arrived",
+            "not arrived", "still waiting", "still hasn't", "never arrived", "overdue",
+        ),
+    ),
+    (
+        "order_status",
+        (
+            "rastreio", "rastrear", "rastreamento", "codigo de rastreio", "status do pedido",
+            "onde esta", "cade", "entrega", "enviado", "quando chega", "meu pedido",
+            "where is my order", "tracking", "track", "shipped", "order status", "my order",
+            "delivery", "when will",
+        ),
+    ),
+    (
+        "complaint",
+        (
+            "reclamacao", "pessimo", "horrivel", "absurdo", "decepcionado", "decepcionada",
+            "quebrado", "defeito", "danificado", "reclame aqui", "procon", "terrible", "awful",
+            "worst", "unacceptable", "disappointed", "broken", "defective", "damaged",
+        ),
+    ),
+    (
+        "product_question",
+        (
+            "tamanho", "estoque", "voces tem", "tem disponivel", "disponivel", "material",
+            "medidas", "cor", "size", "in stock", "do you have", "available", "colour", "color",
+            "does it", "which model",
+        ),
+    ),
+)
+
+NEEDS_HUMAN_KEYWORDS = (
+    "atendente", "humano", "pessoa real", "falar com alguem", "gerente", "supervisor",
+    "advogado", "procon", "reclame aqui", "processo judicial", "processar", "chargeback",
+    "human", "real person",
+    "speak to someone", "talk to someone", "manager", "lawyer", "legal action", "attorney",
+)
+
+NEGATIVE_WORDS = (
+    "pessimo", "horrivel", "absurdo", "decepcionado", "decepcionada", "raiva", "irritado",
+    "irritada", "nunca mais", "inaceitavel", "descaso", "terrible", "awful", "worst",
+    "unacceptable", "disappointed", "angry", "furious", "ridiculous", "never again",
+    "frustrated", "atraso", "atrasado", "late", "delayed", "broken", "quebrado", "defeito",
+    "defective", "damaged",
+)
+POSITIVE_WORDS = (
+    "obrigado", "obrigada", "adorei", "amei", "perfeito", "excelente", "otimo", "parabens",
+    "thanks", "thank you", "love", "great", "perfect", "excellent", "awesome", "amazing",
+)
+# fmt: on
+
+PT_MARKERS = frozenset(
+    """nao sim pedido obrigado obrigada ola oi bom boa dia tarde noite meu minha esta estou voce
+    voces quando entrega rastreio compra ainda chegou por favor produto quero gostaria de do da
+    que com um uma para os as no na seu sua mas porque ja foi muito""".split()
+)
+EN_MARKERS = frozenset(
+    """the my order is where hello hi thanks thank please when still not have was it you and to
+    of for with this that but did has arrived would like your what can could""".split()
+)
+
+ORDER_NUMBER_PATTERNS = (
+    re.compile(r"#\s?(\d{3,10})\b"),
+    re.compile(
+        r"\b(?:pedido|encomenda|compra|order)\s*(?:n[o.]?\s*|numero\s*|number\s*|no\.\s*)?"
+        r"[:#]?\s*(\d{3,10})\b"
+    ),
+)
+
+
+def fold(text: str) -> str:
+    """Lower-case and strip accents so 'Devolução' matches 'devolucao'."""
+    decomposed = unicodedata.normalize("NFKD", text.lower())
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+def _contains(folded: str, phrase: str) -> bool:
+    return re.search(rf"(?<![a-z0-9]){re.escape(phrase)}(?![a-z0-9])", folded) is not None
+
+
+def _matches(folded: str, phrases: Iterable[str]) -> int:
+    return sum(1 for phrase in phrases if _contains(folded, phrase))
+
+
+def detect_language(text: str, hint: str | None = None) -> str:
+    """'pt-BR' or 'en' by counting common words; ties go to the hint, then to English."""
+    folded = fold(text)
+    words = re.findall(r"[a-z']+", folded)
+    pt = sum(1 for w in words if w in PT_MARKERS)
+    en = sum(1 for w in words if w in EN_MARKERS)
+    # Portuguese-only letters are strong evidence even in a two-word email.
+    pt += 2 * sum(1 for ch in text.lower() if ch in "ãõç")
+    if pt > en:
+        return "pt-BR"
+    if en > pt:
+        return "en"
+    if hint and hint.lower().startswith("pt"):
+        return "pt-BR"
+    return "en"
+
+
+def find_order_numbers(text: str) -> list[str]:
+    """Order numbers like '#1234', 'pedido 1234', 'order no. 1234' (digits only, in order)."""
+    folded = fold(text)
+    found: list[tuple[int, str]] = []
+    for pattern in ORDER_NUMBER_PATTERNS:
+        found.extend((m.start(1), m.group(1)) for m in pattern.finditer(folded))
+    numbers: list[str] = []
+    for _, number in sorted(found):
+        if number not in numbers:
+            numbers.append(number)
+    return numbers
+
+
+def classify_text(subject: str, body: str, language_hint: str | None = None) -> Classification:
+    """The rule-based classification of one email (pure)."""
+    text = f"{subject}\n{body}"
+    folded = fold(text)
+    matched = [intent for intent, words in INTENT_KEYWORDS if _matches(folded, words)]
+    intent: Intent = matched[0] if matched else "other"
+    is_spam = intent == "spam"
+
+    if is_spam:
+        confidence = CONFIDENCE_SPAM
+    elif not matched:
+        confidence = CONFIDENCE_NONE
+    elif len(matched) == 1:
+        confidence = CONFIDENCE_CLEAR
+    else:
+        confidence = CONFIDENCE_MIXED
+
+    negative = _matches(folded, NEGATIVE_WORDS)
+    positive = _matches(folded, POSITIVE_WORDS)
+    sentiment: Sentiment = (
+        "negative" if negative > positive else "positive" if positive > negative else "neutral"
+    )
+    needs_human = not is_spam and (
+        intent == "complaint" or _matches(folded, NEEDS_HUMAN_KEYWORDS) > 0
+    )
+    return Classification(
+        intent=intent,
+        language=detect_language(text, language_hint),
+        sentiment=sentiment,
+        needs_human=needs_human,
+        confidence=confidence,
+        order_numbers=find_order_numbers(text),
+        is_spam=is_spam,
+    )
+
+
+class OfflineResponder:
+    """Rule-based Responder with the same contract as ClaudeResponder, no network."""
+
+    @property
+    def model(self) -> str:
+        """Always 'offline-responder', so replies show they were not written by a model."""
+        return MODEL_NAME
+
+    def classify(self, email: EmailFacts) -> Classification:
+        """Keyword classification in Portuguese and English."""
+        return classify_text(email.subject, email.body, email.language_hint)
+
+    def draft(
+        self,
+        email: EmailFacts,
+        classification: Classification,
+        orders: list[OrderFacts],
+        store: StoreVoice,
+    ) -> Draft:
+        """A templated reply in pt or en, stating only the given order facts."""
+        language = reply_language(classification, store)
+        body = compose_reply(classification.intent, orders, language, store.tone)
+        return Draft(
+            body_text=with_signature(body, store),
+            language=language,
+            model=MODEL_NAME,
+            hold_reason=HOLD_NEEDS_HUMAN if classification.needs_human else None,
+        )
+
+
+_TEXT = {
+    "pt": {
+        "greeting_formal": "Prezado(a) cliente,",
+        "greeting": "Olá!",
+        "thanks": "Obrigado por entrar em contato.",
+        "orders_intro": "Estas são as informações do seu pedido:",
+        "no_orders": (
+            "Não conseguimos localizar um pedido com as informações desta mensagem. Por favor, "
+            "responda a partir do e-mail usado na compra, informando o número do pedido "
+            "(por exemplo, #1001), e nossa equipe vai verificar."
+        ),
+        "delay": (
+            "Sentimos muito pela demora. Se o prazo de entrega já passou, nossa equipe vai "
+            "verificar com a transportadora e retornar."
+        ),
+        "return_refund": (
+            "Recebemos sua solicitação de troca, devolução ou reembolso. Nossa equipe vai "
+            "analisar o pedido e responder com os próximos passos."
+        ),
+        "cancellation": (
+            "Recebemos seu pedido de cancelamento. Nossa equipe vai analisar e responder por "
+            "e-mail; até lá, nenhuma alteração foi feita no pedido."
+        ),
+        "product_question": (
+            "Obrigado pela sua pergunta sobre nossos produtos. Nossa equipe vai verificar os "
+            "detalhes e responder em breve."
+        ),
+        "complaint": (
+            "Sentimos muito pela sua experiência. Sua mensagem foi encaminhada à nossa equipe, "
+            "que vai analisar e responder pessoalmente."
+        ),
+        "other": "Recebemos sua mensagem. Nossa equipe vai analisar e responder em breve.",
+        "closing": "Se precisar de mais alguma coisa, é só responder a este e-mail.",
+        "order_line": "Pedido {name}",
+        "placed": "feito em {date}",
+        "payment": "Pagamento: {status}",
+        "fulfillment": "Envio: {status}",
+        "items": "Itens: {items}",
+        "tracking": "Rastreio: {tracking}",
+        "eta": "Previsão de entrega: {date}",
+        "delivered": "Entregue em {date}",
+    },
+    "en": {
+        "greeting_formal": "Dear customer,",
+        "greeting": "Hi there,",
+        "thanks": "Thank you for getting in touch.",
+        "orders_intro": "Here is the latest on your order:",
+        "no_orders": (
+            "We could not find an order from the details in this message. Please reply from the "
+            "email address used for the purchase and include the order number (for example "
+            "#1001), and our team will check."
+        ),
+        "delay": (
+            "We are sorry for the wait. If the delivery date has passed, our team will check "
+            "with the carrier and get back to you."
+        ),
+        "return_refund": (
+            "We have received your return, exchange or refund request. Our team will review "
+            "it and reply with the next steps."
+        ),
+        "cancellation": (
+            "We have received your cancellation request. Our team will review it and reply by "
+            "email; until then, nothing has been changed on the order."
+        ),
+        "product_question": (
+            "Thank you for your question about our products. Our team will check the details "
+            "and reply soon."
+        ),
+        "complaint": (
+            "We are sorry about your experience. Your message has been passed to our team, who "
+            "will review it and reply personally."
+        ),
+        "other": "We have received your message. Our team will review it and reply soon.",
+        "closing": "If there is anything else, just reply to this email.",
+        "order_line": "Order {name}",
+        "placed": "placed on {date}",
+        "payment": "Payment: {status}",
+        "fulfillment": "Shipping: {status}",
+        "items": "Items: {items}",
+        "tracking": "Tracking: {tracking}",
+        "eta": "Estimated delivery: {date}",
+        "delivered": "Delivered on {date}",
+    },
+}
+
+_STATUS = {
+    "pt": {
+        "FULFILLED": "enviado",
+        "UNFULFILLED": "ainda não enviado",
+        "PARTIALLY_FULFILLED": "parcialmente enviado",
+        "IN_PROGRESS": "em preparação",
+        "PENDING_FULFILLMENT": "em preparação",
+        "OPEN": "ainda não enviado",
+        "ON_HOLD": "em espera",
+        "SCHEDULED": "agendado",
+        "RESTOCKED": "cancelado",
+        "PAID": "confirmado",
+        "PENDING": "pendente",
+        "AUTHORIZED": "autorizado",
+        "PARTIALLY_PAID": "parcialmente pago",
+        "REFUNDED": "reembolsado",
+        "PARTIALLY_REFUNDED": "parcialmente reembolsado",
+        "VOIDED": "cancelado",
+        "EXPIRED": "expirado",
+        "IN_TRANSIT": "em trânsito",
+        "OUT_FOR_DELIVERY": "saiu para entrega",
+        "DELIVERED": "entregue",
+        "ATTEMPTED_DELIVERY": "tentativa de entrega",
+        "LABEL_PRINTED": "etiqueta emitida",
+        "CONFIRMED": "confirmado",
+    },
+    "en": {},
+}
+
+_MONTHS_EN = ("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec").split()
+
+ORDER_INTENTS = frozenset({"order_status", "shipping_delay", "return_refund", "cancellation"})
+
+
+def _lang_key(language: str) -> str:
+    return "pt" if language.lower().startswith("pt") else "en"
+
+
+def format_date(value: str | None, language: str) -> str | None:
+    """'2025-03-04T10:00:00Z' -> '04/03/2025' (pt) or 'Mar 4, 2025' (en); junk passes through."""
+    if not value:
+        return None
+    match = re.match(r"(\d{4})-(\d{2})-(\d{2})", value)
+    if not match:
+        return value
+    year, month, day = (int(part) for part in match.groups())
+    if not 1 <= month <= 12:
+        return value
+    if _lang_key(language) == "pt":
+        return f"{day:02d}/{month:02d}/{year}"
+    return f"{_MONTHS_EN[month - 1]} {day}, {year}"
+
+
+def format_status(status: str | None, language: str) -> str | None:
+    """Shopify's enum ('PARTIALLY_FULFILLED') in words of the reply's language."""
+    if not status:
+        return None
+    table = _STATUS[_lang_key(language)]
+    return table.get(status.upper(), status.replace("_", " ").lower())
+
+
+def describe_order(order: OrderFacts, language: str) -> list[str]:
+    """The lines that describe one order; only fields the order actually has."""
+    text = _TEXT[_lang_key(language)]
+    headline = text["order_line"].format(name=order.name)
+    placed = format_date(order.created_at, language)
+    if placed:
+        headline += " (" + text["placed"].format(date=placed) + ")"
+    lines = [headline]
+    payment = format_status(order.financial_status, language)
+    if payment:
+        lines.append("  " + text["payment"].format(status=payment))
+    shipping = format_status(order.fulfillment_status, language)
+    if shipping:
+        lines.append("  " + text["fulfillment"].format(status=shipping))
+    if order.line_items:
+        lines.append("  " + text["items"].format(items="; ".join(order.line_items)))
+    for fulfillment in order.fulfillments:
+        for tracking in fulfillment.tracking:
+            parts = [p for p in (tracking.company, tracking.number) if p]
+            label = " ".join(parts)
+            if tracking.url:
+                label = f"{label} - {tracking.url}" if label else tracking.url
+            if label:
+                lines.append("  " + text["tracking"].format(tracking=label))
+        delivered = format_date(fulfillment.delivered_at, language)
+        if delivered:
+            lines.append("  " + text["delivered"].format(date=delivered))
+    eta = format_date(order.estimated_delivery_at, language)
+    if eta and not any(f.delivered_at for f in order.fulfillments):
+        lines.append("  " + text["eta"].format(date=eta))
+    return lines
+
+
+def compose_reply(intent: str, orders: list[OrderFacts], language: str, tone: str) -> str:
+    """The reply body (no signature) for an intent, in pt or en (pure)."""
+    text = _TEXT[_lang_key(language)]
+    formal = tone.strip().lower() in {"formal", "professional"}
+    paragraphs = [text["greeting_formal" if formal else "greeting"], text["thanks"]]
+
+    if intent in ("return_refund", "cancellation", "product_question", "complaint"):
+        paragraphs.append(text[intent])
+    elif intent == "shipping_delay":
+        paragraphs.append(text["delay"])
+    elif intent not in ORDER_INTENTS:
+        paragraphs.append(text["other"])
+
+    if orders:
+        details = [text["orders_intro"]]
+        for order in orders:
+            details.extend(describe_order(order, language))
+        paragraphs.append("\n".join(details))
+    elif intent in ORDER_INTENTS:
+        # Identical whether the sender has no orders, gave an unknown number or someone else's:
+        # the reply must not reveal which.
+        paragraphs.append(text["no_orders"])
+
+    paragraphs.append(text["closing"])
+    return "\n\n".join(paragraphs)
