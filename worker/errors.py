@@ -66,9 +66,7 @@ class CircuitOpenError(TransientError):
     """The service's circuit breaker is open: defer the job without spending an attempt."""
 
     def __init__(self, service: str, retry_after: float | None = None) -> None:
-        super().__init__(
-            f"circuit open for {service}", service=service, retry_after=retry_after
-        )
+        super().__init__(f"circuit open for {service}", service=service, retry_after=retry_after)
 
 
 class ConfigError(PermanentError):

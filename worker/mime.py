@@ -105,7 +105,7 @@ _HTML_DROP = ("script", "style", "head", "title", "noscript", "template", "svg")
 _HTML_BLOCKS = frozenset(
     {
         "p", "div", "section", "article", "header", "footer", "aside", "nav", "main",
-        "blockquote", "pre", "ul", "ol", "li", "table", "tr", "h1", "h2", "h3", "h4", "h5",
+        "blockquote", "pre", "ul", "ol", "table", "tr", "h1", "h2", "h3", "h4", "h5",
         "h6", "hr", "dl", "dt", "dd", "address", "center", "form", "fieldset", "figure",
     }
 )  # fmt: skip
@@ -265,6 +265,10 @@ def decode_header_value(value: str) -> str:
     for chunk, charset in chunks:
         if isinstance(chunk, str):
             out.append(_unsurrogate(chunk))
+        elif charset is None:
+            # decode_header hands back the text between encoded words as raw-unicode-escape
+            # bytes; undo that to recover the original characters (and 8-bit bytes).
+            out.append(_unsurrogate(chunk.decode("raw-unicode-escape", errors="replace")))
         else:
             out.append(_decode_bytes(chunk, charset)[0])
     return _clean("".join(out)).strip()
@@ -275,8 +279,15 @@ def normalize_message_id(value: str | None) -> str | None:
     if not value:
         return None
     match = _MSGID_IN_BRACKETS.search(value)
-    inner = match.group(1) if match else value
-    inner = "".join(inner.split())
+    if match:
+        # Long ids get folded across lines; the whitespace is not part of the id.
+        inner = "".join(match.group(1).split())
+    else:
+        # A bare id is accepted only as one token: words with spaces are not an identifier.
+        tokens = value.split()
+        if len(tokens) != 1:
+            return None
+        inner = tokens[0]
     if not inner or "<" in inner or ">" in inner or len(inner) > _MAX_MESSAGE_ID_CHARS:
         return None
     return _clean(f"<{inner}>")
@@ -319,11 +330,11 @@ def html_to_text(html: str) -> str:
     for br in soup.find_all("br"):
         br.replace_with("\n")
     for tag in soup.find_all(True):
-        if isinstance(tag, Tag) and tag.name in _HTML_BLOCKS:
+        if isinstance(tag, Tag) and tag.name == "li":
+            tag.insert_before("\n- ")
+        elif isinstance(tag, Tag) and tag.name in _HTML_BLOCKS:
             tag.insert_before("\n")
             tag.insert_after("\n")
-            if tag.name == "li":
-                tag.insert(0, "- ")
     lines = (line.strip() for line in soup.get_text().split("\n"))
     return _tidy_text("\n".join(lines))
 
@@ -502,9 +513,7 @@ def _parse_date(value: str | None) -> datetime | None:
     return parsed
 
 
-def _body_and_attachments(
-    msg: Message, defects: list[str]
-) -> tuple[str, tuple[Attachment, ...]]:
+def _body_and_attachments(msg: Message, defects: list[str]) -> tuple[str, tuple[Attachment, ...]]:
     plains: list[str] = []
     htmls: list[str] = []
     attachments: list[Attachment] = []
