@@ -91,6 +91,9 @@ class ScriptedServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes; with Nagle on, keep-alive clients stall
+            # ~40 ms per request on delayed ACKs, which would distort every benchmark.
+            disable_nagle_algorithm = True
 
             def do_POST(self) -> None:
                 fake._handle(self)
