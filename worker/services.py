@@ -1,0 +1,151 @@
+"""Wiring: the real clients built once from Settings, and the runs that use them.
+
+Everything here is construction; the behaviour lives in fetch.py and process.py, which take
+these pieces as arguments so tests and benchmarks can pass their own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any
+
+import httpx
+
+from worker import db as dbmod
+from worker import fetch, imap, process, smtp
+from worker.claude import ClaudeResponder
+from worker.config import Settings
+from worker.offline import OfflineResponder
+from worker.responder import Responder
+from worker.runs import Budget, Runner
+from worker.shopify import ShopifyClient
+
+log = logging.getLogger(__name__)
+
+
+def build_responder(settings: Settings) -> Responder:
+    """Claude when a key is configured, else the deterministic offline responder."""
+    if settings.anthropic_api_key:
+        return ClaudeResponder(
+            settings.anthropic_api_key,
+            model=settings.claude_model,
+            base_url=settings.anthropic_base_url,
+            timeout_seconds=settings.claude_timeout_seconds,
+        )
+    log.warning("ANTHROPIC_API_KEY is not set: replies come from the offline responder")
+    return OfflineResponder()
+
+
+def mail_io(settings: Settings) -> process.MailIO:
+    """SMTP delivery and the Sent-folder lookup, with the configured timeouts and CA."""
+
+    def send(message: EmailMessage, store: Mapping[str, Any], secrets: Mapping[str, Any]) -> object:
+        return smtp.send_message(
+            message,
+            str(store["smtp_host"]),
+            int(store["smtp_port"]),
+            str(store["smtp_tls"]),
+            str(store.get("smtp_user") or ""),
+            str(secrets.get("smtp_password") or ""),
+            timeout_seconds=settings.smtp_timeout_seconds,
+            ca_file=settings.extra_ca_file,
+        )
+
+    def sent_folder_has(
+        store: Mapping[str, Any], secrets: Mapping[str, Any], message_id: str
+    ) -> bool:
+        with imap.open_mailbox(
+            str(store["imap_host"]),
+            int(store["imap_port"]),
+            str(store["imap_tls"]),
+            str(store["imap_user"]),
+            str(secrets.get("imap_password") or ""),
+            timeout_seconds=settings.imap_timeout_seconds,
+            ca_file=settings.extra_ca_file,
+        ) as client:
+            folder = imap.sent_folder(client)
+            return folder is not None and imap.find_message_id(client, folder, message_id)
+
+    return process.MailIO(send=send, sent_folder_has=sent_folder_has)
+
+
+@dataclass
+class WorkerServices:
+    """What the app and the CLI run with: settings, database, and the two runners."""
+
+    settings: Settings
+    db: dbmod.Database
+    process_services: process.Services
+    http: httpx.Client
+    runners: dict[str, Runner] = field(default_factory=dict)
+
+    def close(self) -> None:
+        """Release pools and sockets."""
+        close = getattr(self.process_services.responder, "close", None)
+        if callable(close):
+            close()
+        self.http.close()
+        self.db.close()
+
+
+def fetch_options(settings: Settings) -> fetch.FetchOptions:
+    """Fetch tuning from Settings."""
+    return fetch.FetchOptions(
+        concurrency=settings.fetch_concurrency,
+        max_per_store=settings.fetch_max_per_store,
+        store_timeout_seconds=settings.store_timeout_seconds,
+        imap_timeout_seconds=settings.imap_timeout_seconds,
+        max_message_bytes=settings.max_message_bytes,
+        ca_file=settings.extra_ca_file,
+    )
+
+
+def process_options(settings: Settings) -> process.ProcessOptions:
+    """Process tuning from Settings."""
+    return process.ProcessOptions(
+        concurrency=settings.process_concurrency,
+        lease_seconds=settings.lease_seconds,
+        reply_cap_per_customer=settings.reply_cap_per_customer,
+        reply_cap_window_hours=settings.reply_cap_window_hours,
+        max_message_bytes=settings.max_message_bytes,
+    )
+
+
+def build_services(settings: Settings, *, database: dbmod.Database | None = None) -> WorkerServices:
+    """The real services for `settings` (a database may be passed in by tests)."""
+    database = database or dbmod.connect(settings)
+    # One pooled HTTP client for every shop: connections are reused across jobs and stores.
+    http = httpx.Client(timeout=httpx.Timeout(15.0, connect=5.0))
+
+    def shop_for(store: Mapping[str, Any], secrets: Mapping[str, Any]) -> ShopifyClient | None:
+        token = secrets.get("shopify_token")
+        if not store.get("shopify_domain") or not token:
+            return None
+        return ShopifyClient(
+            http,
+            str(store["shopify_domain"]),
+            str(token),
+            settings.shopify_api_version,
+            base_url=settings.shopify_base_url,
+        )
+
+    process_services = process.Services(
+        db=database,
+        responder=build_responder(settings),
+        mail=mail_io(settings),
+        shop_for=shop_for,
+    )
+    services = WorkerServices(settings, database, process_services, http)
+    f_opts, p_opts = fetch_options(settings), process_options(settings)
+
+    def run_fetch(budget: Budget) -> Mapping[str, Any]:
+        return fetch.run_fetch(database, budget, options=f_opts)
+
+    def run_process(budget: Budget) -> Mapping[str, Any]:
+        return process.run_process(process_services, budget, options=p_opts)
+
+    services.runners = {"fetch": run_fetch, "process": run_process}
+    return services
