@@ -147,11 +147,13 @@ def classify_imap_error(exc: BaseException, action: str) -> WorkerError:
     if isinstance(exc, TimeoutError):
         return TransientError(f"{action}: timed out", service=SERVICE)
     if isinstance(exc, ssl.SSLCertVerificationError):
+        reason = getattr(exc, "verify_message", None) or exc
         return TransientError(
-            f"{action}: TLS certificate verification failed: {exc.verify_message}", service=SERVICE
+            f"{action}: TLS certificate verification failed: {reason}", service=SERVICE
         )
     if isinstance(exc, ssl.SSLError):
-        return TransientError(f"{action}: TLS error: {exc.reason or exc}", service=SERVICE)
+        reason = getattr(exc, "reason", None) or exc
+        return TransientError(f"{action}: TLS error: {reason}", service=SERVICE)
     if isinstance(exc, OSError):
         return TransientError(f"{action}: connection failed: {exc}", service=SERVICE)
     if isinstance(exc, imaplib.IMAP4.abort):
@@ -257,8 +259,7 @@ def fetch_new_messages(
 ) -> FetchBatch:
     """The oldest `limit` messages with UID > last_uid (all of them from UID 1 after a
     UIDVALIDITY change); oversized ones come with their header only."""
-    with _imap_errors(f"select {folder}"):
-        info = client.select_folder(folder, readonly=True)
+    info = _select(client, folder)
     uidvalidity = int(info[b"UIDVALIDITY"])
     changed = known_uidvalidity is not None and int(known_uidvalidity) != uidvalidity
     start = 0 if changed else max(0, int(last_uid))
@@ -310,6 +311,21 @@ def fetch_new_messages(
     return FetchBatch(uidvalidity, changed, messages, max(taken), has_more)
 
 
+def _select(client: IMAPClient, folder: str) -> dict[bytes, Any]:
+    """Open folder read-only (EXAMINE): nothing we do can change its flags."""
+    with _imap_errors(f"select {folder}"):
+        try:
+            return dict(client.select_folder(folder, readonly=True))
+        except imaplib.IMAP4.abort:
+            raise
+        except imaplib.IMAP4.error:
+            # imaplib drops the [NONEXISTENT] code from the error; ask instead, since a missing
+            # folder is a store set-up problem that no retry fixes.
+            if not client.folder_exists(folder):
+                raise PermanentError(f"folder {folder!r} does not exist", service=SERVICE) from None
+            raise
+
+
 def _item(item: dict[bytes, Any] | None, key: bytes) -> bytes | None:
     if item is None:
         return None
@@ -329,7 +345,7 @@ def find_message_id(client: IMAPClient, folder: str, message_id: str) -> bool:
     wanted = message_id.strip()
     if not wanted or any(c in wanted for c in '\r\n"\\'):
         raise PermanentError(f"unusable Message-ID {message_id!r}", service=SERVICE)
+    _select(client, folder)
     with _imap_errors(f"search {folder}"):
-        client.select_folder(folder, readonly=True)
         # HEADER search is a substring match; the angle brackets keep it exact enough.
         return bool(client.search(["HEADER", "Message-ID", wanted]))

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import EmailPolicy
@@ -143,7 +144,7 @@ def build_reply(
         name = _single_line(from_name or "")
         message["From"] = Address(display_name=name, addr_spec=from_address)
         message["To"] = Address(addr_spec=to_address)
-    except (ValueError, IndexError) as exc:
+    except (ValueError, IndexError, HeaderParseError) as exc:
         raise PermanentError(f"unusable address: {exc}", service=SERVICE) from exc
     message["Subject"] = reply_subject(original_subject)
     when = date or datetime.now(UTC)
@@ -216,26 +217,30 @@ def classify_smtp_failure(exc: BaseException, action: str) -> WorkerError:
         code = min(codes) if codes else 550
         details = "; ".join(f"{rcpt}: {c} {_text(m)}" for rcpt, (c, m) in exc.recipients.items())
         return _with_action(classify_smtp_code(code, details, SERVICE), "recipient refused")
-    if isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code > 0:
+    if isinstance(exc, smtplib.SMTPResponseException):
+        # A code of -1 (no reply at all) comes out transient, like any 4xx.
         error = classify_smtp_code(exc.smtp_code, _text(exc.smtp_error), SERVICE)
         return _with_action(error, action)
     if isinstance(exc, smtplib.SMTPNotSupportedError):
         return PermanentError(f"{action}: {exc}", service=SERVICE)
     if isinstance(exc, smtplib.SMTPServerDisconnected):
         return TransientError(f"{action}: connection lost: {exc}", service=SERVICE)
+    if isinstance(exc, smtplib.SMTPException):
+        # e.g. "No suitable authentication method found": the server's set-up, not a blip.
+        # (SMTPException subclasses OSError, so this must come before the OSError cases.)
+        return PermanentError(f"{action}: {exc}", service=SERVICE)
     if isinstance(exc, TimeoutError):
         return TransientError(f"{action}: timed out", service=SERVICE)
     if isinstance(exc, ssl.SSLCertVerificationError):
+        reason = getattr(exc, "verify_message", None) or exc
         return TransientError(
-            f"{action}: TLS certificate verification failed: {exc.verify_message}", service=SERVICE
+            f"{action}: TLS certificate verification failed: {reason}", service=SERVICE
         )
     if isinstance(exc, ssl.SSLError):
-        return TransientError(f"{action}: TLS error: {exc.reason or exc}", service=SERVICE)
+        reason = getattr(exc, "reason", None) or exc
+        return TransientError(f"{action}: TLS error: {reason}", service=SERVICE)
     if isinstance(exc, OSError):
         return TransientError(f"{action}: connection failed: {exc}", service=SERVICE)
-    if isinstance(exc, smtplib.SMTPException):
-        # e.g. "No suitable authentication method found": the server's set-up, not a blip.
-        return PermanentError(f"{action}: {exc}", service=SERVICE)
     raise TypeError(f"not an SMTP failure: {exc!r}")
 
 

@@ -64,9 +64,11 @@ mail_location = maildir:~/Maildir
 mail_fsync = never
 # Several stores of one test share a user; Dovecot's default allows only 10 sessions per IP.
 mail_max_userip_connections = 500
+# One passwd-file per user: Dovecot re-reads a changed passwd-file at most once a second, so a
+# user added right after another login would otherwise be unknown for up to a second.
 passdb {{
   driver = passwd-file
-  args = scheme=PLAIN {root}/users
+  args = scheme=PLAIN {root}/users/%u
 }}
 userdb {{
   driver = static
@@ -91,8 +93,12 @@ service imap-login {{
     ssl = yes
   }}
 }}
+# No auth penalty: after a wrong-password test, Dovecot would otherwise delay the next logins
+# from 127.0.0.1 by seconds (Dovecot's documented way to switch it off).
 service anvil {{
-  chroot =
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
 }}
 """
 
@@ -134,7 +140,7 @@ class DovecotServer:
         self.imaps_port = 0
         self.config_file = self.root / "dovecot.conf"
         self.log_file = self.root / "dovecot.log"
-        self.users_file = self.root / "users"
+        self.users_dir = self.root / "users"
         self._passwords: dict[str, str] = {}
         self._process: subprocess.Popen[bytes] | None = None
         self._counter = 0
@@ -153,8 +159,8 @@ class DovecotServer:
         (self.root / "mail").mkdir(exist_ok=True)
         (self.root / "state").mkdir(exist_ok=True)
         self._chown(self.root / "mail")
-        self.users_file.touch()
-        self.users_file.chmod(0o644)
+        self.users_dir.mkdir(exist_ok=True)
+        self.users_dir.chmod(0o755)
         self.imap_port, self.imaps_port = free_port(self.host), free_port(self.host)
         self.config_file.write_text(
             _CONFIG.format(
@@ -241,16 +247,16 @@ class DovecotServer:
     # -- users ---------------------------------------------------------------------------------
 
     def add_user(self, name: str, password: str) -> None:
-        """Create (or re-password) a mail user; Dovecot re-reads the passwd-file on change."""
-        for value in (name, password):
-            if any(c in value for c in ":\n\r"):
-                raise ValueError("user names and passwords may not contain ':' or newlines")
+        """Create a mail user (a new password for an existing one may take a second to count)."""
+        if any(c in name for c in ":/\n\r") or name.startswith(".") or not name:
+            raise ValueError(f"unusable user name {name!r}")
+        if any(c in password for c in ":\n\r"):
+            raise ValueError("passwords may not contain ':' or newlines")
         self._passwords[name] = password
-        lines = [f"{user}:{{PLAIN}}{pw}::::::\n" for user, pw in self._passwords.items()]
-        tmp = self.users_file.with_suffix(".tmp")
-        tmp.write_text("".join(lines))
+        tmp = self.users_dir / f".{name}.tmp"
+        tmp.write_text(f"{name}:{{PLAIN}}{password}::::::\n")
         tmp.chmod(0o644)
-        tmp.replace(self.users_file)
+        tmp.replace(self.users_dir / name)
         self._maildir(name, "INBOX")
 
     def password(self, name: str) -> str:
