@@ -21,7 +21,7 @@ from email.policy import Policy
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any
 
-from bs4 import BeautifulSoup, NavigableString, Tag
+from bs4 import BeautifulSoup, NavigableString, PageElement, Tag
 
 SYNTHETIC_DOMAIN = "synthetic.invalid"
 DEFAULT_MAX_BODY_CHARS = 100_000
@@ -62,6 +62,9 @@ _MAX_MESSAGE_ID_CHARS = 500
 _MAX_REFERENCES = 100
 _MAX_ATTACHMENTS = 100
 _MAX_DEFECTS = 50
+# HTML parsing costs about a second per megabyte here; mail clients clip far below this (Gmail at
+# 102 KB), and the text we keep is capped anyway, so a bigger HTML part is cut, not parsed whole.
+_MAX_HTML_CHARS = 1_000_000
 
 # Origin fields the sender wrote, identical in every delivered copy; trace fields (Received,
 # Delivered-To, Return-Path, DKIM...) differ per delivery and would break deduplication.
@@ -99,6 +102,7 @@ _URL = re.compile(r"https?://[^\s<>\"')\]]+", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00\ud800-\udfff]")
 _FOLD = re.compile(r"\r?\n[ \t]*")
 _SPACES = re.compile(r"[ \t\u00a0]+")
+_WHITESPACE = re.compile(r"\s+")
 _BLANK_LINES = re.compile(r"\n{3,}")
 
 _HTML_DROP = ("script", "style", "head", "title", "noscript", "template", "svg")
@@ -311,32 +315,59 @@ def message_id_list(value: str | None) -> tuple[str, ...]:
 def html_to_text(html: str) -> str:
     """Readable plain text from HTML: scripts and styles dropped, blocks on their own lines."""
     soup = BeautifulSoup(html, "html.parser")
-    for name in _HTML_DROP:
-        for tag in soup.find_all(name):
-            tag.decompose()
-    for text in list(soup.find_all(string=True)):
-        if type(text) is not NavigableString:
-            # Comments, doctypes and CDATA are NavigableString subclasses, not visible text.
-            text.extract()
-            continue
-        if text.find_parent("pre") is None:
-            text.replace_with(_SPACES.sub(" ", re.sub(r"\s+", " ", str(text))))
-    for anchor in soup.find_all("a"):
-        href = anchor.get("href") if isinstance(anchor, Tag) else None
-        if isinstance(href, str) and href.lower().startswith(("http://", "https://")):
-            label = anchor.get_text(" ", strip=True)
-            if href.strip() != label:
-                anchor.append(f" ({href.strip()})" if label else href.strip())
-    for br in soup.find_all("br"):
-        br.replace_with("\n")
-    for tag in soup.find_all(True):
-        if isinstance(tag, Tag) and tag.name == "li":
-            tag.insert_before("\n- ")
-        elif isinstance(tag, Tag) and tag.name in _HTML_BLOCKS:
-            tag.insert_before("\n")
-            tag.insert_after("\n")
-    lines = (line.strip() for line in soup.get_text().split("\n"))
+    out: list[str] = []
+    # One pass over the tree with an explicit stack and no tree edits: editing siblings in place
+    # is quadratic in bs4, and html.parser nests unclosed tags deeply enough to overflow recursion.
+    stack: list[PageElement | _Marker] = [soup]
+    in_pre = 0
+    while stack:
+        node = stack.pop()
+        if isinstance(node, _Marker):
+            in_pre -= node.leave_pre
+            out.append(node.text)
+        elif isinstance(node, NavigableString):
+            # Comments, doctypes, CDATA and script text are subclasses, never visible text.
+            if type(node) is NavigableString:
+                out.append(str(node) if in_pre else _WHITESPACE.sub(" ", node))
+        elif isinstance(node, Tag) and node.name not in _HTML_DROP:
+            name = node.name
+            if name == "br":
+                out.append("\n")
+                continue
+            after = ""
+            if name == "li":
+                out.append("\n- ")
+            elif name in _HTML_BLOCKS:
+                out.append("\n")
+                after = "\n"
+            if name == "a":
+                after = _link_suffix(node) + after
+            if name == "pre":
+                in_pre += 1
+            stack.append(_Marker(after, 1 if name == "pre" else 0))
+            stack.extend(reversed(node.contents))
+    lines = (line.strip() for line in "".join(out).split("\n"))
     return _tidy_text("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class _Marker:
+    """Text to emit once a tag's children are done (and whether that closes a <pre>)."""
+
+    text: str
+    leave_pre: int
+
+
+def _link_suffix(anchor: Tag) -> str:
+    # Show where a link goes (a tracking link, a product page) unless its text already says so.
+    href = anchor.get("href")
+    if not isinstance(href, str) or not href.strip().lower().startswith(("http://", "https://")):
+        return ""
+    href = href.strip()
+    label = anchor.get_text(" ", strip=True)
+    if label == href:
+        return ""
+    return f" ({href})" if label else href
 
 
 # -- internals ---------------------------------------------------------------------------------
@@ -432,6 +463,15 @@ def _parse(
 def _fallback(raw: bytes, *, uid: int | None, max_body_chars: int, error: Exception) -> ParsedEmail:
     match = re.search(rb"\r?\n\r?\n", raw)
     body = raw[match.end() :] if match else b""
+    body_text = _tidy_text(_decode_bytes(body, None)[0])[:max_body_chars]
+    problem = f"parse_error:{type(error).__name__}"
+    try:
+        # The body is what breaks the parser (e.g. multiparts nested thousands deep); the headers
+        # alone usually parse, and they are what threading and loop detection need.
+        headers_only = _parse(raw, policy.compat32, [problem], uid, 0, True)
+        return replace(headers_only, body_text=body_text, size_bytes=len(raw))
+    except Exception as exc:
+        problem += f",header_parse_error:{type(exc).__name__}"
     return ParsedEmail(
         message_id=synthetic_message_id(raw),
         from_address=None,
@@ -444,11 +484,11 @@ def _fallback(raw: bytes, *, uid: int | None, max_body_chars: int, error: Except
         in_reply_to=None,
         references=(),
         headers={},
-        body_text=_tidy_text(_decode_bytes(body, None)[0])[:max_body_chars],
+        body_text=body_text,
         attachments=(),
         size_bytes=len(raw),
         uid=uid,
-        defects=(f"parse_error:{type(error).__name__}",),
+        defects=(problem,),
     )
 
 
@@ -531,22 +571,28 @@ def _body_and_attachments(msg: Message, defects: list[str]) -> tuple[str, tuple[
             attachments.append(Attachment(filename, content_type, _part_size(part)))
     plain = "\n\n".join(t for t in (_tidy_text(p) for p in plains) if t)
     if not plain and htmls:
-        plain = "\n\n".join(t for t in (html_to_text(h) for h in htmls) if t)
+        texts = []
+        for html in htmls:
+            if len(html) > _MAX_HTML_CHARS:
+                html = html[:_MAX_HTML_CHARS]
+                defects.append("html_truncated")
+            texts.append(html_to_text(html))
+        plain = "\n\n".join(t for t in texts if t)
     return plain, tuple(attachments)
 
 
-def _leaf_parts(part: Message) -> Iterator[Message]:
-    content_type = part.get_content_type()
-    if content_type.startswith("multipart/"):
+def _leaf_parts(root: Message) -> Iterator[Message]:
+    # Depth-first in document order, with an explicit stack: hostile mail nests multiparts deep.
+    stack = [root]
+    while stack:
+        part = stack.pop()
         payload = part.get_payload()
-        if isinstance(payload, list):
-            for child in payload:
-                if isinstance(child, Message):
-                    yield from _leaf_parts(child)
-            return
-    # message/rfc822 (a forwarded mail, a bounced original) is reported as one attachment: its
-    # text is someone else's message, not this sender's words.
-    yield part
+        if part.get_content_type().startswith("multipart/") and isinstance(payload, list):
+            stack.extend(reversed([p for p in payload if isinstance(p, Message)]))
+            continue
+        # message/rfc822 (a forwarded mail, a bounced original) is reported as one attachment:
+        # its text is someone else's message, not this sender's words.
+        yield part
 
 
 def _filename(part: Message) -> str | None:

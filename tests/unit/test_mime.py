@@ -297,3 +297,37 @@ def test_message_id_list() -> None:
 )
 def test_decode_header_value(value: str, expected: str) -> None:
     assert decode_header_value(value) == expected
+
+
+def test_huge_and_deeply_nested_html_is_bounded() -> None:
+    flat = b"<div><p>Ola <b>mundo</b></p></div>" * 40_000
+    email = parse_message(b"From: a@example.com\nContent-Type: text/html\n\n" + flat)
+    assert "html_truncated" in email.defects
+    assert email.body_text.startswith("Ola mundo\n\nOla mundo")
+    # html.parser nests unclosed tags; the converter must not recurse once per level.
+    deep = b"<div>x" * 20_000
+    email = parse_message(b"From: a@example.com\nContent-Type: text/html\n\n" + deep)
+    assert email.body_text.count("x") == 20_000
+
+
+def test_mail_that_breaks_the_parser_keeps_its_headers() -> None:
+    depth = 2_000
+    opening = b"".join(
+        b"Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (i, i) for i in range(depth)
+    )
+    closing = b"".join(b"--b%d--\n" % i for i in reversed(range(depth)))
+    raw = (
+        b"From: Ana <ana@example.com>\nSubject: nested\nMessage-ID: <deep@example.com>\n"
+        + opening
+        + b"Content-Type: text/plain\n\ninner text\n"
+        + closing
+    )
+    email = parse_message(raw)
+    assert any(d.startswith("parse_error:") for d in email.defects)
+    assert (email.message_id, email.from_address, email.subject) == (
+        "<deep@example.com>",
+        "ana@example.com",
+        "nested",
+    )
+    assert email.body_text.startswith("--b0\n")
+    assert email.size_bytes == len(raw)
