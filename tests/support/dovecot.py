@@ -8,6 +8,7 @@ Usable outside pytest: `python -m tests.support.dovecot` runs one until Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import pwd
 import shutil
@@ -15,10 +16,11 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +33,8 @@ DOVECOT = shutil.which("dovecot", path="/usr/sbin:/usr/bin:/sbin:/bin") or "/usr
 DOVEADM = shutil.which("doveadm", path="/usr/bin:/usr/sbin:/bin:/sbin") or "/usr/bin/doveadm"
 START_TIMEOUT = 30.0  # seconds; a noisy 2-core CI box can be slow to fork the first processes
 STOP_TIMEOUT = 10.0  # seconds
+START_ATTEMPTS = 3
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 # Maildir info flags (the ":2,<flags>" suffix) for the IMAP system flags.
 _MAILDIR_FLAGS = {
@@ -161,7 +165,21 @@ class DovecotServer:
         self._chown(self.root / "mail")
         self.users_dir.mkdir(exist_ok=True)
         self.users_dir.chmod(0o755)
-        self.imap_port, self.imaps_port = free_port(self.host), free_port(self.host)
+        # On a shared machine another process can take a free port before Dovecot binds it.
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                self._start_once()
+                return self
+            except RuntimeError as exc:
+                if attempt == START_ATTEMPTS or "in use" not in str(exc):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> None:
+        self.imap_port = free_port(self.host)
+        self.imaps_port = free_port(self.host)
+        while self.imaps_port == self.imap_port:
+            self.imaps_port = free_port(self.host)
         self.config_file.write_text(
             _CONFIG.format(
                 root=self.root,
@@ -183,6 +201,7 @@ class DovecotServer:
             stdout=stderr,
             stderr=stderr,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         stderr.close()
         try:
@@ -190,7 +209,6 @@ class DovecotServer:
         except BaseException:
             self.stop()
             raise
-        return self
 
     def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -404,6 +422,15 @@ class DovecotServer:
             os.chown(path, self._mail_uid, self._mail_gid)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM Dovecot if the test process dies without stopping it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: a crashed test run may leave a Dovecot behind, nothing worse
+
+
 def _process_identities() -> tuple[int, int, str, str]:
     """(mail uid, mail gid, internal user, login user) for this process's privileges.
 
@@ -425,20 +452,40 @@ def running_dovecot(ca: TestCA | None = None) -> Iterator[DovecotServer]:
         yield server
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Run a Dovecot with one user until Ctrl-C (for the demo and benchmarks)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--user", default="support@example.test")
     parser.add_argument("--password", default="test-password")
+    parser.add_argument(
+        "--smtp", action="store_true", help="also run an SMTP sink (STARTTLS) with the same CA"
+    )
     args = parser.parse_args()
-    with running_dovecot() as server:
+    with ExitStack() as stack:
+        server = stack.enter_context(running_dovecot())
         server.add_user(args.user, args.password)
         print(f"IMAP_HOST={server.host}")
         print(f"IMAPS_PORT={server.imaps_port}")
         print(f"IMAP_STARTTLS_PORT={server.imap_port}")
         print(f"IMAP_USER={args.user}")
+        print(f"IMAP_PASSWORD={args.password}")
         print(f"EXTRA_CA_FILE={server.ca.ca_file}")
-        print(f"DOVECOT_DIR={server.root}", flush=True)
+        print(f"DOVECOT_DIR={server.root}")
+        if args.smtp:
+            from tests.support.smtp_sink import SmtpSink  # the sink imports this module
+
+            sink = stack.enter_context(SmtpSink(server.ca, username=args.user))
+            print(f"SMTP_HOST={sink.host}")
+            print(f"SMTP_PORT={sink.port}")
+            print(f"SMTP_TLS={sink.tls_mode}")
+            print(f"SMTP_USER={sink.username}")
+            print(f"SMTP_PASSWORD={sink.password}")
+        sys.stdout.flush()
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             signal.pause()
         except KeyboardInterrupt:

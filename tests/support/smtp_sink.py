@@ -12,6 +12,7 @@ import asyncio
 import email
 import email.policy
 import logging
+import shutil
 import signal
 import threading
 import warnings
@@ -23,7 +24,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from tests.support.dovecot import free_port
+from tests.support.dovecot import _interrupt, free_port
 from tests.support.tls import TestCA, create_test_ca
 
 # aiosmtpd logs deprecation notes and the implicit-TLS AUTH warning on every session at WARNING;
@@ -77,6 +78,7 @@ class SmtpSink:
         implicit_tls: bool = False,
         host: str = "127.0.0.1",
     ) -> None:
+        self._own_ca = ca is None
         self.ca = ca or create_test_ca()
         self.username = username
         self.password = password
@@ -119,6 +121,8 @@ class SmtpSink:
         controller, self._controller = self._controller, None
         if controller is not None:
             controller.stop()
+        if self._own_ca:
+            shutil.rmtree(self.ca.directory, ignore_errors=True)
 
     def __enter__(self) -> SmtpSink:
         return self.start()
@@ -242,7 +246,9 @@ def main() -> None:
         print(f"SMTP_PORT={sink.port}")
         print(f"SMTP_TLS={sink.tls_mode}")
         print(f"SMTP_USER={sink.username}")
+        print(f"SMTP_PASSWORD={sink.password}")
         print(f"EXTRA_CA_FILE={sink.ca.ca_file}", flush=True)
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             signal.pause()
         except KeyboardInterrupt:
