@@ -21,7 +21,7 @@ from imapclient import IMAPClient, SocketTimeout
 from imapclient import exceptions as imap_exceptions
 from imapclient.imapclient import SENT
 
-from worker.errors import PermanentError, TransientError, WorkerError
+from worker.errors import ConfigError, PermanentError, TransientError, WorkerError
 
 SERVICE = "imap"
 TlsMode = Literal["ssl", "starttls", "plain"]
@@ -196,7 +196,11 @@ def client_ssl_context(ca_file: str | None = None) -> ssl.SSLContext:
     """A verifying TLS context: the system's CAs plus the optional extra bundle."""
     context = ssl.create_default_context()
     if ca_file:
-        context.load_verify_locations(cafile=ca_file)
+        try:
+            context.load_verify_locations(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            # The deployment's fault, not the mailbox's: no retry or breaker can fix it.
+            raise ConfigError(f"EXTRA_CA_FILE {ca_file!r} cannot be loaded: {exc}") from exc
     return context
 
 
@@ -217,9 +221,7 @@ def open_mailbox(
         raise PermanentError(
             f"IMAP without TLS is only allowed to loopback hosts, not {host!r}", service=SERVICE
         )
-    with _imap_errors("connect"):
-        # A bad EXTRA_CA_FILE is a deployment problem, not the mailbox's: let it surface as such.
-        context = client_ssl_context(ca_file)
+    context = client_ssl_context(ca_file)
     timeout = SocketTimeout(connect=timeout_seconds, read=timeout_seconds)
     with _imap_errors("connect"):
         client = IMAPClient(

@@ -15,7 +15,7 @@ from tests.support.dovecot import DovecotServer
 from tests.support.mail_servers import MailUser
 from tests.support.tls import TestCA, create_test_ca
 from worker import imap
-from worker.errors import PermanentError, TransientError
+from worker.errors import ConfigError, PermanentError, TransientError
 
 pytestmark = pytest.mark.integration
 
@@ -114,6 +114,13 @@ def test_untrusted_certificate_is_rejected(
                 dovecot.host, port, tls, mail_user.name, mail_user.password,
                 timeout_seconds=TIMEOUT, ca_file=ca_file,
             )
+
+
+def test_unreadable_extra_ca_file_is_a_config_error(
+    dovecot: DovecotServer, mail_user: MailUser, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match="EXTRA_CA_FILE"):
+        open_user(dovecot, mail_user, ca_file=tmp_path / "missing.pem")
 
 
 def test_connection_refused_is_transient(mail_user: MailUser) -> None:
