@@ -1,0 +1,126 @@
+-- Supabase platform pieces that a plain Debian Postgres lacks. Applied by scripts/local-db to
+-- every database it prepares (idempotent); never part of supabase/migrations, because on Supabase
+-- the platform already provides them. Modelled on supabase/postgres' initial schema and the
+-- GoTrue auth schema, reduced to what our migrations and tests touch.
+
+-- API roles. Like Supabase: NOLOGIN, NOINHERIT; only service_role bypasses RLS; PostgREST logs
+-- in as authenticator and SET ROLEs to one of the three.
+do $$
+declare
+  r text;
+begin
+  foreach r in array array['anon', 'authenticated', 'service_role'] loop
+    if not exists (select from pg_roles where rolname = r) then
+      execute format('create role %I nologin noinherit', r);
+    end if;
+  end loop;
+  if not exists (select from pg_roles where rolname = 'authenticator') then
+    create role authenticator login noinherit;
+  end if;
+end
+$$;
+alter role service_role bypassrls;
+alter role authenticator login noinherit;
+-- The Supabase CLI's local password; loopback-only clusters, never a deployed secret.
+alter role authenticator password 'postgres';
+grant anon, authenticated, service_role to authenticator;
+alter role anon set statement_timeout = '3s';
+alter role authenticated set statement_timeout = '8s';
+
+-- Extensions live in their own schema on Supabase, reachable through the search path.
+create schema if not exists extensions;
+create extension if not exists pgcrypto with schema extensions;
+create extension if not exists "uuid-ossp" with schema extensions;
+grant usage on schema extensions to postgres, anon, authenticated, service_role;
+
+-- Supabase's default grants: API roles get everything in public unless a migration revokes it,
+-- so our migrations must revoke what they do not want (exactly as on the platform).
+grant usage on schema public to postgres, anon, authenticated, service_role;
+alter default privileges for role postgres in schema public
+  grant all on tables to postgres, anon, authenticated, service_role;
+alter default privileges for role postgres in schema public
+  grant all on sequences to postgres, anon, authenticated, service_role;
+alter default privileges for role postgres in schema public
+  grant all on functions to postgres, anon, authenticated, service_role;
+
+-- auth: the GoTrue schema, with the columns a migration may reference.
+create schema if not exists auth;
+grant usage on schema auth to anon, authenticated, service_role;
+
+create table if not exists auth.users (
+  instance_id uuid,
+  id uuid primary key,
+  aud varchar(255),
+  role varchar(255),
+  email varchar(255),
+  encrypted_password varchar(255),
+  email_confirmed_at timestamptz,
+  invited_at timestamptz,
+  confirmation_token varchar(255),
+  recovery_token varchar(255),
+  last_sign_in_at timestamptz,
+  raw_app_meta_data jsonb,
+  raw_user_meta_data jsonb,
+  is_super_admin boolean,
+  created_at timestamptz default now(),
+  updated_at timestamptz default now(),
+  phone text unique,
+  phone_confirmed_at timestamptz,
+  banned_until timestamptz,
+  deleted_at timestamptz,
+  is_sso_user boolean not null default false,
+  is_anonymous boolean not null default false
+);
+create index if not exists users_email_idx on auth.users (email);
+-- On Supabase only the auth service and postgres touch auth.users; API roles see nothing.
+revoke all on auth.users from public, anon, authenticated;
+grant all on auth.users to service_role;
+
+-- PostgREST sets request.jwt.claims (JSON) per transaction; older versions set one
+-- request.jwt.claim.<name> per claim. Supabase's helpers read both, newest first.
+create or replace function auth.uid() returns uuid
+language sql stable
+as $$
+  select coalesce(
+    nullif(current_setting('request.jwt.claim.sub', true), ''),
+    (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')
+  )::uuid
+$$;
+
+create or replace function auth.role() returns text
+language sql stable
+as $$
+  select coalesce(
+    nullif(current_setting('request.jwt.claim.role', true), ''),
+    (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'role')
+  )::text
+$$;
+
+create or replace function auth.email() returns text
+language sql stable
+as $$
+  select coalesce(
+    nullif(current_setting('request.jwt.claim.email', true), ''),
+    (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'email')
+  )::text
+$$;
+
+create or replace function auth.jwt() returns jsonb
+language sql stable
+as $$
+  select coalesce(
+    nullif(current_setting('request.jwt.claim', true), ''),
+    nullif(current_setting('request.jwt.claims', true), '')
+  )::jsonb
+$$;
+
+grant execute on function auth.uid(), auth.role(), auth.email(), auth.jwt()
+  to anon, authenticated, service_role;
+
+-- What `supabase db push` records for every applied migration.
+create schema if not exists supabase_migrations;
+create table if not exists supabase_migrations.schema_migrations (
+  version text primary key,
+  statements text[],
+  name text
+);
