@@ -238,6 +238,11 @@ grant select, insert, update, delete on table
 -- Events: inserts and reads only; no role but the owner may rewrite or delete history.
 grant select, insert on table public.events to service_role;
 
+-- Identity columns draw their values without sequence privileges; the default grants would let
+-- any API role setval() them and break every later insert.
+revoke all on sequence public.credit_ledger_id_seq, public.events_id_seq
+  from public, anon, authenticated, service_role;
+
 -- Row level security ---------------------------------------------------------------------------
 
 alter table public.stores enable row level security;
