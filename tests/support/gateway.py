@@ -152,6 +152,7 @@ class RpcGateway:
         jwt_secret: str = TEST_JWT_SECRET,
         schemas: tuple[str, ...] = ("public",),
         anon_role: str = ANON_ROLE,
+        pool_timeout: float = POOL_TIMEOUT_SECONDS,
     ) -> None:
         self.jwt_secret = jwt_secret
         self.schemas = schemas
@@ -162,7 +163,7 @@ class RpcGateway:
             conninfo,
             min_size=1,
             max_size=8,
-            timeout=POOL_TIMEOUT_SECONDS,
+            timeout=pool_timeout,
             name="rpc-gateway",
             open=True,
         )

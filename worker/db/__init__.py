@@ -164,13 +164,13 @@ class Database:
         error: str,
         error_type: Literal["transient", "permanent"] | None = None,
         retry_after_seconds: int | None = None,
-    ) -> FailStatus:
-        """Record a failure; returns the job's new status ('pending' or 'dead_letter')."""
+    ) -> FailStatus | None:
+        """Record a failure; the job's new status, or None when worker_id lost the lease."""
         args = _args(
             {"job_id": job_id, "worker_id": worker_id, "error": error},
             {"error_type": error_type, "retry_after_seconds": retry_after_seconds},
         )
-        return cast(FailStatus, self._scalar("fail_job", args))
+        return cast(FailStatus | None, self._scalar("fail_job", args))
 
     def defer_job(self, job_id: str, worker_id: str, delay_seconds: int, reason: str) -> bool:
         """Put a held job back to pending later without spending an attempt."""
