@@ -108,7 +108,7 @@ declare
   v_stored int := 0;
   v_duplicates int := 0;
   v_skipped int := 0;
-  v_job_ids uuid[] := '{}';
+  v_job_ids uuid[] := '{}'::uuid[];
   v_last_uid bigint;
 begin
   if p_folder is null or p_folder = '' or p_uidvalidity is null or p_last_uid is null
@@ -346,7 +346,7 @@ begin
     select * into v_store from public.stores where id = v_message.store_id;
     select * into v_conversation from public.conversations where id = v_message.conversation_id;
     select * into v_reply from public.replies where message_id = v_message.id;
-    select count(*) into v_recent
+    select count(*)::int into v_recent
     from public.replies r
     where r.store_id = v_message.store_id
       and r.status in ('sending', 'sent')
@@ -589,7 +589,7 @@ immutable
 set search_path = ''
 as $$
 declare
-  v_problems text[] := '{}';
+  v_problems text[] := '{}'::text[];
   v_email constant text := '^[^@\s]+@[^@\s]+$';
   v_address text;
 begin
@@ -721,7 +721,7 @@ as $$
 declare
   v_base public.stores;
   v_store public.stores;
-  v_problems text[] := '{}';
+  v_problems text[] := '{}'::text[];
   v_unknown text[];
 begin
   -- Column defaults, as an insert would apply them.
@@ -812,7 +812,7 @@ declare
   v_old public.stores;
   v_store public.stores;
   v_secrets jsonb := coalesce(p_secrets, '{}'::jsonb);
-  v_problems text[] := '{}';
+  v_problems text[] := '{}'::text[];
   v_unknown text[];
   v_key text;
 begin
