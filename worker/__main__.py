@@ -58,7 +58,8 @@ def run_once(
 ) -> int:
     """Run one `kind` run in the foreground, print its record as JSON, return the exit code."""
     settings = load_settings(environ, require_worker_secret=False)
-    configure_logging(settings.log_level)
+    # Logs to stderr: stdout carries only the run record, so it can be piped to jq.
+    configure_logging(settings.log_level, sys.stderr)
     services = services_factory(settings)
     manager = runs.RunManager({kind: services.runners[kind]}, budget_seconds=budget_seconds)
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
-import importlib
 import logging
 import sys
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -62,11 +61,11 @@ ServicesFactory = Callable[[Settings], Services]
 
 def load_services(settings: Settings) -> Services:
     """The real services from `worker.services.build_services` (imported on first use)."""
-    # Imported at first use: the lead's worker/services.py pulls in every I/O client, and the
-    # app must import and answer /healthz even before (or when) building them fails.
-    module = importlib.import_module("worker.services")
-    services: Services = module.build_services(settings)
-    return services
+    # Imported at first use: worker/services.py pulls in every I/O client, and the app must
+    # import and answer /healthz even when building them fails.
+    from worker.services import build_services
+
+    return build_services(settings)
 
 
 class LazyServices:
@@ -113,11 +112,11 @@ def _deferred_runner(services: LazyServices, kind: str) -> runs.Runner:
     return run
 
 
-def configure_logging(level: str) -> None:
-    """Log to stdout at `level` unless logging was already configured (tests, gunicorn conf)."""
+def configure_logging(level: str, stream: TextIO | None = None) -> None:
+    """Log to `stream` (stdout) at `level` unless logging was already configured (e.g. tests)."""
     root = logging.getLogger()
     if not root.handlers:
-        handler = logging.StreamHandler(sys.stdout)
+        handler = logging.StreamHandler(stream or sys.stdout)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         root.addHandler(handler)
     root.setLevel(level)

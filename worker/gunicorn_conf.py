@@ -28,12 +28,20 @@ threads = 8
 # can finish its in-flight jobs before the master kills the worker; fly.toml's kill_timeout is
 # set above this again.
 timeout = 30  # seconds
-graceful_timeout = runs.SHUTDOWN_GRACE_SECONDS + 10  # seconds
+graceful_timeout = int(runs.SHUTDOWN_GRACE_SECONDS) + 10  # seconds; gunicorn wants an int
 keepalive = 5  # seconds
 
 accesslog = "-"  # stdout, where fly collects logs
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+
+# The heartbeat file on tmpfs: gunicorn's advice for containers, where /tmp may be a slow overlay.
+_SHM = "/dev/shm"  # noqa: S108 - gunicorn creates its file there with mkstemp
+worker_tmp_dir = _SHM if os.path.isdir(_SHM) else None
+
+# No control socket (gunicorn >= 25): nothing manages the container at run time, the non-root
+# user has no home to put it in, and side-by-side test servers would share its default path.
+control_socket_disable = True
 
 # Loading the app in the worker (no preload) keeps the run manager and its threads out of the
 # master, which forks; hooks below therefore act in the worker process.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
 import sys
 import threading
 import time
@@ -410,6 +412,25 @@ def test_cli_process_uses_the_configured_budget_and_exits_1_on_failure(
     printed = json.loads(capsys.readouterr().out)
     assert printed["status"] == "failed" and printed["errors"][0]["message"] == "boom"
     assert budgets == [42.0]
+
+
+def test_cli_sigterm_makes_the_foreground_run_stop_claiming(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def process(budget: runs.Budget) -> Mapping[str, Any]:
+        os.kill(os.getpid(), signal.SIGTERM)  # what `docker stop` or Ctrl-C would do
+        claimed = 0
+        while not budget.expired():
+            claimed += 1
+            budget.stop_event.wait(0.01)
+        return {"claimed": claimed}
+
+    previous = signal.getsignal(signal.SIGTERM)
+    code = cli.main(["process"], services_factory=cli_factory({"process": process}), environ=ENV)
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["stop_requested"] is True and printed["budget_exhausted"] is False
+    assert signal.getsignal(signal.SIGTERM) is previous  # the handler was restored
 
 
 def test_cli_reports_configuration_errors(capsys: pytest.CaptureFixture[str]) -> None:
