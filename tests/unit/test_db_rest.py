@@ -14,11 +14,12 @@ import psycopg
 import pytest
 import respx
 
-from worker.db import Database
+from worker.config import Settings
+from worker.db import Database, connect
 from worker.db.pg import adapt, build_call, error_from_psycopg
 from worker.db.rest import RestTransport
 from worker.db.types import Shape, is_transient_code, normalize_row
-from worker.errors import DatabaseConstraintError, DatabaseError
+from worker.errors import ConfigError, DatabaseConstraintError, DatabaseError
 
 BASE = "http://rest.test"
 RPC = f"{BASE}/rest/v1/rpc"
@@ -371,3 +372,18 @@ def test_pg_adapts_json_parameters() -> None:
     assert isinstance(wrapped, psycopg.types.json.Jsonb) and wrapped.obj == {"a": 1}
     assert adapt(None, "jsonb") is None
     assert adapt(["x"], "uuid[]") == ["x"]
+
+
+def test_connect_picks_the_rest_backend_from_supabase_settings() -> None:
+    settings = Settings(supabase_url=BASE, supabase_service_role_key=KEY, db_timeout_seconds=4)
+    db = connect(settings)
+    try:
+        assert isinstance(db.transport, RestTransport)
+        assert db.transport._http.timeout.read == 4
+    finally:
+        db.close()
+
+
+def test_connect_without_a_database_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        connect(Settings())
