@@ -104,7 +104,7 @@ def read_until_deadline(resp):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError()
-        if sock is not None:
+        if sock is not None and sock.fileno() != -1:
             sock.settimeout(remaining)
         chunk = resp.read(65536)
         if not chunk:
