@@ -403,12 +403,10 @@ def resume_reply(
         if exc.error_type == "permanent":
             db.reset_reply(reply_id, "failed", str(exc))
             db.release_credit(str(store["id"]), job_id, "send_failed")
-            trace.event("reply.failed", error=str(exc))
         else:
             db.reset_reply(reply_id, "drafted", str(exc))
         raise
     db.circuit_record(smtp_service, True)
-    trace.event("reply.sent", smtp_message_id=reply["smtp_message_id"])
     summary = finish(trace, "replied", **result)
     if not db.finish_send(reply_id, job_id, worker_id, summary):
         log.warning(
@@ -432,7 +430,7 @@ def resolve_in_doubt(
     reply_id, job_id = str(reply["id"]), str(job["id"])
     found = services.mail.sent_folder_has(store, secrets, str(reply["smtp_message_id"]))
     if found:
-        trace.event("reply.sent", smtp_message_id=reply["smtp_message_id"], resolved="sent_folder")
+        trace.event("process.in_doubt_resolved", found_in="sent_folder")
         summary = finish(trace, "replied", in_doubt_resolved="sent_folder", **result)
         db.finish_send(reply_id, job_id, worker_id, summary)
         return summary

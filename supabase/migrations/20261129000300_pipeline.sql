@@ -561,11 +561,16 @@ as $$
 declare
   v_reply public.replies;
 begin
-  if p_status is null or p_status not in ('drafted', 'failed') then
-    raise exception 'reset_reply status must be drafted or failed, not %', p_status
+  -- 'held' is how an in-doubt send ends when the Sent folder cannot prove delivery: a person
+  -- decides, because sending again could give the customer two replies.
+  if p_status is null or p_status not in ('drafted', 'failed', 'held') then
+    raise exception 'reset_reply status must be drafted, failed or held, not %', p_status
       using errcode = 'invalid_parameter_value';
   end if;
-  update public.replies set status = p_status, error = p_error
+  update public.replies
+  set status = p_status,
+      error = case when p_status = 'held' then error else p_error end,
+      hold_reason = case when p_status = 'held' then p_error else hold_reason end
   where id = p_reply_id and status = 'sending'
   returning * into v_reply;
   if v_reply.id is null then
@@ -573,8 +578,8 @@ begin
   end if;
   insert into public.events (store_id, job_id, conversation_id, message_id, event_type, detail)
   values (v_reply.store_id, v_reply.job_id, v_reply.conversation_id, v_reply.message_id,
-          'reply.failed', jsonb_build_object('reply_id', v_reply.id, 'status', p_status,
-                                             'error', p_error));
+          case when p_status = 'held' then 'reply.held' else 'reply.failed' end,
+          jsonb_build_object('reply_id', v_reply.id, 'status', p_status, 'error', p_error));
   return true;
 end;
 $$;

@@ -2,7 +2,7 @@
 -- reset_reply) and credits (reserve_credit, release_credit, admin_add_credits).
 -- Runs as service_role. now() is fixed within the transaction, so times compare exactly.
 begin;
-select plan(73);
+select plan(76);
 
 insert into public.stores (id, name, support_email, imap_host, imap_port, imap_user, smtp_host,
                            smtp_port, smtp_user, credits)
@@ -189,13 +189,22 @@ select 'r3', (public.save_reply(pg_temp.job_id('<m3@cliente.test>'),
                                 pg_temp.reply_draft('<job-3@loja.test>', jsonb_build_object(
                                   'to_address', 'bia.work@cliente.test')))).id;
 select is(public.begin_send(id), 'ok', 'third reply sending') from ids where name = 'r3';
+select is(public.reset_reply(id, 'held', 'delivery_in_doubt'), true,
+          'an in-doubt send can be held for a person') from ids where name = 'r3';
+select is(row((pg_temp.reply(id)).status, (pg_temp.reply(id)).hold_reason)::text,
+          row('held', 'delivery_in_doubt')::text, 'held, with the reason')
+from ids where name = 'r3';
+select is(pg_temp.events('reply.held'), (select array[id::text] from ids where name = 'r3'),
+          'a reply.held event');
+update public.replies set status = 'sending', hold_reason = null
+where id = (select id from ids where name = 'r3');
 select is(public.reset_reply(id, 'failed', '550 mailbox unavailable'), true,
           'reset sending -> failed') from ids where name = 'r3';
 select is(public.begin_send(id), 'failed', 'a failed reply: failed') from ids where name = 'r3';
 select is(public.reset_reply(id, 'drafted', 'x'), false, 'failed is final for reset_reply')
 from ids where name = 'r3';
 select throws_ok(format('select public.reset_reply(%L, %L, null)', id, 'sent'), '22023', null,
-                 'reset_reply only goes to drafted or failed') from ids where name = 'r3';
+                 'reset_reply only goes to drafted, failed or held') from ids where name = 'r3';
 select throws_ok($$select public.begin_send('40000000-0000-4000-8000-0000000000ff')$$, 'P0002',
                  null, 'begin_send of an unknown reply');
 select throws_ok($$select public.finish_send('40000000-0000-4000-8000-0000000000ff', null, 'w1',

@@ -336,9 +336,9 @@ class Database:
         return cast(bool, self._scalar("finish_send", args))
 
     def reset_reply(
-        self, reply_id: str, status: Literal["drafted", "failed"], error: str | None
+        self, reply_id: str, status: Literal["drafted", "failed", "held"], error: str | None
     ) -> bool:
-        """sending -> drafted (definitely not sent) or failed."""
+        """sending -> drafted (definitely not sent), failed, or held (in doubt: a person decides)."""
         args = _args({"reply_id": reply_id, "status": status, "error": error})
         return cast(bool, self._scalar("reset_reply", args))
 
