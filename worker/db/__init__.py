@@ -338,7 +338,7 @@ class Database:
     def reset_reply(
         self, reply_id: str, status: Literal["drafted", "failed", "held"], error: str | None
     ) -> bool:
-        """sending -> drafted (definitely not sent), failed, or held (in doubt: a person decides)."""
+        """sending -> drafted (surely not sent), failed, or held (in doubt: a person decides)."""
         args = _args({"reply_id": reply_id, "status": status, "error": error})
         return cast(bool, self._scalar("reset_reply", args))
 
