@@ -207,14 +207,20 @@ def guarded(services: Services, service: str, call: Callable[[], Any]) -> Any:
 def lookup_orders(
     shop: OrderLookup, sender: str, classification: Classification
 ) -> list[OrderFacts]:
-    """Orders the customer mentioned plus their recent ones; `privacy` filters them after."""
+    """Orders the customer mentioned, else their recent ones; `privacy` filters them after.
+
+    The fallback to recent orders depends on whether a mentioned order is the sender's own, not
+    on whether it exists: otherwise someone else's number (no fallback, a neutral reply) and an
+    unknown one (fallback, the sender's orders) would get different answers, which tells a
+    prober that the number exists.
+    """
     found: list[OrderFacts] = []
     for number in classification.order_numbers[:3]:
         order = shop.order_by_number(number)
         if order is not None:
             found.append(order)
-    if not found:
-        found = shop.recent_orders_for_email(sender, limit=5)
+    if not any(privacy.order_belongs_to(order, sender) for order in found):
+        found += shop.recent_orders_for_email(sender, limit=5)
     return found
 
 
