@@ -90,11 +90,13 @@ def main(
 ) -> int:
     """Entry point; returns the process exit code."""
     env = os.environ if environ is None else environ
-    args = build_parser().parse_args(argv)
-    if args.command == "stores":
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["stores"]:
+        # Before argparse, whose REMAINDER would not take a leading option (`stores --help`).
         # Imported lazily: the store CLI is its own module with its own dependencies.
         stores = importlib.import_module("worker.stores")
-        return int(stores.main(list(args.args)))
+        return int(stores.main(words[1:]))
+    args = build_parser().parse_args(words)
     try:
         if args.command == "serve":
             settings = load_settings(env)
