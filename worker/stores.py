@@ -469,14 +469,14 @@ def cmd_add(ctx: Context, args: argparse.Namespace) -> int:
     """Validate, read the secrets, create the store; prints its id."""
     store = new_store_settings(normalise_settings(_given_settings(args)))
     _require_valid({**STORE_DEFAULTS, **store})
+    if args.shopify_token_env and not store.get("shopify_domain"):
+        raise UsageError("--shopify-token-env needs --shopify-domain")
     secrets = {
         "imap_password": ctx.secrets.read(SECRETS[0], args.imap_password_env),
         "smtp_password": ctx.secrets.read(SECRETS[1], args.smtp_password_env),
     }
     if store.get("shopify_domain"):
         secrets["shopify_token"] = ctx.secrets.read(SECRETS[2], args.shopify_token_env)
-    elif args.shopify_token_env:
-        raise UsageError("--shopify-token-env needs --shopify-domain")
     store_id = ctx.db.admin_create_store(store, secrets)
     print(store_id)
     _say(f"created store {store_id} ({store['name']}); secrets stored in Vault")
