@@ -401,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     add = command("add", "create a store; its secrets go straight into Vault")
     _add_setting_flags(add, creating=True)
 
-    listing = command("list", "list the active stores")
+    listing = command("list", "list the active stores (--all: inactive ones too)")
+    listing.add_argument("--all", action="store_true", help="include inactive stores")
     listing.add_argument("--json", action="store_true")
 
     show = command("show", "one store's settings (secrets shown only as set / not set)")
@@ -491,14 +492,14 @@ def _get_store(ctx: Context, store_id: str) -> dict[str, Any]:
 
 
 def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
-    """Print the active stores."""
-    stores = ctx.db.list_active_stores()
+    """Print the active stores, or every store with --all."""
+    stores = ctx.db.list_stores(include_inactive=args.all)
     if args.json:
         print(dumps([public_view(s) for s in stores]))
     elif stores:
         print(store_table(stores))
     else:
-        _say("no active stores")
+        _say("no stores" if args.all else "no active stores")
     return EXIT_OK
 
 

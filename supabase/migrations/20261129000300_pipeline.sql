@@ -18,6 +18,17 @@ as $$
   select * from public.stores where active order by created_at, id
 $$;
 
+-- The operator's view (stores CLI): inactive stores too when asked.
+create or replace function public.list_stores(p_include_inactive boolean default false)
+returns setof public.stores
+language sql
+stable
+set search_path = ''
+as $$
+  select * from public.stores where active or coalesce(p_include_inactive, false)
+  order by created_at, id
+$$;
+
 create or replace function public.get_store(p_store_id uuid)
 returns setof public.stores
 language sql
@@ -955,6 +966,7 @@ $$;
 
 revoke all on function
   public.list_active_stores(),
+  public.list_stores(boolean),
   public.get_store(uuid),
   public.get_store_secrets(uuid),
   public.get_mailbox_state(uuid, text),
@@ -974,6 +986,7 @@ revoke all on function
 
 grant execute on function
   public.list_active_stores(),
+  public.list_stores(boolean),
   public.get_store(uuid),
   public.get_store_secrets(uuid),
   public.get_mailbox_state(uuid, text),

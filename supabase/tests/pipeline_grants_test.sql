@@ -2,11 +2,12 @@
 -- empty search_path everywhere, security definer exactly where Vault needs it, and every
 -- PL/pgSQL body clean under plpgsql_check.
 begin;
-select plan(54);
+select plan(56);
 
 create temp table api (sig text primary key, returns text, definer boolean);
 insert into api values
   ('list_active_stores()', 'setof stores', false),
+  ('list_stores(boolean)', 'setof stores', false),
   ('get_store(uuid)', 'setof stores', false),
   ('get_store_secrets(uuid)', 'jsonb', true),
   ('get_mailbox_state(uuid,text)', 'setof mailbox_state', false),

@@ -2,7 +2,7 @@
 -- mailbox position, all through ingest_messages; plus the read helpers and record_events.
 -- Runs as service_role, the role the worker uses.
 begin;
-select plan(56);
+select plan(58);
 
 insert into public.stores (id, name, support_email, imap_host, imap_port, imap_user, smtp_host,
                            smtp_port, smtp_user, active)
@@ -52,6 +52,14 @@ select is(array(select s.name from public.list_active_stores() s
                 where s.id in ('10000000-0000-4000-8000-000000000001',
                                '10000000-0000-4000-8000-000000000002')),
           array['Loja'], 'list_active_stores leaves inactive stores out');
+select is(array(select s.name from public.list_stores() s
+                where s.id in ('10000000-0000-4000-8000-000000000001',
+                               '10000000-0000-4000-8000-000000000002')),
+          array['Loja'], 'list_stores shows active stores by default');
+select is((select count(*)::int from public.list_stores(true) s
+           where s.id in ('10000000-0000-4000-8000-000000000001',
+                          '10000000-0000-4000-8000-000000000002')),
+          2, 'list_stores(true) includes inactive stores');
 select is((select s.name from public.get_store('10000000-0000-4000-8000-000000000001') s), 'Loja',
           'get_store returns the store');
 select is((select count(*)::int from public.get_store('10000000-0000-4000-8000-0000000000ff')), 0,

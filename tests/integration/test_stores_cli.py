@@ -353,6 +353,17 @@ def test_list_shows_active_stores_without_secrets(cli: Cli, email: str) -> None:
     assert not any(key.endswith("_secret_id") for key in listed)
 
 
+def test_list_all_includes_inactive_stores(cli: Cli, email: str) -> None:
+    store_id = create(cli, email)
+    assert cli("deactivate", store_id)[0] == 0
+
+    _, active, _ = cli("list")
+    _, everything, _ = cli("list", "--all")
+
+    assert store_id not in active
+    assert store_id in everything
+
+
 def test_show_prints_settings_and_which_secrets_are_set(cli: Cli, email: str) -> None:
     store_id = create(cli, email)
 

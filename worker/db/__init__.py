@@ -254,6 +254,10 @@ class Database:
         """Every active store (rows of stores)."""
         return self._rows("list_active_stores", {})
 
+    def list_stores(self, include_inactive: bool = False) -> list[Row]:
+        """Stores for the operator's listing; inactive ones too when asked."""
+        return self._rows("list_stores", _args({"include_inactive": include_inactive}))
+
     def get_store(self, store_id: str) -> Row | None:
         """The stores row, or None."""
         return self._first("get_store", _args({"store_id": store_id}))
