@@ -1,0 +1,193 @@
+"""The demo's report: each email's outcome, the replies as sent, credits and queue metrics.
+
+Pure: it formats rows the orchestrator read from the database and the SMTP sink.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# Why a message was not answered, in words (the codes come from worker.loops/validate/mime).
+REASONS = {
+    "auto_submitted": "auto-reply (Auto-Submitted header, RFC 3834)",
+    "bounce": "bounce (delivery status report)",
+    "precedence": "bulk or list mail (Precedence header)",
+    "noreply_sender": "no-reply sender",
+    "own_address": "sent by the store itself",
+    "invalid_sender": "no valid sender address",
+    "reply_cap": "reply cap per customer reached",
+    "oversized": "too large",
+    "message_gone": "message deleted before processing",
+}
+# Outcomes an email can settle in.
+ANSWERED, HELD, SKIPPED, SPAM, DEAD_LETTER = "answered", "held", "skipped", "spam", "dead_letter"
+NO_CREDITS, FAILED, WAITING = "no_credits", "failed", "waiting"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Where one inbound email ended up."""
+
+    kind: str
+    detail: str
+    final: bool
+
+
+def outcome_of(row: Mapping[str, Any]) -> Outcome:
+    """The outcome of one row of the report query (message + its job + its reply)."""
+    if row.get("skip_reason"):
+        reason = str(row["skip_reason"])
+        return Outcome(SKIPPED, f"{REASONS.get(reason, reason)}, at fetch", True)
+    status = row.get("job_status")
+    if status is None:
+        return Outcome(WAITING, "stored, no job yet", False)
+    if status == "dead_letter":
+        return Outcome(DEAD_LETTER, str(row.get("last_error") or "no error recorded"), True)
+    if status != "completed":
+        retry = f"; last error: {row['last_error']}" if row.get("last_error") else ""
+        return Outcome(WAITING, f"job {status}{retry}", False)
+    result = row.get("result") or {}
+    kind = str(result.get("outcome") or "")
+    if kind == "replied":
+        return Outcome(ANSWERED, f"reply sent ({row.get('language') or '?'})", True)
+    if kind == "held":
+        reason = result.get("hold_reason") or row.get("hold_reason") or "?"
+        return Outcome(HELD, f"held as a draft for a person (reason: {reason})", True)
+    if kind == "skipped":
+        reason = str(result.get("reason") or "?")
+        return Outcome(SKIPPED, f"not answered: {REASONS.get(reason, reason)}", True)
+    if kind == "spam":
+        reasons = ", ".join(str(r) for r in result.get("reasons") or []) or "?"
+        return Outcome(SPAM, f"not answered ({reasons})", True)
+    if kind == "no_credits":
+        return Outcome(NO_CREDITS, "not answered: the store had no credits left", True)
+    error = result.get("error") or row.get("reply_error")
+    return Outcome(FAILED, f"{kind or 'completed'}: {error}", True)
+
+
+def all_settled(rows: Sequence[Mapping[str, Any]], expected_count: int) -> bool:
+    """Every expected email is stored and has reached an end state."""
+    return len(rows) >= expected_count and all(outcome_of(r).final for r in rows)
+
+
+def _sender(row: Mapping[str, Any]) -> str:
+    name, address = row.get("from_name"), row.get("from_address") or "?"
+    return f"{name} <{address}>" if name else str(address)
+
+
+def _indent(text: str, prefix: str = "      | ") -> str:
+    lines = text.rstrip("\n").splitlines() or [""]
+    return "\n".join(prefix + line for line in lines)
+
+
+def email_lines(rows: Sequence[Mapping[str, Any]], sent_bodies: Mapping[str, str]) -> list[str]:
+    """One block per email: sender and subject, outcome, and the reply text when there is one."""
+    lines: list[str] = []
+    for number, row in enumerate(rows, 1):
+        outcome = outcome_of(row)
+        lines.append(f"{number:>2}. {_sender(row)}")
+        lines.append(f"    Subject: {row.get('subject') or '(none)'}")
+        lines.append(f"    -> {outcome.kind.upper()}: {outcome.detail}")
+        body = row.get("reply_body")
+        if not body:
+            continue
+        smtp_id = str(row.get("smtp_message_id") or "")
+        if outcome.kind == ANSWERED and smtp_id in sent_bodies:
+            lines.append(f"    Reply as received by the SMTP sink (to {row.get('to_address')}):")
+            lines.append(_indent(sent_bodies[smtp_id]))
+        elif outcome.kind == HELD:
+            lines.append("    Draft waiting for a person (not sent):")
+            lines.append(_indent(str(body)))
+        else:
+            lines.append(f"    Reply drafted (reply status: {row.get('reply_status')}):")
+            lines.append(_indent(str(body)))
+    return lines
+
+
+def metrics_lines(
+    queue_metrics: Sequence[Mapping[str, Any]], queue_stats: Mapping[str, Any]
+) -> list[str]:
+    """The queue_metrics rows of the latest window and the live queue_stats()."""
+    lines = ["queue_stats():"]
+    jobs = queue_stats.get("jobs") or []
+    if jobs:
+        for job in jobs:
+            lines.append(f"  {job['job_type']:<14} {job['status']:<12} {job['count']}")
+    else:
+        lines.append("  no pending, processing or dead-letter jobs")
+    breakers = queue_stats.get("breakers") or []
+    states = ", ".join(f"{b['service']}={b['state']}" for b in breakers) or "none"
+    lines.append(f"  circuit breakers: {states}")
+    lines.append(
+        "queue_metrics after aggregate_queue_metrics() (the last 5 whole minutes; jobs finished"
+        " in the current minute count in the next window):"
+    )
+    if not queue_metrics:
+        lines.append("  no rows")
+    for m in queue_metrics:
+        avg = m.get("avg_processing_ms")
+        p95 = m.get("p95_processing_ms")
+        lines.append(
+            f"  {m['job_type']:<14} window {m['window_start']:%H:%M}-{m['window_end']:%H:%M}"
+            f"  completed={m['completed_in_window']} retried={m['retried_in_window']}"
+            f" dead_lettered={m['dead_lettered_in_window']} pending={m['pending_count']}"
+            f" dead_letter={m['dead_letter_count']}"
+            + (f" avg={avg:.0f}ms" if avg is not None else "")
+            + (f" p95={p95:.0f}ms" if p95 is not None else "")
+        )
+    return lines
+
+
+def summary(
+    rows: Sequence[Mapping[str, Any]],
+    keys: Mapping[str, str],
+    *,
+    responder: str,
+    credits_start: int,
+    credits_left: int,
+    dead_letter_jobs: int,
+) -> dict[str, Any]:
+    """A machine-readable summary (DEMO_REPORT_JSON), keyed by the seed emails' names."""
+    emails = []
+    for row in rows:
+        outcome = outcome_of(row)
+        emails.append(
+            {
+                "key": keys.get(str(row.get("message_id") or "")),
+                "from": row.get("from_address"),
+                "subject": row.get("subject"),
+                "outcome": outcome.kind,
+                "detail": outcome.detail,
+                "language": row.get("language"),
+                "reply_status": row.get("reply_status"),
+            }
+        )
+    return {
+        "responder": responder,
+        "credits_start": credits_start,
+        "credits_left": credits_left,
+        "dead_letter_jobs": dead_letter_jobs,
+        "counts": dict(Counter(e["outcome"] for e in emails)),
+        "emails": emails,
+    }
+
+
+def counts_line(summary_data: Mapping[str, Any]) -> str:
+    """'4 answered, 1 held, ...' in a fixed order."""
+    counts = summary_data["counts"]
+    order = [ANSWERED, HELD, SKIPPED, SPAM, DEAD_LETTER, NO_CREDITS, FAILED, WAITING]
+    return ", ".join(f"{counts[k]} {k.replace('_', '-')}" for k in order if counts.get(k))
+
+
+def wrap(text: str, width: int = 96) -> str:
+    """A paragraph wrapped for the terminal."""
+    return "\n".join(textwrap.wrap(text, width))
+
+
+def to_json(data: Mapping[str, Any]) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False, default=str)
