@@ -454,6 +454,27 @@ def finish(trace: JobTrace, outcome: str, **detail: Any) -> dict[str, Any]:
     }
 
 
+def refund_unsent(job: Mapping[str, Any], services: Services) -> None:
+    """Give back the credit of a dead-lettered job whose reply never left.
+
+    The credit is taken before drafting, so a draft the model rejects (400) or a reply that
+    never got past `drafted` would otherwise be paid for with nothing sent. A reply found
+    `sending` or `sent` may have reached the customer and stays charged. Rare path: the extra
+    round trip is paid only on dead-lettering.
+    """
+    db, job_id = services.db, str(job["id"])
+    try:
+        ctx = db.load_job_context(job_id) or {}
+        reply = ctx.get("reply")
+        if reply and reply.get("status") in ("sending", "sent"):
+            return
+        store_id = job.get("store_id") or (ctx.get("store") or {}).get("id")
+        if store_id:
+            db.release_credit(str(store_id), job_id, "dead_lettered")
+    except WorkerError:
+        log.exception("job %s: could not refund its credit", job_id)
+
+
 def run_job(
     job: Mapping[str, Any], services: Services, options: ProcessOptions, worker_id: str
 ) -> str:
@@ -482,12 +503,16 @@ def run_job(
         except WorkerError as exc:
             outcome = f"failed_{exc.error_type}"
             retry_after = exc.retry_after_seconds if isinstance(exc, TransientError) else None
-            db.fail_job(job_id, worker_id, str(exc), exc.error_type, retry_after)
+            status = db.fail_job(job_id, worker_id, str(exc), exc.error_type, retry_after)
+            if status == "dead_letter":
+                refund_unsent(job, services)
         except Exception as exc:
             # A bug, not an outage: retried a bounded number of times, then dead-lettered.
             log.exception("job %s failed unexpectedly", job_id)
             outcome = "failed_unexpected"
-            db.fail_job(job_id, worker_id, f"unexpected: {exc!r}", "transient", None)
+            status = db.fail_job(job_id, worker_id, f"unexpected: {exc!r}", "transient", None)
+            if status == "dead_letter":
+                refund_unsent(job, services)
     finally:
         if trace.events:
             try:
