@@ -441,7 +441,6 @@ def resolve_in_doubt(
         db.finish_send(reply_id, job_id, worker_id, summary)
         return summary
     db.reset_reply(reply_id, "held", "delivery_in_doubt")
-    trace.event("process.held", hold_reason="delivery_in_doubt")
     raise JobDone("held", hold_reason="delivery_in_doubt", **result)
 
 
