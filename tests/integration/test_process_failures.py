@@ -1,0 +1,305 @@
+"""process-queue when things go wrong: each error class, breakers, crashes, in-doubt sends.
+
+Same harness as test_process_pipeline.py (real Postgres, Dovecot, SMTP sink; Claude and Shopify
+faked at the HTTP layer so the real SDK and client code run).
+"""
+
+# The harness's fixtures are imported by name, which ruff reads as redefinitions (F811).
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from tests.integration.test_process_pipeline import (
+    ANA,
+    JOHN,
+    Pipeline,
+    classification,
+    make_email,
+    pipeline,  # noqa: F401  (a fixture)
+    pipeline_dsn,  # noqa: F401  (a fixture)
+    sql,  # noqa: F401  (a fixture)
+)
+from tests.support.fake_claude import error_reply, tool_use_reply
+from worker.errors import DatabaseError
+
+pytestmark = pytest.mark.integration
+
+ORDER_QUESTION = ("Where is my order?", "Hi, where is my order #1002? Thanks, John")
+
+
+def john_asks(pipeline: Pipeline) -> str:
+    return pipeline.one(make_email(JOHN, *ORDER_QUESTION))
+
+
+def retry_delay(job: dict[str, Any]) -> timedelta:
+    """How far after the failure the retry was scheduled."""
+    return job["next_retry_at"] - job["last_error_at"]
+
+
+# -- Claude -------------------------------------------------------------------------------------
+
+
+def test_claude_429_is_retried_no_sooner_than_its_retry_after_and_then_answered(
+    pipeline: Pipeline,
+) -> None:
+    pipeline.claude.reply_error(429, "rate limited", retry_after="900")
+    job_id = john_asks(pipeline)
+
+    assert pipeline.run()["outcomes"] == {"failed_transient": 1}
+
+    job = pipeline.job(job_id)
+    assert job["status"] == "pending" and job["last_error_type"] == "transient"
+    assert "HTTP 429" in job["last_error"] and job["attempt_count"] == 1
+    assert retry_delay(job) >= timedelta(seconds=900)
+    assert len(pipeline.claude.messages) == 1  # the SDK did not retry on its own
+    assert pipeline.ledger(job_id) == [] and pipeline.sink.messages == []
+    assert "job.retry_scheduled" in pipeline.event_types(job_id)
+
+    pipeline.make_due(job_id)
+    assert pipeline.run()["outcomes"] == {"replied": 1}
+    assert len(pipeline.sent_to(JOHN)) == 1 and pipeline.job(job_id)["attempt_count"] == 2
+
+
+@pytest.mark.parametrize("status", [529, 500])
+def test_claude_overload_and_server_errors_are_retried(pipeline: Pipeline, status: int) -> None:
+    pipeline.claude.reply_error(status)
+    job_id = john_asks(pipeline)
+
+    assert pipeline.run()["outcomes"] == {"failed_transient": 1}
+
+    job = pipeline.job(job_id)
+    assert job["status"] == "pending" and job["last_error_type"] == "transient"
+    assert f"HTTP {status}" in job["last_error"]
+    assert retry_delay(job) >= timedelta(seconds=60)  # the queue's own backoff
+    assert pipeline.sink.messages == []
+
+
+@pytest.mark.parametrize("status", [400, 401])
+def test_claude_request_and_credential_errors_go_to_the_dead_letter_queue(
+    pipeline: Pipeline, status: int
+) -> None:
+    pipeline.claude.reply_error(status, "bad request" if status == 400 else "invalid x-api-key")
+    job_id = john_asks(pipeline)
+
+    assert pipeline.run()["outcomes"] == {"failed_permanent": 1}
+
+    job = pipeline.job(job_id)
+    assert job["status"] == "dead_letter" and job["last_error_type"] == "permanent"
+    assert f"HTTP {status}" in job["last_error"]
+    listed = pipeline.db.list_dead_letter_jobs(pipeline.store_id)
+    assert [str(j["id"]) for j in listed] == [job_id]
+    assert "job.dead_lettered" in pipeline.event_types(job_id)
+    assert pipeline.sink.messages == [] and pipeline.credits() == 10
+
+
+def test_a_permanent_drafting_failure_after_the_charge_refunds_the_credit(
+    pipeline: Pipeline,
+) -> None:
+    # Classification works; the draft request, made after the credit was taken, is rejected.
+    pipeline.claude.script(
+        tool_use_reply("record_classification", classification(intent="order_status")),
+        error_reply(400, "prompt is too long"),
+    )
+    job_id = john_asks(pipeline)
+
+    assert pipeline.run()["outcomes"] == {"failed_permanent": 1}
+
+    assert pipeline.job(job_id)["status"] == "dead_letter"
+    assert pipeline.reply(job_id) is None and pipeline.sink.messages == []
+    assert pipeline.ledger(job_id) == [("reply", -1), ("refund", 1)]
+    assert pipeline.credits() == 10
+
+
+# -- Shopify ------------------------------------------------------------------------------------
+
+
+def test_shopify_throttled_is_retried_after_the_bucket_refills(pipeline: Pipeline) -> None:
+    # 120 points wanted, 20 available, 1 point a second back: 100 s until the query fits.
+    pipeline.shopify.throttle(requested=120.0, available=20.0, restore_rate=1.0)
+    job_id = john_asks(pipeline)
+
+    assert pipeline.run()["outcomes"] == {"failed_transient": 1}
+
+    job = pipeline.job(job_id)
+    assert job["status"] == "pending" and "THROTTLED" in job["last_error"].upper()
+    assert retry_delay(job) >= timedelta(seconds=100)
+    assert pipeline.ledger(job_id) == [] and pipeline.sink.messages == []
+
+    pipeline.make_due(job_id)
+    assert pipeline.run()["outcomes"] == {"replied": 1}
+    assert "#1002" in pipeline.sent_to(JOHN)[0].message().get_content()
+
+
+# -- SMTP ---------------------------------------------------------------------------------------
+
+
+def test_smtp_451_puts_the_reply_back_to_drafted_and_the_retry_sends_the_same_message(
+    pipeline: Pipeline,
+) -> None:
+    pipeline.sink.refuse(JOHN, 451)
+    job_id = john_asks(pipeline)
+
+    assert pipeline.run()["outcomes"] == {"failed_transient": 1}
+
+    job = pipeline.job(job_id)
+    assert job["status"] == "pending" and "451" in job["last_error"]
+    reply = pipeline.reply(job_id)
+    assert reply is not None and reply["status"] == "drafted"
+    assert pipeline.ledger(job_id) == [("reply", -1)]
+
+    pipeline.sink.reset()
+    pipeline.make_due(job_id)
+    assert pipeline.run()["outcomes"] == {"replied": 1}
+    (sent,) = pipeline.sink.messages
+    assert sent.message()["Message-ID"] == reply["smtp_message_id"]
+    assert sent.message().get_content().split() == reply["body_text"].split()
+    assert pipeline.ledger(job_id) == [("reply", -1)]  # charged once across both attempts
+    assert [r.tool_name for r in pipeline.claude.messages].count("record_reply") == 1
+
+
+def test_smtp_550_fails_the_reply_dead_letters_the_job_and_refunds_the_credit(
+    pipeline: Pipeline,
+) -> None:
+    pipeline.sink.refuse(JOHN, 550)
+    job_id = john_asks(pipeline)
+
+    assert pipeline.run()["outcomes"] == {"failed_permanent": 1}
+
+    job = pipeline.job(job_id)
+    assert job["status"] == "dead_letter" and "550" in job["last_error"]
+    reply = pipeline.reply(job_id)
+    assert reply is not None and reply["status"] == "failed" and "550" in reply["error"]
+    assert pipeline.ledger(job_id) == [("reply", -1), ("refund", 1)]
+    assert pipeline.credits() == 10
+    types = pipeline.event_types(job_id)
+    assert "credit.refunded" in types and types.count("reply.failed") == 1
+
+
+# -- circuit breakers -----------------------------------------------------------------------------
+
+
+def open_breaker(pipeline: Pipeline, service: str) -> None:
+    pipeline.sql.execute(
+        "insert into public.circuit_breakers (service, state, opened_at, open_until, open_count)"
+        " values (%s, 'open', now(), now() + interval '10 minutes', 1)"
+        " on conflict (service) do update set state = 'open', open_until = excluded.open_until",
+        (service,),
+    )
+
+
+@pytest.mark.parametrize("which", ["claude", "shopify", "smtp"])
+def test_an_open_breaker_defers_the_job_without_spending_an_attempt(
+    pipeline: Pipeline, which: str
+) -> None:
+    service = "claude" if which == "claude" else f"{which}:{pipeline.store_id}"
+    open_breaker(pipeline, service)
+    try:
+        job_id = john_asks(pipeline)
+
+        assert pipeline.run()["outcomes"] == {"deferred": 1}
+
+        job = pipeline.job(job_id)
+        assert job["status"] == "pending" and job["attempt_count"] == 0
+        assert job["next_retry_at"] > job["updated_at"]
+        assert "job.deferred" in pipeline.event_types(job_id)
+        assert pipeline.sink.messages == []
+        if which == "claude":
+            assert pipeline.claude.messages == []
+        if which == "shopify":
+            assert pipeline.shopify.queries == []
+    finally:
+        pipeline.reset_breaker(service)
+
+    # Once the breaker closes the job goes through, and the store paid once.
+    pipeline.make_due(job_id)
+    assert pipeline.run()["outcomes"] == {"replied": 1}
+    assert pipeline.ledger(job_id) == [("reply", -1)]
+
+
+# -- exactly one reply ----------------------------------------------------------------------------
+
+
+def crash_after_send(pipeline: Pipeline) -> None:
+    """The next finish_send raises as if the worker died right after the SMTP hand-off."""
+    db = pipeline.db
+    real = db.finish_send
+
+    def dying(*args: Any, **kwargs: Any) -> bool:
+        db.finish_send = real  # type: ignore[method-assign]
+        raise DatabaseError("connection lost after the send")
+
+    db.finish_send = dying  # type: ignore[method-assign]
+
+
+def test_a_crash_between_send_and_completion_never_sends_twice(pipeline: Pipeline) -> None:
+    job_id = john_asks(pipeline)
+    crash_after_send(pipeline)
+
+    assert pipeline.run()["outcomes"] == {"failed_transient": 1}
+    assert len(pipeline.sink.messages) == 1
+    reply = pipeline.reply(job_id)
+    assert reply is not None and reply["status"] == "sending"
+
+    pipeline.make_due(job_id)
+    outcome = pipeline.run()["outcomes"]
+
+    # The Sent folder cannot prove delivery (the sink files nothing), so a person decides.
+    assert outcome == {"held": 1}
+    assert len(pipeline.sink.messages) == 1
+    reply = pipeline.reply(job_id)
+    assert reply is not None
+    assert reply["status"] == "held" and reply["hold_reason"] == "delivery_in_doubt"
+    assert pipeline.job(job_id)["status"] == "completed"
+    assert pipeline.ledger(job_id) == [("reply", -1)]
+    assert pipeline.event_types(job_id).count("process.held") == 1
+
+
+def test_an_in_doubt_send_found_in_the_sent_folder_is_recorded_as_sent(
+    pipeline: Pipeline,
+) -> None:
+    job_id = pipeline.one(make_email(f"Ana Souza <{ANA}>", "Rastreio", "Qual o rastreio do #1001?"))
+    # The server keeps the message but the connection dies before its 250: in doubt.
+    pipeline.sink.drop_after_data()
+
+    assert pipeline.run()["outcomes"] == {"failed_transient": 1}
+    (sent,) = pipeline.sink.messages
+    assert sent.dropped_connection
+    reply = pipeline.reply(job_id)
+    assert reply is not None and reply["status"] == "sending"
+    # The store's provider filed the message in Sent, as Gmail and Microsoft 365 do.
+    pipeline.dovecot.create_folder(pipeline.mail_user.name, "Sent")
+    pipeline.dovecot.append(pipeline.mail_user.name, sent.data, folder="Sent")
+
+    pipeline.make_due(job_id)
+    assert pipeline.run()["outcomes"] == {"replied": 1}
+
+    assert len(pipeline.sink.messages) == 1
+    reply = pipeline.reply(job_id)
+    assert reply is not None and reply["status"] == "sent"
+    job = pipeline.job(job_id)
+    assert job["status"] == "completed"
+    assert job["result"]["in_doubt_resolved"] == "sent_folder"
+
+
+def test_a_job_run_again_after_its_reply_was_sent_completes_without_sending(
+    pipeline: Pipeline,
+) -> None:
+    job_id = john_asks(pipeline)
+    assert pipeline.run()["outcomes"] == {"replied": 1}
+    # An operator requeues a job whose reply went out (e.g. from the DLQ tool by mistake).
+    pipeline.sql.execute(
+        "update public.job_queue set status = 'pending', next_retry_at = now(),"
+        " completed_at = null where id = %s",
+        (job_id,),
+    )
+
+    assert pipeline.run()["outcomes"] == {"replied": 1}
+
+    assert len(pipeline.sink.messages) == 1
+    assert pipeline.job(job_id)["result"]["already_sent"] is True
+    assert pipeline.ledger(job_id) == [("reply", -1)]
