@@ -1,0 +1,242 @@
+"""The pure decisions of worker.process: when to hold, when to ask Shopify, what to look up."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from worker import process
+from worker.errors import CircuitOpenError, PermanentError, TransientError
+from worker.responder import Classification, OrderFacts
+
+
+def classification(**overrides: Any) -> Classification:
+    base = Classification(
+        intent="order_status",
+        language="pt-BR",
+        sentiment="neutral",
+        needs_human=False,
+        confidence=0.9,
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+def order(name: str, email: str) -> OrderFacts:
+    return OrderFacts(
+        name=name,
+        created_at="2025-09-28T14:12:00Z",
+        email=email,
+        customer_email=email,
+        financial_status="PAID",
+        fulfillment_status="FULFILLED",
+    )
+
+
+AUTO = {"reply_mode": "auto_send"}
+
+
+# -- hold_reason --------------------------------------------------------------------------------
+
+
+def test_a_confident_ordinary_answer_is_sent() -> None:
+    assert process.hold_reason(classification(), None, AUTO, 0.6) is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "store", "expected"),
+    [
+        ({}, {"reply_mode": "draft_only"}, "draft_only"),
+        ({"needs_human": True}, AUTO, "needs_human"),
+        ({"intent": "complaint"}, AUTO, "complaint"),
+        ({"confidence": 0.59}, AUTO, "low_confidence"),
+        # The store's draft-only setting wins over every other reason.
+        ({"needs_human": True, "intent": "complaint"}, {"reply_mode": "draft_only"}, "draft_only"),
+    ],
+)
+def test_hold_reasons(overrides: dict[str, Any], store: dict[str, Any], expected: str) -> None:
+    assert process.hold_reason(classification(**overrides), None, store, 0.6) == expected
+
+
+def test_the_models_own_request_for_a_human_holds_the_reply() -> None:
+    reason = process.hold_reason(classification(), "needs_human: legal threat", AUTO, 0.6)
+    assert reason == "needs_human: legal threat"
+
+
+def test_confidence_at_the_threshold_is_enough() -> None:
+    assert process.hold_reason(classification(confidence=0.6), None, AUTO, 0.6) is None
+
+
+# -- wants_orders -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "intent", ["order_status", "shipping_delay", "return_refund", "cancellation", "complaint"]
+)
+def test_order_intents_look_up_orders(intent: str) -> None:
+    assert process.wants_orders(classification(intent=intent))
+
+
+@pytest.mark.parametrize("intent", ["product_question", "other"])
+def test_other_intents_do_not_touch_shopify(intent: str) -> None:
+    assert not process.wants_orders(classification(intent=intent))
+
+
+def test_a_mentioned_order_number_always_justifies_a_lookup() -> None:
+    assert process.wants_orders(classification(intent="other", order_numbers=["1001"]))
+
+
+# -- lookup_orders -------------------------------------------------------------------------------
+
+
+class FakeShop:
+    """An OrderLookup over a dict, recording every call."""
+
+    def __init__(self, *orders: OrderFacts) -> None:
+        self.orders = {o.name: o for o in orders}
+        self.calls: list[tuple[str, str]] = []
+
+    def order_by_number(self, number: str) -> OrderFacts | None:
+        self.calls.append(("number", number))
+        return self.orders.get(f"#{number}")
+
+    def recent_orders_for_email(self, email: str, limit: int = 5) -> list[OrderFacts]:
+        self.calls.append(("email", email))
+        return [o for o in self.orders.values() if o.email == email][:limit]
+
+
+ANA, JOHN = "ana@example.com", "john@example.com"
+SHOP = (order("#1001", ANA), order("#1002", JOHN))
+
+
+def test_the_senders_own_mentioned_order_needs_no_second_query() -> None:
+    shop = FakeShop(*SHOP)
+    found = process.lookup_orders(shop, JOHN, classification(order_numbers=["1002"]))
+    assert [o.name for o in found] == ["#1002"]
+    assert shop.calls == [("number", "1002")]
+
+
+def test_without_a_number_the_senders_recent_orders_are_used() -> None:
+    shop = FakeShop(*SHOP)
+    found = process.lookup_orders(shop, JOHN, classification())
+    assert [o.name for o in found] == ["#1002"]
+    assert shop.calls == [("email", JOHN)]
+
+
+def test_someone_elses_number_and_an_unknown_one_lead_to_the_same_queries_and_orders() -> None:
+    # No oracle: whether #1001 exists must not change what John's reply can contain.
+    results = {}
+    for number in ("1001", "9999"):
+        shop = FakeShop(*SHOP)
+        found = process.lookup_orders(shop, JOHN, classification(order_numbers=[number]))
+        results[number] = ([o.name for o in found if o.email == JOHN], [c[0] for c in shop.calls])
+    assert results["1001"] == results["9999"] == (["#1002"], ["number", "email"])
+
+
+def test_at_most_three_mentioned_numbers_are_looked_up() -> None:
+    shop = FakeShop(*SHOP)
+    numbers = ["1", "2", "3", "4", "5"]
+    process.lookup_orders(shop, JOHN, classification(order_numbers=numbers))
+    assert [c for c in shop.calls if c[0] == "number"] == [("number", n) for n in numbers[:3]]
+
+
+# -- store_addresses, JobTrace, finish -----------------------------------------------------------
+
+
+def test_store_addresses_are_lower_cased_and_include_the_extra_ones() -> None:
+    store = {"support_email": "Suporte@Loja.com.br", "extra_addresses": ["Vendas@Loja.com.br"]}
+    assert process.store_addresses(store) == ["suporte@loja.com.br", "vendas@loja.com.br"]
+    assert process.store_addresses({"support_email": None}) == []
+
+
+def test_job_trace_events_carry_the_jobs_keys_and_the_message_once_known() -> None:
+    trace = process.JobTrace({"id": "j1", "store_id": "s1", "conversation_id": "c1"})
+    trace.event("process.validated")
+    trace.message_id = "m1"
+    trace.event("process.classified", intent="other")
+    assert trace.events == [
+        {
+            "store_id": "s1",
+            "job_id": "j1",
+            "conversation_id": "c1",
+            "message_id": None,
+            "event_type": "process.validated",
+            "detail": {},
+        },
+        {
+            "store_id": "s1",
+            "job_id": "j1",
+            "conversation_id": "c1",
+            "message_id": "m1",
+            "event_type": "process.classified",
+            "detail": {"intent": "other"},
+        },
+    ]
+
+
+def test_timed_steps_land_in_the_summary_and_none_values_are_dropped() -> None:
+    trace = process.JobTrace({"id": "j1"})
+    with trace.timed("classify"):
+        pass
+    summary = process.finish(trace, "replied", reply_id="r1", credit=None)
+    assert summary["outcome"] == "replied" and summary["reply_id"] == "r1"
+    assert "credit" not in summary
+    assert set(summary["timings_ms"]) == {"classify"}
+    assert summary["timings_ms"]["classify"] >= 0
+
+
+# -- guarded ----------------------------------------------------------------------------------
+
+
+class BreakerDb:
+    """The two breaker calls of Database, recorded."""
+
+    def __init__(self, allow: bool = True) -> None:
+        self.allow = allow
+        self.recorded: list[tuple[str, bool]] = []
+
+    def circuit_allow(self, service: str) -> bool:
+        return self.allow
+
+    def circuit_record(self, service: str, success: bool) -> str:
+        self.recorded.append((service, success))
+        return "closed"
+
+
+def services_with(db: BreakerDb) -> process.Services:
+    return process.Services(
+        db=db,  # type: ignore[arg-type]
+        responder=None,  # type: ignore[arg-type]
+        mail=None,  # type: ignore[arg-type]
+        shop_for=lambda store, secrets: None,
+    )
+
+
+def test_an_open_breaker_stops_the_call_before_it_is_made() -> None:
+    calls: list[int] = []
+    with pytest.raises(CircuitOpenError):
+        process.guarded(services_with(BreakerDb(allow=False)), "claude", lambda: calls.append(1))
+    assert calls == []
+
+
+def test_outages_count_against_the_breaker_and_bad_requests_do_not() -> None:
+    db = BreakerDb()
+    services = services_with(db)
+
+    def fail(exc: Exception) -> Any:
+        raise exc
+
+    assert process.guarded(services, "claude", lambda: 42) == 42
+    with pytest.raises(TransientError):
+        process.guarded(services, "claude", lambda: fail(TransientError("HTTP 529")))
+    with pytest.raises(PermanentError):
+        process.guarded(services, "claude", lambda: fail(PermanentError("HTTP 400: too long")))
+    with pytest.raises(PermanentError):
+        process.guarded(services, "claude", lambda: fail(PermanentError("HTTP 401: bad key")))
+    assert db.recorded == [
+        ("claude", True),
+        ("claude", False),
+        ("claude", True),
+        ("claude", False),
+    ]
