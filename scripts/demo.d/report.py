@@ -191,3 +191,11 @@ def wrap(text: str, width: int = 96) -> str:
 
 def to_json(data: Mapping[str, Any]) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False, default=str)
+
+
+def cron_run_line(run: Mapping[str, Any]) -> str:
+    """One pg_cron run from cron.job_run_details."""
+    started = run["start_time"]
+    when = f"{started:%H:%M:%S}" if started is not None else "?"
+    message = str(run.get("return_message") or "").strip()
+    return f"    [{when}] pg_cron {run['jobname']}: {run['status']} ({message})"

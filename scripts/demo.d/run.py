@@ -49,6 +49,8 @@ VENV_BIN = Path(sys.executable).parent
 SETTLE_TIMEOUT = float(os.environ.get("DEMO_TIMEOUT", "300"))  # seconds, for every email to settle
 START_TIMEOUT = 60.0  # seconds, for gunicorn to answer /readyz
 STOP_TIMEOUT = 45.0  # seconds; above gunicorn's graceful_timeout
+SCHEDULER_TIMEOUT = 30.0  # seconds, for pg_cron's launcher to show up
+CRON_RUN_TIMEOUT = 90.0  # seconds; process-queue is scheduled every minute
 POLL_INTERVAL = 1.0  # seconds between database polls
 LOG_TAIL_CHARS = 4000
 PR_SET_PDEATHSIG = 1
@@ -59,7 +61,9 @@ class DemoError(Exception):
 
 
 def say(text: str = "") -> None:
-    print(text, flush=True)
+    # A closed terminal or pipe must not stop the clean-up that follows.
+    with contextlib.suppress(OSError):
+        print(text, flush=True)
 
 
 def step(text: str) -> None:
@@ -114,6 +118,9 @@ class Demo:
         self.seeds = seed.seed_emails()
         self.drop_dir = workdir / "drop"
         self.settle_seconds = 0.0
+        self.last_cron_run = 0
+        self.kick_request_id = 0
+        self.scheduled_answers: list[int] = []
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -357,16 +364,90 @@ class Demo:
         for job in jobs:
             say(f"    cron job {job['jobname']:<24} {job['schedule']}")
 
-    def kick_fetch(self) -> None:
+    def wait_for_scheduler(self) -> None:
+        """pg_cron's launcher must be running, or nothing after the first kick would happen."""
+        deadline = time.monotonic() + SCHEDULER_TIMEOUT
+        while True:
+            row = (
+                self.connect()
+                .execute(
+                    "select count(*) as n from pg_stat_activity"
+                    " where backend_type = 'pg_cron launcher'"
+                )
+                .fetchone()
+            )
+            if row and row["n"]:
+                return
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    "pg_cron's scheduler is not running (no 'pg_cron launcher' backend); "
+                    "restart the cluster: pg_ctlcluster 15 port<DEMO_PGPORT> restart"
+                )
+            time.sleep(0.5)
+
+    def cron_runs(self) -> list[dict[str, Any]]:
+        """pg_cron runs not shown yet, oldest first, with the pg_net answer each one got."""
+        runs = (
+            self.connect()
+            .execute(
+                """
+            select d.runid, j.jobname, d.status, d.return_message, d.start_time
+            from cron.job_run_details d join cron.job j using (jobid)
+            where d.runid > %s and d.status in ('succeeded', 'failed')
+            order by d.runid
+            """,
+                (self.last_cron_run,),
+            )
+            .fetchall()
+        )
+        for run in runs:
+            self.last_cron_run = max(self.last_cron_run, int(run["runid"]))
+        return runs
+
+    def wait_for_scheduled_run(self) -> None:
+        """In --once mode: prove the schedule itself drives the worker before exiting."""
+        step(
+            "waiting for pg_cron's next scheduled process-queue run (every minute, "
+            f"up to {CRON_RUN_TIMEOUT:.0f} s)"
+        )
+        deadline = time.monotonic() + CRON_RUN_TIMEOUT
+        while True:
+            runs = self.cron_runs()
+            for run in runs:
+                say(report.cron_run_line(run))
+            if any(r["jobname"] == "process-queue" for r in runs):
+                break
+            if time.monotonic() > deadline:
+                raise DemoError(f"pg_cron ran no process-queue job in {CRON_RUN_TIMEOUT:.0f} s")
+            time.sleep(POLL_INTERVAL)
+        answers = (
+            self.connect()
+            .execute(
+                "select id, status_code, content, error_msg from net._http_response"
+                " where id > %s order by id",
+                (self.kick_request_id,),
+            )
+            .fetchall()
+        )
+        for answer in answers:
+            say(
+                f"    pg_net request {answer['id']} -> HTTP {answer['status_code']} "
+                f"{(answer['content'] or answer['error_msg'] or '').strip()}"
+            )
+        self.scheduled_answers = [a["status_code"] for a in answers]
+
+    def kick_fetch(self, first: bool = False) -> None:
         """Run the fetch-emails cron job's own command now instead of waiting 5 minutes."""
         db = self.connect()
         row = db.execute("select command from cron.job where jobname = 'fetch-emails'").fetchone()
         if row is None:
             raise DemoError("no fetch-emails cron job: was migration 20261129000400_cron applied?")
         command = str(row["command"])
-        step(f"kicking the first fetch with the cron job's command: {command}")
+        what = "the first fetch" if first else "a fetch"
+        step(f"kicking {what} with the fetch-emails cron job's own command: {command}")
         result = db.execute(command).fetchone()
         request_id = next(iter(result.values())) if result else None
+        self.kick_request_id = max(self.kick_request_id, int(request_id or 0))
         response = db.execute(
             "select status_code, content, error_msg from net._http_response where id = %s",
             (request_id,),
@@ -571,13 +652,20 @@ class Demo:
                 if outcome.final and str(row["id"]) not in reported:
                     reported.add(str(row["id"]))
                     say()
+                    say("New mail:")
                     for line in report.email_lines([row], self.sent_bodies()):
                         say(line)
+            for run in self.cron_runs():
+                say(report.cron_run_line(run))
             time.sleep(2)
 
     def deliver_dropped(self) -> None:
         assert self.dovecot is not None
-        dropped = sorted(p for p in self.drop_dir.glob("*.eml") if p.is_file())
+        # A file still being written (younger than a second) waits for the next look.
+        settled = time.time() - 1.0
+        dropped = sorted(
+            p for p in self.drop_dir.glob("*.eml") if p.is_file() and p.stat().st_mtime < settled
+        )
         if not dropped:
             return
         for path in dropped:
@@ -630,13 +718,13 @@ def stop_cluster() -> None:
     if not cluster:
         return
     version, _, name = cluster.partition("/")
-    say(f"==> stopping Postgres cluster {cluster} (started by the demo)")
     subprocess.run(  # noqa: S603 - fixed argv
         ["pg_ctlcluster", version, name, "stop"],  # noqa: S607 - Debian's tool on PATH
         check=False,
         stdout=subprocess.DEVNULL,
         timeout=120,
     )
+    say(f"==> stopped Postgres cluster {cluster} (started by the demo)")
 
 
 @contextlib.contextmanager
@@ -672,10 +760,15 @@ def main(argv: list[str] | None = None) -> int:
                 demo.start_worker()
                 demo.create_store()
                 demo.fill_mailbox()
+                demo.wait_for_scheduler()
                 demo.set_vault_secrets()
-                demo.kick_fetch()
+                demo.kick_fetch(first=True)
                 rows = demo.wait_until_settled()
                 data = demo.print_report(rows)
+                if once:
+                    say()
+                    demo.wait_for_scheduled_run()
+                    data["scheduled_http_statuses"] = demo.scheduled_answers
                 out = os.environ.get("DEMO_REPORT_JSON")
                 if out:
                     Path(out).write_text(report.to_json(data))

@@ -150,3 +150,13 @@ def test_demo_stops_what_it_started(
     if not demo_run.cluster_was_online:
         # The demo brought its cluster up, so it brought it down again.
         assert cluster_status(DEMO_PGPORT) == "down"
+
+
+def test_demo_is_driven_by_pg_cron_through_pg_net(demo_run: DemoRun) -> None:
+    out = demo_run.stdout
+    # The first fetch is the fetch-emails job's own command; then the schedule takes over.
+    assert "fetch-emails cron job's own command: select public.call_worker('/fetch-emails')" in out
+    assert re.search(r"pg_cron process-queue: succeeded", out), out[-4000:]
+    statuses = demo_run.summary["scheduled_http_statuses"]
+    # Every scheduled call was authenticated: started (202) or already running (409).
+    assert statuses and set(statuses) <= {202, 409}, statuses
