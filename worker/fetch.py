@@ -19,7 +19,7 @@ from typing import Any
 
 from worker import imap, mime
 from worker.db import Database
-from worker.errors import WorkerError
+from worker.errors import ConfigError, WorkerError
 from worker.runs import Budget
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,10 @@ def fetch_store(
             outcome.duplicates += int(result.get("duplicates", 0))
             outcome.skipped += int(result.get("skipped", 0))
             outcome.job_ids.extend(str(j) for j in result.get("job_ids") or [])
+    except ConfigError:
+        # The deployment's fault (e.g. an unreadable EXTRA_CA_FILE), the same for every store:
+        # counting it against each store's breaker would shut every mailbox out for no reason.
+        raise
     except WorkerError as exc:
         outcome.status = "failed"
         outcome.error = str(exc)
@@ -180,6 +184,8 @@ def run_fetch(
 ) -> dict[str, Any]:
     """One fetch-emails run over every active store; returns the run summary."""
     options = options or FetchOptions()
+    # Fail the run before touching any store when the configured CA bundle is unusable.
+    imap.client_ssl_context(options.ca_file)
     stores = db.list_active_stores()
     outcomes: list[StoreOutcome] = []
 
@@ -191,8 +197,9 @@ def run_fetch(
             return fetch_store(db, store, open_mailbox, options, deadline)
         except Exception as exc:  # a bug in one store's path must not sink the others
             log.exception("unexpected error fetching store %s", store.get("id"))
+            error_type = exc.error_type if isinstance(exc, WorkerError) else "transient"
             return StoreOutcome(
-                store_id=str(store["id"]), status="failed", error=repr(exc), error_type="transient"
+                store_id=str(store["id"]), status="failed", error=repr(exc), error_type=error_type
             )
 
     with ThreadPoolExecutor(
