@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -463,12 +464,16 @@ def test_mail_fetched_from_dovecot_is_answered_once_even_when_fetched_twice(
     store = pipeline.db.get_store(pipeline.store_id)
     assert store is not None
     options = services.fetch_options(pipeline.worker.settings)
-    outcome = fetch.fetch_store(pipeline.db, store, imap.open_mailbox, options, deadline=1e12)
+    outcome = fetch.fetch_store(
+        pipeline.db, store, imap.open_mailbox, options, deadline=time.monotonic() + 60
+    )
     assert outcome.status == "ok" and outcome.stored == 1
     pipeline.own_jobs(outcome.job_ids)
     # The same message again (a second copy, as after a crash before the UID moved) is absorbed.
     pipeline.dovecot.deliver(pipeline.mail_user.name, [raw])
-    again = fetch.fetch_store(pipeline.db, store, imap.open_mailbox, options, deadline=1e12)
+    again = fetch.fetch_store(
+        pipeline.db, store, imap.open_mailbox, options, deadline=time.monotonic() + 60
+    )
     assert again.duplicates == 1 and again.job_ids == []
 
     assert pipeline.run()["outcomes"] == {"replied": 1}
