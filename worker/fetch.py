@@ -10,16 +10,18 @@ chunk that the Message-ID dedupe then absorbs.
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from worker import imap, mime
 from worker.db import Database
-from worker.errors import ConfigError, WorkerError
+from worker.errors import ConfigError, TransientError, WorkerError
 from worker.runs import Budget
 
 log = logging.getLogger(__name__)
@@ -116,7 +118,7 @@ def fetch_store(
             secrets.get("imap_password") or "",
             timeout_seconds=options.imap_timeout_seconds,
             ca_file=options.ca_file,
-        ) as client:
+        ) as client, _time_limit(client, deadline):
             batch = imap.fetch_new_messages(
                 client,
                 folder,
@@ -155,6 +157,47 @@ def fetch_store(
         return outcome
     db.circuit_record(service, True)
     return outcome
+
+
+@contextmanager
+def _time_limit(client: Any, deadline: float) -> Iterator[None]:
+    """Cut the connection at the store's deadline; the fetch then fails as a timeout.
+
+    IMAP timeouts bound each socket read, not the whole fetch: a server that trickles bytes (or a
+    slow link with a large message) would otherwise hold this store's thread, and with it the
+    whole run and the single-run guard, for as long as it likes.
+    """
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        _abort_connection(client)
+
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except WorkerError as exc:
+        if expired.is_set():
+            raise TransientError(
+                "store time limit reached while reading the mailbox", service=imap.SERVICE
+            ) from exc
+        raise
+    finally:
+        timer.cancel()
+
+
+def _abort_connection(client: Any) -> None:
+    sock_of = getattr(client, "socket", None)
+    try:
+        sock = sock_of() if callable(sock_of) else None
+        if isinstance(sock, socket.socket):
+            # The plain socket's shutdown, not SSLSocket's: it wakes the blocked read in the
+            # other thread without touching the TLS object that thread is using.
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed: nothing left to unblock
 
 
 def _record_failure(db: Database, service: str, store_id: str, exc: WorkerError) -> None:
