@@ -173,7 +173,9 @@ def _time_limit(client: Any, deadline: float) -> Iterator[None]:
         expired.set()
         _abort_connection(client)
 
-    timer = threading.Timer(max(0.0, deadline - time.monotonic()), expire)
+    # Clamped: a far-off deadline (a caller's "no limit") must not overflow the timer's wait.
+    delay = min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
+    timer = threading.Timer(delay, expire)
     timer.daemon = True
     timer.start()
     try:
