@@ -1,0 +1,431 @@
+"""worker.fetch without servers: the pure helpers, and one store's fetch over fakes."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any, cast
+
+import pytest
+
+from tests.unit.data import load_eml
+from worker import fetch, imap
+from worker.db import Database
+from worker.errors import ConfigError, PermanentError, TransientError
+from worker.runs import Budget
+
+UIDVALIDITY = 777
+FAR = 3600.0  # seconds: a deadline no test reaches
+
+
+def message(n: int, *, body: str = "Where is my order?") -> bytes:
+    return (
+        f"From: Customer {n} <c{n}@example.com>\r\nTo: support@shop.test\r\n"
+        f"Subject: Question {n}\r\nMessage-ID: <u{n}@example.com>\r\n\r\n{body}\r\n"
+    ).encode()
+
+
+class FakeMailbox:
+    """The part of IMAPClient that imap.fetch_new_messages uses, over an in-memory folder."""
+
+    def __init__(self, messages: dict[int, bytes], uidvalidity: int = UIDVALIDITY) -> None:
+        self.messages = messages
+        self.uidvalidity = uidvalidity
+        self.fetched: list[tuple[list[int], list[str]]] = []
+        self.closed = False
+
+    def __enter__(self) -> FakeMailbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.closed = True
+
+    def select_folder(self, folder: str, readonly: bool = False) -> dict[bytes, Any]:
+        assert readonly, "the folder must be opened read-only"
+        return {
+            b"UIDVALIDITY": self.uidvalidity,
+            b"EXISTS": len(self.messages),
+            b"UIDNEXT": max(self.messages, default=0) + 1,
+        }
+
+    def search(self, criteria: list[str]) -> list[int]:
+        start = int(criteria[1].split(":")[0])
+        # Like a real server, `n:*` includes the highest UID even when it is below n.
+        return [u for u in self.messages if u >= start] or [max(self.messages)]
+
+    def fetch(self, uids: list[int], items: list[str]) -> dict[int, dict[bytes, Any]]:
+        self.fetched.append((list(uids), list(items)))
+        answer: dict[int, dict[bytes, Any]] = {}
+        for uid in uids:
+            raw = self.messages[uid]
+            if items == ["RFC822.SIZE"]:
+                answer[uid] = {b"RFC822.SIZE": len(raw)}
+            elif items == ["BODY.PEEK[]"]:
+                answer[uid] = {b"BODY[]": raw}
+            elif items == ["BODY.PEEK[HEADER]"]:
+                answer[uid] = {b"BODY[HEADER]": raw.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"}
+        return answer
+
+
+class FakeDatabase:
+    """Records the calls fetch makes; ingest_messages answers like the SQL function."""
+
+    def __init__(self, *, allow: bool = True, state: dict[str, Any] | None = None) -> None:
+        self.allow = allow
+        self.state = state
+        self.ingests: list[tuple[int, int, list[dict[str, Any]]]] = []
+        self.circuit: list[tuple[str, bool]] = []
+        self.events: list[dict[str, Any]] = []
+        self.stores: list[dict[str, Any]] = []
+
+    def list_active_stores(self) -> list[dict[str, Any]]:
+        return self.stores
+
+    def circuit_allow(self, service: str) -> bool:
+        return self.allow
+
+    def circuit_record(self, service: str, success: bool) -> str:
+        self.circuit.append((service, success))
+        return "closed"
+
+    def get_store_secrets(self, store_id: str) -> dict[str, Any]:
+        return {"imap_password": "pw"}
+
+    def get_mailbox_state(self, store_id: str, folder: str) -> dict[str, Any] | None:
+        return self.state
+
+    def ingest_messages(
+        self, store_id: str, folder: str, uidvalidity: int, last_uid: int, rows: list[Any]
+    ) -> dict[str, Any]:
+        self.ingests.append((uidvalidity, last_uid, rows))
+        skipped = sum(1 for r in rows if r.get("skip_reason"))
+        return {
+            "stored": len(rows) - skipped,
+            "duplicates": 0,
+            "skipped": skipped,
+            "job_ids": [f"job-{r['uid']}" for r in rows if not r.get("skip_reason")],
+            "last_uid": last_uid,
+        }
+
+    def record_events(self, events: list[dict[str, Any]]) -> int:
+        self.events.extend(events)
+        return len(events)
+
+
+STORE = {
+    "id": "store-1",
+    "imap_host": "127.0.0.1",
+    "imap_port": 993,
+    "imap_tls": "ssl",
+    "imap_user": "u",
+    "imap_folder": "INBOX",
+}
+
+
+def opener_for(mailbox: Any) -> fetch.MailboxOpener:
+    def open_mailbox(*args: Any, **kwargs: Any) -> Any:
+        if isinstance(mailbox, Exception):
+            raise mailbox
+        return mailbox
+
+    return open_mailbox
+
+
+def fetch_one(
+    db: FakeDatabase, mailbox: Any, *, deadline: float | None = None, **options: Any
+) -> fetch.StoreOutcome:
+    return fetch.fetch_store(
+        cast(Database, db),
+        STORE,
+        opener_for(mailbox),
+        fetch.FetchOptions(**options),
+        time.monotonic() + FAR if deadline is None else deadline,
+    )
+
+
+# -- pure helpers ----------------------------------------------------------------------------
+
+
+def test_chunks_are_consecutive_and_bounded() -> None:
+    assert [list(c) for c in fetch.chunks(list(range(7)), 3)] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert [list(c) for c in fetch.chunks(list(range(6)), 3)] == [[0, 1, 2], [3, 4, 5]]
+    assert list(fetch.chunks([], 3)) == []
+
+
+def test_imap_service_names_the_store() -> None:
+    assert fetch.imap_service("abc") == "imap:abc"
+
+
+def test_to_ingest_rows_parses_full_and_oversized_messages() -> None:
+    full = load_eml("customer_pt_iso8859.eml", crlf=True)
+    header = load_eml("customer_en_shopify_question.eml", crlf=True).split(b"\r\n\r\n")[0]
+    batch = imap.FetchBatch(
+        uidvalidity=1,
+        uidvalidity_changed=False,
+        messages=[
+            imap.FetchedMessage(uid=7, size=len(full), data=full, oversized=False),
+            imap.FetchedMessage(uid=9, size=30_000_000, data=header + b"\r\n\r\n", oversized=True),
+        ],
+        highest_uid=9,
+    )
+
+    normal, oversized = fetch.to_ingest_rows(batch, max_bytes=1_000_000)
+
+    assert normal["uid"] == 7
+    assert normal["size_bytes"] == len(full)
+    assert normal["message_id"] == "<5f3e2a1b.0a1b2c3d@uol.com.br>"
+    assert normal["subject"] == "Onde está meu pedido #1234?"
+    assert normal["body_text"]
+    assert normal["skip_reason"] is None
+    assert oversized["uid"] == 9
+    assert oversized["size_bytes"] == 30_000_000
+    assert oversized["skip_reason"] == "oversized"
+    assert oversized["message_id"] == "<f4a2c1e0-7b3d-4c5e-9a8f-1d2e3f4a5b6c@app.fastmail.com>"
+    assert oversized["subject"] == "Do you ship the linen dress to Canada?"
+    assert oversized["body_text"] == ""
+    assert "1000000-byte limit" in oversized["detail"]
+
+
+def test_summarize_totals_and_lists_only_stores_with_errors() -> None:
+    outcomes = [
+        fetch.StoreOutcome("a", fetched=3, stored=2, duplicates=1, job_ids=["j1", "j2"]),
+        fetch.StoreOutcome("b", status="failed", error="login rejected", error_type="permanent"),
+        fetch.StoreOutcome("c", status="breaker_open"),
+        fetch.StoreOutcome("d", status="not_started"),
+        fetch.StoreOutcome("e", fetched=1, skipped=1, error="store time limit reached"),
+    ]
+
+    summary = fetch.summarize(outcomes)
+
+    assert summary == {
+        "stores": 5,
+        "stores_ok": 2,
+        "stores_failed": 1,
+        "stores_breaker_open": 1,
+        "stores_not_started": 1,
+        "fetched": 4,
+        "stored": 2,
+        "duplicates": 1,
+        "skipped": 1,
+        "jobs_enqueued": 2,
+        "errors": [
+            {"store_id": "b", "error": "login rejected", "error_type": "permanent"},
+            {"store_id": "e", "error": "store time limit reached", "error_type": None},
+        ],
+    }
+
+
+# -- one store over fakes -------------------------------------------------------------------
+
+
+def test_fetch_store_ingests_in_chunks_advancing_the_uid_per_chunk() -> None:
+    count = fetch.INGEST_CHUNK + 5
+    mailbox = FakeMailbox({n: message(n) for n in range(1, count + 1)})
+    db = FakeDatabase(state={"uidvalidity": UIDVALIDITY, "last_uid": 0})
+
+    outcome = fetch_one(db, mailbox, max_per_store=count)
+
+    assert [(v, last, len(rows)) for v, last, rows in db.ingests] == [
+        (UIDVALIDITY, fetch.INGEST_CHUNK, fetch.INGEST_CHUNK),
+        (UIDVALIDITY, count, 5),
+    ]
+    assert (outcome.status, outcome.fetched, outcome.stored) == ("ok", count, count)
+    assert len(outcome.job_ids) == count
+    assert db.circuit == [("imap:store-1", True)]
+    assert mailbox.closed
+
+
+def test_fetch_store_starts_after_the_stored_uid() -> None:
+    mailbox = FakeMailbox({n: message(n) for n in range(1, 6)})
+    db = FakeDatabase(state={"uidvalidity": UIDVALIDITY, "last_uid": 3})
+
+    outcome = fetch_one(db, mailbox)
+
+    assert [r["uid"] for r in db.ingests[0][2]] == [4, 5]
+    assert outcome.fetched == 2
+
+
+def test_first_fetch_of_an_empty_mailbox_records_its_uidvalidity() -> None:
+    db = FakeDatabase(state=None)
+
+    outcome = fetch_one(db, FakeMailbox({}))
+
+    assert db.ingests == [(UIDVALIDITY, 0, [])]
+    assert outcome.status == "ok"
+
+
+def test_quiet_mailbox_with_known_state_makes_no_database_write() -> None:
+    db = FakeDatabase(state={"uidvalidity": UIDVALIDITY, "last_uid": 2})
+
+    fetch_one(db, FakeMailbox({1: message(1), 2: message(2)}))
+
+    assert db.ingests == []
+
+
+def test_uidvalidity_change_refetches_from_the_start() -> None:
+    mailbox = FakeMailbox({1: message(1), 2: message(2)}, uidvalidity=UIDVALIDITY + 1)
+    db = FakeDatabase(state={"uidvalidity": UIDVALIDITY, "last_uid": 40})
+
+    outcome = fetch_one(db, mailbox)
+
+    assert outcome.uidvalidity_changed
+    assert [(v, last, [r["uid"] for r in rows]) for v, last, rows in db.ingests] == [
+        (UIDVALIDITY + 1, 2, [1, 2])
+    ]
+
+
+def test_oversized_message_is_ingested_as_skipped_with_its_header_only() -> None:
+    mailbox = FakeMailbox({1: message(1), 2: message(2, body="x" * 5000), 3: message(3)})
+    db = FakeDatabase()
+
+    outcome = fetch_one(db, mailbox, max_message_bytes=1000)
+
+    rows = db.ingests[0][2]
+    assert [r["skip_reason"] for r in rows] == [None, "oversized", None]
+    assert rows[1]["size_bytes"] == len(message(2, body="x" * 5000))
+    assert ([2], ["BODY.PEEK[HEADER]"]) in mailbox.fetched
+    assert db.ingests[0][1] == 3
+    assert (outcome.stored, outcome.skipped) == (2, 1)
+
+
+def test_open_breaker_skips_the_store_without_connecting() -> None:
+    db = FakeDatabase(allow=False)
+
+    outcome = fetch_one(db, AssertionError("must not connect"))
+
+    assert outcome.status == "breaker_open"
+    assert db.circuit == [] and db.ingests == [] and db.events == []
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermanentError("login: login rejected", service="imap"),
+        TransientError("connect: timed out", service="imap"),
+    ],
+)
+def test_failure_is_recorded_as_event_and_breaker_failure(error: Exception) -> None:
+    db = FakeDatabase()
+
+    outcome = fetch_one(db, error)
+
+    assert outcome.status == "failed"
+    assert outcome.error == str(error)
+    assert outcome.error_type == cast(Any, error).error_type
+    assert db.circuit == [("imap:store-1", False)]
+    assert db.events == [
+        {
+            "store_id": "store-1",
+            "event_type": "fetch.store_failed",
+            "detail": {"error": str(error), "error_type": cast(Any, error).error_type},
+        }
+    ]
+
+
+def test_config_error_is_not_counted_against_the_store() -> None:
+    db = FakeDatabase()
+
+    with pytest.raises(ConfigError):
+        fetch_one(db, ConfigError("EXTRA_CA_FILE '/x' cannot be loaded"))
+
+    assert db.circuit == [] and db.events == []
+
+
+def test_passed_deadline_stores_nothing_and_says_why() -> None:
+    db = FakeDatabase()
+
+    outcome = fetch_one(db, FakeMailbox({1: message(1)}), deadline=time.monotonic() - 1)
+
+    assert db.ingests == []
+    assert outcome.error == "store time limit reached"
+    assert outcome.stored == 0
+
+
+class SocketClient:
+    """A client whose only I/O is one end of a socket pair."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def socket(self) -> socket.socket:
+        return self.sock
+
+
+def test_time_limit_cuts_a_blocked_read_and_names_the_cause() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs, pytest.raises(TransientError, match="store time limit") as caught:
+        with fetch._time_limit(SocketClient(ours), time.monotonic() + 0.05):
+            # Blocks until the limit shuts the socket down (the peer never writes).
+            assert ours.recv(10) == b""
+            raise TransientError("fetch bodies INBOX: connection lost", service="imap")
+    assert isinstance(caught.value.__cause__, TransientError)
+
+
+def test_time_limit_leaves_errors_alone_before_the_deadline() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        with pytest.raises(PermanentError, match="NONEXISTENT"):
+            with fetch._time_limit(SocketClient(ours), time.monotonic() + FAR):
+                raise PermanentError("select INBOX: [NONEXISTENT]", service="imap")
+        theirs.sendall(b"still open")
+        assert ours.recv(10) == b"still open"
+
+
+def test_time_limit_accepts_a_deadline_beyond_any_timer() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        with fetch._time_limit(SocketClient(ours), 1e12):
+            theirs.sendall(b"ok")
+            assert ours.recv(10) == b"ok"
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def test_spent_budget_starts_no_store() -> None:
+    db = FakeDatabase()
+    db.stores = [dict(STORE, id="a"), dict(STORE, id="b")]
+
+    summary = fetch.run_fetch(
+        cast(Database, db), Budget(0), open_mailbox=opener_for(AssertionError("no connect"))
+    )
+
+    assert summary["stores_not_started"] == 2
+    assert db.circuit == [] and db.ingests == []
+
+
+def test_unexpected_error_in_one_store_does_not_sink_the_others() -> None:
+    db = FakeDatabase()
+    mailboxes = {"a": RuntimeError("bug"), "b": FakeMailbox({1: message(1)})}
+
+    def open_mailbox(host: str, port: int, tls: str, user: str, *a: Any, **kw: Any) -> Any:
+        # The fakes tell the stores apart by the user name the opener receives.
+        mailbox = mailboxes[user]
+        if isinstance(mailbox, Exception):
+            raise mailbox
+        return mailbox
+
+    db.stores = [dict(STORE, id="a", imap_user="a"), dict(STORE, id="b", imap_user="b")]
+    summary = fetch.run_fetch(cast(Database, db), Budget(FAR), open_mailbox=open_mailbox)
+
+    assert (summary["stores_ok"], summary["stores_failed"], summary["stored"]) == (1, 1, 1)
+    assert summary["errors"] == [
+        {"store_id": "a", "error": "RuntimeError('bug')", "error_type": "transient"}
+    ]
+
+
+def test_unusable_ca_file_fails_the_run_before_any_store(tmp_path: Any) -> None:
+    db = FakeDatabase()
+    db.stores = [dict(STORE)]
+    broken = tmp_path / "ca.pem"
+    broken.write_text("not a certificate\n")
+
+    with pytest.raises(ConfigError, match="EXTRA_CA_FILE"):
+        fetch.run_fetch(
+            cast(Database, db),
+            Budget(FAR),
+            open_mailbox=opener_for(AssertionError("no connect")),
+            options=fetch.FetchOptions(ca_file=str(broken)),
+        )
+
+    assert db.circuit == [] and db.events == []
