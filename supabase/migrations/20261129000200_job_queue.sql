@@ -38,6 +38,22 @@ create table public.job_queue (
     updated_at timestamptz not null default now()
 );
 
+-- Vacuum by absolute churn, not by table size. Every claim and completion leaves a dead entry in
+-- the partial claim indexes (the old 'pending' or 'processing' version), and claims walk the head
+-- of job_queue_due_idx where those entries pile up; only VACUUM removes them. With the default
+-- scale factor (0.2 x rows) a table holding 1M finished jobs waits for 200k dead tuples between
+-- vacuums, so the claim got slower as history grew. Vacuum skips the all-visible history pages,
+-- so running it often costs little; no cost delay so it keeps up with a busy queue.
+alter table public.job_queue set (
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 5000,
+    autovacuum_vacuum_insert_scale_factor = 0,
+    autovacuum_vacuum_insert_threshold = 20000,
+    autovacuum_vacuum_cost_delay = 0,
+    autovacuum_analyze_scale_factor = 0,
+    autovacuum_analyze_threshold = 20000
+);
+
 comment on table public.job_queue is
     'Durable job queue; mutate only through the queue functions (enqueue_job, dequeue_jobs, ...).';
 
@@ -273,11 +289,13 @@ begin
         from public.job_queue q
         where q.status = 'pending' and q.next_retry_at <= now()
           and (p_job_types is null or q.job_type = any (p_job_types))
-          -- cheap pre-filter on this (possibly stale) snapshot; statement 2 decides
-          and not exists (
+          -- cheap pre-filter on this (possibly stale) snapshot; statement 2 decides. The OR keeps
+          -- it a subplan: as an anti-join the planner scanned the whole in-flight index, dead
+          -- entries included, under a nested loop
+          and (q.conversation_id is null or not exists (
               select 1 from public.job_queue f
               where f.conversation_id = q.conversation_id and f.status = 'processing'
-          )
+          ))
         order by q.priority desc, q.next_retry_at, q.id
         limit p_batch_size
         for update skip locked
