@@ -1,0 +1,94 @@
+"""Tiny runs of bench/queue.py and bench/depth.py so the benchmarks cannot rot.
+
+They run as the README says (the real CLI, as a subprocess) against the test database, told it
+is shared so they touch only their own job types. Nothing here looks at timings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def dsn(request: pytest.FixtureRequest) -> str:
+    """The shared test database, or DATABASE_URL until tests/support/postgres.py provides it."""
+    try:
+        return str(request.getfixturevalue("database_url"))
+    except pytest.FixtureLookupError:
+        return os.environ["DATABASE_URL"]
+
+
+def run_bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def test_queue_bench_drains_every_job_through_our_rows_and_the_floor(
+    dsn: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "queue.json"
+    done = run_bench(
+        "queue.py", "--url", dsn, "--shared-database", "--only", "ours,rest,floor",
+        "--jobs", "300", "--runs", "2", "--connections", "3", "--batch", "20",
+        "--json", str(out),
+    )
+    assert done.returncode == 0, done.stderr
+    header, rule, *rows = done.stdout.splitlines()[2:]
+    assert header.split()[:2] == ["contender", "settings"]
+    assert [row.split("  ")[0].strip() for row in rows] == [
+        "ours-psycopg", "ours-rest", "floor (bare SQL)"
+    ]
+    result = json.loads(out.read_text())
+    assert result["jobs"] == 300
+    for measurement in result["results"]:
+        # one rate per run for each of the three phases, all from completed drains
+        assert len(measurement["drain"]) == 2
+        assert all(rate > 0 for rate in measurement["enqueue"] + measurement["drain"])
+    with psycopg.connect(dsn) as conn:
+        left = conn.execute(
+            "select status, count(*) from public.job_queue where job_type = 'bench_noop'"
+            " group by status"
+        ).fetchall()
+        claimed = conn.execute(
+            "select count(*) from public.events e join public.job_queue q on q.id = e.job_id"
+            " where q.job_type = 'bench_noop' and e.event_type = 'job.claimed'"
+        ).fetchone()
+    # the last run's jobs: every one completed, each claimed exactly once
+    assert left == [("completed", 300)]
+    assert claimed == (300,)
+
+
+def test_depth_bench_quick_run_measures_every_depth_and_the_purge(
+    dsn: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "depth.json"
+    done = run_bench(
+        "depth.py", "--url", dsn, "--shared-database", "--quick", "--json", str(out)
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert [d["depth"] for d in result["depths"]] == [0, 2000]
+    assert all(d["median_ms"] > 0 and d["drain_per_s"] > 0 for d in result["depths"])
+    purge = result["purge"]
+    # the 8-day-old history was deleted while claims went on
+    assert purge["history_before"] == 2000
+    assert purge["old_history_after"] == 0
+    assert purge["rounds_during"] >= 1
+    assert "flatness:" in done.stdout
