@@ -125,7 +125,8 @@ class Demo:
     # -- start-up ------------------------------------------------------------------------------
 
     def connect(self) -> psycopg.Connection[dict[str, Any]]:
-        if self.db is None:
+        # Diagnostics run after the clean-up closed the connection: open a new one then.
+        if self.db is None or self.db.closed:
             self.db = psycopg.connect(self.database_url, autocommit=True, row_factory=dict_row)
             self.stack.callback(self.db.close)
         return self.db
