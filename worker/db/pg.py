@@ -121,6 +121,9 @@ class PgTransport:
             "options": f"-c statement_timeout={statement_ms}",
             "application_name": application_name,
             "prepare_threshold": prepare_threshold,
+            # Every call is one statement, which Postgres runs as its own transaction anyway;
+            # without autocommit psycopg sends BEGIN and COMMIT as two more round trips each.
+            "autocommit": True,
         }
         self._signatures: dict[str, list[Signature]] = {}
         self._signatures_lock = threading.Lock()
