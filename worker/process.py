@@ -45,6 +45,10 @@ JOB_TYPE = "process_email"
 DEFAULT_DEFER_SECONDS = 60  # when an open breaker gives no hint of its cool-down
 IDLE_WAIT_SECONDS = 1.0  # how long the run loop waits for a finishing job before re-claiming
 SECRETS_TTL_SECONDS = 60.0  # a run re-reads a store's secrets at most this often
+# How long a breaker this process saw closed is trusted without asking the database. Our own
+# failures drop the entry at once; another container's failures or a breaker it opened are seen
+# at most this late. Without it, every email paid 6 of its ~15 database round trips here.
+BREAKER_TTL_SECONDS = 1.0
 
 # Intents for which looking up orders helps the answer; others never touch Shopify.
 ORDER_INTENTS = frozenset(
@@ -93,6 +97,7 @@ class Services:
     shop_for: Callable[[Mapping[str, Any], Mapping[str, Any]], OrderLookup | None]
     _secrets: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
     _secrets_lock: threading.Lock = field(default_factory=threading.Lock)
+    _closed_at: dict[str, float] = field(default_factory=dict)  # service -> when seen closed
 
     def secrets(self, store_id: str) -> dict[str, Any]:
         """The store's credentials, cached briefly so a busy store costs one Vault read a minute."""
@@ -105,6 +110,26 @@ class Services:
         with self._secrets_lock:
             self._secrets[store_id] = (now, value)
         return value
+
+    def _recently_closed(self, service: str) -> bool:
+        seen = self._closed_at.get(service)
+        return seen is not None and time.monotonic() - seen < BREAKER_TTL_SECONDS
+
+    def circuit_allow(self, service: str) -> bool:
+        """Whether the service's breaker lets a call through (closed: answered from memory)."""
+        if self._recently_closed(service):
+            return True
+        return self.db.circuit_allow(service)
+
+    def circuit_record(self, service: str, success: bool) -> None:
+        """Count a call's outcome; a success on a breaker we just saw clean costs nothing."""
+        if success and self._recently_closed(service):
+            # The database would only read the row and answer 'closed' (no failure since).
+            return
+        self._closed_at.pop(service, None)
+        state = self.db.circuit_record(service, success)
+        if success and state == "closed":
+            self._closed_at[service] = time.monotonic()
 
 
 class JobDone(Exception):
@@ -187,20 +212,19 @@ def wants_orders(classification: Classification) -> bool:
 
 def guarded(services: Services, service: str, call: Callable[[], Any]) -> Any:
     """Run one call to an outside service behind its circuit breaker."""
-    db = services.db
-    if not db.circuit_allow(service):
+    if not services.circuit_allow(service):
         raise CircuitOpenError(service)
     try:
         result = call()
     except TransientError:
-        db.circuit_record(service, False)
+        services.circuit_record(service, False)
         raise
     except PermanentError as exc:
         # Credentials or a bad request are the store's problem, not an outage: they count
         # against the breaker only for authentication-type failures, which repeat per call.
-        db.circuit_record(service, "401" not in str(exc) and "403" not in str(exc))
+        services.circuit_record(service, "401" not in str(exc) and "403" not in str(exc))
         raise
-    db.circuit_record(service, True)
+    services.circuit_record(service, True)
     return result
 
 
@@ -375,7 +399,7 @@ def resume_reply(
     if status == "sending":
         return resolve_in_doubt(reply, job, store, secrets, services, worker_id, trace, result)
 
-    if not db.circuit_allow(smtp_service):
+    if not services.circuit_allow(smtp_service):
         raise CircuitOpenError(smtp_service)
     gate = db.begin_send(reply_id)
     if gate == "already_sent":
@@ -401,7 +425,7 @@ def resume_reply(
         with trace.timed("smtp"):
             services.mail.send(message, store, secrets)
     except WorkerError as exc:
-        db.circuit_record(smtp_service, exc.error_type == "permanent")
+        services.circuit_record(smtp_service, exc.error_type == "permanent")
         if isinstance(exc, SendInDoubtError):
             # The connection died after DATA: the server may have taken it. Stay `sending`; the
             # retry resolves it through the Sent folder instead of risking a second reply.
@@ -412,7 +436,7 @@ def resume_reply(
         else:
             db.reset_reply(reply_id, "drafted", str(exc))
         raise
-    db.circuit_record(smtp_service, True)
+    services.circuit_record(smtp_service, True)
     summary = finish(trace, "replied", **result)
     if not db.finish_send(reply_id, job_id, worker_id, summary):
         log.warning(
