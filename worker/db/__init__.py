@@ -30,6 +30,11 @@ FailStatus = Literal["pending", "dead_letter"]
 CreditReservation = Literal["reserved", "already_reserved", "no_credits"]
 SendGate = Literal["ok", "already_sent", "in_doubt", "held", "failed"]
 
+# A call holds its connection for about a millisecond while a job spends seconds on Claude and
+# Shopify, so a few dozen connections serve hundreds of concurrent jobs. One per job would pass
+# Postgres's max_connections (100 by default, less on small Supabase plans) at high concurrency.
+POOL_MAX_CONNECTIONS = 32
+
 # Nested rows inside load_job_context's jsonb, normalised like rows so callers see one type per
 # column whichever function returned it.
 _CONTEXT_ROWS = ("job", "message", "store", "conversation", "reply")
@@ -377,7 +382,8 @@ def connect(settings: Settings, *, min_size: int = 1, max_size: int | None = Non
     if settings.database_url:
         from worker.db.pg import PgTransport
 
-        pool_max = max_size or max(settings.process_concurrency, settings.fetch_concurrency) + 2
+        wanted = max(settings.process_concurrency, settings.fetch_concurrency) + 2
+        pool_max = max_size or min(wanted, POOL_MAX_CONNECTIONS)
         return Database(
             PgTransport(
                 settings.database_url,
