@@ -2,8 +2,10 @@
 
 Certificates are always verified (the system store plus EXTRA_CA_FILE), connect and read
 timeouts are always set (imapclient has none by default), folders are opened read-only and bodies
-fetched with BODY.PEEK so the store's \\Seen flags are never touched. Every failure leaves this
-module as a worker.errors type.
+fetched with BODY.PEEK so the store's \\Seen flags are never touched. A fetch can be limited to
+mail that arrived since a given instant (SEARCH SINCE narrows by day, INTERNALDATE decides), so
+a mailbox's history is skipped without being read. Every failure leaves this module as a
+worker.errors type.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import ssl
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 from imapclient import IMAPClient, SocketTimeout
@@ -32,6 +35,10 @@ BODY_CHUNK_MESSAGES = 25  # messages per BODY.PEEK[] request
 BODY_CHUNK_BYTES = 8 * 1024 * 1024  # bytes per BODY.PEEK[] request, so one answer stays small
 HEADER_CHUNK = 100  # oversized messages per BODY.PEEK[HEADER] request
 MAX_BATCH_BYTES = 100 * 1024 * 1024  # bytes of bodies per fetch_new_messages call
+# SEARCH SINCE compares calendar days in the server's own time zone (RFC 3501 6.4.4), which can
+# be up to 14 hours from UTC: searching a day earlier never misses a message, and INTERNALDATE
+# then decides precisely.
+SINCE_SLACK = timedelta(days=1)
 
 # Response codes (RFC 5530) that say "this will not work until someone changes something".
 _PERMANENT_CODES = frozenset(
@@ -71,6 +78,11 @@ class FetchBatch:
     highest_uid: int
     # More new messages are waiting beyond the limit (or the byte budget).
     has_more: bool = False
+    # Only mail that arrived at or after this instant was taken (a first fetch or a resync
+    # after a UIDVALIDITY change); None for an ordinary incremental fetch.
+    window_start: datetime | None = None
+    # Messages at or below highest_uid left alone because they arrived before window_start.
+    left_alone: int = 0
 
 
 # -- pure helpers -------------------------------------------------------------------------------
@@ -93,6 +105,43 @@ def new_uids(found: Iterable[int], last_uid: int) -> list[int]:
     6.4.8: `*` is the largest UID in use), so the server's answer must be filtered.
     """
     return sorted({int(uid) for uid in found if int(uid) > last_uid})
+
+
+def fetch_window(
+    known_uidvalidity: int | None,
+    uidvalidity: int,
+    arrived_since: datetime | None,
+    resync_since: datetime | None,
+) -> datetime | None:
+    """The arrival time a fetch is limited to: arrived_since on the folder's first fetch,
+    resync_since after a UIDVALIDITY change, None (every new UID) otherwise."""
+    if known_uidvalidity is None:
+        return arrived_since
+    if int(known_uidvalidity) != int(uidvalidity):
+        return resync_since
+    return None
+
+
+def as_utc(moment: datetime) -> datetime:
+    """An aware UTC datetime; a naive one is local time (imapclient's normalised INTERNALDATE)."""
+    return moment.astimezone(UTC)
+
+
+def since_day(window_start: datetime) -> date:
+    """The SEARCH SINCE day that surely includes every message arrived since window_start."""
+    return (as_utc(window_start) - SINCE_SLACK).date()
+
+
+def arrived_in_window(
+    uids: Sequence[int], dates: dict[int, datetime], window_start: datetime
+) -> list[int]:
+    """The UIDs (in the given order) whose INTERNALDATE is at or after window_start.
+
+    INTERNALDATE has whole seconds, so the window starts at its whole second too: a message that
+    arrived in the same second as the window start is in it. UIDs without a date were expunged.
+    """
+    start = as_utc(window_start).replace(microsecond=0)
+    return [uid for uid in uids if uid in dates and as_utc(dates[uid]) >= start]
 
 
 def plan_bodies(
@@ -258,37 +307,76 @@ def fetch_new_messages(
     max_bytes: int,
     *,
     max_batch_bytes: int = MAX_BATCH_BYTES,
+    arrived_since: datetime | None = None,
+    resync_since: datetime | None = None,
 ) -> FetchBatch:
-    """The oldest `limit` messages with UID > last_uid (all of them from UID 1 after a
-    UIDVALIDITY change); oversized ones come with their header only."""
+    """The oldest `limit` messages with UID > last_uid; oversized ones come with their header only.
+
+    On the folder's first fetch (known_uidvalidity None) only mail that arrived since
+    `arrived_since` is taken, and after a UIDVALIDITY change (which starts again from UID 1) only
+    mail since `resync_since`; older mail is skipped without being read, and the position jumps
+    past it. Either left None means every message counts.
+    """
     info = _select(client, folder)
     uidvalidity = int(info[b"UIDVALIDITY"])
     changed = known_uidvalidity is not None and int(known_uidvalidity) != uidvalidity
     start = 0 if changed else max(0, int(last_uid))
+    window = fetch_window(known_uidvalidity, uidvalidity, arrived_since, resync_since)
     exists = int(info.get(b"EXISTS", 0))
     uidnext = info.get(b"UIDNEXT")
-    if exists == 0 or (uidnext is not None and int(uidnext) <= start + 1):
+    # Every UID up to UIDNEXT-1 was assigned before the SELECT, so the search below sees it.
+    top = int(uidnext) - 1 if uidnext is not None else None
+    if exists == 0 or (top is not None and top <= start):
         # Nothing can be new: skip the search entirely (the common case on a quiet mailbox).
-        return FetchBatch(uidvalidity, changed, [], start)
+        position = max(start, top) if window is not None and top is not None else start
+        return FetchBatch(uidvalidity, changed, [], position, window_start=window)
 
+    criteria: list[Any] = ["UID", f"{start + 1}:*"]
+    if window is not None:
+        # The server narrows by day, so a mailbox of years costs one search, not a full scan.
+        criteria += ["SINCE", since_day(window)]
     with _imap_errors(f"search {folder}"):
-        found = client.search(["UID", f"{start + 1}:*"])
+        found = client.search(criteria)
     candidates = new_uids(found, start)
-    taken = candidates[: max(0, limit)]
-    has_more = len(candidates) > len(taken)
-    if not taken:
-        return FetchBatch(uidvalidity, changed, [], start)
 
     sizes: dict[int, int] = {}
-    with _imap_errors(f"fetch sizes {folder}"):
-        for chunk in _chunks(taken, SIZE_CHUNK):
-            for uid, item in client.fetch(chunk, ["RFC822.SIZE"]).items():
-                if uid in chunk and b"RFC822.SIZE" in item:
-                    sizes[int(uid)] = int(item[b"RFC822.SIZE"])
+    examined: list[int] = []
+    if window is None:
+        recent = candidates
+        _fetch_sizes(client, folder, candidates[: max(0, limit)], sizes, None)
+    else:
+        dates: dict[int, datetime] = {}
+        recent = []
+        # Stop once one message beyond the limit is known: it is where the next run starts.
+        while len(examined) < len(candidates) and len(recent) <= max(0, limit):
+            part = candidates[len(examined) : len(examined) + SIZE_CHUNK]
+            _fetch_sizes(client, folder, part, sizes, dates)
+            recent.extend(arrived_in_window(part, dates, window))
+            examined.extend(part)
+    taken = recent[: max(0, limit)]
+    next_uid = recent[len(taken)] if len(recent) > len(taken) else None
+
     full, headers_only, left_from = plan_bodies(taken, sizes, max_bytes, max_batch_bytes)
     if left_from is not None:
         taken = [uid for uid in taken if uid < left_from]
-        has_more = True
+        next_uid = left_from
+
+    if next_uid is not None:
+        # Everything below the first message left for later is taken, expunged or too old.
+        highest = next_uid - 1
+    elif window is not None:
+        # Nothing in the window is left: the whole folder as it was at SELECT is covered.
+        folder_top = top if top is not None else _highest_uid(client, folder, start)
+        highest = max([start, folder_top, *taken])
+    else:
+        highest = max(taken, default=start)
+    left_alone = 0
+    if window is not None:
+        # Those before the SINCE day never matched the search, and those read and found too old.
+        in_window = set(recent)
+        left_alone = max(0, exists - len(candidates)) + sum(
+            1 for uid in examined if uid <= highest and uid not in in_window
+        )
 
     data: dict[int, tuple[bytes, bool]] = {}
     with _imap_errors(f"fetch bodies {folder}"):
@@ -298,9 +386,9 @@ def fetch_new_messages(
                 body = _item(answer.get(uid), b"BODY[]")
                 if body is not None:
                     data[uid] = (body, False)
-        for chunk in _chunks(headers_only, HEADER_CHUNK):
-            answer = client.fetch(chunk, ["BODY.PEEK[HEADER]"])
-            for uid in chunk:
+        for header_uids in _chunks(headers_only, HEADER_CHUNK):
+            answer = client.fetch(header_uids, ["BODY.PEEK[HEADER]"])
+            for uid in header_uids:
                 header = _item(answer.get(uid), b"BODY[HEADER]")
                 if header is not None:
                     data[uid] = (header, True)
@@ -310,7 +398,41 @@ def fetch_new_messages(
         for uid in sorted(data)
     ]
     # Expunged-meanwhile UIDs count as covered: they can never come back.
-    return FetchBatch(uidvalidity, changed, messages, max(taken), has_more)
+    return FetchBatch(
+        uidvalidity,
+        changed,
+        messages,
+        highest,
+        next_uid is not None,
+        window_start=window,
+        left_alone=left_alone,
+    )
+
+
+def _fetch_sizes(
+    client: IMAPClient,
+    folder: str,
+    uids: Sequence[int],
+    sizes: dict[int, int],
+    dates: dict[int, datetime] | None,
+) -> None:
+    """Fill sizes (and dates, when asked: INTERNALDATE rides along in the same request)."""
+    items = ["RFC822.SIZE"] if dates is None else ["INTERNALDATE", "RFC822.SIZE"]
+    with _imap_errors(f"fetch sizes {folder}"):
+        for chunk in _chunks(uids, SIZE_CHUNK):
+            wanted = set(chunk)
+            for uid, item in client.fetch(chunk, items).items():
+                if uid not in wanted or b"RFC822.SIZE" not in item:
+                    continue
+                sizes[int(uid)] = int(item[b"RFC822.SIZE"])
+                if dates is not None and isinstance(item.get(b"INTERNALDATE"), datetime):
+                    dates[int(uid)] = item[b"INTERNALDATE"]
+
+
+def _highest_uid(client: IMAPClient, folder: str, default: int) -> int:
+    """The folder's highest UID, for servers whose SELECT answer lacks UIDNEXT."""
+    with _imap_errors(f"search {folder}"):
+        return max((int(uid) for uid in client.search(["UID", "*"])), default=default)
 
 
 def _select(client: IMAPClient, folder: str) -> dict[bytes, Any]:
