@@ -5,6 +5,10 @@ whose password is wrong is recorded (event + its IMAP circuit breaker) and the o
 Durability rests on one rule: the stored last UID only moves forward in the same SQL call that
 stores the messages up to it (`ingest_messages`), so a crash at any point re-fetches at most a
 chunk that the Message-ID dedupe then absorbs.
+
+A mailbox's history is never answered: the first fetch of a folder takes only mail that arrived
+after the store was connected, and a UIDVALIDITY change resynchronises from shortly before the
+last ingest instead of re-reading the whole folder. Older mail is skipped without being read.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from worker import imap, mime
@@ -27,6 +32,13 @@ from worker.runs import Budget
 log = logging.getLogger(__name__)
 
 INGEST_CHUNK = 50  # messages per ingest_messages call: one transaction, bounded payload
+# The store's created_at comes from the database's clock and INTERNALDATE from the mail server's:
+# mail delivered just after connecting must not be lost to a small difference between them.
+CLOCK_SKEW = timedelta(seconds=60)
+# After a UIDVALIDITY change, mail since this long before the last ingest is read again; the
+# Message-ID dedupe absorbs what was already stored.
+RESYNC_OVERLAP = timedelta(days=1)
+STOP_POLL_SECONDS = 0.2  # how soon a shutdown request cuts a store's IMAP connection
 
 
 MailboxOpener = Callable[..., AbstractContextManager[Any]]
@@ -49,15 +61,20 @@ class StoreOutcome:
     """What happened to one store in one run."""
 
     store_id: str
-    status: str = "ok"  # ok | failed | breaker_open | not_started
+    status: str = "ok"  # ok | failed | breaker_open | not_started | stopped
     fetched: int = 0
     stored: int = 0
     duplicates: int = 0
     skipped: int = 0
     uidvalidity_changed: bool = False
+    left_alone: int = 0  # old mail skipped by a first fetch or a resync
     error: str | None = None
     error_type: str | None = None
     job_ids: list[str] = field(default_factory=list)
+
+
+class FetchStopped(TransientError):
+    """The run was asked to stop (shutdown) while this store was being fetched."""
 
 
 def imap_service(store_id: str) -> str:
@@ -69,6 +86,47 @@ def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     """Consecutive slices of at most `size` items."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def as_datetime(value: object) -> datetime | None:
+    """A timestamp column as an aware datetime (psycopg gives datetimes, PostgREST ISO text)."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str) and value:
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    else:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def connected_since(store: dict[str, Any], now: datetime) -> datetime:
+    """Mail that arrived before this instant predates the store: its first fetch skips it.
+
+    A store row without created_at (never the case in the table) counts as connected now,
+    so a mailbox's history is never answered by mistake.
+    """
+    created = as_datetime(store.get("created_at")) or now
+    return created - CLOCK_SKEW
+
+
+def resync_since(state: dict[str, Any] | None) -> datetime | None:
+    """Where a resync after a UIDVALIDITY change starts: a day before the last ingest."""
+    updated = as_datetime(state.get("updated_at")) if state else None
+    return updated - RESYNC_OVERLAP if updated is not None else None
+
+
+def chunk_positions(uids: Sequence[int], size: int, highest_uid: int) -> list[int]:
+    """The last UID each ingest chunk of `uids` (ascending) covers.
+
+    A chunk covers everything below the next chunk's first UID, so mail the fetch left alone
+    between two chunks (too old, or expunged) is never picked up by a later run; the last chunk
+    covers the whole batch.
+    """
+    starts = [uids[i] for i in range(0, len(uids), size)]
+    return [next_start - 1 for next_start in starts[1:]] + ([highest_uid] if starts else [])
 
 
 def to_ingest_rows(batch: imap.FetchBatch, max_bytes: int) -> list[dict[str, Any]]:
@@ -94,8 +152,12 @@ def fetch_store(
     open_mailbox: MailboxOpener,
     options: FetchOptions,
     deadline: float,
+    stop_event: threading.Event | None = None,
 ) -> StoreOutcome:
-    """Fetch one store's new mail; every failure is contained in the returned outcome."""
+    """Fetch one store's new mail; every failure is contained in the returned outcome.
+
+    The store stops at `deadline`, or as soon as `stop_event` is set, cutting its connection.
+    """
     store_id = str(store["id"])
     outcome = StoreOutcome(store_id=store_id)
     service = imap_service(store_id)
@@ -118,7 +180,7 @@ def fetch_store(
             secrets.get("imap_password") or "",
             timeout_seconds=options.imap_timeout_seconds,
             ca_file=options.ca_file,
-        ) as client, _time_limit(client, deadline):
+        ) as client, _time_limit(client, deadline, stop_event):
             batch = imap.fetch_new_messages(
                 client,
                 folder,
@@ -126,29 +188,51 @@ def fetch_store(
                 known_uidvalidity=known_uidvalidity,
                 limit=options.max_per_store,
                 max_bytes=options.max_message_bytes,
+                arrived_since=connected_since(store, datetime.now(UTC)),
+                resync_since=resync_since(state),
             )
         outcome.uidvalidity_changed = batch.uidvalidity_changed
         outcome.fetched = len(batch.messages)
+        outcome.left_alone = batch.left_alone
         rows = to_ingest_rows(batch, options.max_message_bytes)
+        positions = chunk_positions([int(r["uid"]) for r in rows], INGEST_CHUNK, batch.highest_uid)
+        steps: list[tuple[Sequence[dict[str, Any]], int]] = list(
+            zip(chunks(rows, INGEST_CHUNK), positions, strict=True)
+        )
         if not rows and (batch.uidvalidity_changed or known_uidvalidity is None):
-            # Nothing new, but remember the (new) UIDVALIDITY so the next run compares with it.
-            db.ingest_messages(store_id, folder, batch.uidvalidity, 0, [])
-        for chunk in chunks(rows, INGEST_CHUNK):
+            # Nothing to store, but remember the (new) UIDVALIDITY so the next run compares with
+            # it, and the position past any old mail this fetch left alone.
+            steps = [([], batch.highest_uid)]
+        ingested = False
+        for chunk, position in steps:
+            if stop_event is not None and stop_event.is_set():
+                # Nothing lost: the UID stays at the last stored chunk for the next run.
+                outcome.status = "stopped"
+                outcome.error = "run stopped before every message was stored"
+                break
             if time.monotonic() > deadline:
-                # The UID stays at the last stored chunk: the rest comes next run, nothing lost.
                 outcome.error = "store time limit reached"
                 break
             result = db.ingest_messages(
-                store_id, folder, batch.uidvalidity, max(r["uid"] for r in chunk), list(chunk)
+                store_id, folder, batch.uidvalidity, position, list(chunk)
             )
+            ingested = True
             outcome.stored += int(result.get("stored", 0))
             outcome.duplicates += int(result.get("duplicates", 0))
             outcome.skipped += int(result.get("skipped", 0))
             outcome.job_ids.extend(str(j) for j in result.get("job_ids") or [])
+        if ingested:
+            _record_window(db, store_id, folder, batch, known_uidvalidity)
     except ConfigError:
         # The deployment's fault (e.g. an unreadable EXTRA_CA_FILE), the same for every store:
         # counting it against each store's breaker would shut every mailbox out for no reason.
         raise
+    except FetchStopped as exc:
+        # Not the mailbox's fault: no breaker failure, no failure event; the next run resumes.
+        outcome.status = "stopped"
+        outcome.error = str(exc)
+        outcome.error_type = exc.error_type
+        return outcome
     except WorkerError as exc:
         outcome.status = "failed"
         outcome.error = str(exc)
@@ -159,35 +243,91 @@ def fetch_store(
     return outcome
 
 
+def _record_window(
+    db: Database,
+    store_id: str,
+    folder: str,
+    batch: imap.FetchBatch,
+    known_uidvalidity: int | None,
+) -> None:
+    """Record a first fetch's baseline or a UIDVALIDITY resync, with what was left alone."""
+    if batch.window_start is None:
+        return
+    detail: dict[str, Any] = {
+        "folder": folder,
+        "uidvalidity": batch.uidvalidity,
+        "since": batch.window_start.isoformat(),
+        "last_uid": batch.highest_uid,
+        "fetched": len(batch.messages),
+        "left_alone": batch.left_alone,
+    }
+    if known_uidvalidity is None:
+        event_type = "fetch.baseline"
+    else:
+        event_type = "fetch.uidvalidity_changed"
+        detail["previous_uidvalidity"] = known_uidvalidity
+    try:
+        db.record_events([{"store_id": store_id, "event_type": event_type, "detail": detail}])
+    except WorkerError:
+        # The mail and the position are stored; a missing note must not fail the store.
+        log.exception("could not record %s for store %s", event_type, store_id)
+
+
 @contextmanager
-def _time_limit(client: Any, deadline: float) -> Iterator[None]:
-    """Cut the connection at the store's deadline; the fetch then fails as a timeout.
+def _time_limit(
+    client: Any, deadline: float, stop_event: threading.Event | None = None
+) -> Iterator[None]:
+    """Cut the connection at the store's deadline, or once stop_event is set (shutdown); the
+    fetch then fails as a timeout (FetchStopped for a stop).
 
     IMAP timeouts bound each socket read, not the whole fetch: a server that trickles bytes (or a
     slow link with a large message) would otherwise hold this store's thread, and with it the
-    whole run and the single-run guard, for as long as it likes.
+    whole run and the single-run guard, for as long as it likes, and past gunicorn's grace.
     """
-    expired = threading.Event()
+    finished = threading.Event()
+    lock = threading.Lock()
+    cause: list[str] = []
 
-    def expire() -> None:
-        expired.set()
-        _abort_connection(client)
+    def watch() -> None:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining > 0:
+                # Clamped: a far-off deadline (a caller's "no limit") must not overflow the wait.
+                wait = min(remaining, threading.TIMEOUT_MAX)
+                if stop_event is not None:
+                    # The stop event is shared with the run manager, which cannot wake this
+                    # thread, so it is polled; `finished` ends the wait at once.
+                    wait = min(wait, STOP_POLL_SECONDS)
+                if finished.wait(wait):
+                    return
+                if stop_event is None or not stop_event.is_set():
+                    continue
+            with lock:
+                if finished.is_set():
+                    return
+                cause.append("stop" if remaining > 0 else "deadline")
+                _abort_connection(client)
+            return
 
-    # Clamped: a far-off deadline (a caller's "no limit") must not overflow the timer's wait.
-    delay = min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
-    timer = threading.Timer(delay, expire)
-    timer.daemon = True
-    timer.start()
+    watcher = threading.Thread(target=watch, name="fetch-time-limit", daemon=True)
+    watcher.start()
     try:
         yield
     except WorkerError as exc:
-        if expired.is_set():
+        with lock:
+            finished.set()
+        if cause == ["stop"]:
+            raise FetchStopped(
+                "run stopped (shutdown) while reading the mailbox", service=imap.SERVICE
+            ) from exc
+        if cause == ["deadline"]:
             raise TransientError(
                 "store time limit reached while reading the mailbox", service=imap.SERVICE
             ) from exc
         raise
     finally:
-        timer.cancel()
+        with lock:
+            finished.set()
 
 
 def _abort_connection(client: Any) -> None:
@@ -239,7 +379,7 @@ def run_fetch(
             return StoreOutcome(store_id=str(store["id"]), status="not_started")
         deadline = time.monotonic() + min(options.store_timeout_seconds, budget.remaining())
         try:
-            return fetch_store(db, store, open_mailbox, options, deadline)
+            return fetch_store(db, store, open_mailbox, options, deadline, budget.stop_event)
         except Exception as exc:  # a bug in one store's path must not sink the others
             log.exception("unexpected error fetching store %s", store.get("id"))
             error_type = exc.error_type if isinstance(exc, WorkerError) else "transient"
@@ -263,10 +403,12 @@ def summarize(outcomes: list[StoreOutcome]) -> dict[str, Any]:
         "stores_failed": sum(o.status == "failed" for o in outcomes),
         "stores_breaker_open": sum(o.status == "breaker_open" for o in outcomes),
         "stores_not_started": sum(o.status == "not_started" for o in outcomes),
+        "stores_stopped": sum(o.status == "stopped" for o in outcomes),
         "fetched": sum(o.fetched for o in outcomes),
         "stored": sum(o.stored for o in outcomes),
         "duplicates": sum(o.duplicates for o in outcomes),
         "skipped": sum(o.skipped for o in outcomes),
+        "left_alone": sum(o.left_alone for o in outcomes),
         "jobs_enqueued": sum(len(o.job_ids) for o in outcomes),
         "errors": [
             {"store_id": o.store_id, "error": o.error, "error_type": o.error_type}
