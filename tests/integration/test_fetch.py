@@ -13,7 +13,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -24,7 +25,7 @@ from tests.support.dovecot import DovecotServer
 from tests.support.mail_servers import MailUser
 from tests.unit.data import load_eml, sample_names
 from worker import db as dbmod
-from worker import fetch
+from worker import fetch, imap, runs
 from worker.app import create_app, get_state
 from worker.config import Settings, load_settings
 from worker.db import Database, Row
@@ -103,6 +104,7 @@ class FetchWorld:
         password: str | None = None,
         tls: str = "ssl",
         port: int | None = None,
+        folder: str = "INBOX",
     ) -> str:
         n = next(_store_numbers)
         if port is None:
@@ -115,6 +117,7 @@ class FetchWorld:
                 "imap_port": port,
                 "imap_user": user.name,
                 "imap_tls": tls,
+                "imap_folder": folder,
                 "smtp_host": "127.0.0.1",
                 "smtp_port": 9,
                 "smtp_user": user.name,
@@ -137,9 +140,18 @@ class FetchWorld:
         }
         return fetch.FetchOptions(**{**defaults, **changes})
 
-    def run(self, *store_ids: str, budget: float = RUN_BUDGET, **options: Any) -> dict[str, Any]:
+    def run(
+        self,
+        *store_ids: str,
+        budget: float = RUN_BUDGET,
+        opener: fetch.MailboxOpener = imap.open_mailbox,
+        **options: Any,
+    ) -> dict[str, Any]:
         return fetch.run_fetch(
-            self.scoped(*store_ids), Budget(budget), options=self.options(**options)
+            self.scoped(*store_ids),
+            Budget(budget),
+            open_mailbox=opener,
+            options=self.options(**options),
         )
 
     # -- checks, straight from the tables --------------------------------------------------
@@ -162,10 +174,10 @@ class FetchWorld:
             (store_id, event_type),
         ).fetchall()
 
-    def mailbox_state(self, store_id: str) -> dict[str, Any] | None:
+    def mailbox_state(self, store_id: str, folder: str = "INBOX") -> dict[str, Any] | None:
         return self.sql.execute(
-            "select * from public.mailbox_state where store_id = %s and folder = 'INBOX'",
-            (store_id,),
+            "select * from public.mailbox_state where store_id = %s and folder = %s",
+            (store_id, folder),
         ).fetchone()
 
     def breaker(self, store_id: str) -> dict[str, Any] | None:
@@ -216,6 +228,48 @@ def world(
         "delete from public.job_queue where store_id = any(%s::uuid[]) and status = 'pending'",
         (created.store_ids,),
     )
+
+
+@dataclass
+class ImapLog:
+    """The SEARCH and FETCH commands a fetch sent, to show what it read."""
+
+    searches: list[list[Any]] = field(default_factory=list)
+    fetches: list[tuple[list[int], list[str]]] = field(default_factory=list)
+
+    def opener(self) -> fetch.MailboxOpener:
+        def open_mailbox(*args: Any, **kwargs: Any) -> Any:
+            client = imap.open_mailbox(*args, **kwargs)
+            search, fetch_items = client.search, client.fetch
+
+            def logged_search(criteria: Any, *more: Any, **kw: Any) -> Any:
+                self.searches.append(list(criteria))
+                return search(criteria, *more, **kw)
+
+            def logged_fetch(uids: Any, items: Any, *more: Any, **kw: Any) -> Any:
+                self.fetches.append((sorted(int(u) for u in uids), list(items)))
+                return fetch_items(uids, items, *more, **kw)
+
+            # Instance attributes shadow the methods for this one connection.
+            setattr(client, "search", logged_search)  # noqa: B010
+            setattr(client, "fetch", logged_fetch)  # noqa: B010
+            return client
+
+        return open_mailbox
+
+    def uids_read(self, first_item: str) -> list[int]:
+        return sorted(u for uids, items in self.fetches if items[0] == first_item for u in uids)
+
+
+def append_dated(
+    dovecot: DovecotServer, user: str, mail: Sequence[tuple[bytes, datetime]], folder: str = "INBOX"
+) -> None:
+    """Put mail into a folder through IMAP (MULTI)APPEND with each message's INTERNALDATE, as a
+    mailbox with a history (or a migration that keeps dates) has it."""
+    with dovecot.client(user) as client:
+        if not client.folder_exists(folder):
+            client.create_folder(folder)
+        client.multiappend(folder, [{"msg": raw, "date": when} for raw, when in mail])
 
 
 def new_user(dovecot: DovecotServer) -> MailUser:
@@ -558,6 +612,103 @@ def test_spent_budget_starts_no_store(world: FetchWorld, dovecot: DovecotServer)
         assert world.breaker(store_id) is None
 
 
+# -- a mailbox's history is never answered ---------------------------------------------------
+
+
+def test_connected_store_leaves_the_mailbox_history_alone(
+    world: FetchWorld, dovecot: DovecotServer
+) -> None:
+    user = new_user(dovecot)
+    now = datetime.now(UTC)
+    history = [
+        (make_message(n, tag="hist"), now - timedelta(days=400) + timedelta(hours=n))
+        for n in range(1, 191)
+    ]
+    # Shortly before connecting: the day search still finds these, INTERNALDATE rules them out.
+    history += [
+        (make_message(n, tag="hist"), now - timedelta(minutes=250 - n)) for n in range(191, 201)
+    ]
+    append_dated(dovecot, user.name, history)
+    store_id = world.add_store(user)
+    log = ImapLog()
+
+    started = time.monotonic()
+    baseline = world.run(opener=log.opener())
+    elapsed = time.monotonic() - started
+    print(f"\nMEASURED first fetch of a 200-message history: {elapsed:.3f} s, "
+          f"{len(log.searches)} search, {len(log.fetches)} fetch")
+
+    assert baseline["stores_ok"] == 1
+    assert baseline["fetched"] == baseline["stored"] == baseline["jobs_enqueued"] == 0
+    assert baseline["left_alone"] == 200
+    assert world.messages(store_id) == [] and world.jobs(store_id) == []
+    state = world.mailbox_state(store_id)
+    assert state is not None and state["last_uid"] == 200
+    (event,) = world.events(store_id, "fetch.baseline")
+    assert (event["detail"]["left_alone"], event["detail"]["last_uid"]) == (200, 200)
+    # One search; only the ten from the connection's day had their dates read; no body at all.
+    assert len(log.searches) == 1 and "SINCE" in log.searches[0]
+    assert log.fetches == [(list(range(191, 201)), ["INTERNALDATE", "RFC822.SIZE"])]
+
+    dovecot.deliver(user.name, [make_message(n, tag="hist") for n in (201, 202, 203)])
+    after = world.run()
+
+    assert after["fetched"] == after["stored"] == after["jobs_enqueued"] == 3
+    assert world.stored_ids(store_id) == [f"<hist.{n}@example.com>" for n in (201, 202, 203)]
+    world.assert_one_job_per_message(store_id)
+    assert world.mailbox_state(store_id)["last_uid"] == 203  # type: ignore[index]
+    assert len(world.events(store_id, "fetch.baseline")) == 1
+
+
+def test_uidvalidity_change_on_a_large_folder_reads_only_the_new_mail(
+    world: FetchWorld, dovecot: DovecotServer
+) -> None:
+    user = new_user(dovecot)
+    folder = "Support"
+    tag = f"resync-{uuid.uuid4().hex[:8]}"
+    start = datetime.now(UTC) - timedelta(days=60)
+    history = [(make_message(n, tag=tag), start + timedelta(minutes=n)) for n in range(1, 2001)]
+    append_dated(dovecot, user.name, history, folder)
+    store_id = world.add_store(user, folder=folder)
+
+    started = time.monotonic()
+    baseline = world.run()
+    baseline_seconds = time.monotonic() - started
+    assert (baseline["stored"], baseline["left_alone"]) == (0, 2000)
+    old_state = world.mailbox_state(store_id, folder)
+    assert old_state is not None and old_state["last_uid"] == 2000
+
+    # A server migration: the folder is rebuilt with the same mail and dates, and renumbered.
+    with dovecot.client(user.name) as client:
+        client.delete_folder(folder)
+    append_dated(dovecot, user.name, history, folder)
+    dovecot.append(user.name, make_message(2001, tag=tag), folder=folder)
+    log = ImapLog()
+
+    started = time.monotonic()
+    summary = world.run(opener=log.opener())
+    elapsed = time.monotonic() - started
+    print(f"\nMEASURED 2,000-message folder: baseline {baseline_seconds:.3f} s; "
+          f"after a UIDVALIDITY change with 1 new message {elapsed:.3f} s")
+
+    assert summary["fetched"] == summary["stored"] == 1
+    assert summary["duplicates"] == 0
+    assert world.stored_ids(store_id) == [f"<{tag}.2001@example.com>"]
+    world.assert_one_job_per_message(store_id)
+    state = world.mailbox_state(store_id, folder)
+    assert state is not None
+    assert state["uidvalidity"] != old_state["uidvalidity"]
+    assert state["last_uid"] == 2001
+    (event,) = world.events(store_id, "fetch.uidvalidity_changed")
+    assert event["detail"]["previous_uidvalidity"] == old_state["uidvalidity"]
+    assert event["detail"]["left_alone"] == 2000
+    # Not a re-read of the folder: one search, then the one new message's date and body.
+    assert len(log.searches) == 1
+    assert log.uids_read("INTERNALDATE") == [2001]
+    assert log.uids_read("BODY.PEEK[]") == [2001]
+    assert world.run()["fetched"] == 0
+
+
 def test_fetch_emails_over_http_stores_the_messages(
     world: FetchWorld, dovecot: DovecotServer, database_url: str
 ) -> None:
@@ -610,6 +761,7 @@ class TricklingImapServer:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.listener.getsockname()[1])
         self.stop = threading.Event()
+        self.examining = threading.Event()
         self.disconnected = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -627,6 +779,7 @@ class TricklingImapServer:
                     elif command == "LOGIN":
                         conn.sendall(f"{tag} OK logged in\r\n".encode())
                     elif command in ("EXAMINE", "SELECT"):
+                        self.examining.set()
                         while not self.stop.wait(0.1):
                             conn.sendall(b"* OK still opening the folder\r\n")
                     elif command == "LOGOUT":
@@ -677,6 +830,51 @@ def test_store_time_limit_cuts_a_trickling_server(
     assert len(world.events(slow, "fetch.store_failed")) == 1
     assert world.breaker(slow)["consecutive_failures"] == 1  # type: ignore[index]
     assert world.stored_ids(good) == ["<slow.1@example.com>"]
+
+
+def test_shutdown_cuts_a_store_that_is_still_being_read(
+    world: FetchWorld, dovecot: DovecotServer
+) -> None:
+    good_user = new_user(dovecot)
+    good = world.add_store(good_user)
+    dovecot.deliver(good_user.name, [make_message(1, tag="stop")])
+    server = TricklingImapServer()
+    slow = world.add_store(new_user(dovecot), tls="plain", port=server.port)
+    # Only a stop can end the slow store: its time limit is the (long) run budget.
+    manager = runs.RunManager(
+        {"fetch": lambda budget: fetch.run_fetch(world.scoped(), budget, options=world.options())},
+        budget_seconds=RUN_BUDGET,
+    )
+    try:
+        record = manager.start("fetch")
+        assert record is not None
+        assert server.examining.wait(RUN_WAIT)
+        wait_for(lambda: len(world.messages(good)) == 1)
+        # What gunicorn's graceful stop does (worker_int / worker_exit call this).
+        all_ended = manager.shutdown(grace_seconds=runs.SHUTDOWN_GRACE_SECONDS)
+        assert server.disconnected.wait(RUN_WAIT)  # the worker hung up, not the server
+    finally:
+        server.close()
+
+    assert all_ended, "the run outlived the shutdown grace period"
+    finished = manager.get(record.id)
+    assert finished is not None and finished.status == "succeeded" and finished.stop_requested
+    summary = finished.summary
+    assert (summary["stores_ok"], summary["stores_stopped"], summary["stored"]) == (1, 1, 1)
+    (error,) = summary["errors"]
+    assert error["store_id"] == slow and "stopped" in error["error"]
+    # Not the mailbox's fault: no failure event, nothing counted against its breaker.
+    assert world.events(slow, "fetch.store_failed") == []
+    assert world.breaker(slow) is None
+    assert world.stored_ids(good) == ["<stop.1@example.com>"]
+
+
+def wait_for(condition: Callable[[], bool]) -> None:
+    """Poll until condition holds (bounded, so a hang fails the test)."""
+    deadline = time.monotonic() + RUN_WAIT
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.05)
 
 
 def test_unusable_ca_file_fails_the_run_without_touching_any_store(

@@ -6,6 +6,7 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -239,6 +240,30 @@ def test_uidvalidity_change_starts_again_from_the_first_uid(
     assert [m.uid for m in after.messages] == [1, 2, 3, 4]
     assert message_ids(after) == [f"<m{n}@example.com>" for n in (1, 2, 3, 4)]
     assert not steady.uidvalidity_changed and steady.messages == []
+
+
+def test_first_fetch_with_a_window_skips_old_mail_and_covers_the_expunged_tail(
+    dovecot: DovecotServer, mail_user: MailUser
+) -> None:
+    now = datetime.now(UTC)
+    dated = [(make_message(n, tag="win"), now - timedelta(days=90, hours=n)) for n in (1, 2, 3)]
+    dated += [(make_message(n, tag="win"), now + timedelta(seconds=n)) for n in (4, 5)]
+    with dovecot.client(mail_user.name) as admin:
+        admin.multiappend("INBOX", [{"msg": raw, "date": when} for raw, when in dated])
+        admin.select_folder("INBOX")
+        admin.delete_messages([5])
+        admin.expunge()
+
+    with open_user(dovecot, mail_user) as client:
+        batch = imap.fetch_new_messages(
+            client, "INBOX", 0, None, limit=50, max_bytes=10_000, arrived_since=now
+        )
+
+    assert message_ids(batch) == ["<win4@example.com>"]
+    assert batch.window_start == now
+    # UID 5 is gone, but UIDNEXT says it existed: the next fetch starts after it.
+    assert batch.highest_uid == 5 and not batch.has_more
+    assert batch.left_alone == 3
 
 
 def test_missing_folder_is_permanent(dovecot: DovecotServer, mail_user: MailUser) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
 
 import pytest
@@ -16,6 +18,8 @@ from worker.runs import Budget
 
 UIDVALIDITY = 777
 FAR = 3600.0  # seconds: a deadline no test reaches
+CONNECTED = datetime(2026, 3, 10, 12, 0, 0, tzinfo=UTC)  # the test store's created_at
+LONG_AGO = datetime(2023, 5, 1, 9, 0, 0, tzinfo=UTC)
 
 
 def message(n: int, *, body: str = "Where is my order?") -> bytes:
@@ -26,11 +30,28 @@ def message(n: int, *, body: str = "Where is my order?") -> bytes:
 
 
 class FakeMailbox:
-    """The part of IMAPClient that imap.fetch_new_messages uses, over an in-memory folder."""
+    """The part of IMAPClient that imap.fetch_new_messages uses, over an in-memory folder.
 
-    def __init__(self, messages: dict[int, bytes], uidvalidity: int = UIDVALIDITY) -> None:
+    Each message has an INTERNALDATE (default: just after the store was connected); SEARCH
+    understands `UID n:*`, `UID *` and `SINCE <date>` the way a server does.
+    """
+
+    def __init__(
+        self,
+        messages: dict[int, bytes],
+        uidvalidity: int = UIDVALIDITY,
+        *,
+        dates: dict[int, datetime] | None = None,
+        uidnext: int | None = None,
+        announce_uidnext: bool = True,
+    ) -> None:
         self.messages = messages
         self.uidvalidity = uidvalidity
+        self.dates = {uid: CONNECTED + timedelta(minutes=uid) for uid in messages}
+        self.dates.update(dates or {})
+        self.uidnext = uidnext if uidnext is not None else max(messages, default=0) + 1
+        self.announce_uidnext = announce_uidnext
+        self.searches: list[list[Any]] = []
         self.fetched: list[tuple[list[int], list[str]]] = []
         self.closed = False
 
@@ -42,29 +63,53 @@ class FakeMailbox:
 
     def select_folder(self, folder: str, readonly: bool = False) -> dict[bytes, Any]:
         assert readonly, "the folder must be opened read-only"
-        return {
+        info: dict[bytes, Any] = {
             b"UIDVALIDITY": self.uidvalidity,
             b"EXISTS": len(self.messages),
-            b"UIDNEXT": max(self.messages, default=0) + 1,
         }
+        if self.announce_uidnext:
+            info[b"UIDNEXT"] = self.uidnext
+        return info
 
-    def search(self, criteria: list[str]) -> list[int]:
+    def search(self, criteria: list[Any]) -> list[int]:
+        self.searches.append(list(criteria))
+        assert criteria[0] == "UID"
+        if criteria[1] == "*":
+            return [max(self.messages)] if self.messages else []
         start = int(criteria[1].split(":")[0])
         # Like a real server, `n:*` includes the highest UID even when it is below n.
-        return [u for u in self.messages if u >= start] or [max(self.messages)]
+        uids = [u for u in self.messages if u >= start] or [max(self.messages)]
+        if "SINCE" in criteria:
+            day = criteria[criteria.index("SINCE") + 1]
+            assert isinstance(day, date)
+            uids = [u for u in uids if self.dates[u].date() >= day]
+        return uids
 
     def fetch(self, uids: list[int], items: list[str]) -> dict[int, dict[bytes, Any]]:
         self.fetched.append((list(uids), list(items)))
         answer: dict[int, dict[bytes, Any]] = {}
         for uid in uids:
+            if uid not in self.messages:
+                continue  # expunged
             raw = self.messages[uid]
             if items == ["RFC822.SIZE"]:
                 answer[uid] = {b"RFC822.SIZE": len(raw)}
+            elif items == ["INTERNALDATE", "RFC822.SIZE"]:
+                # imapclient's default: local time, naive.
+                local = self.dates[uid].astimezone().replace(tzinfo=None)
+                answer[uid] = {b"INTERNALDATE": local, b"RFC822.SIZE": len(raw)}
             elif items == ["BODY.PEEK[]"]:
                 answer[uid] = {b"BODY[]": raw}
             elif items == ["BODY.PEEK[HEADER]"]:
                 answer[uid] = {b"BODY[HEADER]": raw.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"}
+            else:
+                raise AssertionError(f"unexpected FETCH items {items}")
         return answer
+
+    def bodies_read(self) -> list[int]:
+        return sorted(
+            uid for uids, items in self.fetched if items[0].startswith("BODY") for uid in uids
+        )
 
 
 class FakeDatabase:
@@ -73,6 +118,7 @@ class FakeDatabase:
     def __init__(self, *, allow: bool = True, state: dict[str, Any] | None = None) -> None:
         self.allow = allow
         self.state = state
+        self.now = datetime.now(UTC)
         self.ingests: list[tuple[int, int, list[dict[str, Any]]]] = []
         self.circuit: list[tuple[str, bool]] = []
         self.events: list[dict[str, Any]] = []
@@ -98,6 +144,10 @@ class FakeDatabase:
         self, store_id: str, folder: str, uidvalidity: int, last_uid: int, rows: list[Any]
     ) -> dict[str, Any]:
         self.ingests.append((uidvalidity, last_uid, rows))
+        # The mailbox_state upsert of the SQL function.
+        same = self.state is not None and self.state["uidvalidity"] == uidvalidity
+        position = max(int(self.state["last_uid"]), last_uid) if same and self.state else last_uid
+        self.state = {"uidvalidity": uidvalidity, "last_uid": position, "updated_at": self.now}
         skipped = sum(1 for r in rows if r.get("skip_reason"))
         return {
             "stored": len(rows) - skipped,
@@ -114,6 +164,7 @@ class FakeDatabase:
 
 STORE = {
     "id": "store-1",
+    "created_at": CONNECTED,
     "imap_host": "127.0.0.1",
     "imap_port": 993,
     "imap_tls": "ssl",
@@ -132,7 +183,12 @@ def opener_for(mailbox: Any) -> fetch.MailboxOpener:
 
 
 def fetch_one(
-    db: FakeDatabase, mailbox: Any, *, deadline: float | None = None, **options: Any
+    db: FakeDatabase,
+    mailbox: Any,
+    *,
+    deadline: float | None = None,
+    stop: threading.Event | None = None,
+    **options: Any,
 ) -> fetch.StoreOutcome:
     return fetch.fetch_store(
         cast(Database, db),
@@ -140,6 +196,7 @@ def fetch_one(
         opener_for(mailbox),
         fetch.FetchOptions(**options),
         time.monotonic() + FAR if deadline is None else deadline,
+        stop,
     )
 
 
@@ -193,26 +250,61 @@ def test_summarize_totals_and_lists_only_stores_with_errors() -> None:
         fetch.StoreOutcome("c", status="breaker_open"),
         fetch.StoreOutcome("d", status="not_started"),
         fetch.StoreOutcome("e", fetched=1, skipped=1, error="store time limit reached"),
+        fetch.StoreOutcome("f", left_alone=200),
+        fetch.StoreOutcome("g", status="stopped", error="run stopped", error_type="transient"),
     ]
 
     summary = fetch.summarize(outcomes)
 
     assert summary == {
-        "stores": 5,
-        "stores_ok": 2,
+        "stores": 7,
+        "stores_ok": 3,
         "stores_failed": 1,
         "stores_breaker_open": 1,
         "stores_not_started": 1,
+        "stores_stopped": 1,
         "fetched": 4,
         "stored": 2,
         "duplicates": 1,
         "skipped": 1,
+        "left_alone": 200,
         "jobs_enqueued": 2,
         "errors": [
             {"store_id": "b", "error": "login rejected", "error_type": "permanent"},
             {"store_id": "e", "error": "store time limit reached", "error_type": None},
+            {"store_id": "g", "error": "run stopped", "error_type": "transient"},
         ],
     }
+
+
+def test_chunk_positions_cover_the_gap_up_to_the_next_chunk() -> None:
+    # Chunks of 2: [1, 2], [9, 10], [30]; UIDs 3..8 and 11..29 were left alone.
+    assert fetch.chunk_positions([1, 2, 9, 10, 30], 2, 40) == [8, 29, 40]
+    assert fetch.chunk_positions([5], 50, 5) == [5]
+    assert fetch.chunk_positions([], 50, 12) == []
+
+
+def test_as_datetime_reads_both_backends_timestamps() -> None:
+    aware = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+    assert fetch.as_datetime(aware) == aware
+    assert fetch.as_datetime("2026-03-10T12:00:00+00:00") == aware
+    assert fetch.as_datetime("2026-03-10T09:00:00-03:00") == aware
+    assert fetch.as_datetime("2026-03-10T12:00:00") == aware  # naive text counts as UTC
+    assert fetch.as_datetime(None) is None
+    assert fetch.as_datetime("not a time") is None
+
+
+def test_connected_since_allows_for_clock_skew_and_defaults_to_now() -> None:
+    now = datetime(2026, 4, 1, tzinfo=UTC)
+    assert fetch.connected_since({"created_at": CONNECTED}, now) == CONNECTED - fetch.CLOCK_SKEW
+    assert fetch.connected_since({}, now) == now - fetch.CLOCK_SKEW
+
+
+def test_resync_starts_a_day_before_the_last_ingest() -> None:
+    updated = datetime(2026, 4, 1, 8, 30, tzinfo=UTC)
+    assert fetch.resync_since({"updated_at": updated}) == updated - timedelta(days=1)
+    assert fetch.resync_since({"last_uid": 3}) is None
+    assert fetch.resync_since(None) is None
 
 
 # -- one store over fakes -------------------------------------------------------------------
@@ -379,6 +471,196 @@ def test_time_limit_accepts_a_deadline_beyond_any_timer() -> None:
             assert ours.recv(10) == b"ok"
 
 
+# -- history is never answered -------------------------------------------------------------
+
+
+def old_and_new(old: int, new: int) -> FakeMailbox:
+    """A mailbox of `old` messages from long ago, then `new` arrived after the store connected."""
+    messages = {n: message(n) for n in range(1, old + new + 1)}
+    dates = {n: LONG_AGO + timedelta(hours=n) for n in range(1, old + 1)}
+    return FakeMailbox(messages, dates=dates)
+
+
+def test_first_fetch_skips_the_history_with_one_search_and_no_old_body() -> None:
+    mailbox = old_and_new(1000, 2)
+    # Earlier on the connection day: the day search returns it, INTERNALDATE then rules it out.
+    mailbox.dates[1000] = CONNECTED - timedelta(hours=2)
+    db = FakeDatabase(state=None)
+
+    outcome = fetch_one(db, mailbox)
+
+    assert mailbox.searches == [["UID", "1:*", "SINCE", date(2026, 3, 9)]]
+    assert mailbox.bodies_read() == [1001, 1002]
+    dated = [uids for uids, items in mailbox.fetched if items[0] == "INTERNALDATE"]
+    assert dated == [[1000, 1001, 1002]]
+    assert [(v, last, [r["uid"] for r in rows]) for v, last, rows in db.ingests] == [
+        (UIDVALIDITY, 1002, [1001, 1002])
+    ]
+    assert (outcome.status, outcome.stored, outcome.left_alone) == ("ok", 2, 1000)
+    (event,) = db.events
+    assert event["event_type"] == "fetch.baseline"
+    assert event["detail"]["left_alone"] == 1000
+    assert event["detail"]["last_uid"] == 1002
+    assert event["detail"]["since"] == (CONNECTED - fetch.CLOCK_SKEW).isoformat()
+
+
+def test_first_fetch_of_only_old_mail_jumps_to_the_top_of_the_folder() -> None:
+    # UIDs 1..500 old; 501..510 were expunged, so UIDNEXT is 511.
+    mailbox = old_and_new(500, 0)
+    mailbox.uidnext = 511
+    db = FakeDatabase(state=None)
+
+    outcome = fetch_one(db, mailbox)
+
+    assert db.ingests == [(UIDVALIDITY, 510, [])]
+    assert mailbox.bodies_read() == [] and mailbox.fetched == []
+    assert (outcome.fetched, outcome.left_alone) == (0, 500)
+    assert [e["event_type"] for e in db.events] == ["fetch.baseline"]
+    # The baseline cost one run: the next one has nothing to look at.
+    mailbox.searches.clear()
+    again = fetch_one(db, mailbox)
+    assert (again.fetched, len(db.ingests), mailbox.searches) == (0, 1, [])
+
+
+def test_first_fetch_without_uidnext_asks_for_the_highest_uid() -> None:
+    mailbox = old_and_new(30, 0)
+    mailbox.announce_uidnext = False
+    db = FakeDatabase(state=None)
+
+    fetch_one(db, mailbox)
+
+    assert mailbox.searches[-1] == ["UID", "*"]
+    assert db.ingests == [(UIDVALIDITY, 30, [])]
+
+
+def test_first_fetch_beyond_the_limit_leaves_no_old_mail_for_the_next_run() -> None:
+    # 20 old, then 8 new, then 5 old again (copied in with their dates), then 4 new.
+    messages = {n: message(n) for n in range(1, 38)}
+    old = [*range(1, 21), *range(29, 34)]
+    mailbox = FakeMailbox(messages, dates={n: LONG_AGO for n in old})
+    db = FakeDatabase(state=None)
+
+    first = fetch_one(db, mailbox, max_per_store=8)
+    second = fetch_one(db, mailbox, max_per_store=8)
+
+    # The first run stops before the next new message (UID 34): 29..33 are covered.
+    assert [(last, [r["uid"] for r in rows]) for _, last, rows in db.ingests] == [
+        (33, list(range(21, 29))),
+        (37, [34, 35, 36, 37]),
+    ]
+    assert (first.stored, second.stored) == (8, 4)
+
+
+def test_window_chunks_cover_old_mail_between_them() -> None:
+    count = fetch.INGEST_CHUNK + 30
+    messages = {n: message(n) for n in range(1, count + 1)}
+    # The old stretch sits between the first chunk of new mail and the rest.
+    old = range(fetch.INGEST_CHUNK + 1, fetch.INGEST_CHUNK + 21)
+    mailbox = FakeMailbox(messages, dates={n: LONG_AGO for n in old})
+    db = FakeDatabase(state=None)
+
+    fetch_one(db, mailbox, max_per_store=100)
+
+    assert [(last, len(rows)) for _, last, rows in db.ingests] == [
+        (fetch.INGEST_CHUNK + 20, fetch.INGEST_CHUNK),
+        (count, 10),
+    ]
+
+
+def test_uidvalidity_change_resyncs_only_the_last_days_mail() -> None:
+    last_ingest = datetime(2026, 6, 1, 15, 0, tzinfo=UTC)
+    count = 2000
+    messages = {n: message(n) for n in range(1, count + 2)}
+    dates = {n: LONG_AGO + timedelta(minutes=n) for n in range(1, count - 2)}
+    dates |= {n: last_ingest - timedelta(hours=3) for n in range(count - 2, count + 1)}
+    dates[count + 1] = last_ingest + timedelta(days=2)  # the new one
+    mailbox = FakeMailbox(messages, uidvalidity=UIDVALIDITY + 1, dates=dates)
+    db = FakeDatabase(
+        state={"uidvalidity": UIDVALIDITY, "last_uid": 5000, "updated_at": last_ingest}
+    )
+
+    outcome = fetch_one(db, mailbox)
+
+    assert outcome.uidvalidity_changed
+    assert mailbox.searches == [["UID", "1:*", "SINCE", date(2026, 5, 30)]]
+    # The three stored in the day before the last ingest come again (dedupe absorbs them).
+    assert mailbox.bodies_read() == [count - 2, count - 1, count, count + 1]
+    assert [(v, last) for v, last, _ in db.ingests] == [(UIDVALIDITY + 1, count + 1)]
+    assert outcome.left_alone == count - 3
+    (event,) = db.events
+    assert event["event_type"] == "fetch.uidvalidity_changed"
+    assert event["detail"]["previous_uidvalidity"] == UIDVALIDITY
+    assert event["detail"]["uidvalidity"] == UIDVALIDITY + 1
+    assert event["detail"]["since"] == (last_ingest - fetch.RESYNC_OVERLAP).isoformat()
+
+
+def test_known_mailbox_still_takes_old_dated_mail_that_arrives_later() -> None:
+    # After the baseline, UIDs alone decide: mail copied in later with an old date is new mail.
+    mailbox = FakeMailbox({1: message(1), 2: message(2)}, dates={2: LONG_AGO})
+    db = FakeDatabase(state={"uidvalidity": UIDVALIDITY, "last_uid": 1})
+
+    outcome = fetch_one(db, mailbox)
+
+    assert outcome.stored == 1 and mailbox.searches == [["UID", "2:*"]]
+    assert db.events == []
+
+
+# -- shutdown --------------------------------------------------------------------------------
+
+
+class StoppingMailbox(FakeMailbox):
+    """Shutdown is requested while the mailbox is being read."""
+
+    def __init__(self, messages: dict[int, bytes], stop: threading.Event) -> None:
+        super().__init__(messages)
+        self.stop = stop
+
+    def search(self, criteria: list[Any]) -> list[int]:
+        self.stop.set()
+        return super().search(criteria)
+
+
+def test_stop_during_a_store_stores_nothing_and_blames_no_one() -> None:
+    stop = threading.Event()
+    db = FakeDatabase(state={"uidvalidity": UIDVALIDITY, "last_uid": 0})
+
+    outcome = fetch_one(db, StoppingMailbox({1: message(1), 2: message(2)}, stop), stop=stop)
+
+    assert outcome.status == "stopped"
+    assert db.ingests == []
+    assert db.events == []
+    assert ("imap:store-1", False) not in db.circuit
+
+
+def test_time_limit_cuts_a_blocked_read_when_the_run_is_stopped() -> None:
+    ours, theirs = socket.socketpair()
+    stop = threading.Event()
+    threading.Timer(0.05, stop.set).start()
+    with ours, theirs, pytest.raises(fetch.FetchStopped, match="stopped") as caught:
+        with fetch._time_limit(SocketClient(ours), time.monotonic() + FAR, stop):
+            # Blocks until the stop shuts the socket down (the peer never writes).
+            assert ours.recv(10) == b""
+            raise TransientError("fetch bodies INBOX: connection lost", service="imap")
+    assert isinstance(caught.value.__cause__, TransientError)
+
+
+def test_time_limit_with_a_stop_event_leaves_a_finished_fetch_alone() -> None:
+    ours, theirs = socket.socketpair()
+    stop = threading.Event()
+    with ours, theirs:
+        with fetch._time_limit(SocketClient(ours), time.monotonic() + FAR, stop):
+            theirs.sendall(b"ok")
+            assert ours.recv(10) == b"ok"
+        # The watcher ends with the fetch, so a later stop has nothing left to cut.
+        for thread in threading.enumerate():
+            if thread.name == "fetch-time-limit":
+                thread.join(FAR)
+        assert not any(t.name == "fetch-time-limit" for t in threading.enumerate())
+        stop.set()
+        theirs.sendall(b"still open")
+        assert ours.recv(10) == b"still open"
+
+
 # -- the run ---------------------------------------------------------------------------------
 
 
@@ -412,6 +694,18 @@ def test_unexpected_error_in_one_store_does_not_sink_the_others() -> None:
     assert summary["errors"] == [
         {"store_id": "a", "error": "RuntimeError('bug')", "error_type": "transient"}
     ]
+
+
+def test_run_stop_reaches_a_store_already_being_fetched() -> None:
+    budget = Budget(FAR)
+    db = FakeDatabase(state={"uidvalidity": UIDVALIDITY, "last_uid": 0})
+    db.stores = [dict(STORE)]
+    mailbox = StoppingMailbox({1: message(1)}, budget.stop_event)
+
+    summary = fetch.run_fetch(cast(Database, db), budget, open_mailbox=opener_for(mailbox))
+
+    assert (summary["stores_stopped"], summary["stored"]) == (1, 0)
+    assert db.ingests == []
 
 
 def test_unusable_ca_file_fails_the_run_before_any_store(tmp_path: Any) -> None:

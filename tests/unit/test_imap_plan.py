@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import imaplib
 import ssl
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 from imapclient import exceptions as imap_exceptions
@@ -16,6 +17,37 @@ def test_new_uids_filters_the_highest_uid_that_star_always_returns() -> None:
     # "UID 11:*" on a folder whose highest UID is 10 answers [10] (RFC 3501 6.4.8).
     assert imap.new_uids([10], last_uid=10) == []
     assert imap.new_uids([13, 11, 12, 11], last_uid=10) == [11, 12, 13]
+
+
+def test_fetch_window_applies_only_to_a_first_fetch_or_a_new_uidvalidity() -> None:
+    connected = datetime(2026, 3, 10, 12, tzinfo=UTC)
+    resync = datetime(2026, 5, 1, tzinfo=UTC)
+    assert imap.fetch_window(None, 7, connected, resync) == connected
+    assert imap.fetch_window(6, 7, connected, resync) == resync
+    assert imap.fetch_window(7, 7, connected, resync) is None
+    assert imap.fetch_window(6, 7, connected, None) is None  # resync of the whole folder
+
+
+def test_since_day_reaches_a_day_back_for_the_servers_time_zone() -> None:
+    assert imap.since_day(datetime(2026, 3, 10, 0, 30, tzinfo=UTC)) == date(2026, 3, 9)
+    # 23:30 in Sao Paulo is already the next day in UTC.
+    brt = timezone(timedelta(hours=-3))
+    assert imap.since_day(datetime(2026, 3, 9, 23, 30, tzinfo=brt)) == date(2026, 3, 9)
+
+
+def test_arrived_in_window_compares_instants_to_the_whole_second() -> None:
+    start = datetime(2026, 3, 10, 12, 0, 0, 700_000, tzinfo=UTC)
+    brt = timezone(timedelta(hours=-3))
+    dates = {
+        1: datetime(2026, 3, 10, 11, 59, 59, tzinfo=UTC),  # before
+        2: datetime(2026, 3, 10, 12, 0, 0, tzinfo=UTC),  # the same second: in
+        3: datetime(2026, 3, 10, 9, 0, 5, tzinfo=brt),  # 12:00:05 UTC
+        # imapclient's default: naive local time.
+        4: datetime(2026, 3, 10, 12, 0, 1, tzinfo=UTC).astimezone().replace(tzinfo=None),
+        5: datetime(2026, 3, 10, 11, 0, tzinfo=UTC).astimezone().replace(tzinfo=None),
+    }
+    # UID 6 has no date: expunged meanwhile.
+    assert imap.arrived_in_window([1, 2, 3, 4, 5, 6], dates, start) == [2, 3, 4]
 
 
 def test_plan_bodies_splits_oversized_and_respects_the_batch_budget() -> None:
