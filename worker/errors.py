@@ -8,6 +8,7 @@ server asked), a permanent one goes to the dead-letter queue with a readable rea
 from __future__ import annotations
 
 import math
+import ssl
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -170,3 +171,23 @@ def classify_smtp_code(
     # 4xx is transient by definition (RFC 5321 4.2.1); smtplib reports a dropped connection as -1,
     # and any other unexpected code is safer retried a bounded number of times than dropped.
     return TransientError(summary, service=service)
+
+
+def classify_network_error(
+    exc: BaseException, action: str, service: str | None
+) -> TransientError | None:
+    """The transient error for a timeout, TLS or socket failure while doing `action`; None when
+    exc is none of these, so the protocol's own cases decide."""
+    if isinstance(exc, TimeoutError):
+        return TransientError(f"{action}: timed out", service=service)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        reason = getattr(exc, "verify_message", None) or exc
+        return TransientError(
+            f"{action}: TLS certificate verification failed: {reason}", service=service
+        )
+    if isinstance(exc, ssl.SSLError):
+        reason = getattr(exc, "reason", None) or exc
+        return TransientError(f"{action}: TLS error: {reason}", service=service)
+    if isinstance(exc, OSError):
+        return TransientError(f"{action}: connection failed: {exc}", service=service)
+    return None

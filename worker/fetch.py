@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from worker import imap, mime
+from worker import imap, mime, tls
 from worker.db import Database
 from worker.errors import ConfigError, TransientError, WorkerError
 from worker.runs import Budget
@@ -370,7 +370,7 @@ def run_fetch(
     """One fetch-emails run over every active store; returns the run summary."""
     options = options or FetchOptions()
     # Fail the run before touching any store when the configured CA bundle is unusable.
-    imap.client_ssl_context(options.ca_file)
+    tls.client_ssl_context(options.ca_file)
     stores = db.list_active_stores()
     outcomes: list[StoreOutcome] = []
 

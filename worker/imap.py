@@ -11,24 +11,22 @@ worker.errors type.
 from __future__ import annotations
 
 import imaplib
-import ipaddress
 import re
-import ssl
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from imapclient import IMAPClient, SocketTimeout
 from imapclient import exceptions as imap_exceptions
 from imapclient.imapclient import SENT
 
-from worker.errors import ConfigError, PermanentError, TransientError, WorkerError
+from worker.errors import PermanentError, TransientError, WorkerError, classify_network_error
+from worker.tls import client_ssl_context, require_tls_mode
+from worker.tls import is_loopback as is_loopback  # worker.stores still imports it from here
 
 SERVICE = "imap"
-TlsMode = Literal["ssl", "starttls", "plain"]
-TLS_MODES: tuple[str, ...] = ("ssl", "starttls", "plain")
 
 SIZE_CHUNK = 500  # UIDs per RFC822.SIZE request; the answer is a few bytes per message
 BODY_CHUNK_MESSAGES = 25  # messages per BODY.PEEK[] request
@@ -86,16 +84,6 @@ class FetchBatch:
 
 
 # -- pure helpers -------------------------------------------------------------------------------
-
-
-def is_loopback(host: str) -> bool:
-    """True for 'localhost' and loopback IP literals, the only hosts allowed without TLS."""
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def new_uids(found: Iterable[int], last_uid: int) -> list[int]:
@@ -193,18 +181,9 @@ def classify_imap_error(exc: BaseException, action: str) -> WorkerError:
     """The typed error for a failure while doing `action` (connect, login, fetch...)."""
     if isinstance(exc, WorkerError):
         return exc
-    if isinstance(exc, TimeoutError):
-        return TransientError(f"{action}: timed out", service=SERVICE)
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        reason = getattr(exc, "verify_message", None) or exc
-        return TransientError(
-            f"{action}: TLS certificate verification failed: {reason}", service=SERVICE
-        )
-    if isinstance(exc, ssl.SSLError):
-        reason = getattr(exc, "reason", None) or exc
-        return TransientError(f"{action}: TLS error: {reason}", service=SERVICE)
-    if isinstance(exc, OSError):
-        return TransientError(f"{action}: connection failed: {exc}", service=SERVICE)
+    network = classify_network_error(exc, action, SERVICE)
+    if network is not None:
+        return network
     if isinstance(exc, imaplib.IMAP4.abort):
         return TransientError(f"{action}: connection lost: {exc}", service=SERVICE)
     text = _exception_text(exc)
@@ -241,18 +220,6 @@ def _imap_errors(action: str) -> Iterator[None]:
 # -- I/O ----------------------------------------------------------------------------------------
 
 
-def client_ssl_context(ca_file: str | None = None) -> ssl.SSLContext:
-    """A verifying TLS context: the system's CAs plus the optional extra bundle."""
-    context = ssl.create_default_context()
-    if ca_file:
-        try:
-            context.load_verify_locations(cafile=ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            # The deployment's fault, not the mailbox's: no retry or breaker can fix it.
-            raise ConfigError(f"EXTRA_CA_FILE {ca_file!r} cannot be loaded: {exc}") from exc
-    return context
-
-
 def open_mailbox(
     host: str,
     port: int,
@@ -264,12 +231,7 @@ def open_mailbox(
     ca_file: str | None = None,
 ) -> IMAPClient:
     """Connect and log in; the client is a context manager that logs out on exit."""
-    if tls not in TLS_MODES:
-        raise PermanentError(f"unknown IMAP TLS mode {tls!r}", service=SERVICE)
-    if tls == "plain" and not is_loopback(host):
-        raise PermanentError(
-            f"IMAP without TLS is only allowed to loopback hosts, not {host!r}", service=SERVICE
-        )
+    require_tls_mode(tls, host, SERVICE)
     context = client_ssl_context(ca_file)
     timeout = SocketTimeout(connect=timeout_seconds, read=timeout_seconds)
     with _imap_errors("connect"):

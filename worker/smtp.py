@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import re
 import smtplib
-import ssl
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,11 +21,16 @@ from email.message import EmailMessage
 from email.policy import EmailPolicy
 from email.utils import format_datetime, getaddresses
 
-from worker.errors import PermanentError, TransientError, WorkerError, classify_smtp_code
-from worker.imap import client_ssl_context, is_loopback
+from worker.errors import (
+    PermanentError,
+    TransientError,
+    WorkerError,
+    classify_network_error,
+    classify_smtp_code,
+)
+from worker.tls import client_ssl_context, require_tls_mode
 
 SERVICE = "smtp"
-TLS_MODES: tuple[str, ...] = ("ssl", "starttls", "plain")
 MAX_REFERENCES = 20  # Message-IDs kept in References: the thread root plus the most recent ones
 MAX_SUBJECT_CHARS = 250
 
@@ -229,18 +233,9 @@ def classify_smtp_failure(exc: BaseException, action: str) -> WorkerError:
         # e.g. "No suitable authentication method found": the server's set-up, not a blip.
         # (SMTPException subclasses OSError, so this must come before the OSError cases.)
         return PermanentError(f"{action}: {exc}", service=SERVICE)
-    if isinstance(exc, TimeoutError):
-        return TransientError(f"{action}: timed out", service=SERVICE)
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        reason = getattr(exc, "verify_message", None) or exc
-        return TransientError(
-            f"{action}: TLS certificate verification failed: {reason}", service=SERVICE
-        )
-    if isinstance(exc, ssl.SSLError):
-        reason = getattr(exc, "reason", None) or exc
-        return TransientError(f"{action}: TLS error: {reason}", service=SERVICE)
-    if isinstance(exc, OSError):
-        return TransientError(f"{action}: connection failed: {exc}", service=SERVICE)
+    network = classify_network_error(exc, action, SERVICE)
+    if network is not None:
+        return network
     raise TypeError(f"not an SMTP failure: {exc!r}")
 
 
@@ -265,6 +260,51 @@ def _smtp_errors(action: str) -> Iterator[None]:
 # -- I/O ----------------------------------------------------------------------------------------
 
 
+@contextmanager
+def connect(
+    host: str,
+    port: int,
+    tls: str,
+    *,
+    helo: str,
+    timeout_seconds: float,
+    ca_file: str | None = None,
+) -> Iterator[smtplib.SMTP]:
+    """An SMTP session after EHLO, over TLS ('ssl' or 'starttls'; 'plain' only to loopback);
+    QUIT on exit. Raises a worker.errors type."""
+    require_tls_mode(tls, host, SERVICE)
+    context = client_ssl_context(ca_file)
+    conn: smtplib.SMTP | None = None
+    try:
+        with _smtp_errors("connect"):
+            # An explicit local_hostname: smtplib's default asks DNS for our FQDN, which can hang.
+            if tls == "ssl":
+                conn = smtplib.SMTP_SSL(
+                    host, port, local_hostname=helo, timeout=timeout_seconds, context=context
+                )
+            else:
+                conn = smtplib.SMTP(host, port, local_hostname=helo, timeout=timeout_seconds)
+            conn.ehlo()
+        if tls == "starttls":
+            with _smtp_errors("starttls"):
+                if not conn.has_extn("starttls"):
+                    # Never fall back to plaintext when TLS was asked for.
+                    raise PermanentError("server does not offer STARTTLS", service=SERVICE)
+                conn.starttls(context=context)
+                conn.ehlo()
+        yield conn
+    finally:
+        if conn is not None:
+            _quit_quietly(conn)
+
+
+def login(conn: smtplib.SMTP, username: str, password: str) -> str:
+    """AUTH on an open session; returns the server's answer. Raises a worker.errors type."""
+    with _smtp_errors("login"):
+        code, answer = conn.login(username, password)
+    return f"{code} {_text(answer)}".strip()
+
+
 def send_message(
     message: EmailMessage,
     host: str,
@@ -280,40 +320,17 @@ def send_message(
 
     Raises SendInDoubtError when the connection fails after the body went out.
     """
-    if tls not in TLS_MODES:
-        raise PermanentError(f"unknown SMTP TLS mode {tls!r}", service=SERVICE)
-    if tls == "plain" and not is_loopback(host):
-        raise PermanentError(
-            f"SMTP without TLS is only allowed to loopback hosts, not {host!r}", service=SERVICE
-        )
+    # Checked before the message is built, so a bad setting is reported as such.
+    require_tls_mode(tls, host, SERVICE)
     sender, recipients = envelope(message)
     data = dot_stuff(message_bytes(message))
-    context = client_ssl_context(ca_file)
-    # EHLO with the sender's domain: smtplib's default asks DNS for our FQDN, which can hang.
     helo = sender.rsplit("@", 1)[-1] or "localhost"
-    conn: smtplib.SMTP | None = None
-    try:
-        with _smtp_errors("connect"):
-            if tls == "ssl":
-                conn = smtplib.SMTP_SSL(
-                    host, port, local_hostname=helo, timeout=timeout_seconds, context=context
-                )
-            else:
-                conn = smtplib.SMTP(host, port, local_hostname=helo, timeout=timeout_seconds)
-            conn.ehlo()
-            if tls == "starttls":
-                if not conn.has_extn("starttls"):
-                    # Never fall back to plaintext when TLS was asked for.
-                    raise PermanentError("server does not offer STARTTLS", service=SERVICE)
-                conn.starttls(context=context)
-                conn.ehlo()
+    with connect(
+        host, port, tls, helo=helo, timeout_seconds=timeout_seconds, ca_file=ca_file
+    ) as conn:
         if username:
-            with _smtp_errors("login"):
-                conn.login(username, password or "")
+            login(conn, username, password or "")
         return _transfer(conn, sender, recipients, data, message.get("Message-ID"))
-    finally:
-        if conn is not None:
-            _quit_quietly(conn)
 
 
 def _transfer(

@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 import pytest
 from imapclient import exceptions as imap_exceptions
 
-from worker import imap
+from worker import imap, tls
 from worker.errors import PermanentError, TransientError
 
 
@@ -86,7 +86,7 @@ def test_body_chunks_bound_count_and_bytes() -> None:
     ],
 )
 def test_is_loopback(host: str, expected: bool) -> None:
-    assert imap.is_loopback(host) is expected
+    assert tls.is_loopback(host) is expected
 
 
 @pytest.mark.parametrize(
