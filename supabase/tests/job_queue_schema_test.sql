@@ -1,6 +1,6 @@
 -- Queue core: tables, indexes, RLS switched on, search_path pinned, and who may execute what.
 begin;
-select plan(40);
+select plan(43);
 
 select has_table('public', 'job_queue', 'job_queue exists');
 select has_table('public', 'circuit_breakers', 'circuit_breakers exists');
@@ -39,7 +39,8 @@ select is(
                          'complete_jobs', 'fail_job', 'defer_job', 'requeue_dlq_job',
                          'try_lock_conversation', 'circuit_allow', 'circuit_record',
                          'aggregate_queue_metrics', 'list_dead_letter_jobs', 'get_job',
-                         'get_job_events', 'purge_dead_letter_jobs', 'queue_stats')
+                         'get_job_events', 'purge_dead_letter_jobs', 'queue_stats',
+                         'uuid_generate_v7')
        and not coalesce('search_path=""' = any (p.proconfig), false)),
     null, 'no queue function runs without search_path = ''''');
 select has_function('public', 'purge_completed_jobs', array['interval', 'integer'],
@@ -65,9 +66,10 @@ insert into routines values
     ('public.get_job_events(uuid)'),
     ('public.purge_dead_letter_jobs(uuid[])'),
     ('public.queue_stats()'),
+    ('public.uuid_generate_v7()'),
     ('public.purge_completed_jobs(interval, int)');
 
-select is((select count(*)::int from routines), 18, 'all 18 routines are listed');
+select is((select count(*)::int from routines), 19, 'all 19 routines are listed');
 select is(
     (select array_agg(r.sig order by r.sig) from routines r
      where not has_function_privilege('service_role', r.sig::regprocedure, 'execute')),
@@ -134,6 +136,18 @@ select policies_are('public', 'circuit_breakers', array['circuit_breakers_servic
                     'circuit_breakers: service_role only');
 select policies_are('public', 'queue_metrics', array['queue_metrics_service_role_all'],
                     'queue_metrics: service_role only');
+
+-- job ids are UUID version 7 (time-ordered), so live jobs' keys stay on the rightmost leaves
+select is(substr(public.uuid_generate_v7()::text, 15, 1), '7', 'uuid_generate_v7 sets version 7');
+select ok(substr(public.uuid_generate_v7()::text, 20, 1) in ('8', '9', 'a', 'b'),
+          'uuid_generate_v7 keeps the RFC 4122 variant');
+select ok(
+    (select bool_and(a.id < b.id) from (
+        select public.uuid_generate_v7() as id, pg_sleep(0.002) as s
+        union all select null, null) a
+     cross join lateral (select public.uuid_generate_v7() as id) b
+     where a.id is not null),
+    'a later id sorts after an earlier one');
 
 select * from finish();
 rollback;
