@@ -129,7 +129,7 @@ def machine_summary(url: str) -> dict[str, Any]:
     """What the numbers were measured on: CPUs, Python, Postgres version and key settings."""
     with psycopg.connect(url, autocommit=True) as conn:
         version = conn.execute("show server_version").fetchone()
-        settings = dict(
+        settings: dict[str, str] = dict(
             conn.execute(
                 "select name, setting || coalesce(unit, '') from pg_settings where name in"
                 " ('shared_buffers', 'synchronous_commit', 'max_connections', 'autovacuum_naptime')"

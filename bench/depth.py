@@ -4,7 +4,8 @@
                                     [--connections 4] [--batch 10] [--quick] [--json F]
 
 For each history depth: the table is emptied, filled with that many completed jobs (8 days old,
-so retention may delete them) and vacuumed, as autovacuum leaves a settled table. Then, --rounds
+so retention may delete them) and their three events each, and vacuumed, as autovacuum leaves a
+settled table. Then, --rounds
 times, --due jobs (each with its own conversation) are enqueued and drained by --connections
 threads through worker.db.Database (dequeue_jobs + complete_jobs); every claim-and-complete pair
 is timed. Last, on the deepest table, purge_completed_jobs runs while claimers keep draining, and
@@ -86,7 +87,19 @@ def fill_history(url: str, depth: int, shared: bool) -> None:
                 " lateral (select now() - interval '8 days' - n * interval '1 ms' as t) x",
                 (JOB_TYPE, count),
             )
+        # A finished job comes with its audit trail (enqueued, claimed, completed), and every
+        # transition inserts into the same events indexes, so the history carries it too.
+        conn.execute(
+            "insert into public.events (job_id, conversation_id, event_type, detail, created_at)"
+            " select q.id, q.conversation_id, e.event_type, '{}', q.completed_at"
+            " from public.job_queue q"
+            " cross join (values ('job.enqueued'), ('job.claimed'), ('job.completed'))"
+            " as e (event_type)"
+            " where q.job_type = %s and q.status = 'completed'",
+            (JOB_TYPE,),
+        )
         conn.execute("vacuum analyze public.job_queue")
+        conn.execute("vacuum analyze public.events")
 
 
 def enqueue_due(url: str, count: int) -> None:
@@ -100,9 +113,7 @@ def enqueue_due(url: str, count: int) -> None:
         )
 
 
-def drain(
-    database: Any, connections: int, batch: int, due: int, latencies: list[float]
-) -> float:
+def drain(database: Any, connections: int, batch: int, due: int, latencies: list[float]) -> float:
     """Drain `due` jobs with `connections` threads; appends per-call ms; returns jobs/s."""
     total = [0]
     lock = threading.Lock()
@@ -116,7 +127,9 @@ def drain(
             while True:
                 began = time.perf_counter()
                 rows = database.dequeue_jobs(
-                    worker_id, batch_size=batch, lease_seconds=LEASE_SECONDS,
+                    worker_id,
+                    batch_size=batch,
+                    lease_seconds=LEASE_SECONDS,
                     job_types=[JOB_TYPE],
                 )
                 done = database.complete_jobs(worker_id, [r["id"] for r in rows]) if rows else 0
@@ -236,8 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--url", help="an already prepared database (default: scripts/local-db)")
-    parser.add_argument("--shared-database", action="store_true",
-                        help="with --url: delete only this benchmark's jobs, never truncate")
+    parser.add_argument(
+        "--shared-database",
+        action="store_true",
+        help="with --url: delete only this benchmark's jobs, never truncate",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.depths, args.due, args.rounds = QUICK["depths"], QUICK["due"], QUICK["rounds"]
@@ -255,46 +271,86 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for depth in depths:
             result = measure_depth(
-                url, database, depth, args.due, args.rounds, args.connections, args.batch,
+                url,
+                database,
+                depth,
+                args.due,
+                args.rounds,
+                args.connections,
+                args.batch,
                 args.shared_database,
             )
             results.append(result)
             s = result.summary()
-            print(f"depth {depth:>9}: median {s['median_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms,"
-                  f" drain {s['drain_per_s']:.0f} jobs/s", file=sys.stderr)
+            print(
+                f"depth {depth:>9}: median {s['median_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms,"
+                f" drain {s['drain_per_s']:.0f} jobs/s",
+                file=sys.stderr,
+            )
         purge = measure_purge(
             url, database, args.due, args.connections, args.batch, args.purge_batch
         )
 
     base = results[0].summary()
     summary = machine_summary(url)
-    print(f"bench/depth: {args.due} due jobs x {args.rounds} rounds per depth, "
-          f"{args.connections} connections, batch {args.batch}; {summary['cpus']} CPUs, "
-          f"{summary['postgres']}, {summary['date']}")
+    print(
+        f"bench/depth: {args.due} due jobs x {args.rounds} rounds per depth, "
+        f"{args.connections} connections, batch {args.batch}; {summary['cpus']} CPUs, "
+        f"{summary['postgres']}, {summary['date']}"
+    )
     rows = []
     for r in results:
         s = r.summary()
         ratio = s["median_ms"] / base["median_ms"] if base["median_ms"] else 0.0
-        rows.append([f"{r.depth:,}", f"{s['median_ms']:.2f}", f"{s['p99_ms']:.2f}",
-                     f"{s['drain_per_s']:.0f}", f"{ratio:.2f}x"])
+        rows.append(
+            [
+                f"{r.depth:,}",
+                f"{s['median_ms']:.2f}",
+                f"{s['p99_ms']:.2f}",
+                f"{s['drain_per_s']:.0f}",
+                f"{ratio:.2f}x",
+            ]
+        )
     deepest = results[-1].summary()
     purge_ratio = purge["median_ms"] / deepest["median_ms"] if deepest["median_ms"] else 0.0
-    rows.append([f"during purge of {purge['history_before']:,}", f"{purge['median_ms']:.2f}",
-                 f"{purge['p99_ms']:.2f}", f"{purge['drain_per_s']:.0f}",
-                 f"{purge_ratio:.2f}x of deepest"])
-    print(render_table(
-        ["finished jobs", "claim+complete median ms", "p99 ms", "drain jobs/s",
-         "median vs empty"],
-        rows,
-    ))
+    rows.append(
+        [
+            f"during purge of {purge['history_before']:,}",
+            f"{purge['median_ms']:.2f}",
+            f"{purge['p99_ms']:.2f}",
+            f"{purge['drain_per_s']:.0f}",
+            f"{purge_ratio:.2f}x of deepest",
+        ]
+    )
+    print(
+        render_table(
+            [
+                "finished jobs",
+                "claim+complete median ms",
+                "p99 ms",
+                "drain jobs/s",
+                "median vs empty",
+            ],
+            rows,
+        )
+    )
     flat = max(r.summary()["median_ms"] for r in results) / base["median_ms"]
-    print(f"flatness: worst median / empty median = {flat:.2f}x (target <= {FLAT_TARGET}x); "
-          f"purge: {purge['history_before']:,} completed rows in {purge['purge_seconds']:.1f} s "
-          f"(batches of {purge['purge_batch']}), {purge['old_history_after']} old rows left, "
-          f"{purge['rounds_during']} drain rounds ran meanwhile")
+    print(
+        f"flatness: worst median / empty median = {flat:.2f}x (target <= {FLAT_TARGET}x); "
+        f"purge: {purge['history_before']:,} completed rows in {purge['purge_seconds']:.1f} s "
+        f"(batches of {purge['purge_batch']}), {purge['old_history_after']} old rows left, "
+        f"{purge['rounds_during']} drain rounds ran meanwhile"
+    )
     if args.json:
-        write_json(args.json, {"depths": [{**r.summary(), "depth": r.depth} for r in results],
-                               "purge": purge, "machine": summary, "flatness": flat})
+        write_json(
+            args.json,
+            {
+                "depths": [{**r.summary(), "depth": r.depth} for r in results],
+                "purge": purge,
+                "machine": summary,
+                "flatness": flat,
+            },
+        )
     return 0
 
 

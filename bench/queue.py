@@ -193,7 +193,9 @@ def run_ours_rest(url: str, jobs: int, connections: int, batch: int) -> tuple[fl
     gateway = RpcGateway(authenticator_url(url))
     try:
         transport = RestTransport(
-            gateway.url, gateway.make_jwt("service_role"), timeout_seconds=30,
+            gateway.url,
+            gateway.make_jwt("service_role"),
+            timeout_seconds=30,
             max_connections=connections,
         )
         with Database(transport) as database:
@@ -263,9 +265,9 @@ def run_floor(url: str, jobs: int, connections: int, batch: int) -> tuple[float,
 # -- contenders in bench/.venv -------------------------------------------------------------------
 
 
-async def child_pgqueuer(url: str, jobs: int, connections: int, batch: int, driver: str) -> dict[
-    str, float
-]:
+async def child_pgqueuer(
+    url: str, jobs: int, connections: int, batch: int, driver: str
+) -> dict[str, float]:
     """pgqueuer's own drain strategy: one PgQueuer per connection, mode=drain."""
     from pgqueuer import PgQueuer, types
     from pgqueuer.db import AsyncpgDriver, PsycopgDriver
@@ -342,9 +344,7 @@ def ensure_bench_venv() -> Path:
         return python
     print("creating bench/.venv with " + " ".join(CONTENDER_PACKAGES), file=sys.stderr)
     subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True)
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", *CONTENDER_PACKAGES], check=True
-    )
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *CONTENDER_PACKAGES], check=True)
     return python
 
 
@@ -353,9 +353,23 @@ def run_child(
 ) -> tuple[float, float]:
     """Run one contender in bench/.venv and read its JSON answer."""
     out = subprocess.run(
-        [str(python), str(Path(__file__).resolve()), "--child", kind, "--url", url,
-         "--jobs", str(jobs), "--connections", str(connections), "--batch", str(batch)],
-        check=True, capture_output=True, text=True,
+        [
+            str(python),
+            str(Path(__file__).resolve()),
+            "--child",
+            kind,
+            "--url",
+            url,
+            "--jobs",
+            str(jobs),
+            "--connections",
+            str(connections),
+            "--batch",
+            str(batch),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     if int(result["handled"]) != jobs:
@@ -379,8 +393,9 @@ def contenders(args: argparse.Namespace) -> list[tuple[str, str, Runner]]:
     if "ours" in only:
         rows.append(("ours-psycopg", common, lambda _r: run_ours_psycopg(base_url, n, c, b)))
     if "rest" in only:
-        rows.append(("ours-rest", common + ", via gateway",
-                     lambda _r: run_ours_rest(base_url, n, c, b)))
+        rows.append(
+            ("ours-rest", common + ", via gateway", lambda _r: run_ours_rest(base_url, n, c, b))
+        )
     python = ensure_bench_venv() if only & {"pgqueuer", "procrastinate"} else None
 
     def scratch(kind: str, batch: int) -> Callable[[int], tuple[float, float]]:
@@ -395,8 +410,13 @@ def contenders(args: argparse.Namespace) -> list[tuple[str, str, Runner]]:
     if "pgqueuer" in only:
         for driver in ("asyncpg", "psycopg"):
             for batch in sorted({PGQUEUER_DOCUMENTED_BATCH, b}):
-                rows.append((f"pgqueuer-{driver}", f"{c} conn, batch {batch}",
-                             scratch(f"pgqueuer-{driver}", batch)))
+                rows.append(
+                    (
+                        f"pgqueuer-{driver}",
+                        f"{c} conn, batch {batch}",
+                        scratch(f"pgqueuer-{driver}", batch),
+                    )
+                )
     if "procrastinate" in only:
         rows.append(("procrastinate", f"concurrency {c}", scratch("procrastinate", b)))
     if "floor" in only:
@@ -418,8 +438,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PGPORT", DEFAULT_PGPORT)))
     parser.add_argument("--only", default="ours,rest,pgqueuer,procrastinate,floor")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--shared-database", action="store_true",
-                        help="with --url: delete only this benchmark's jobs, never truncate")
+    parser.add_argument(
+        "--shared-database",
+        action="store_true",
+        help="with --url: delete only this benchmark's jobs, never truncate",
+    )
     parser.add_argument("--url", help="an already prepared database (default: scripts/local-db)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -445,8 +468,11 @@ def main(argv: list[str] | None = None) -> int:
         for (name, _settings, runner), m in zip(rows, measurements, strict=True):
             enqueue_seconds, drain_seconds = runner(run)
             m.add(args.jobs, enqueue_seconds, drain_seconds)
-            print(f"run {run + 1}/{args.runs} {name:<18} {m.settings:<26} drain "
-                  f"{m.drain[-1]:>8.0f} jobs/s", file=sys.stderr)
+            print(
+                f"run {run + 1}/{args.runs} {name:<18} {m.settings:<26} drain "
+                f"{m.drain[-1]:>8.0f} jobs/s",
+                file=sys.stderr,
+            )
     for kind in ("pgqueuer_asyncpg", "pgqueuer_psycopg", "procrastinate", "floor"):
         drop = f"bench_{kind}"
         with psycopg.connect(args.url, autocommit=True) as conn:
@@ -459,24 +485,52 @@ def main(argv: list[str] | None = None) -> int:
         med = m.medians()
         ratio = ("-", "-")
         if best:
-            ratio = (f"{med['drain'] / best['drain']:.2f}x",
-                     f"{med['end_to_end'] / best['end_to_end']:.2f}x")
-        table.append([m.name, m.settings, f"{med['enqueue']:.0f}", f"{med['drain']:.0f}",
-                      f"{med['end_to_end']:.0f}", ratio[0], ratio[1]])
+            ratio = (
+                f"{med['drain'] / best['drain']:.2f}x",
+                f"{med['end_to_end'] / best['end_to_end']:.2f}x",
+            )
+        table.append(
+            [
+                m.name,
+                m.settings,
+                f"{med['enqueue']:.0f}",
+                f"{med['drain']:.0f}",
+                f"{med['end_to_end']:.0f}",
+                ratio[0],
+                ratio[1],
+            ]
+        )
     summary = machine_summary(args.url)
-    print(f"bench/queue: {args.jobs} no-op jobs, median of {args.runs} runs; "
-          f"{summary['cpus']} CPUs, {summary['postgres']}, {summary['date']}")
+    print(
+        f"bench/queue: {args.jobs} no-op jobs, median of {args.runs} runs; "
+        f"{summary['cpus']} CPUs, {summary['postgres']}, {summary['date']}"
+    )
     print(f"  postgres: {summary['postgres_settings']}")
-    print(render_table(
-        ["contender", "settings", "enqueue/s", "drain/s", "end-to-end/s",
-         "drain vs pgqueuer best", "e2e vs pgqueuer best"],
-        table,
-    ))
+    print(
+        render_table(
+            [
+                "contender",
+                "settings",
+                "enqueue/s",
+                "drain/s",
+                "end-to-end/s",
+                "drain vs pgqueuer best",
+                "e2e vs pgqueuer best",
+            ],
+            table,
+        )
+    )
     if args.json:
-        write_json(args.json, {"jobs": args.jobs, "runs": args.runs, "machine": summary,
-                               "results": measurements,
-                               "medians": {m.name + " " + m.settings: m.medians()
-                                           for m in measurements}})
+        write_json(
+            args.json,
+            {
+                "jobs": args.jobs,
+                "runs": args.runs,
+                "machine": summary,
+                "results": measurements,
+                "medians": {m.name + " " + m.settings: m.medians() for m in measurements},
+            },
+        )
     return 0
 
 

@@ -45,15 +45,30 @@ def test_queue_bench_drains_every_job_through_our_rows_and_the_floor(
 ) -> None:
     out = tmp_path / "queue.json"
     done = run_bench(
-        "queue.py", "--url", dsn, "--shared-database", "--only", "ours,rest,floor",
-        "--jobs", "300", "--runs", "2", "--connections", "3", "--batch", "20",
-        "--json", str(out),
+        "queue.py",
+        "--url",
+        dsn,
+        "--shared-database",
+        "--only",
+        "ours,rest,floor",
+        "--jobs",
+        "300",
+        "--runs",
+        "2",
+        "--connections",
+        "3",
+        "--batch",
+        "20",
+        "--json",
+        str(out),
     )
     assert done.returncode == 0, done.stderr
-    header, rule, *rows = done.stdout.splitlines()[2:]
+    header, _rule, *rows = done.stdout.splitlines()[2:]
     assert header.split()[:2] == ["contender", "settings"]
     assert [row.split("  ")[0].strip() for row in rows] == [
-        "ours-psycopg", "ours-rest", "floor (bare SQL)"
+        "ours-psycopg",
+        "ours-rest",
+        "floor (bare SQL)",
     ]
     result = json.loads(out.read_text())
     assert result["jobs"] == 300
@@ -75,13 +90,9 @@ def test_queue_bench_drains_every_job_through_our_rows_and_the_floor(
     assert claimed == (300,)
 
 
-def test_depth_bench_quick_run_measures_every_depth_and_the_purge(
-    dsn: str, tmp_path: Path
-) -> None:
+def test_depth_bench_quick_run_measures_every_depth_and_the_purge(dsn: str, tmp_path: Path) -> None:
     out = tmp_path / "depth.json"
-    done = run_bench(
-        "depth.py", "--url", dsn, "--shared-database", "--quick", "--json", str(out)
-    )
+    done = run_bench("depth.py", "--url", dsn, "--shared-database", "--quick", "--json", str(out))
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
     assert [d["depth"] for d in result["depths"]] == [0, 2000]
