@@ -172,15 +172,18 @@ def fetch_store(
             int(state["uidvalidity"]) if state and state.get("uidvalidity") else None
         )
         last_uid = int(state["last_uid"]) if state else 0
-        with open_mailbox(
-            store["imap_host"],
-            int(store["imap_port"]),
-            store["imap_tls"],
-            store["imap_user"],
-            secrets.get("imap_password") or "",
-            timeout_seconds=options.imap_timeout_seconds,
-            ca_file=options.ca_file,
-        ) as client, _time_limit(client, deadline, stop_event):
+        with (
+            open_mailbox(
+                store["imap_host"],
+                int(store["imap_port"]),
+                store["imap_tls"],
+                store["imap_user"],
+                secrets.get("imap_password") or "",
+                timeout_seconds=options.imap_timeout_seconds,
+                ca_file=options.ca_file,
+            ) as client,
+            _time_limit(client, deadline, stop_event),
+        ):
             batch = imap.fetch_new_messages(
                 client,
                 folder,
@@ -213,9 +216,7 @@ def fetch_store(
             if time.monotonic() > deadline:
                 outcome.error = "store time limit reached"
                 break
-            result = db.ingest_messages(
-                store_id, folder, batch.uidvalidity, position, list(chunk)
-            )
+            result = db.ingest_messages(store_id, folder, batch.uidvalidity, position, list(chunk))
             ingested = True
             outcome.stored += int(result.get("stored", 0))
             outcome.duplicates += int(result.get("duplicates", 0))

@@ -24,7 +24,6 @@ from imapclient.imapclient import SENT
 
 from worker.errors import PermanentError, TransientError, WorkerError, classify_network_error
 from worker.tls import client_ssl_context, require_tls_mode
-from worker.tls import is_loopback as is_loopback  # worker.stores still imports it from here
 
 SERVICE = "imap"
 

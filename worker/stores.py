@@ -27,13 +27,12 @@ from worker.config import Settings, load_settings
 from worker.db import Database, connect
 from worker.dlq import Column, dumps, render_table
 from worker.errors import ConfigError, DatabaseConstraintError, WorkerError
-from worker.imap import is_loopback
+from worker.tls import TLS_MODES, is_loopback
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-TLS_MODES = ("ssl", "starttls", "plain")
 REPLY_MODES = ("auto_send", "draft_only")
 CREDIT_REASONS = ("topup", "adjustment", "grant")
 DEFAULT_IMAP_PORTS = {"ssl": 993, "starttls": 143, "plain": 143}
