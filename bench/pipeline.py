@@ -32,6 +32,7 @@ import ctypes
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -63,6 +64,7 @@ POLL_SECONDS = 0.2  # how often the driver looks at the sink's log
 LISTEN_BACKLOG = 4096  # connections the fakes queue before accepting
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+USES_PG_CRON = re.compile(r"^\s*create extension[^;]*\bpg_cron\b|\bcron\.\w*schedule", re.I | re.M)
 IN_REPLY_TO = re.compile(rb"^In-Reply-To:[ \t]*(<[^>\r\n]+>)", re.I | re.M)
 
 
@@ -374,8 +376,15 @@ def prepare_database(pgport: int, database: str, enable_statements: bool) -> str
     env = dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(pgport), PGUSER="postgres")
     env["PGDATABASE"] = database
     if database != "postgres":
-        # pg_cron stays where it is: changing its database would restart a shared cluster.
+        # pg_cron stays where it is (moving it restarts a shared cluster), and it only schedules
+        # from its own database: a scratch database gets every migration but those that touch
+        # pg_cron (schedules, which the bench replaces with its own triggers).
         env.setdefault("CRON_DATABASE", "postgres")
+        migrations = Path(tempfile.mkdtemp(prefix="bench-migrations-"))
+        for sql_file in sorted((ROOT / "supabase" / "migrations").glob("*.sql")):
+            if not USES_PG_CRON.search(sql_file.read_text()):
+                shutil.copy(sql_file, migrations / sql_file.name)
+        env["MIGRATIONS_DIR"] = str(migrations)
     proc = subprocess.run(
         [str(ROOT / "scripts" / "local-db"), "--fresh"],
         env=env,
