@@ -240,3 +240,41 @@ def test_outages_count_against_the_breaker_and_bad_requests_do_not() -> None:
         ("claude", True),
         ("claude", False),
     ]
+
+
+class CountingBreakerDb(BreakerDb):
+    def __init__(self) -> None:
+        super().__init__()
+        self.allow_calls = 0
+
+    def circuit_allow(self, service: str) -> bool:
+        self.allow_calls += 1
+        return self.allow
+
+
+def test_a_breaker_seen_closed_is_trusted_briefly_and_our_failures_end_that(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(process.time, "monotonic", lambda: now[0])
+    db = CountingBreakerDb()
+    services = services_with(db)
+
+    def fail() -> Any:
+        raise TransientError("HTTP 529")
+
+    process.guarded(services, "claude", lambda: 1)  # asks, records: the breaker is closed
+    assert (db.allow_calls, len(db.recorded)) == (1, 1)
+    process.guarded(services, "claude", lambda: 2)  # within the TTL: no database call at all
+    assert (db.allow_calls, len(db.recorded)) == (1, 1)
+
+    with pytest.raises(TransientError):
+        process.guarded(services, "claude", fail)  # a failure always reaches the database
+    assert db.recorded[-1] == ("claude", False)
+    process.guarded(services, "claude", lambda: 3)  # and the next call asks again
+    assert db.allow_calls == 2
+
+    now[0] += process.BREAKER_TTL_SECONDS + 0.1  # another container may have opened it since
+    db.allow = False
+    with pytest.raises(CircuitOpenError):
+        process.guarded(services, "claude", lambda: 4)
