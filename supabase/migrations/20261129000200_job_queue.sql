@@ -96,11 +96,8 @@ create index job_queue_dead_letter_idx on public.job_queue (dead_lettered_at des
     where status = 'dead_letter';
 create index job_queue_completed_idx on public.job_queue (completed_at)
     where status = 'completed';
--- RLS: an owner's dashboard lists its store's jobs. Partial: jobs of no store (maintenance,
--- benchmarks) never match a store filter, and every non-HOT transition of theirs would otherwise
--- insert a useless entry here.
-create index job_queue_store_idx on public.job_queue (store_id, created_at desc)
-    where store_id is not null;
+-- RLS: an owner's dashboard lists its store's jobs.
+create index job_queue_store_idx on public.job_queue (store_id, created_at desc);
 
 create table public.circuit_breakers (
     service text primary key,
@@ -333,15 +330,10 @@ begin
     )
     select array_agg(r.id) into v_ids
     from ranked r
-    -- CASE fixes the evaluation order: only the first candidate of a conversation is locked.
-    -- The lock is try_lock_conversation's expression written out: a SQL function with a SET
-    -- clause is never inlined, and calling it once per candidate was a measurable share of the
-    -- claim.
+    -- CASE fixes the evaluation order: only the first candidate of a conversation is locked
     where case
               when r.conversation_id is null then true
-              when r.rn = 1 then pg_catalog.pg_try_advisory_xact_lock(
-                  pg_catalog.hashtextextended(
-                      'job_queue.conversation:' || r.conversation_id::text, 0))
+              when r.rn = 1 then public.try_lock_conversation(r.conversation_id)
               else false
           end;
 
