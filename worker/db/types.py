@@ -81,11 +81,20 @@ def error_for_code(
 
 def _utc(value: datetime) -> datetime:
     # A naive value can only come from a `timestamp` column, which our schema stores in UTC.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value if value.tzinfo is UTC else value.astimezone(UTC)
+
+
+# Types that need no conversion: checked first by exact type, because every claimed job row goes
+# through here and most of its columns are these (the queue's drain is bound by this loop).
+_AS_IS = frozenset({str, int, float, bool, type(None)})
 
 
 def normalize_value(value: Any) -> Any:
     """Driver types to the common ones: UUID -> str, datetimes -> aware UTC, Decimal -> number."""
+    if type(value) in _AS_IS:
+        return value
     if isinstance(value, UUID):
         return str(value)
     if isinstance(value, datetime):
@@ -108,10 +117,10 @@ def normalize_row(row: Mapping[str, Any]) -> Row:
     """A row as a dict with common types; JSON timestamps (PostgREST, jsonb) become datetimes."""
     result: Row = {}
     for key, value in row.items():
-        value = normalize_value(value)
-        if isinstance(value, str) and is_timestamp_column(key):
-            value = _parse_timestamp(value)
-        result[key] = value
+        if type(value) is str:
+            result[key] = _parse_timestamp(value) if is_timestamp_column(key) else value
+        else:
+            result[key] = normalize_value(value)
     return result
 
 
