@@ -672,6 +672,29 @@ begin
 end;
 $$;
 
+-- Writes one store secret into Vault: a new secret when the store has none yet, else a rotation
+-- that keeps the id (stores only ever hold secret ids). Called by the admin functions only.
+create or replace function public.store_put_secret(
+  p_secret_id uuid,
+  p_value text,
+  p_store_id uuid,
+  p_kind text,
+  p_description text
+)
+returns uuid
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if p_secret_id is null then
+    return vault.create_secret(p_value, format('store_%s_%s', p_store_id, p_kind),
+                               p_description || ' of store ' || p_store_id);
+  end if;
+  perform vault.update_secret(p_secret_id, p_value);
+  return p_secret_id;
+end;
+$$;
+
 -- Applies the settings in p_changes (only the keys it has) onto p_base, normalising addresses;
 -- raises one invalid_parameter_value error listing every unknown key and malformed value.
 create or replace function public.store_apply_settings(
@@ -788,16 +811,14 @@ begin
       using errcode = 'invalid_parameter_value', detail = array_to_string(v_problems, '; ');
   end if;
 
-  v_store.imap_password_secret_id := vault.create_secret(
-    p_secrets ->> 'imap_password', format('store_%s_imap_password', v_store.id),
-    'IMAP password of store ' || v_store.id);
-  v_store.smtp_password_secret_id := vault.create_secret(
-    p_secrets ->> 'smtp_password', format('store_%s_smtp_password', v_store.id),
-    'SMTP password of store ' || v_store.id);
+  v_store.imap_password_secret_id := public.store_put_secret(
+    null, p_secrets ->> 'imap_password', v_store.id, 'imap_password', 'IMAP password');
+  v_store.smtp_password_secret_id := public.store_put_secret(
+    null, p_secrets ->> 'smtp_password', v_store.id, 'smtp_password', 'SMTP password');
   if p_secrets ->> 'shopify_token' is not null then
-    v_store.shopify_token_secret_id := vault.create_secret(
-      p_secrets ->> 'shopify_token', format('store_%s_shopify_token', v_store.id),
-      'Shopify Admin API token of store ' || v_store.id);
+    v_store.shopify_token_secret_id := public.store_put_secret(
+      null, p_secrets ->> 'shopify_token', v_store.id, 'shopify_token',
+      'Shopify Admin API token');
   end if;
   v_store.created_at := now();
   v_store.updated_at := now();
@@ -867,34 +888,19 @@ begin
   end if;
 
   if v_secrets ? 'imap_password' then
-    if v_store.imap_password_secret_id is null then
-      v_store.imap_password_secret_id := vault.create_secret(
-        v_secrets ->> 'imap_password', format('store_%s_imap_password', v_store.id),
-        'IMAP password of store ' || v_store.id);
-    else
-      perform vault.update_secret(v_store.imap_password_secret_id,
-                                  v_secrets ->> 'imap_password');
-    end if;
+    v_store.imap_password_secret_id := public.store_put_secret(
+      v_store.imap_password_secret_id, v_secrets ->> 'imap_password', v_store.id,
+      'imap_password', 'IMAP password');
   end if;
   if v_secrets ? 'smtp_password' then
-    if v_store.smtp_password_secret_id is null then
-      v_store.smtp_password_secret_id := vault.create_secret(
-        v_secrets ->> 'smtp_password', format('store_%s_smtp_password', v_store.id),
-        'SMTP password of store ' || v_store.id);
-    else
-      perform vault.update_secret(v_store.smtp_password_secret_id,
-                                  v_secrets ->> 'smtp_password');
-    end if;
+    v_store.smtp_password_secret_id := public.store_put_secret(
+      v_store.smtp_password_secret_id, v_secrets ->> 'smtp_password', v_store.id,
+      'smtp_password', 'SMTP password');
   end if;
   if v_secrets ? 'shopify_token' then
-    if v_store.shopify_token_secret_id is null then
-      v_store.shopify_token_secret_id := vault.create_secret(
-        v_secrets ->> 'shopify_token', format('store_%s_shopify_token', v_store.id),
-        'Shopify Admin API token of store ' || v_store.id);
-    else
-      perform vault.update_secret(v_store.shopify_token_secret_id,
-                                  v_secrets ->> 'shopify_token');
-    end if;
+    v_store.shopify_token_secret_id := public.store_put_secret(
+      v_store.shopify_token_secret_id, v_secrets ->> 'shopify_token', v_store.id,
+      'shopify_token', 'Shopify Admin API token');
   end if;
 
   update public.stores set
@@ -1010,5 +1016,6 @@ revoke all on function public.jsonb_email_array(jsonb) from public, anon, authen
 grant execute on function public.jsonb_email_array(jsonb) to service_role;
 revoke all on function
   public.store_problems(public.stores),
-  public.store_apply_settings(public.stores, jsonb, text[])
+  public.store_apply_settings(public.stores, jsonb, text[]),
+  public.store_put_secret(uuid, text, uuid, text, text)
   from public, anon, authenticated, service_role;

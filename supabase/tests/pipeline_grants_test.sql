@@ -2,7 +2,7 @@
 -- empty search_path everywhere, security definer exactly where Vault needs it, and every
 -- PL/pgSQL body clean under plpgsql_check.
 begin;
-select plan(56);
+select plan(59);
 
 create temp table api (sig text primary key, returns text, definer boolean);
 insert into api values
@@ -65,6 +65,10 @@ select ok(not has_function_privilege(r, 'public.store_apply_settings(public.stor
                                      'EXECUTE'),
           format('%s cannot call store_apply_settings', r))
 from unnest(array['anon', 'authenticated', 'service_role']) r;
+select ok(not has_function_privilege(r, 'public.store_put_secret(uuid,text,uuid,text,text)',
+                                     'EXECUTE'),
+          format('%s cannot call store_put_secret', r))
+from unnest(array['anon', 'authenticated', 'service_role']) r;
 select ok(not has_function_privilege(r, 'public.jsonb_email_array(jsonb)', 'EXECUTE'),
           format('%s cannot call jsonb_email_array', r))
 from unnest(array['anon', 'authenticated']) r;
@@ -98,7 +102,8 @@ select is(array(select format('%s: %s', p.proname, c.message)
                        performance_warnings => true) c
                 where p.oid = any (array(select ('public.' || sig)::regprocedure from api)
                                    || array['public.store_problems(public.stores)'::regprocedure,
-                                            'public.store_apply_settings(public.stores,jsonb,text[])'])
+                                            'public.store_apply_settings(public.stores,jsonb,text[])',
+                                            'public.store_put_secret(uuid,text,uuid,text,text)'])
                   and p.prolang = (select oid from pg_language where lanname = 'plpgsql')),
           '{}'::text[], 'plpgsql_check finds nothing in the pipeline functions');
 
