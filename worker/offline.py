@@ -264,7 +264,7 @@ _TEXT = {
             "e-mail; até lá, nenhuma alteração foi feita no pedido."
         ),
         "product_question": (
-            "Obrigado pela sua pergunta sobre nossos produtos. Nossa equipe vai verificar os "
+            "Recebemos sua pergunta sobre nossos produtos. Nossa equipe vai verificar os "
             "detalhes e responder em breve."
         ),
         "complaint": (
@@ -305,7 +305,7 @@ _TEXT = {
             "email; until then, nothing has been changed on the order."
         ),
         "product_question": (
-            "Thank you for your question about our products. Our team will check the details "
+            "We have received your question about our products. Our team will check the details "
             "and reply soon."
         ),
         "complaint": (
