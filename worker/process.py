@@ -269,6 +269,9 @@ def handle_job(
     if existing:
         return resume_reply(existing, job, store, services, worker_id, trace)
 
+    if store.get("active") is False:
+        # Deactivating a store stops its automation at once, also for mail already queued.
+        raise JobDone("skipped", reason="store_inactive")
     email = mime.ParsedEmail.from_row(message)
     own = store_addresses(store)
     if message.get("skip_reason"):

@@ -771,6 +771,19 @@ def test_a_draft_only_store_keeps_every_reply_as_a_draft(pipeline: Pipeline) -> 
     assert pipeline.event_types(job_id).count("process.held") == 1
 
 
+def test_a_deactivated_store_answers_nothing_already_queued(pipeline: Pipeline) -> None:
+    job_id = pipeline.one(make_email(JOHN, "Where is my order?", "Where is my order #1002?"))
+    pipeline.update_store(active=False)
+
+    assert pipeline.run()["outcomes"] == {"skipped": 1}
+
+    assert pipeline.reply(job_id) is None
+    assert pipeline.sink.messages == []
+    assert pipeline.ledger(job_id) == []
+    job = pipeline.job(job_id)
+    assert job["result"]["outcome"] == "skipped" and job["result"]["reason"] == "store_inactive"
+
+
 def classification(**overrides: Any) -> dict[str, Any]:
     """A valid record_classification tool input."""
     return {
