@@ -970,45 +970,36 @@ $$;
 
 -- Privileges -----------------------------------------------------------------------------------
 
-revoke all on function
-  public.list_active_stores(),
-  public.list_stores(boolean),
-  public.get_store(uuid),
-  public.get_store_secrets(uuid),
-  public.get_mailbox_state(uuid, text),
-  public.ingest_messages(uuid, text, bigint, bigint, jsonb),
-  public.record_events(jsonb),
-  public.load_job_context(uuid, int),
-  public.reserve_credit(uuid, uuid),
-  public.release_credit(uuid, uuid, text),
-  public.save_reply(uuid, uuid, jsonb),
-  public.begin_send(uuid),
-  public.finish_send(uuid, uuid, text, jsonb),
-  public.reset_reply(uuid, text, text),
-  public.admin_create_store(jsonb, jsonb),
-  public.admin_update_store(uuid, jsonb, jsonb),
-  public.admin_add_credits(uuid, int, text)
-  from public, anon, authenticated;
-
-grant execute on function
-  public.list_active_stores(),
-  public.list_stores(boolean),
-  public.get_store(uuid),
-  public.get_store_secrets(uuid),
-  public.get_mailbox_state(uuid, text),
-  public.ingest_messages(uuid, text, bigint, bigint, jsonb),
-  public.record_events(jsonb),
-  public.load_job_context(uuid, int),
-  public.reserve_credit(uuid, uuid),
-  public.release_credit(uuid, uuid, text),
-  public.save_reply(uuid, uuid, jsonb),
-  public.begin_send(uuid),
-  public.finish_send(uuid, uuid, text, jsonb),
-  public.reset_reply(uuid, text, text),
-  public.admin_create_store(jsonb, jsonb),
-  public.admin_update_store(uuid, jsonb, jsonb),
-  public.admin_add_credits(uuid, int, text)
-  to service_role;
+-- The API is the worker's (service_role) only: Supabase grants EXECUTE on new functions to anon
+-- and authenticated by default, hence the explicit revoke before each grant.
+do $$
+declare
+  v_sig text;
+begin
+  foreach v_sig in array array[
+    'public.list_active_stores()',
+    'public.list_stores(boolean)',
+    'public.get_store(uuid)',
+    'public.get_store_secrets(uuid)',
+    'public.get_mailbox_state(uuid, text)',
+    'public.ingest_messages(uuid, text, bigint, bigint, jsonb)',
+    'public.record_events(jsonb)',
+    'public.load_job_context(uuid, int)',
+    'public.reserve_credit(uuid, uuid)',
+    'public.release_credit(uuid, uuid, text)',
+    'public.save_reply(uuid, uuid, jsonb)',
+    'public.begin_send(uuid)',
+    'public.finish_send(uuid, uuid, text, jsonb)',
+    'public.reset_reply(uuid, text, text)',
+    'public.admin_create_store(jsonb, jsonb)',
+    'public.admin_update_store(uuid, jsonb, jsonb)',
+    'public.admin_add_credits(uuid, int, text)'
+  ] loop
+    execute format('revoke all on function %s from public, anon, authenticated', v_sig);
+    execute format('grant execute on function %s to service_role', v_sig);
+  end loop;
+end;
+$$;
 
 -- Internal helpers. ingest_messages runs as its caller, so service_role needs the first one;
 -- the store helpers are called only by the security definer admin functions (as their owner).
