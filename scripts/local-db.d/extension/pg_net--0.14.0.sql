@@ -147,6 +147,26 @@ plpy.execute(plpy.prepare(
     "delete from net.http_request_queue where id = $1", ["bigint"]), [request_id])
 $$;
 
+-- Queues one request and sends it at once (the stand-in's synchronous difference from pg_net).
+CREATE FUNCTION net._request(
+  method text, url text, headers jsonb, body bytea, timeout_milliseconds int
+)
+RETURNS bigint
+VOLATILE
+LANGUAGE plpgsql
+SET search_path = ''
+AS $$
+DECLARE
+  request_id bigint;
+BEGIN
+  INSERT INTO net.http_request_queue (method, url, headers, body, timeout_milliseconds)
+  VALUES (method, url, headers, body, timeout_milliseconds)
+  RETURNING id INTO request_id;
+  PERFORM net._send(request_id);
+  RETURN request_id;
+END
+$$;
+
 CREATE FUNCTION net.http_get(
   url text,
   params jsonb DEFAULT '{}'::jsonb,
@@ -160,14 +180,10 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = ''
 AS $$
-DECLARE
-  request_id bigint;
 BEGIN
-  INSERT INTO net.http_request_queue (method, url, headers, timeout_milliseconds)
-  VALUES ('GET', net._encode_url_with_params(url, params), headers, timeout_milliseconds)
-  RETURNING id INTO request_id;
-  PERFORM net._send(request_id);
-  RETURN request_id;
+  RETURN net._request(
+    'GET', net._encode_url_with_params(url, params), headers, NULL, timeout_milliseconds
+  );
 END
 $$;
 
@@ -184,8 +200,6 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = ''
 AS $$
-DECLARE
-  request_id bigint;
 BEGIN
   IF body IS NULL THEN
     RAISE EXCEPTION 'body must not be null';
@@ -197,17 +211,13 @@ BEGIN
   ) THEN
     headers := coalesce(headers, '{}'::jsonb) || '{"Content-Type": "application/json"}'::jsonb;
   END IF;
-  INSERT INTO net.http_request_queue (method, url, headers, body, timeout_milliseconds)
-  VALUES (
+  RETURN net._request(
     'POST',
     net._encode_url_with_params(url, coalesce(params, '{}'::jsonb)),
     headers,
     convert_to(body::text, 'UTF8'),
     timeout_milliseconds
-  )
-  RETURNING id INTO request_id;
-  PERFORM net._send(request_id);
-  RETURN request_id;
+  );
 END
 $$;
 
@@ -224,14 +234,10 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = ''
 AS $$
-DECLARE
-  request_id bigint;
 BEGIN
-  INSERT INTO net.http_request_queue (method, url, headers, timeout_milliseconds)
-  VALUES ('DELETE', net._encode_url_with_params(url, params), headers, timeout_milliseconds)
-  RETURNING id INTO request_id;
-  PERFORM net._send(request_id);
-  RETURN request_id;
+  RETURN net._request(
+    'DELETE', net._encode_url_with_params(url, params), headers, NULL, timeout_milliseconds
+  );
 END
 $$;
 
