@@ -210,8 +210,8 @@ create table public.events (
 
 create index events_job_idx on public.events (job_id, id) where job_id is not null;
 create index events_store_idx on public.events (store_id, created_at) where store_id is not null;
-create index events_conversation_idx
-  on public.events (conversation_id, id) where conversation_id is not null;
+-- No index by conversation: nothing reads events that way, and every queue transition writes an
+-- event, so each index here is paid twice per job (bench/README.md).
 create index events_created_at_idx on public.events using brin (created_at);
 
 create trigger events_append_only

@@ -96,8 +96,10 @@ create index job_queue_dead_letter_idx on public.job_queue (dead_lettered_at des
     where status = 'dead_letter';
 create index job_queue_completed_idx on public.job_queue (completed_at)
     where status = 'completed';
--- RLS: an owner's dashboard lists its store's jobs.
-create index job_queue_store_idx on public.job_queue (store_id, created_at desc);
+-- RLS: an owner's dashboard lists its store's jobs. Store-less jobs (maintenance) are never listed
+-- by store, and every non-HOT transition would add an entry to this index for them too.
+create index job_queue_store_idx on public.job_queue (store_id, created_at desc)
+    where store_id is not null;
 
 create table public.circuit_breakers (
     service text primary key,
@@ -228,14 +230,18 @@ $$;
 -- pooled backend ran it (so the next, unrelated request on that connection would "hold" it),
 -- and could only be released by a later call that happens to land on the same backend. An
 -- xact lock is released exactly when the claiming transaction commits or rolls back.
+-- PL/pgSQL rather than SQL: the claim calls it once per candidate, and a SQL function that cannot
+-- be inlined (its SET clause prevents that) is parsed and planned again in every claim.
 create function public.try_lock_conversation(p_conversation_id uuid)
 returns boolean
-language sql
+language plpgsql
 volatile
 set search_path = ''
 as $$
-    select pg_catalog.pg_try_advisory_xact_lock(
+begin
+    return pg_catalog.pg_try_advisory_xact_lock(
         pg_catalog.hashtextextended('job_queue.conversation:' || p_conversation_id::text, 0));
+end;
 $$;
 
 -- Claim protocol, three statements, each with its own snapshot (READ COMMITTED):
@@ -250,6 +256,14 @@ $$;
 -- Statement 2 must be separate: within one statement the snapshot is fixed before the lock is
 -- acquired, so a peer that claimed a job of the same conversation and committed (releasing its
 -- lock) just before we locked would be invisible, and both jobs would run at once.
+--
+-- Plan settings: the claim must walk job_queue_due_idx in order and stop after the batch, and
+-- statement 2 must fetch its rows by primary key, whatever the statistics say. A burst after a
+-- quiet period (or a freshly truncated table) leaves statistics that describe an empty queue;
+-- with them the planner chose a bitmap scan of the whole due set plus a sort, and an update
+-- that walked the whole due index, 10-40x slower per claim (bench/README.md). With sequential
+-- and bitmap scans off, the ordered index scans are the only plans left; the generic plan is
+-- then also the right one, so it is kept instead of re-planning on every call.
 create function public.dequeue_jobs(
     p_worker_id text,
     p_batch_size int default 50,
@@ -258,6 +272,9 @@ create function public.dequeue_jobs(
 ) returns setof public.job_queue
 language plpgsql
 set search_path = ''
+set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
+set enable_bitmapscan = off
 as $$
 declare
     v_ids uuid[];
@@ -351,8 +368,10 @@ begin
             started_at = now(),
             attempt_count = q.attempt_count + 1,
             updated_at = now()
+        -- no status test: statement 1 locked these rows as pending and we hold the locks, so
+        -- they still are; a status test would let the planner scan job_queue_due_idx instead
+        -- of the primary key
         where q.id = any (v_ids)
-          and q.status = 'pending'
           and (q.conversation_id is null or not exists (
               select 1 from public.job_queue f
               where f.conversation_id = q.conversation_id and f.status = 'processing'
@@ -391,6 +410,9 @@ $$;
 -- ---------------------------------------------------------------------------------------------
 -- Outcomes. "Holding the lease" means: status processing and locked_by = the caller. A job whose
 -- lease expired but was not reclaimed yet can still be finished by its holder.
+-- The outcome functions are PL/pgSQL even where one SQL statement would do: PL/pgSQL keeps each
+-- statement's plan for the session, while a SQL-language function that cannot be inlined is
+-- parsed and planned on every call (a quarter of the completion's server time).
 -- ---------------------------------------------------------------------------------------------
 
 create function public.complete_job(
@@ -398,9 +420,12 @@ create function public.complete_job(
     p_worker_id text,
     p_result jsonb default null
 ) returns boolean
-language sql
+language plpgsql
 set search_path = ''
 as $$
+declare
+    v_done boolean;
+begin
     with done as (
         update public.job_queue q
         set status = 'completed', completed_at = now(), result = p_result,
@@ -416,7 +441,9 @@ as $$
                                   round(extract(epoch from d.completed_at - d.started_at) * 1000))
         from done d
     )
-    select exists (select 1 from done);
+    select exists (select 1 from done) into v_done;
+    return v_done;
+end;
 $$;
 
 -- Batch acknowledgement: p_results is null or a JSON array aligned with p_job_ids.
@@ -426,9 +453,12 @@ create function public.complete_jobs(
     p_job_ids uuid[],
     p_results jsonb default null
 ) returns int
-language sql
+language plpgsql
 set search_path = ''
 as $$
+declare
+    v_count int;
+begin
     with input as (
         select i.id, p_results -> (i.ord::int - 1) as result
         from unnest(p_job_ids) with ordinality as i (id, ord)
@@ -448,7 +478,9 @@ as $$
                                   round(extract(epoch from d.completed_at - d.started_at) * 1000))
         from done d
     )
-    select count(*)::int from done;
+    select count(*)::int into v_count from done;
+    return v_count;
+end;
 $$;
 
 -- Returns the new status ('pending' when a retry is scheduled, 'dead_letter'), or null when the
