@@ -28,13 +28,22 @@ LOCAL_DB = ROOT / "scripts" / "local-db"
 
 
 def prepare_database(port: int, dbname: str) -> str:
-    """Run scripts/local-db for 127.0.0.1:port/dbname and return the DATABASE_URL it printed."""
+    """Recreate 127.0.0.1:port/dbname with scripts/local-db --fresh; return its DATABASE_URL.
+
+    Fresh every time: local-db, like `supabase db push`, never re-applies a migration it has
+    recorded, so a kept database would measure the schema of whichever checkout created it.
+    """
     env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(port), "PGDATABASE": dbname}
     env.pop("PGUSER", None)
     # local-db keeps its lock file open in the servers it starts; closing every descriptor but
     # the standard ones keeps it from leaking ours in the other direction.
     out = subprocess.run(
-        [str(LOCAL_DB)], env=env, check=True, capture_output=True, text=True, close_fds=True
+        [str(LOCAL_DB), "--fresh"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        close_fds=True,
     )
     for line in reversed(out.stdout.splitlines()):
         if line.startswith("DATABASE_URL="):

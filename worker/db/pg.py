@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.adapt import Buffer, Loader
 from psycopg.rows import dict_row
 from psycopg.types.json import Json, Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -46,6 +47,20 @@ order by p.oid, a.position
 """
 
 Signature = dict[str, str]
+
+
+class UuidTextLoader(Loader):
+    """uuid columns as their canonical text: the common row type is str, and psycopg's own
+    loader builds a uuid.UUID that normalisation would turn straight back into the same text
+    (every claimed job carries three of them)."""
+
+    def load(self, data: Buffer) -> str:
+        return bytes(data).decode()
+
+
+def configure_connection(conn: psycopg.Connection[Any]) -> None:
+    """Per-connection set-up run by the pool: load uuids as text."""
+    conn.adapters.register_loader("uuid", UuidTextLoader)
 
 
 @contextmanager
@@ -118,7 +133,9 @@ class PgTransport:
             "connect_timeout": max(MIN_CONNECT_TIMEOUT_SECONDS, math.ceil(timeout_seconds)),
             # Startup options cost no round trip; the statement timeout bounds every call so a
             # stuck query cannot hold a worker thread past its run budget.
-            "options": f"-c statement_timeout={statement_ms}",
+            # TimeZone=UTC (Supabase's default) makes psycopg return timestamps in
+            # datetime.UTC, which normalisation then passes through instead of converting.
+            "options": f"-c statement_timeout={statement_ms} -c TimeZone=UTC",
             "application_name": application_name,
             "prepare_threshold": prepare_threshold,
             # Every call is one statement, which Postgres runs as its own transaction anyway;
@@ -137,6 +154,7 @@ class PgTransport:
             kwargs=kwargs,
             timeout=timeout_seconds,
             name="worker-db",
+            configure=configure_connection,
             open=True,
         )
 
