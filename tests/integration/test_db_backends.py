@@ -19,6 +19,7 @@ from tests.support.gateway import GatewayHandle, RpcGateway
 from worker.db import Database
 from worker.db.pg import PgTransport
 from worker.db.rest import RestTransport
+from worker.db.types import normalize_row
 from worker.errors import DatabaseConstraintError, DatabaseError
 
 pytestmark = pytest.mark.integration
@@ -302,6 +303,63 @@ def test_both_backends_return_identical_values(pg_db: Database, rest_db: Databas
         type(None),
     }
     assert pg_db.get_job_events(job_id) == rest_db.get_job_events(job_id)
+
+
+def test_psycopg_rows_already_hold_the_common_types(database_url: str) -> None:
+    # Database passes psycopg rows through unconverted (returns_common_types): its loaders must
+    # produce exactly what normalize_row would, for every type our functions return.
+    transport = PgTransport(database_url, timeout_seconds=10, max_size=1)
+    try:
+        with transport._pool.connection() as conn:
+            row = conn.execute(
+                "select gen_random_uuid() as id, array[gen_random_uuid()] as ids,"
+                " now() as created_at, timestamp '2026-01-02 03:04:05' as plain_at,"
+                " 12::numeric as whole, 1.5::numeric as half, 'NaN'::numeric as nan,"
+                ' \'{"a": [1, 2.5, "2026-01-02"]}\'::jsonb as doc, null::uuid as missing'
+            ).fetchone()
+    finally:
+        transport.close()
+    assert row is not None
+    as_dict = dict(
+        zip(
+            ["id", "ids", "created_at", "plain_at", "whole", "half", "nan", "doc", "missing"],
+            row,
+            strict=True,
+        )
+    )
+    assert normalize_row(as_dict) == as_dict
+    assert {k: type(v) for k, v in as_dict.items() if k != "nan"} == {
+        "id": str,
+        "ids": list,
+        "created_at": datetime,
+        "plain_at": datetime,
+        "whole": int,
+        "half": float,
+        "doc": dict,
+        "missing": type(None),
+    }
+    assert isinstance(as_dict["nan"], float)
+    assert as_dict["created_at"].tzinfo is UTC and as_dict["plain_at"].tzinfo is UTC
+    assert type(as_dict["ids"][0]) is str
+
+
+def test_rows_are_the_same_with_and_without_conversion(database_url: str) -> None:
+    # The pass-through must not change what callers see: the same call through a Database that
+    # converts every row gives equal values of equal types.
+    job_type = unique("t")
+    passing = Database(PgTransport(database_url, timeout_seconds=10, max_size=1))
+    converting = Database(PgTransport(database_url, timeout_seconds=10, max_size=1))
+    converting._convert_rows = True
+    try:
+        job_id = passing.enqueue_job(job_type, {"n": 1}, conversation_id=str(uuid.uuid4()))
+        [claimed] = passing.dequeue_jobs(WORKER, job_types=[job_type])
+        assert claimed == converting.get_job(job_id) == passing.get_job(job_id)
+        same = converting.get_job(job_id)
+        assert same is not None
+        assert {k: type(v) for k, v in claimed.items()} == {k: type(v) for k, v in same.items()}
+    finally:
+        passing.close()
+        converting.close()
 
 
 # -- errors -----------------------------------------------------------------------------------

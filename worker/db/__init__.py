@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from worker.db.types import (
     Row,
     Transport,
-    normalize_optional_row,
+    is_null_row,
     normalize_row,
     normalize_value,
 )
@@ -52,6 +52,7 @@ class Database:
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
+        self._convert_rows = not getattr(transport, "returns_common_types", False)
 
     def close(self) -> None:
         """Release the backend's connections."""
@@ -74,6 +75,8 @@ class Database:
 
     def _rows(self, fn: str, args: dict[str, Any]) -> list[Row]:
         rows = self.transport.call(fn, args, "rows") or []
+        if not self._convert_rows:
+            return cast(list[Row], rows)
         return [normalize_row(row) for row in rows]
 
     def _first(self, fn: str, args: dict[str, Any]) -> Row | None:
@@ -81,7 +84,10 @@ class Database:
         return rows[0] if rows else None
 
     def _row(self, fn: str, args: dict[str, Any]) -> Row | None:
-        return normalize_optional_row(self.transport.call(fn, args, "row"))
+        row = self.transport.call(fn, args, "row")
+        if row is None or is_null_row(row):
+            return None
+        return normalize_row(row) if self._convert_rows else dict(row)
 
     def _void(self, fn: str, args: dict[str, Any]) -> None:
         self.transport.call(fn, args, "void")

@@ -35,7 +35,11 @@ _CONSTRAINT_IN_MESSAGE = re.compile(r'constraint "([^"]+)"')
 
 
 class Transport(Protocol):
-    """One SQL function call per `call`, each its own transaction (as PostgREST does)."""
+    """One SQL function call per `call`, each its own transaction (as PostgREST does).
+
+    A transport whose rows already hold the common types (see normalize_row) may say so with a
+    class attribute `returns_common_types = True`; Database then passes its rows through.
+    """
 
     def call(self, fn: str, args: Mapping[str, Any], shape: Shape) -> Any:
         """Call public.<fn> with named arguments (SQL names, `p_` prefix included)."""
@@ -132,8 +136,7 @@ def _parse_timestamp(text: str) -> Any:
     return _utc(parsed)
 
 
-def normalize_optional_row(row: Mapping[str, Any] | None) -> Row | None:
-    """A composite result, or None when the function returned NULL (a row of all nulls)."""
-    if row is None or all(value is None for value in row.values()):
-        return None
-    return normalize_row(row)
+def is_null_row(row: Mapping[str, Any] | None) -> bool:
+    """Whether a composite result stands for NULL (a function returning NULL gives all nulls)."""
+    return row is None or all(value is None for value in row.values())
+
