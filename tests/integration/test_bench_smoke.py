@@ -1,4 +1,4 @@
-"""Tiny runs of bench/queue.py and bench/depth.py so the benchmarks cannot rot.
+"""Tiny runs of bench/queue.py, bench/depth.py and bench/server_cost.py so they cannot rot.
 
 They run as the README says (the real CLI, as a subprocess) against the test database, told it
 is shared so they touch only their own job types. Nothing here looks at timings.
@@ -103,3 +103,40 @@ def test_depth_bench_quick_run_measures_every_depth_and_the_purge(dsn: str, tmp_
     assert purge["old_history_after"] == 0
     assert purge["rounds_during"] >= 1
     assert "flatness:" in done.stdout
+
+
+def test_server_cost_bench_drains_every_contender_inside_postgres(dsn: str, tmp_path: Path) -> None:
+    out = tmp_path / "server.json"
+    done = run_bench(
+        "server_cost.py",
+        "--url",
+        dsn,
+        "--jobs",
+        "200",
+        "--runs",
+        "1",
+        "--sessions",
+        "2",
+        "--batch",
+        "20",
+        "--json",
+        str(out),
+    )
+    assert done.returncode == 0, done.stderr
+    header, _rule, *rows = done.stdout.splitlines()[1:]
+    assert header.startswith("contender")
+    assert [row.split("  ")[0].strip() for row in rows] == [
+        "floor (bare SQL)",
+        "ours, no conversation",
+        "ours",
+    ]
+    result = json.loads(out.read_text())
+    for series in ("single_session_us_per_job", "sessions_jobs_per_second"):
+        assert all(len(v) == 1 and v[0] > 0 for v in result[series].values())
+    with psycopg.connect(dsn) as conn:
+        # it cleans up after itself in a shared database
+        assert conn.execute("select to_regnamespace('bench')").fetchone() == (None,)
+        left = conn.execute(
+            "select count(*) from public.job_queue where job_type = 'bench_server'"
+        ).fetchone()
+    assert left == (0,)
