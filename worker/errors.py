@@ -21,15 +21,29 @@ ErrorType = Literal["transient", "permanent"]
 RETRYABLE_HTTP_STATUSES = frozenset({408, 409, 425, 429})
 
 
+# Answers that mean the credentials were refused: they repeat on every call until someone fixes
+# the key, so unlike other client errors they count against the service's circuit breaker.
+AUTH_FAILURE_HTTP_STATUSES = frozenset({401, 403})
+
+
 class WorkerError(Exception):
-    """Base of every error the worker raises on purpose."""
+    """Base of every error the worker raises on purpose; `http_status` when an HTTP answer
+    caused it."""
 
     _error_type: ErrorType = "permanent"
 
-    def __init__(self, message: str, *, service: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, service: str | None = None, http_status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.service = service
+        self.http_status = http_status
+
+    @property
+    def is_auth_failure(self) -> bool:
+        """Whether the service refused our credentials (HTTP 401 or 403)."""
+        return self.http_status in AUTH_FAILURE_HTTP_STATUSES
 
     @property
     def error_type(self) -> ErrorType:
@@ -46,9 +60,14 @@ class TransientError(WorkerError):
     _error_type: ErrorType = "transient"
 
     def __init__(
-        self, message: str, *, service: str | None = None, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        service: str | None = None,
+        retry_after: float | None = None,
+        http_status: int | None = None,
     ) -> None:
-        super().__init__(message, service=service)
+        super().__init__(message, service=service, http_status=http_status)
         self.retry_after = None if retry_after is None else max(0.0, float(retry_after))
 
     @property
@@ -155,9 +174,12 @@ def classify_http_status(
     message = f"HTTP {status}" + (f": {detail}" if detail else "")
     if status in RETRYABLE_HTTP_STATUSES or status >= 500:
         return TransientError(
-            message, service=service, retry_after=parse_retry_after(retry_after_header, now=now)
+            message,
+            service=service,
+            retry_after=parse_retry_after(retry_after_header, now=now),
+            http_status=status,
         )
-    return PermanentError(message, service=service)
+    return PermanentError(message, service=service, http_status=status)
 
 
 def classify_smtp_code(

@@ -220,9 +220,9 @@ def guarded(services: Services, service: str, call: Callable[[], Any]) -> Any:
         services.circuit_record(service, False)
         raise
     except PermanentError as exc:
-        # Credentials or a bad request are the store's problem, not an outage: they count
-        # against the breaker only for authentication-type failures, which repeat per call.
-        services.circuit_record(service, "401" not in str(exc) and "403" not in str(exc))
+        # A bad request is this job's problem, not an outage; refused credentials repeat on
+        # every call, so only they count against the breaker.
+        services.circuit_record(service, not exc.is_auth_failure)
         raise
     services.circuit_record(service, True)
     return result

@@ -59,6 +59,14 @@ def test_client_errors_are_permanent(status: int) -> None:
     assert isinstance(exc, errors.PermanentError)
     assert exc.error_type == "permanent"
     assert str(exc) == f"shopify: HTTP {status}: bad token"
+    assert exc.http_status == status
+    assert exc.is_auth_failure == (status in (401, 403))
+
+
+def test_errors_not_from_an_http_answer_are_never_auth_failures() -> None:
+    # the wording does not matter: only the status an HTTP answer carried does
+    assert not errors.PermanentError("HTTP 401 in the text only").is_auth_failure
+    assert errors.classify_http_status(503, None).http_status == 503
 
 
 def test_retry_after_in_seconds_is_honoured() -> None:

@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 
 from worker import process
-from worker.errors import CircuitOpenError, PermanentError, TransientError
+from worker.errors import (
+    CircuitOpenError,
+    PermanentError,
+    TransientError,
+    classify_http_status,
+)
 from worker.responder import Classification, OrderFacts
 
 
@@ -231,14 +236,21 @@ def test_outages_count_against_the_breaker_and_bad_requests_do_not() -> None:
     with pytest.raises(TransientError):
         process.guarded(services, "claude", lambda: fail(TransientError("HTTP 529")))
     with pytest.raises(PermanentError):
-        process.guarded(services, "claude", lambda: fail(PermanentError("HTTP 400: too long")))
+        process.guarded(services, "claude", lambda: fail(classify_http_status(400, None)))
     with pytest.raises(PermanentError):
-        process.guarded(services, "claude", lambda: fail(PermanentError("HTTP 401: bad key")))
+        process.guarded(services, "claude", lambda: fail(classify_http_status(401, None)))
+    with pytest.raises(PermanentError):
+        process.guarded(services, "claude", lambda: fail(classify_http_status(403, None)))
+    # the status decides, not the wording
+    with pytest.raises(PermanentError):
+        process.guarded(services, "claude", lambda: fail(PermanentError("order 401 not found")))
     assert db.recorded == [
         ("claude", True),
         ("claude", False),
         ("claude", True),
         ("claude", False),
+        ("claude", False),
+        ("claude", True),
     ]
 
 

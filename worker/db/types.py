@@ -139,4 +139,3 @@ def _parse_timestamp(text: str) -> Any:
 def is_null_row(row: Mapping[str, Any] | None) -> bool:
     """Whether a composite result stands for NULL (a function returning NULL gives all nulls)."""
     return row is None or all(value is None for value in row.values())
-
