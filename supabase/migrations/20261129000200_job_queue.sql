@@ -221,6 +221,88 @@ begin
 end;
 $$;
 
+-- Many jobs in one call, with enqueue_job's semantics for each element of p_jobs (a JSON array
+-- of objects with the keys job_type, payload, idempotency_key, store_id, conversation_id,
+-- priority, run_at, max_attempts; only job_type is required). Returns the job ids in input order:
+-- an element whose key already exists (or repeats an earlier element's key) gets the existing
+-- job's id and creates nothing. One statement inserts every new job and its event, where a loop
+-- over enqueue_job would run two statements per job (bench/queue: 4-5x the enqueue rate).
+create function public.enqueue_jobs(p_jobs jsonb)
+returns uuid[]
+language plpgsql
+set search_path = ''
+as $$
+declare
+    v_ids uuid[];
+    v_conflicts boolean;
+begin
+    if p_jobs is null or pg_catalog.jsonb_typeof(p_jobs) <> 'array' then
+        raise exception 'enqueue_jobs: p_jobs must be a JSON array' using errcode = '22023';
+    end if;
+    if exists (select 1 from pg_catalog.jsonb_array_elements(p_jobs) j
+               where pg_catalog.jsonb_typeof(j) <> 'object' or coalesce(j ->> 'job_type', '') = ''
+                  or coalesce((j ->> 'max_attempts')::int, 1) < 1) then
+        raise exception 'enqueue_jobs: every job needs a job_type, and max_attempts >= 1'
+            using errcode = '22023';
+    end if;
+
+    -- Ids are drawn up front, in input order, so the new rows can be matched back to their
+    -- elements (RETURNING does not say which input row a row came from).
+    with input as (
+        select i.ord, public.uuid_generate_v7() as id, j ->> 'job_type' as job_type,
+               coalesce(j -> 'payload', '{}'::jsonb) as payload,
+               j ->> 'idempotency_key' as idempotency_key,
+               (j ->> 'store_id')::uuid as store_id,
+               (j ->> 'conversation_id')::uuid as conversation_id,
+               coalesce((j ->> 'priority')::int, 0) as priority,
+               coalesce((j ->> 'run_at')::timestamptz, now()) as run_at,
+               coalesce((j ->> 'max_attempts')::int, 5) as max_attempts
+        from pg_catalog.jsonb_array_elements(p_jobs) with ordinality as i (j, ord)
+    ), inserted as (
+        insert into public.job_queue (id, job_type, payload, idempotency_key, store_id,
+                                      conversation_id, priority, next_retry_at, max_attempts)
+        select n.id, n.job_type, n.payload, n.idempotency_key, n.store_id, n.conversation_id,
+               n.priority, n.run_at, n.max_attempts
+        from input n
+        -- keys in one global order: two batches sharing keys then wait for each other instead
+        -- of deadlocking (each waits at the first key the other holds)
+        order by n.idempotency_key nulls last, n.ord
+        on conflict (idempotency_key) where idempotency_key is not null do nothing
+        returning id, job_type, idempotency_key, store_id, conversation_id, priority,
+                  next_retry_at
+    ), logged as (
+        insert into public.events (store_id, job_id, conversation_id, event_type, detail)
+        select r.store_id, r.id, r.conversation_id, 'job.enqueued',
+               jsonb_build_object('job_type', r.job_type, 'priority', r.priority,
+                                  'run_at', r.next_retry_at,
+                                  'idempotency_key', r.idempotency_key)
+        from inserted r
+    )
+    select array_agg(r.id order by n.ord), bool_or(r.id is null)
+    into v_ids, v_conflicts
+    from input n
+    left join inserted r on r.id = n.id;
+
+    -- An element that was not inserted has a key that already exists (or repeats an earlier
+    -- element's): enqueue_job returns that job's id, looking in a new snapshot that sees a
+    -- concurrent winner once it committed, and enqueues afresh if the job was purged meanwhile.
+    if v_conflicts then
+        select array_agg(coalesce(x.id, public.enqueue_job(
+                   e.j ->> 'job_type', coalesce(e.j -> 'payload', '{}'::jsonb),
+                   e.j ->> 'idempotency_key', (e.j ->> 'store_id')::uuid,
+                   (e.j ->> 'conversation_id')::uuid, coalesce((e.j ->> 'priority')::int, 0),
+                   coalesce((e.j ->> 'run_at')::timestamptz, now()),
+                   coalesce((e.j ->> 'max_attempts')::int, 5)))
+               order by x.ord)
+        into v_ids
+        from unnest(v_ids) with ordinality as x (id, ord)
+        join pg_catalog.jsonb_array_elements(p_jobs) with ordinality as e (j, ord)
+            on e.ord = x.ord;
+    end if;
+    return coalesce(v_ids, '{}');
+end;
+$$;
+
 -- ---------------------------------------------------------------------------------------------
 -- Claim
 -- ---------------------------------------------------------------------------------------------
@@ -930,6 +1012,7 @@ begin
         'public.extend_lease(text, uuid[], int)',
         'public.complete_job(uuid, text, jsonb)',
         'public.complete_jobs(text, uuid[], jsonb)',
+        'public.enqueue_jobs(jsonb)',
         'public.fail_job(uuid, text, text, text, int)',
         'public.defer_job(uuid, text, int, text)',
         'public.requeue_dlq_job(uuid, boolean)',

@@ -35,9 +35,9 @@ select ok(
 select is(
     (select array_agg(p.proname::text order by p.proname) from pg_proc p
      where p.pronamespace = 'public'::regnamespace and p.prokind = 'f'
-       and p.proname in ('enqueue_job', 'dequeue_jobs', 'extend_lease', 'complete_job',
-                         'complete_jobs', 'fail_job', 'defer_job', 'requeue_dlq_job',
-                         'try_lock_conversation', 'circuit_allow', 'circuit_record',
+       and p.proname in ('enqueue_job', 'enqueue_jobs', 'dequeue_jobs', 'extend_lease',
+                         'complete_job', 'complete_jobs', 'fail_job', 'defer_job',
+                         'requeue_dlq_job', 'try_lock_conversation', 'circuit_allow', 'circuit_record',
                          'aggregate_queue_metrics', 'list_dead_letter_jobs', 'get_job',
                          'get_job_events', 'purge_dead_letter_jobs', 'queue_stats',
                          'uuid_generate_v7')
@@ -50,6 +50,7 @@ select has_function('public', 'purge_completed_jobs', array['interval', 'integer
 create temp table routines (sig text) on commit drop;
 insert into routines values
     ('public.enqueue_job(text, jsonb, text, uuid, uuid, int, timestamptz, int)'),
+    ('public.enqueue_jobs(jsonb)'),
     ('public.dequeue_jobs(text, int, int, text[])'),
     ('public.extend_lease(text, uuid[], int)'),
     ('public.complete_job(uuid, text, jsonb)'),
@@ -69,7 +70,7 @@ insert into routines values
     ('public.uuid_generate_v7()'),
     ('public.purge_completed_jobs(interval, int)');
 
-select is((select count(*)::int from routines), 19, 'all 19 routines are listed');
+select is((select count(*)::int from routines), 20, 'all 20 routines are listed');
 select is(
     (select array_agg(r.sig order by r.sig) from routines r
      where not has_function_privilege('service_role', r.sig::regprocedure, 'execute')),

@@ -125,6 +125,31 @@ def test_enqueue_is_idempotent_and_dequeue_claims_with_normalised_types(db: Data
     assert db.dequeue_jobs(WORKER, job_types=[job_type]) == []
 
 
+def test_enqueue_jobs_batches_with_the_same_rules(db: Database) -> None:
+    job_type = unique("t")
+    key = unique("key")
+    existing = db.enqueue_job(job_type, {"n": 0}, idempotency_key=key)
+    run_at = datetime.now(UTC) + timedelta(hours=1)
+    ids = db.enqueue_jobs(
+        [
+            {"job_type": job_type, "payload": {"n": 1}},
+            {"job_type": job_type, "payload": {"n": 2}, "idempotency_key": key},
+            {"job_type": job_type, "payload": {"n": 3}, "run_at": run_at, "priority": 2},
+        ]
+    )
+    assert len(ids) == 3 and ids[1] == existing
+    assert all(isinstance(i, str) and str(uuid.UUID(i)) == i for i in ids)
+    later = db.get_job(ids[2])
+    assert later is not None and later["next_retry_at"] == run_at and later["priority"] == 2
+    claimed = db.dequeue_jobs(WORKER, batch_size=5, job_types=[job_type])
+    # oldest first; the third is not due for an hour
+    assert [job["id"] for job in claimed] == [existing, ids[0]]
+    assert db.enqueue_jobs([]) == []
+    with pytest.raises(DatabaseConstraintError) as raised:
+        db.enqueue_jobs([{"payload": {}}])
+    assert raised.value.code == "22023"
+
+
 def test_complete_only_by_the_lease_holder(db: Database) -> None:
     job_type = unique("t")
     job_id = db.enqueue_job(job_type, {})

@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 pytestmark = pytest.mark.integration
 
@@ -264,3 +265,43 @@ def test_concurrent_enqueue_with_one_key_creates_one_job(
         (job_type,),
     ).fetchone()
     assert events == (25,)
+
+
+def test_concurrent_batches_sharing_keys_create_each_job_once(
+    dsn: str, conn: psycopg.Connection[Any], job_type: str
+) -> None:
+    # Batches list the shared keys in different orders; none may deadlock or duplicate a job.
+    keys = [f"{job_type}:{k}" for k in range(40)]
+    results: list[dict[str, str]] = [{} for _ in range(CLAIMERS)]
+    start = threading.Barrier(CLAIMERS)
+
+    def enqueuer(i: int) -> None:
+        order = keys[:]
+        random.Random(i).shuffle(order)
+        with connect(dsn) as c:
+            start.wait()
+            for first in range(0, len(order), 10):
+                batch = order[first : first + 10]
+                jobs = [
+                    {"job_type": job_type, "payload": {"by": i}, "idempotency_key": key}
+                    for key in batch
+                ]
+                row = c.execute("select public.enqueue_jobs(%s)", (Jsonb(jobs),)).fetchone()
+                assert row is not None
+                results[i].update(zip(batch, map(str, row[0]), strict=True))
+
+    run_threads(CLAIMERS, enqueuer)
+    for key in keys:
+        assert len({r[key] for r in results}) == 1, f"{key} got several ids"
+    rows = conn.execute(
+        "select count(*), count(distinct idempotency_key) from public.job_queue"
+        " where job_type = %s",
+        (job_type,),
+    ).fetchone()
+    assert rows == (40, 40)
+    events = conn.execute(
+        "select count(*) from public.events e join public.job_queue q on q.id = e.job_id"
+        " where q.job_type = %s and e.event_type = 'job.enqueued'",
+        (job_type,),
+    ).fetchone()
+    assert events == (40,)

@@ -126,6 +126,21 @@ class Database:
         )
         return cast(str, self._scalar("enqueue_job", args))
 
+    def enqueue_jobs(self, jobs: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Enqueue many jobs in one call; ids in input order (enqueue_job's rules per job).
+
+        Each job is a mapping with enqueue_job's argument names (job_type required).
+        """
+        elements = [
+            {
+                key: value.isoformat() if isinstance(value, datetime) else value
+                for key, value in job.items()
+                if value is not None
+            }
+            for job in jobs
+        ]
+        return cast(list[str], self._scalar("enqueue_jobs", {"p_jobs": elements}))
+
     def dequeue_jobs(
         self,
         worker_id: str,
