@@ -121,14 +121,16 @@ def drain_with_threads(
 
 
 def enqueue_ours(url: str, jobs: int) -> float:
-    """Set-based enqueue through public.enqueue_job, each job with its own conversation."""
+    """Batches of public.enqueue_jobs, each job with its own conversation."""
     with psycopg.connect(url, autocommit=True) as conn, stopwatch() as elapsed:
         conn.execute("set role service_role")
         for first in range(0, jobs, ENQUEUE_CHUNK):
             count = min(ENQUEUE_CHUNK, jobs - first)
             conn.execute(
-                "select public.enqueue_job(%s, jsonb_build_object('n', n), null, null,"
-                " gen_random_uuid()) from generate_series(%s::int, %s::int) n",
+                "select public.enqueue_jobs((select jsonb_agg(jsonb_build_object("
+                "'job_type', %s::text, 'payload', jsonb_build_object('n', n),"
+                " 'conversation_id', gen_random_uuid()))"
+                " from generate_series(%s::int, %s::int) n))",
                 (JOB_TYPE, first, first + count - 1),
             )
     return elapsed[0]

@@ -124,8 +124,9 @@ def fill(url: str, kind: str, jobs: int) -> None:
             conn.execute("delete from public.job_queue where job_type = %s", (JOB_TYPE,))
             conversation = "gen_random_uuid()" if kind == "ours" else "null"
             insert = (
-                f"select count(public.enqueue_job('{JOB_TYPE}', jsonb_build_object('n', n),"
-                f" null, null, {conversation})) from generate_series(%s::int, %s::int) n"
+                "select public.enqueue_jobs((select jsonb_agg(jsonb_build_object("
+                f"'job_type', '{JOB_TYPE}', 'payload', jsonb_build_object('n', n),"
+                f" 'conversation_id', {conversation})) from generate_series(%s::int, %s::int) n))"
             )
         for first in range(0, jobs, ENQUEUE_CHUNK):
             conn.execute(insert, (first, min(first + ENQUEUE_CHUNK, jobs) - 1))
@@ -234,10 +235,11 @@ def main(argv: list[str] | None = None) -> int:
             [
                 name,
                 f"{median(single[kind]):.1f}",
-                f"{median(single[kind]) / floor_single:.1f}x",
+                f"{median(single[kind]) / floor_single:.1f}x" if floor_single else "-",
                 f"{median(rate[kind]):.0f}",
                 f"{median(cpu[kind]):.1f}",
-                f"{median(cpu[kind]) / floor_cpu:.1f}x",
+                # /proc/stat counts in clock ticks: a tiny run may register none
+                f"{median(cpu[kind]) / floor_cpu:.1f}x" if floor_cpu else "-",
             ]
         )
     summary = machine_summary(url)
