@@ -10,7 +10,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -230,6 +230,29 @@ def test_expired_lease_is_reclaimed_and_the_late_worker_changes_nothing(
     assert final == ("completed", {"by": "other"})
 
 
+def assert_one_job_per_key(
+    conn: psycopg.Connection[Any],
+    job_type: str,
+    keys: list[str],
+    results: Sequence[Mapping[str, Any]],
+) -> None:
+    """Every enqueuer got the same id per key, and each key made one job and one event."""
+    for key in keys:
+        assert len({str(r[key]) for r in results}) == 1, f"{key} got several ids"
+    rows = conn.execute(
+        "select count(*), count(distinct idempotency_key) from public.job_queue"
+        " where job_type = %s",
+        (job_type,),
+    ).fetchone()
+    assert rows == (len(keys), len(keys))
+    events = conn.execute(
+        "select count(*) from public.events e join public.job_queue q on q.id = e.job_id"
+        " where q.job_type = %s and e.event_type = 'job.enqueued'",
+        (job_type,),
+    ).fetchone()
+    assert events == (len(keys),)
+
+
 def test_concurrent_enqueue_with_one_key_creates_one_job(
     dsn: str, conn: psycopg.Connection[Any], job_type: str
 ) -> None:
@@ -251,20 +274,7 @@ def test_concurrent_enqueue_with_one_key_creates_one_job(
                 results[i][key] = row[0]
 
     run_threads(CLAIMERS, enqueuer)
-    for key in keys:
-        assert len({r[key] for r in results}) == 1, f"{key} got several ids"
-    rows = conn.execute(
-        "select count(*), count(distinct idempotency_key) from public.job_queue"
-        " where job_type = %s",
-        (job_type,),
-    ).fetchone()
-    assert rows == (25, 25)
-    events = conn.execute(
-        "select count(*) from public.events e join public.job_queue q on q.id = e.job_id"
-        " where q.job_type = %s and e.event_type = 'job.enqueued'",
-        (job_type,),
-    ).fetchone()
-    assert events == (25,)
+    assert_one_job_per_key(conn, job_type, keys, results)
 
 
 def test_concurrent_batches_sharing_keys_create_each_job_once(
@@ -291,17 +301,4 @@ def test_concurrent_batches_sharing_keys_create_each_job_once(
                 results[i].update(zip(batch, map(str, row[0]), strict=True))
 
     run_threads(CLAIMERS, enqueuer)
-    for key in keys:
-        assert len({r[key] for r in results}) == 1, f"{key} got several ids"
-    rows = conn.execute(
-        "select count(*), count(distinct idempotency_key) from public.job_queue"
-        " where job_type = %s",
-        (job_type,),
-    ).fetchone()
-    assert rows == (40, 40)
-    events = conn.execute(
-        "select count(*) from public.events e join public.job_queue q on q.id = e.job_id"
-        " where q.job_type = %s and e.event_type = 'job.enqueued'",
-        (job_type,),
-    ).fetchone()
-    assert events == (40,)
+    assert_one_job_per_key(conn, job_type, keys, results)
