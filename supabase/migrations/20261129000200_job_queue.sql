@@ -226,7 +226,7 @@ $$;
 -- priority, run_at, max_attempts; only job_type is required). Returns the job ids in input order:
 -- an element whose key already exists (or repeats an earlier element's key) gets the existing
 -- job's id and creates nothing. One statement inserts every new job and its event, where a loop
--- over enqueue_job would run two statements per job (bench/queue: 4-5x the enqueue rate).
+-- over enqueue_job would run two statements per job (bench/queue: 3.4x the enqueue rate).
 create function public.enqueue_jobs(p_jobs jsonb)
 returns uuid[]
 language plpgsql
@@ -343,7 +343,7 @@ $$;
 -- statement 2 must fetch its rows by primary key, whatever the statistics say. A burst after a
 -- quiet period (or a freshly truncated table) leaves statistics that describe an empty queue;
 -- with them the planner chose a bitmap scan of the whole due set plus a sort, and an update
--- that walked the whole due index, 10-40x slower per claim (bench/README.md). With sequential
+-- that walked the whole due index, 15-25x slower per claim (bench/README.md). With sequential
 -- and bitmap scans off, the ordered index scans are the only plans left; the generic plan is
 -- then also the right one, so it is kept instead of re-planning on every call.
 create function public.dequeue_jobs(

@@ -85,7 +85,7 @@ class Database:
 
     def _row(self, fn: str, args: dict[str, Any]) -> Row | None:
         row = self.transport.call(fn, args, "row")
-        if row is None or is_null_row(row):
+        if is_null_row(row):
             return None
         return normalize_row(row) if self._convert_rows else dict(row)
 

@@ -164,8 +164,8 @@ class PgTransport:
             "connect_timeout": max(MIN_CONNECT_TIMEOUT_SECONDS, math.ceil(timeout_seconds)),
             # Startup options cost no round trip; the statement timeout bounds every call so a
             # stuck query cannot hold a worker thread past its run budget.
-            # TimeZone=UTC (Supabase's default) makes psycopg return timestamps in
-            # datetime.UTC, which normalisation then passes through instead of converting.
+            # TimeZone=UTC (Supabase's default): psycopg then returns timestamps in
+            # datetime.UTC, the common type, with no conversion per value.
             "options": f"-c statement_timeout={statement_ms} -c TimeZone=UTC",
             "application_name": application_name,
             "prepare_threshold": prepare_threshold,
