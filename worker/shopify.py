@@ -27,6 +27,9 @@ MAX_ORDERS = 25
 DEFAULT_THROTTLE_SECONDS = 2.0
 # GraphQL error codes that mean "Shopify had a problem", not "your query is wrong".
 TRANSIENT_GRAPHQL_CODES = frozenset({"INTERNAL_SERVER_ERROR", "SERVICE_UNAVAILABLE", "TIMEOUT"})
+# A token without the orders scope is answered with HTTP 200 and this code: GraphQL's form of a
+# 403, so it carries that status and counts against the store's breaker like a refused token.
+ACCESS_DENIED_GRAPHQL_CODE = "ACCESS_DENIED"
 
 ORDERS_QUERY = f"""
 query SupportOrders($query: String!, $first: Int!) {{
@@ -124,7 +127,8 @@ def raise_for_graphql_errors(payload: Mapping[str, Any]) -> None:
         raise errors.TransientError("throttled", service=SERVICE, retry_after=retry_after)
     if any(code in TRANSIENT_GRAPHQL_CODES for code in codes):
         raise errors.TransientError(message, service=SERVICE)
-    raise errors.PermanentError(message, service=SERVICE)
+    status = 403 if ACCESS_DENIED_GRAPHQL_CODE in codes else None
+    raise errors.PermanentError(message, service=SERVICE, http_status=status)
 
 
 class ShopifyClient:

@@ -212,8 +212,22 @@ def test_graphql_access_denied_is_permanent(mock: respx.MockRouter, client: Shop
         ]
     }
     mock.post(URL).mock(return_value=httpx.Response(200, json=body))
-    with pytest.raises(errors.PermanentError, match="Access denied"):
+    with pytest.raises(errors.PermanentError, match="Access denied") as caught:
         client.recent_orders_for_email("a@example.com")
+    # a missing scope repeats on every call, like a refused token: it counts against the breaker
+    assert caught.value.is_auth_failure
+
+
+def test_other_graphql_errors_are_not_auth_failures(
+    mock: respx.MockRouter, client: ShopifyClient
+) -> None:
+    body = {
+        "errors": [{"message": "Field 'x' doesn't exist", "extensions": {"code": "undefinedField"}}]
+    }
+    mock.post(URL).mock(return_value=httpx.Response(200, json=body))
+    with pytest.raises(errors.PermanentError) as caught:
+        client.recent_orders_for_email("a@example.com")
+    assert not caught.value.is_auth_failure
 
 
 def test_non_json_200_is_transient(mock: respx.MockRouter, client: ShopifyClient) -> None:
