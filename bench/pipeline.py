@@ -14,18 +14,11 @@ and the theoretical bound (concurrency / external latency per email). Never part
 tests/integration/test_bench_pipeline_smoke.py keeps a tiny run of it working.
 """
 
-# ruff: noqa: E402 (sys.path is fixed before the imports; see below)
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+from script_path import ROOT  # first: swaps bench/ for the repository root on sys.path
 
-# Run as a script, Python puts bench/ first on sys.path, where bench/queue.py would shadow the
-# standard library's queue (which psycopg and concurrent.futures import). The repository root
-# goes there instead, which also makes `worker` and `tests.support` importable.
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-sys.path.insert(0, str(ROOT))
+# isort: split
 
 import argparse
 import ctypes
@@ -36,6 +29,7 @@ import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -46,6 +40,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate
+from pathlib import Path
 from typing import Any
 
 import psycopg

@@ -17,26 +17,22 @@ this file re-executes itself there with --child.
 Enqueue is set-based everywhere (one statement or library call per 1,000 jobs).
 """
 
-# ruff: noqa: E402  (imports follow the sys.path fix below)
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import script_path  # noqa: F401  (first: swaps bench/ for the repository root on sys.path)
 
-# Run as a script, bench/ heads sys.path and this file would shadow the standard library's queue
-# module (psycopg imports it); the repository root goes there instead, for bench.common and worker.
-_ROOT = Path(__file__).resolve().parent.parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT / "bench"]
-sys.path.insert(0, str(_ROOT))
+# isort: split
 
 import argparse
 import asyncio
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg

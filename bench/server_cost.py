@@ -16,19 +16,17 @@ machine's CPU microseconds per job (from /proc/stat; exact only on an otherwise 
 Medians of --runs; the contenders are interleaved run by run.
 """
 
-# ruff: noqa: E402  (imports follow the sys.path fix below)
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import script_path  # noqa: F401  (first: swaps bench/ for the repository root on sys.path)
 
-_ROOT = Path(__file__).resolve().parent.parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT / "bench"]
-sys.path.insert(0, str(_ROOT))
+# isort: split
 
 import argparse
 import os
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import psycopg
