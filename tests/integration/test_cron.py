@@ -23,7 +23,12 @@ from worker.app import create_app
 from worker.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
-CRON_MIGRATION = ROOT / "supabase" / "migrations" / "20261129000400_cron.sql"
+MIGRATIONS = ROOT / "supabase" / "migrations"
+# call_worker (pg_net, the Vault secrets) and the pg_cron schedules that call it.
+CRON_MIGRATIONS = (
+    MIGRATIONS / "20261129001100_call_worker.sql",
+    MIGRATIONS / "20261129001200_cron.sql",
+)
 SECRET = "cron-test-secret-0123456789abcdef"
 
 
@@ -116,7 +121,7 @@ def test_schedules_match_the_seed(db: psycopg.Connection[Any]) -> None:
 
 
 def test_migration_has_no_url_or_token() -> None:
-    text = CRON_MIGRATION.read_text()
+    text = "\n".join(path.read_text() for path in CRON_MIGRATIONS)
     assert "http://" not in text.replace("https://<app>.fly.dev", "")
     assert "Bearer ' || v_secret" in text  # the token only ever comes from Vault
     assert "eyJ" not in text
@@ -173,8 +178,9 @@ def test_metrics_and_retention_commands_run(db: psycopg.Connection[Any]) -> None
 
 
 def test_rescheduling_replaces_instead_of_duplicating(db: psycopg.Connection[Any]) -> None:
-    db.execute(CRON_MIGRATION.read_text())
-    db.execute(CRON_MIGRATION.read_text())
+    for _ in range(2):
+        for path in CRON_MIGRATIONS:
+            db.execute(path.read_text())
     rows = db.execute(
         "select jobname, count(*) as n from cron.job group by jobname having count(*) > 1"
     ).fetchall()

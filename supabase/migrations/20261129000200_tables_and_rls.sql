@@ -6,34 +6,6 @@
 -- (and the local stack) grant everything on new public objects to anon, authenticated and
 -- service_role by default, so every grant below starts from an explicit revoke.
 
--- Keeps updated_at honest no matter which code path writes the row.
-create or replace function public.set_updated_at()
-returns trigger
-language plpgsql
-set search_path = ''
-as $$
-begin
-  new.updated_at := now();
-  return new;
-end;
-$$;
-
--- The event trail is evidence; rewriting it would defeat its purpose. Deletes stay possible for
--- the table owner (retention), which privileges already restrict.
-create or replace function public.forbid_event_update()
-returns trigger
-language plpgsql
-set search_path = ''
-as $$
-begin
-  raise exception 'events are append-only'
-    using errcode = 'insufficient_privilege';
-end;
-$$;
-
-revoke all on function public.set_updated_at() from public, anon, authenticated, service_role;
-revoke all on function public.forbid_event_update() from public, anon, authenticated, service_role;
-
 -- stores ---------------------------------------------------------------------------------------
 
 create table public.stores (

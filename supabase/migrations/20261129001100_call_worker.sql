@@ -2,8 +2,9 @@
 -- token here: both are read from Vault when each job runs. Create them once per project:
 --   select vault.create_secret('https://<app>.fly.dev', 'worker_url');
 --   select vault.create_secret('<the WORKER_SECRET>', 'worker_secret');
+-- The schedules themselves are in the cron file, the last migration: pg_cron only exists in the
+-- cluster's one cron database, so every other file applies to any database (bench, snapshot).
 
-create extension if not exists pg_cron;
 create extension if not exists pg_net;
 
 -- Calls one worker trigger with the bearer token from Vault. A missing secret raises, so the
@@ -50,11 +51,3 @@ $$;
 
 revoke all on function public.call_worker(text, integer) from public, anon, authenticated;
 grant execute on function public.call_worker(text, integer) to service_role;
-
--- cron.schedule upserts by job name, so re-applying this file replaces, never duplicates.
-select cron.schedule('fetch-emails', '*/5 * * * *', $$select public.call_worker('/fetch-emails')$$);
-select cron.schedule('process-queue', '* * * * *', $$select public.call_worker('/process-queue')$$);
-select cron.schedule(
-  'aggregate-queue-metrics', '*/5 * * * *', $$select public.aggregate_queue_metrics()$$
-);
-select cron.schedule('queue-retention', '17 3 * * *', $$call public.purge_completed_jobs()$$);

@@ -1,0 +1,344 @@
+-- Putting jobs on the queue (enqueue_job, enqueue_jobs) and claiming them (try_lock_conversation,
+-- dequeue_jobs, extend_lease).
+
+-- ---------------------------------------------------------------------------------------------
+-- Enqueue
+-- ---------------------------------------------------------------------------------------------
+
+create or replace function public.enqueue_job(
+  p_job_type text,
+  p_payload jsonb,
+  p_idempotency_key text default null,
+  p_store_id uuid default null,
+  p_conversation_id uuid default null,
+  p_priority int default 0,
+  p_run_at timestamptz default now(),
+  p_max_attempts int default 5
+)
+returns uuid
+language plpgsql
+set search_path = ''
+as $$
+declare
+    v_id uuid;
+begin
+    if p_job_type is null or p_job_type = '' then
+        raise exception 'enqueue_job: p_job_type is required' using errcode = '22023';
+    end if;
+    if p_max_attempts is null or p_max_attempts < 1 then
+        raise exception 'enqueue_job: p_max_attempts must be >= 1' using errcode = '22023';
+    end if;
+
+    -- A concurrent insert of the same key waits on the unique index until the first commits,
+    -- then does nothing; the select below (a new snapshot) then sees the winner's row. The loop
+    -- covers the rare case where that row was deleted (purged) in between.
+    loop
+        insert into public.job_queue (job_type, payload, idempotency_key, store_id,
+                                      conversation_id, priority, next_retry_at, max_attempts)
+        values (p_job_type, coalesce(p_payload, '{}'::jsonb), p_idempotency_key, p_store_id,
+                p_conversation_id, coalesce(p_priority, 0), coalesce(p_run_at, now()),
+                p_max_attempts)
+        on conflict (idempotency_key) where idempotency_key is not null do nothing
+        returning id into v_id;
+
+        if v_id is not null then
+            insert into public.events (store_id, job_id, conversation_id, event_type, detail)
+            values (p_store_id, v_id, p_conversation_id, 'job.enqueued',
+                    jsonb_build_object('job_type', p_job_type, 'priority', coalesce(p_priority, 0),
+                                       'run_at', coalesce(p_run_at, now()),
+                                       'idempotency_key', p_idempotency_key));
+            return v_id;
+        end if;
+
+        select q.id into v_id from public.job_queue q where q.idempotency_key = p_idempotency_key;
+        if v_id is not null then
+            return v_id;
+        end if;
+    end loop;
+end;
+$$;
+
+-- Many jobs in one call, with enqueue_job's semantics for each element of p_jobs (a JSON array
+-- of objects with the keys job_type, payload, idempotency_key, store_id, conversation_id,
+-- priority, run_at, max_attempts; only job_type is required). Returns the job ids in input order:
+-- an element whose key already exists (or repeats an earlier element's key) gets the existing
+-- job's id and creates nothing. One statement inserts every new job and its event, where a loop
+-- over enqueue_job would run two statements per job (bench/queue: 3.4x the enqueue rate).
+create or replace function public.enqueue_jobs(p_jobs jsonb)
+returns uuid[]
+language plpgsql
+set search_path = ''
+as $$
+declare
+    v_ids uuid[];
+    v_conflicts boolean;
+begin
+    if p_jobs is null or pg_catalog.jsonb_typeof(p_jobs) <> 'array' then
+        raise exception 'enqueue_jobs: p_jobs must be a JSON array' using errcode = '22023';
+    end if;
+    if exists (select 1 from pg_catalog.jsonb_array_elements(p_jobs) j
+               where pg_catalog.jsonb_typeof(j) <> 'object' or coalesce(j ->> 'job_type', '') = ''
+                  or coalesce((j ->> 'max_attempts')::int, 1) < 1) then
+        raise exception 'enqueue_jobs: every job needs a job_type, and max_attempts >= 1'
+            using errcode = '22023';
+    end if;
+
+    -- Ids are drawn up front, in input order, so the new rows can be matched back to their
+    -- elements (RETURNING does not say which input row a row came from).
+    with input as (
+        select i.ord, public.uuid_generate_v7() as id, j ->> 'job_type' as job_type,
+               coalesce(j -> 'payload', '{}'::jsonb) as payload,
+               j ->> 'idempotency_key' as idempotency_key,
+               (j ->> 'store_id')::uuid as store_id,
+               (j ->> 'conversation_id')::uuid as conversation_id,
+               coalesce((j ->> 'priority')::int, 0) as priority,
+               coalesce((j ->> 'run_at')::timestamptz, now()) as run_at,
+               coalesce((j ->> 'max_attempts')::int, 5) as max_attempts
+        from pg_catalog.jsonb_array_elements(p_jobs) with ordinality as i (j, ord)
+    ), inserted as (
+        insert into public.job_queue (id, job_type, payload, idempotency_key, store_id,
+                                      conversation_id, priority, next_retry_at, max_attempts)
+        select n.id, n.job_type, n.payload, n.idempotency_key, n.store_id, n.conversation_id,
+               n.priority, n.run_at, n.max_attempts
+        from input n
+        -- keys in one global order: two batches sharing keys then wait for each other instead
+        -- of deadlocking (each waits at the first key the other holds)
+        order by n.idempotency_key nulls last, n.ord
+        on conflict (idempotency_key) where idempotency_key is not null do nothing
+        returning id, job_type, idempotency_key, store_id, conversation_id, priority,
+                  next_retry_at
+    ), logged as (
+        insert into public.events (store_id, job_id, conversation_id, event_type, detail)
+        select r.store_id, r.id, r.conversation_id, 'job.enqueued',
+               jsonb_build_object('job_type', r.job_type, 'priority', r.priority,
+                                  'run_at', r.next_retry_at,
+                                  'idempotency_key', r.idempotency_key)
+        from inserted r
+    )
+    select array_agg(r.id order by n.ord), bool_or(r.id is null)
+    into v_ids, v_conflicts
+    from input n
+    left join inserted r on r.id = n.id;
+
+    -- An element that was not inserted has a key that already exists (or repeats an earlier
+    -- element's): enqueue_job returns that job's id, looking in a new snapshot that sees a
+    -- concurrent winner once it committed, and enqueues afresh if the job was purged meanwhile.
+    if v_conflicts then
+        select array_agg(coalesce(x.id, public.enqueue_job(
+                   e.j ->> 'job_type', coalesce(e.j -> 'payload', '{}'::jsonb),
+                   e.j ->> 'idempotency_key', (e.j ->> 'store_id')::uuid,
+                   (e.j ->> 'conversation_id')::uuid, coalesce((e.j ->> 'priority')::int, 0),
+                   coalesce((e.j ->> 'run_at')::timestamptz, now()),
+                   coalesce((e.j ->> 'max_attempts')::int, 5)))
+               order by x.ord)
+        into v_ids
+        from unnest(v_ids) with ordinality as x (id, ord)
+        join pg_catalog.jsonb_array_elements(p_jobs) with ordinality as e (j, ord)
+            on e.ord = x.ord;
+    end if;
+    return coalesce(v_ids, '{}');
+end;
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Claim
+-- ---------------------------------------------------------------------------------------------
+
+-- Why a transaction-scoped lock: behind PostgREST every RPC is its own transaction on a pooled
+-- connection. A session-level advisory lock would outlive the call, stay attached to whichever
+-- pooled backend ran it (so the next, unrelated request on that connection would "hold" it),
+-- and could only be released by a later call that happens to land on the same backend. An
+-- xact lock is released exactly when the claiming transaction commits or rolls back.
+-- PL/pgSQL rather than SQL: the claim calls it once per candidate, and a SQL function that cannot
+-- be inlined (its SET clause prevents that) is parsed and planned again in every claim.
+create or replace function public.try_lock_conversation(p_conversation_id uuid)
+returns boolean
+language plpgsql
+volatile
+set search_path = ''
+as $$
+begin
+    return pg_catalog.pg_try_advisory_xact_lock(
+        pg_catalog.hashtextextended('job_queue.conversation:' || p_conversation_id::text, 0));
+end;
+$$;
+
+-- Claim protocol, three statements, each with its own snapshot (READ COMMITTED):
+--  0. expired leases: processing jobs whose lease ran out go back to pending (lease_expired) or,
+--     when they have used every attempt, to dead_letter, so a job that kills its worker every
+--     time cannot loop forever;
+--  1. pick due candidates FOR UPDATE SKIP LOCKED (concurrent claimers never see the same row),
+--     keep one per conversation and take a transaction-scoped advisory lock on each
+--     conversation (try_lock_conversation), dropping candidates whose lock is taken;
+--  2. re-check, in a snapshot taken only after those locks are held, that no other job of the
+--     conversation is processing, and claim.
+-- Statement 2 must be separate: within one statement the snapshot is fixed before the lock is
+-- acquired, so a peer that claimed a job of the same conversation and committed (releasing its
+-- lock) just before we locked would be invisible, and both jobs would run at once.
+--
+-- Plan settings: the claim must walk job_queue_due_idx in order and stop after the batch, and
+-- statement 2 must fetch its rows by primary key, whatever the statistics say. A burst after a
+-- quiet period (or a freshly truncated table) leaves statistics that describe an empty queue;
+-- with them the planner chose a bitmap scan of the whole due set plus a sort, and an update
+-- that walked the whole due index, 15-25x slower per claim (bench/README.md). With sequential
+-- and bitmap scans off, the ordered index scans are the only plans left; the generic plan is
+-- then also the right one, so it is kept instead of re-planning on every call.
+create or replace function public.dequeue_jobs(
+  p_worker_id text,
+  p_batch_size int default 50,
+  p_lease_seconds int default 300,
+  p_job_types text[] default null
+)
+returns setof public.job_queue
+language plpgsql
+set search_path = ''
+set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
+set enable_bitmapscan = off
+as $$
+declare
+    v_ids uuid[];
+begin
+    if p_worker_id is null or p_worker_id = '' then
+        raise exception 'dequeue_jobs: p_worker_id is required' using errcode = '22023';
+    end if;
+    if p_batch_size is null or p_batch_size < 1 or p_lease_seconds is null or p_lease_seconds < 1
+    then
+        raise exception 'dequeue_jobs: p_batch_size and p_lease_seconds must be >= 1'
+            using errcode = '22023';
+    end if;
+
+    -- 0. expired leases (an empty index range when nothing has expired)
+    with expired as (
+        select q.id
+        from public.job_queue q
+        where q.status = 'processing' and q.locked_until <= now()
+          and (p_job_types is null or q.job_type = any (p_job_types))
+        order by q.locked_until
+        limit p_batch_size
+        for update skip locked
+    ), moved as (
+        update public.job_queue q
+        set status = case when q.attempt_count >= q.max_attempts
+                          then 'dead_letter' else 'pending' end,
+            next_retry_at = now(),
+            dead_lettered_at = case when q.attempt_count >= q.max_attempts then now() end,
+            last_error = 'lease expired (held by ' || coalesce(q.locked_by, '?') || ')',
+            last_error_type = 'transient',
+            last_error_at = now(),
+            locked_until = null,
+            updated_at = now()
+        from expired e
+        where q.id = e.id
+        returning q.id, q.store_id, q.conversation_id, q.status, q.locked_by, q.attempt_count
+    )
+    insert into public.events (store_id, job_id, conversation_id, event_type, detail)
+    select m.store_id, m.id, m.conversation_id, ev.event_type,
+           jsonb_build_object('worker_id', m.locked_by, 'attempt', m.attempt_count,
+                              'reason', 'lease expired')
+    from moved m
+    cross join lateral (
+        select 'job.lease_expired' as event_type
+        union all
+        select 'job.dead_lettered' where m.status = 'dead_letter'
+    ) ev;
+
+    -- 1. candidates, one per conversation, each conversation advisory-locked
+    with candidates as materialized (
+        select q.id, q.conversation_id, q.priority, q.next_retry_at
+        from public.job_queue q
+        where q.status = 'pending' and q.next_retry_at <= now()
+          and (p_job_types is null or q.job_type = any (p_job_types))
+          -- cheap pre-filter on this (possibly stale) snapshot; statement 2 decides. The OR keeps
+          -- it a subplan: as an anti-join the planner scanned the whole in-flight index, dead
+          -- entries included, under a nested loop
+          and (q.conversation_id is null or not exists (
+              select 1 from public.job_queue f
+              where f.conversation_id = q.conversation_id and f.status = 'processing'
+          ))
+        order by q.priority desc, q.next_retry_at, q.id
+        limit p_batch_size
+        for update skip locked
+    ), ranked as materialized (
+        select c.id, c.conversation_id,
+               row_number() over (partition by c.conversation_id
+                                  order by c.priority desc, c.next_retry_at, c.id) as rn
+        from candidates c
+    )
+    select array_agg(r.id) into v_ids
+    from ranked r
+    -- CASE fixes the evaluation order: only the first candidate of a conversation is locked
+    where case
+              when r.conversation_id is null then true
+              when r.rn = 1 then public.try_lock_conversation(r.conversation_id)
+              else false
+          end;
+
+    if v_ids is null then
+        return;
+    end if;
+
+    -- 2. claim, re-checking exclusivity in a snapshot taken after the locks are held
+    return query
+    with claimed as (
+        update public.job_queue q
+        set status = 'processing',
+            locked_by = p_worker_id,
+            locked_until = now() + make_interval(secs => p_lease_seconds),
+            started_at = now(),
+            attempt_count = q.attempt_count + 1,
+            updated_at = now()
+        -- no status test: statement 1 locked these rows as pending and we hold the locks, so
+        -- they still are; a status test would let the planner scan job_queue_due_idx instead
+        -- of the primary key
+        where q.id = any (v_ids)
+          and (q.conversation_id is null or not exists (
+              select 1 from public.job_queue f
+              where f.conversation_id = q.conversation_id and f.status = 'processing'
+          ))
+        returning q.*
+    ), logged as (
+        insert into public.events (store_id, job_id, conversation_id, event_type, detail)
+        select c.store_id, c.id, c.conversation_id, 'job.claimed',
+               jsonb_build_object('worker_id', p_worker_id, 'attempt', c.attempt_count,
+                                  'lease_seconds', p_lease_seconds)
+        from claimed c
+    )
+    select c.* from claimed c order by c.priority desc, c.next_retry_at, c.id;
+end;
+$$;
+
+create or replace function public.extend_lease(
+  p_worker_id text,
+  p_job_ids uuid[],
+  p_lease_seconds int default 300
+)
+returns int
+language sql
+set search_path = ''
+as $$
+    -- the holder keeps its lease even just past expiry as long as nobody has reclaimed the job
+    with extended as (
+        update public.job_queue q
+        set locked_until = now() + make_interval(secs => p_lease_seconds),
+            updated_at = now()
+        where q.id = any (p_job_ids) and q.status = 'processing' and q.locked_by = p_worker_id
+        returning 1
+    )
+    select count(*)::int from extended;
+$$;
+
+-- Privileges: these routines are for the worker (service_role) only. Supabase grants EXECUTE
+-- to anon and authenticated by default, hence the explicit revoke before each grant.
+revoke all on function public.enqueue_job(text, jsonb, text, uuid, uuid, int, timestamptz, int)
+  from public, anon, authenticated;
+grant execute on function public.enqueue_job(text, jsonb, text, uuid, uuid, int, timestamptz, int)
+  to service_role;
+revoke all on function public.enqueue_jobs(jsonb) from public, anon, authenticated;
+grant execute on function public.enqueue_jobs(jsonb) to service_role;
+revoke all on function public.try_lock_conversation(uuid) from public, anon, authenticated;
+grant execute on function public.try_lock_conversation(uuid) to service_role;
+revoke all on function public.dequeue_jobs(text, int, int, text[]) from public, anon, authenticated;
+grant execute on function public.dequeue_jobs(text, int, int, text[]) to service_role;
+revoke all on function public.extend_lease(text, uuid[], int) from public, anon, authenticated;
+grant execute on function public.extend_lease(text, uuid[], int) to service_role;
