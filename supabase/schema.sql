@@ -61,29 +61,13 @@ CREATE FUNCTION public.admin_create_store(p_store jsonb, p_secrets jsonb) RETURN
     SET search_path TO ''
     AS $$
 declare
-  v_base public.stores;
   v_store public.stores;
   v_problems text[] := '{}'::text[];
   v_unknown text[];
 begin
-  -- Column defaults, as an insert would apply them.
-  v_base := jsonb_populate_record(null::public.stores, '{}'::jsonb);
-  v_base.id := gen_random_uuid();
-  v_base.extra_addresses := '{}';
-  v_base.imap_tls := 'ssl';
-  v_base.imap_folder := 'INBOX';
-  v_base.smtp_tls := 'starttls';
-  v_base.credits := 0;
-  v_base.active := true;
-  v_base.reply_language := 'auto';
-  v_base.reply_tone := 'friendly';
-  v_base.reply_mode := 'auto_send';
-
-  v_store := public.store_apply_settings(v_base, coalesce(p_store, 'null'::jsonb), array[
-    'owner_id', 'name', 'support_email', 'extra_addresses', 'imap_host', 'imap_port',
-    'imap_user', 'imap_tls', 'imap_folder', 'smtp_host', 'smtp_port', 'smtp_user', 'smtp_tls',
-    'shopify_domain', 'credits', 'active', 'reply_language', 'reply_signature', 'reply_tone',
-    'reply_mode']);
+  v_store := public.store_apply_settings(public.store_defaults(),
+                                         coalesce(p_store, 'null'::jsonb),
+                                         public.store_setting_keys(true));
 
   if jsonb_typeof(p_secrets) is distinct from 'object' then
     raise exception 'secrets must be a JSON object' using errcode = 'invalid_parameter_value';
@@ -210,11 +194,8 @@ begin
     raise exception 'store % not found', p_store_id using errcode = 'no_data_found';
   end if;
 
-  v_store := public.store_apply_settings(v_old, coalesce(p_changes, '{}'::jsonb), array[
-    'owner_id', 'name', 'support_email', 'extra_addresses', 'imap_host', 'imap_port',
-    'imap_user', 'imap_tls', 'imap_folder', 'smtp_host', 'smtp_port', 'smtp_user', 'smtp_tls',
-    'shopify_domain', 'active', 'reply_language', 'reply_signature', 'reply_tone',
-    'reply_mode']);
+  v_store := public.store_apply_settings(v_old, coalesce(p_changes, '{}'::jsonb),
+                                         public.store_setting_keys(false));
 
   if jsonb_typeof(v_secrets) <> 'object' then
     raise exception 'secrets must be a JSON object' using errcode = 'invalid_parameter_value';
@@ -1426,6 +1407,33 @@ $$;
 ALTER FUNCTION public.ingest_messages(p_store_id uuid, p_folder text, p_uidvalidity bigint, p_last_uid bigint, p_messages jsonb) OWNER TO postgres;
 
 --
+-- Name: is_loopback_host(text); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.is_loopback_host(p_host text) RETURNS boolean
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO ''
+    AS $$
+declare
+  v_host text := lower(btrim(p_host));
+begin
+  if rtrim(v_host, '.') = 'localhost' then
+    return true;
+  end if;
+  -- inet would also read a network ('127.0.0.1/8'), which is no host name.
+  if v_host is null or position('/' in v_host) > 0 then
+    return false;
+  end if;
+  v_host := btrim(v_host, '[]');
+  return v_host::inet <<= '127.0.0.0/8'::inet or v_host::inet = '::1'::inet;
+exception when invalid_text_representation then
+  return false;
+end;
+$$;
+
+ALTER FUNCTION public.is_loopback_host(p_host text) OWNER TO postgres;
+
+--
 -- Name: jsonb_email_array(jsonb); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -1939,29 +1947,75 @@ CREATE FUNCTION public.store_apply_settings(p_base public.stores, p_changes json
     SET search_path TO ''
     AS $$
 declare
-  v_store public.stores;
-  v_unknown text[];
   v_problems text[];
 begin
   if jsonb_typeof(p_changes) is distinct from 'object' then
     raise exception 'store settings must be a JSON object'
       using errcode = 'invalid_parameter_value';
   end if;
-  select array_agg(k order by k) into v_unknown
-  from jsonb_object_keys(p_changes) as k
-  where k <> all (p_allowed);
-  if v_unknown is not null then
+  v_problems := public.store_settings_problems(p_base, p_changes, p_allowed);
+  if cardinality(v_problems) > 0 then
     raise exception 'invalid store settings'
-      using errcode = 'invalid_parameter_value',
-            detail = 'unknown or read-only keys: ' || array_to_string(v_unknown, ', ');
+      using errcode = 'invalid_parameter_value', detail = array_to_string(v_problems, '; ');
   end if;
+  return public.store_merge_settings(p_base, p_changes, p_allowed);
+end;
+$$;
 
-  begin
-    v_store := jsonb_populate_record(p_base, p_changes);
-  exception when data_exception then
-    raise exception 'invalid store settings'
-      using errcode = 'invalid_parameter_value', detail = sqlerrm;
-  end;
+ALTER FUNCTION public.store_apply_settings(p_base public.stores, p_changes jsonb, p_allowed text[]) OWNER TO postgres;
+
+--
+-- Name: store_defaults(); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.store_defaults() RETURNS public.stores
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  v_base public.stores;
+begin
+  v_base := jsonb_populate_record(null::public.stores, '{}'::jsonb);
+  v_base.id := gen_random_uuid();
+  v_base.extra_addresses := '{}';
+  v_base.imap_tls := 'ssl';
+  v_base.imap_folder := 'INBOX';
+  v_base.smtp_tls := 'starttls';
+  v_base.credits := 0;
+  v_base.active := true;
+  v_base.reply_language := 'auto';
+  v_base.reply_tone := 'friendly';
+  v_base.reply_mode := 'auto_send';
+  return v_base;
+end;
+$$;
+
+ALTER FUNCTION public.store_defaults() OWNER TO postgres;
+
+--
+-- Name: store_merge_settings(public.stores, jsonb, text[]); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.store_merge_settings(p_base public.stores, p_changes jsonb, p_allowed text[]) RETURNS public.stores
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $$
+declare
+  v_store public.stores := p_base;
+  v_key text;
+begin
+  if jsonb_typeof(p_changes) = 'object' then
+    -- One key at a time, so a value of the wrong type leaves only its own column unchanged.
+    for v_key in
+      select k from jsonb_object_keys(p_changes) as k where k = any (p_allowed) order by k
+    loop
+      begin
+        v_store := jsonb_populate_record(v_store, jsonb_build_object(v_key, p_changes -> v_key));
+      exception when data_exception then
+        null;  -- reported by store_settings_problems
+      end;
+    end loop;
+  end if;
 
   v_store.support_email := lower(btrim(v_store.support_email));
   v_store.extra_addresses := (select coalesce(array_agg(lower(btrim(a))), '{}')
@@ -1970,17 +2024,11 @@ begin
   v_store.shopify_domain := nullif(lower(btrim(v_store.shopify_domain)), '');
   v_store.imap_host := btrim(v_store.imap_host);
   v_store.smtp_host := btrim(v_store.smtp_host);
-
-  v_problems := public.store_problems(v_store);
-  if cardinality(v_problems) > 0 then
-    raise exception 'invalid store settings'
-      using errcode = 'invalid_parameter_value', detail = array_to_string(v_problems, '; ');
-  end if;
   return v_store;
 end;
 $$;
 
-ALTER FUNCTION public.store_apply_settings(p_base public.stores, p_changes jsonb, p_allowed text[]) OWNER TO postgres;
+ALTER FUNCTION public.store_merge_settings(p_base public.stores, p_changes jsonb, p_allowed text[]) OWNER TO postgres;
 
 --
 -- Name: store_problems(public.stores); Type: FUNCTION; Schema: public; Owner: postgres
@@ -2018,6 +2066,10 @@ begin
   end if;
   if p_store.imap_tls is null or p_store.imap_tls not in ('ssl', 'starttls', 'plain') then
     v_problems := v_problems || 'imap_tls must be ssl, starttls or plain'::text;
+  elsif p_store.imap_tls = 'plain' and coalesce(btrim(p_store.imap_host), '') <> ''
+        and not public.is_loopback_host(p_store.imap_host) then
+    v_problems := v_problems || format(
+      'imap_tls ''plain'' (no TLS) is only allowed for loopback hosts, not %L', p_store.imap_host);
   end if;
   if coalesce(p_store.imap_folder, '') = '' then
     v_problems := v_problems || 'imap_folder is required'::text;
@@ -2033,10 +2085,17 @@ begin
   end if;
   if p_store.smtp_tls is null or p_store.smtp_tls not in ('ssl', 'starttls', 'plain') then
     v_problems := v_problems || 'smtp_tls must be ssl, starttls or plain'::text;
+  elsif p_store.smtp_tls = 'plain' and coalesce(btrim(p_store.smtp_host), '') <> ''
+        and not public.is_loopback_host(p_store.smtp_host) then
+    v_problems := v_problems || format(
+      'smtp_tls ''plain'' (no TLS) is only allowed for loopback hosts, not %L', p_store.smtp_host);
   end if;
-  if p_store.shopify_domain is not null
-     and p_store.shopify_domain !~ '^[a-z0-9][a-z0-9.-]*$' then
-    v_problems := v_problems || 'shopify_domain must be a host name like shop.myshopify.com'::text;
+  -- Host name labels (1-63 characters, no leading or trailing hyphen): a URL pasted instead
+  -- of the shop's domain is refused here rather than failing every Shopify call later.
+  if p_store.shopify_domain is not null and p_store.shopify_domain !~
+     '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$' then
+    v_problems := v_problems
+      || 'shopify_domain must be a host name like shop.myshopify.com (no scheme or path)'::text;
   end if;
   if p_store.credits is null or p_store.credits < 0 then
     v_problems := v_problems || 'credits must be zero or more'::text;
@@ -2081,6 +2140,72 @@ $$;
 ALTER FUNCTION public.store_put_secret(p_secret_id uuid, p_value text, p_store_id uuid, p_kind text, p_description text) OWNER TO postgres;
 
 --
+-- Name: store_setting_keys(boolean); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.store_setting_keys(p_new_store boolean) RETURNS text[]
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO ''
+    AS $$
+  select array[
+    'owner_id', 'name', 'support_email', 'extra_addresses', 'imap_host', 'imap_port',
+    'imap_user', 'imap_tls', 'imap_folder', 'smtp_host', 'smtp_port', 'smtp_user', 'smtp_tls',
+    'shopify_domain', 'active', 'reply_language', 'reply_signature', 'reply_tone',
+    'reply_mode']
+    || case when p_new_store then array['credits'] else '{}'::text[] end
+$$;
+
+ALTER FUNCTION public.store_setting_keys(p_new_store boolean) OWNER TO postgres;
+
+--
+-- Name: store_settings_problems(public.stores, jsonb, text[]); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.store_settings_problems(p_base public.stores, p_changes jsonb, p_allowed text[]) RETURNS text[]
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $$
+declare
+  v_problems text[] := '{}'::text[];
+  v_unknown text[];
+  v_unreadable text[] := '{}'::text[];
+  v_key text;
+begin
+  if jsonb_typeof(p_changes) is distinct from 'object' then
+    return array['store settings must be a JSON object'];
+  end if;
+  select array_agg(k order by k) into v_unknown
+  from jsonb_object_keys(p_changes) as k
+  where k <> all (p_allowed);
+  if v_unknown is not null then
+    v_problems := v_problems || ('unknown or read-only keys: ' || array_to_string(v_unknown, ', '));
+  end if;
+
+  for v_key in
+    select k from jsonb_object_keys(p_changes) as k where k = any (p_allowed) order by k
+  loop
+    begin
+      perform jsonb_populate_record(p_base, jsonb_build_object(v_key, p_changes -> v_key));
+    exception when data_exception then
+      v_problems := v_problems || format('%s: %s', v_key, sqlerrm);
+      v_unreadable := v_unreadable || v_key;
+    end;
+  end loop;
+
+  -- An unreadable value kept its base value; a rule broken by that value would only repeat the
+  -- problem already listed for its key (every rule's message starts with the key).
+  return v_problems || array(
+    select r.problem
+    from unnest(public.store_problems(public.store_merge_settings(p_base, p_changes, p_allowed)))
+         with ordinality as r (problem, n)
+    where split_part(split_part(r.problem, ' ', 1), ':', 1) <> all (v_unreadable)
+    order by r.n);
+end;
+$$;
+
+ALTER FUNCTION public.store_settings_problems(p_base public.stores, p_changes jsonb, p_allowed text[]) OWNER TO postgres;
+
+--
 -- Name: try_lock_conversation(uuid); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -2095,6 +2220,32 @@ end;
 $$;
 
 ALTER FUNCTION public.try_lock_conversation(p_conversation_id uuid) OWNER TO postgres;
+
+--
+-- Name: validate_store_settings(jsonb, uuid); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.validate_store_settings(p_store jsonb, p_store_id uuid DEFAULT NULL::uuid) RETURNS text[]
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+  v_base public.stores;
+begin
+  if p_store_id is null then
+    v_base := public.store_defaults();
+  else
+    select * into v_base from public.stores where id = p_store_id;
+    if not found then
+      return array[format('store %s not found', p_store_id)];
+    end if;
+  end if;
+  return public.store_settings_problems(v_base, coalesce(p_store, 'null'::jsonb),
+                                        public.store_setting_keys(p_store_id is null));
+end;
+$$;
+
+ALTER FUNCTION public.validate_store_settings(p_store jsonb, p_store_id uuid) OWNER TO postgres;
 
 --
 -- Name: circuit_breakers; Type: TABLE; Schema: public; Owner: postgres
@@ -2931,6 +3082,12 @@ REVOKE ALL ON FUNCTION public.ingest_messages(p_store_id uuid, p_folder text, p_
 GRANT ALL ON FUNCTION public.ingest_messages(p_store_id uuid, p_folder text, p_uidvalidity bigint, p_last_uid bigint, p_messages jsonb) TO service_role;
 
 --
+-- Name: FUNCTION is_loopback_host(p_host text); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.is_loopback_host(p_host text) FROM PUBLIC;
+
+--
 -- Name: FUNCTION jsonb_email_array(p_value jsonb); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -3054,6 +3211,18 @@ REVOKE ALL ON FUNCTION public.set_updated_at() FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.store_apply_settings(p_base public.stores, p_changes jsonb, p_allowed text[]) FROM PUBLIC;
 
 --
+-- Name: FUNCTION store_defaults(); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.store_defaults() FROM PUBLIC;
+
+--
+-- Name: FUNCTION store_merge_settings(p_base public.stores, p_changes jsonb, p_allowed text[]); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.store_merge_settings(p_base public.stores, p_changes jsonb, p_allowed text[]) FROM PUBLIC;
+
+--
 -- Name: FUNCTION store_problems(p_store public.stores); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -3066,11 +3235,30 @@ REVOKE ALL ON FUNCTION public.store_problems(p_store public.stores) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.store_put_secret(p_secret_id uuid, p_value text, p_store_id uuid, p_kind text, p_description text) FROM PUBLIC;
 
 --
+-- Name: FUNCTION store_setting_keys(p_new_store boolean); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.store_setting_keys(p_new_store boolean) FROM PUBLIC;
+
+--
+-- Name: FUNCTION store_settings_problems(p_base public.stores, p_changes jsonb, p_allowed text[]); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.store_settings_problems(p_base public.stores, p_changes jsonb, p_allowed text[]) FROM PUBLIC;
+
+--
 -- Name: FUNCTION try_lock_conversation(p_conversation_id uuid); Type: ACL; Schema: public; Owner: postgres
 --
 
 REVOKE ALL ON FUNCTION public.try_lock_conversation(p_conversation_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.try_lock_conversation(p_conversation_id uuid) TO service_role;
+
+--
+-- Name: FUNCTION validate_store_settings(p_store jsonb, p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.validate_store_settings(p_store jsonb, p_store_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.validate_store_settings(p_store jsonb, p_store_id uuid) TO service_role;
 
 --
 -- Name: TABLE circuit_breakers; Type: ACL; Schema: public; Owner: postgres

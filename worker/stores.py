@@ -4,8 +4,8 @@ Passwords and the Shopify token never come from a command-line value (shell hist
 they are read from an environment variable (STORE_IMAP_PASSWORD, STORE_SMTP_PASSWORD,
 STORE_SHOPIFY_TOKEN by default, or the one named with --imap-password-env and friends) or
 prompted for without echo, and go straight into Vault; `stores` keeps only their secret ids.
-Settings are validated here, all problems at once, before anything is prompted for or saved;
-the SQL functions validate again.
+Settings are validated by the database (validate_store_settings, the same rules admin_*_store
+apply), all problems at once, before anything is prompted for or saved.
 
 Exit codes: 0 ok; 1 failed (no such store, a check failed, a database error); 2 usage error or
 invalid settings.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
-import re
 import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -27,13 +26,11 @@ from worker.config import Settings, load_settings
 from worker.db import Database, connect
 from worker.dlq import Column, dumps, render_table
 from worker.errors import ConfigError, DatabaseConstraintError, WorkerError
-from worker.tls import TLS_MODES, is_loopback
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-REPLY_MODES = ("auto_send", "draft_only")
 CREDIT_REASONS = ("topup", "adjustment", "grant")
 DEFAULT_IMAP_PORTS = {"ssl": 993, "starttls": 143, "plain": 143}
 DEFAULT_SMTP_PORTS = {"ssl": 465, "starttls": 587, "plain": 25}
@@ -75,89 +72,12 @@ SECRET_COLUMNS = {
     "shopify_token": "shopify_token_secret_id",
 }
 
-# Same rules as public.store_problems, plus a proper host-name shape for the Shopify domain.
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
-_LANGUAGE = re.compile(r"^(auto|[a-z]{2,3}(-[A-Za-z0-9]{2,8})*)$")
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_HOSTNAME = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
-
 
 class UsageError(Exception):
     """A command line or a setting that cannot work (exit 2)."""
 
 
-# -- pure: validation and formatting --------------------------------------------------------------
-
-
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
-def _port_problem(name: str, value: Any) -> str | None:
-    if value is None:
-        return f"{name} is required"
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        return f"{name} must be between 1 and 65535, got {value!r}"
-    return None
-
-
-def _tls_problems(kind: str, tls: Any, host: Any) -> list[str]:
-    if tls not in TLS_MODES:
-        return [f"{kind}_tls must be ssl, starttls or plain, got {tls!r}"]
-    if tls == "plain" and isinstance(host, str) and host.strip() and not is_loopback(host.strip()):
-        return [f"{kind}_tls 'plain' (no TLS) is only allowed for loopback hosts, not {host!r}"]
-    return []
-
-
-def store_problems(store: Mapping[str, Any]) -> list[str]:
-    """Every problem with a complete set of store settings (empty when it may be saved)."""
-    problems: list[str] = []
-    if _blank(store.get("name")):
-        problems.append("name is required")
-    email = store.get("support_email")
-    if not isinstance(email, str) or not _EMAIL.match(email.strip()):
-        problems.append(f"support_email must be an email address, got {email!r}")
-    for address in store.get("extra_addresses") or []:
-        if not _EMAIL.match(str(address).strip()):
-            problems.append(f"extra address {address!r} is not an email address")
-    for kind in ("imap", "smtp"):
-        if _blank(store.get(f"{kind}_host")):
-            problems.append(f"{kind}_host is required")
-        problem = _port_problem(f"{kind}_port", store.get(f"{kind}_port"))
-        if problem:
-            problems.append(problem)
-        if _blank(store.get(f"{kind}_user")):
-            problems.append(f"{kind}_user is required")
-        problems += _tls_problems(kind, store.get(f"{kind}_tls"), store.get(f"{kind}_host"))
-    if _blank(store.get("imap_folder")):
-        problems.append("imap_folder is required")
-    domain = store.get("shopify_domain")
-    if domain is not None and not _HOSTNAME.match(str(domain).strip().lower()):
-        problems.append(
-            f"shopify_domain must be a host name like shop.myshopify.com (no scheme or path), "
-            f"got {domain!r}"
-        )
-    credits = store.get("credits")
-    if isinstance(credits, bool) or not isinstance(credits, int) or credits < 0:
-        problems.append(f"credits must be zero or more, got {credits!r}")
-    language = store.get("reply_language")
-    if not isinstance(language, str) or not _LANGUAGE.match(language):
-        problems.append(
-            f"reply_language must be auto or a language tag like pt-BR, got {language!r}"
-        )
-    if _blank(store.get("reply_tone")):
-        problems.append("reply_tone must not be empty")
-    if store.get("reply_mode") not in REPLY_MODES:
-        problems.append(
-            f"reply_mode must be auto_send or draft_only, got {store.get('reply_mode')!r}"
-        )
-    owner = store.get("owner_id")
-    if owner is not None:
-        try:
-            uuid.UUID(str(owner))
-        except ValueError:
-            problems.append(f"owner_id must be a user's UUID, got {owner!r}")
-    return problems
+# -- pure: settings and formatting ----------------------------------------------------------------
 
 
 def new_store_settings(given: Mapping[str, Any]) -> dict[str, Any]:
@@ -437,8 +357,15 @@ def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {key: getattr(args, key) for key in SETTING_KEYS if getattr(args, key, None) is not None}
 
 
-def _require_valid(store: Mapping[str, Any]) -> None:
-    problems = store_problems(store)
+def settings_problems(
+    db: Database, settings: Mapping[str, Any], store_id: str | None = None
+) -> list[str]:
+    """Every problem the database finds with a new store's settings, or with changes to one."""
+    return db.validate_store_settings(settings, store_id)
+
+
+def _require_valid(db: Database, settings: Mapping[str, Any], store_id: str | None = None) -> None:
+    problems = settings_problems(db, settings, store_id)
     if problems:
         raise UsageError("invalid store settings:\n" + "\n".join(f"  - {p}" for p in problems))
 
@@ -468,7 +395,7 @@ class Context:
 def cmd_add(ctx: Context, args: argparse.Namespace) -> int:
     """Validate, read the secrets, create the store; prints its id."""
     store = new_store_settings(normalise_settings(_given_settings(args)))
-    _require_valid({**STORE_DEFAULTS, **store})
+    _require_valid(ctx.db, store)
     if args.shopify_token_env and not store.get("shopify_domain"):
         raise UsageError("--shopify-token-env needs --shopify-domain")
     secrets = {
@@ -510,11 +437,11 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_update(ctx: Context, args: argparse.Namespace) -> int:
-    """Validate the merged settings, read the secrets asked for, apply both at once."""
+    """Validate the changes against the stored row, read the secrets asked for, apply both."""
     changes = normalise_settings(_given_settings(args))
     current = _get_store(ctx, args.store_id)
     merged = {**current, **changes}
-    _require_valid(merged)
+    _require_valid(ctx.db, changes, args.store_id)
     secrets: dict[str, str] = {}
     for secret in SECRETS:
         env_name = getattr(args, f"{secret.key}_env")

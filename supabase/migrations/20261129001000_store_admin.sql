@@ -3,7 +3,34 @@
 --
 -- Every multi-step state change is one function, because every PostgREST call is its own
 -- transaction. All functions run with an empty search_path (every name is qualified) and are
--- executable by service_role only. Only the functions that touch Vault are security definer.
+-- executable by service_role only. Security definer: the admin functions that touch Vault, and
+-- validate_store_settings (to reach the internal helpers).
+
+-- Plain IMAP/SMTP (no TLS) would send passwords and mail in the clear; only a server on this
+-- machine may be reached that way (local test servers). The same hosts as worker/tls.py's
+-- is_loopback, which the worker enforces again when it connects.
+create or replace function public.is_loopback_host(p_host text)
+returns boolean
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+  v_host text := lower(btrim(p_host));
+begin
+  if rtrim(v_host, '.') = 'localhost' then
+    return true;
+  end if;
+  -- inet would also read a network ('127.0.0.1/8'), which is no host name.
+  if v_host is null or position('/' in v_host) > 0 then
+    return false;
+  end if;
+  v_host := btrim(v_host, '[]');
+  return v_host::inet <<= '127.0.0.0/8'::inet or v_host::inet = '::1'::inet;
+exception when invalid_text_representation then
+  return false;
+end;
+$$;
 
 -- Every problem with a store's settings at once, so an operator fixes them in one go.
 create or replace function public.store_problems(p_store public.stores)
@@ -40,6 +67,10 @@ begin
   end if;
   if p_store.imap_tls is null or p_store.imap_tls not in ('ssl', 'starttls', 'plain') then
     v_problems := v_problems || 'imap_tls must be ssl, starttls or plain'::text;
+  elsif p_store.imap_tls = 'plain' and coalesce(btrim(p_store.imap_host), '') <> ''
+        and not public.is_loopback_host(p_store.imap_host) then
+    v_problems := v_problems || format(
+      'imap_tls ''plain'' (no TLS) is only allowed for loopback hosts, not %L', p_store.imap_host);
   end if;
   if coalesce(p_store.imap_folder, '') = '' then
     v_problems := v_problems || 'imap_folder is required'::text;
@@ -55,10 +86,17 @@ begin
   end if;
   if p_store.smtp_tls is null or p_store.smtp_tls not in ('ssl', 'starttls', 'plain') then
     v_problems := v_problems || 'smtp_tls must be ssl, starttls or plain'::text;
+  elsif p_store.smtp_tls = 'plain' and coalesce(btrim(p_store.smtp_host), '') <> ''
+        and not public.is_loopback_host(p_store.smtp_host) then
+    v_problems := v_problems || format(
+      'smtp_tls ''plain'' (no TLS) is only allowed for loopback hosts, not %L', p_store.smtp_host);
   end if;
-  if p_store.shopify_domain is not null
-     and p_store.shopify_domain !~ '^[a-z0-9][a-z0-9.-]*$' then
-    v_problems := v_problems || 'shopify_domain must be a host name like shop.myshopify.com'::text;
+  -- Host name labels (1-63 characters, no leading or trailing hyphen): a URL pasted instead
+  -- of the shop's domain is refused here rather than failing every Shopify call later.
+  if p_store.shopify_domain is not null and p_store.shopify_domain !~
+     '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$' then
+    v_problems := v_problems
+      || 'shopify_domain must be a host name like shop.myshopify.com (no scheme or path)'::text;
   end if;
   if p_store.credits is null or p_store.credits < 0 then
     v_problems := v_problems || 'credits must be zero or more'::text;
@@ -103,8 +141,100 @@ begin
 end;
 $$;
 
--- Applies the settings in p_changes (only the keys it has) onto p_base, normalising addresses;
--- raises one invalid_parameter_value error listing every unknown key and malformed value.
+-- Applies the settings in p_changes (only the allowed keys, and only values of the right type)
+-- onto p_base, normalising addresses. Never raises: store_settings_problems says what it left out.
+create or replace function public.store_merge_settings(
+  p_base public.stores,
+  p_changes jsonb,
+  p_allowed text[]
+)
+returns public.stores
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_store public.stores := p_base;
+  v_key text;
+begin
+  if jsonb_typeof(p_changes) = 'object' then
+    -- One key at a time, so a value of the wrong type leaves only its own column unchanged.
+    for v_key in
+      select k from jsonb_object_keys(p_changes) as k where k = any (p_allowed) order by k
+    loop
+      begin
+        v_store := jsonb_populate_record(v_store, jsonb_build_object(v_key, p_changes -> v_key));
+      exception when data_exception then
+        null;  -- reported by store_settings_problems
+      end;
+    end loop;
+  end if;
+
+  v_store.support_email := lower(btrim(v_store.support_email));
+  v_store.extra_addresses := (select coalesce(array_agg(lower(btrim(a))), '{}')
+                                from unnest(v_store.extra_addresses) as a
+                                where btrim(a) <> '');
+  v_store.shopify_domain := nullif(lower(btrim(v_store.shopify_domain)), '');
+  v_store.imap_host := btrim(v_store.imap_host);
+  v_store.smtp_host := btrim(v_store.smtp_host);
+  return v_store;
+end;
+$$;
+
+-- Every problem with applying p_changes onto p_base: unknown or read-only keys, each value of the
+-- wrong type (not only the first) and every broken rule of the result (store_problems). Never
+-- raises, so validate_store_settings can show the whole list and store_apply_settings refuse
+-- with it.
+create or replace function public.store_settings_problems(
+  p_base public.stores,
+  p_changes jsonb,
+  p_allowed text[]
+)
+returns text[]
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_problems text[] := '{}'::text[];
+  v_unknown text[];
+  v_unreadable text[] := '{}'::text[];
+  v_key text;
+begin
+  if jsonb_typeof(p_changes) is distinct from 'object' then
+    return array['store settings must be a JSON object'];
+  end if;
+  select array_agg(k order by k) into v_unknown
+  from jsonb_object_keys(p_changes) as k
+  where k <> all (p_allowed);
+  if v_unknown is not null then
+    v_problems := v_problems || ('unknown or read-only keys: ' || array_to_string(v_unknown, ', '));
+  end if;
+
+  for v_key in
+    select k from jsonb_object_keys(p_changes) as k where k = any (p_allowed) order by k
+  loop
+    begin
+      perform jsonb_populate_record(p_base, jsonb_build_object(v_key, p_changes -> v_key));
+    exception when data_exception then
+      v_problems := v_problems || format('%s: %s', v_key, sqlerrm);
+      v_unreadable := v_unreadable || v_key;
+    end;
+  end loop;
+
+  -- An unreadable value kept its base value; a rule broken by that value would only repeat the
+  -- problem already listed for its key (every rule's message starts with the key).
+  return v_problems || array(
+    select r.problem
+    from unnest(public.store_problems(public.store_merge_settings(p_base, p_changes, p_allowed)))
+         with ordinality as r (problem, n)
+    where split_part(split_part(r.problem, ' ', 1), ':', 1) <> all (v_unreadable)
+    order by r.n);
+end;
+$$;
+
+-- Applies p_changes onto p_base (store_merge_settings), or raises one invalid_parameter_value
+-- error listing every problem (store_settings_problems).
 create or replace function public.store_apply_settings(
   p_base public.stores,
   p_changes jsonb,
@@ -116,44 +246,91 @@ stable
 set search_path = ''
 as $$
 declare
-  v_store public.stores;
-  v_unknown text[];
   v_problems text[];
 begin
   if jsonb_typeof(p_changes) is distinct from 'object' then
     raise exception 'store settings must be a JSON object'
       using errcode = 'invalid_parameter_value';
   end if;
-  select array_agg(k order by k) into v_unknown
-  from jsonb_object_keys(p_changes) as k
-  where k <> all (p_allowed);
-  if v_unknown is not null then
-    raise exception 'invalid store settings'
-      using errcode = 'invalid_parameter_value',
-            detail = 'unknown or read-only keys: ' || array_to_string(v_unknown, ', ');
-  end if;
-
-  begin
-    v_store := jsonb_populate_record(p_base, p_changes);
-  exception when data_exception then
-    raise exception 'invalid store settings'
-      using errcode = 'invalid_parameter_value', detail = sqlerrm;
-  end;
-
-  v_store.support_email := lower(btrim(v_store.support_email));
-  v_store.extra_addresses := (select coalesce(array_agg(lower(btrim(a))), '{}')
-                                from unnest(v_store.extra_addresses) as a
-                                where btrim(a) <> '');
-  v_store.shopify_domain := nullif(lower(btrim(v_store.shopify_domain)), '');
-  v_store.imap_host := btrim(v_store.imap_host);
-  v_store.smtp_host := btrim(v_store.smtp_host);
-
-  v_problems := public.store_problems(v_store);
+  v_problems := public.store_settings_problems(p_base, p_changes, p_allowed);
   if cardinality(v_problems) > 0 then
     raise exception 'invalid store settings'
       using errcode = 'invalid_parameter_value', detail = array_to_string(v_problems, '; ');
   end if;
-  return v_store;
+  return public.store_merge_settings(p_base, p_changes, p_allowed);
+end;
+$$;
+
+-- A new store before its settings: the column defaults, as an insert would apply them.
+create or replace function public.store_defaults()
+returns public.stores
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  v_base public.stores;
+begin
+  v_base := jsonb_populate_record(null::public.stores, '{}'::jsonb);
+  v_base.id := gen_random_uuid();
+  v_base.extra_addresses := '{}';
+  v_base.imap_tls := 'ssl';
+  v_base.imap_folder := 'INBOX';
+  v_base.smtp_tls := 'starttls';
+  v_base.credits := 0;
+  v_base.active := true;
+  v_base.reply_language := 'auto';
+  v_base.reply_tone := 'friendly';
+  v_base.reply_mode := 'auto_send';
+  return v_base;
+end;
+$$;
+
+-- The settings an operator may give: a new store's initial credits too; after that, credits
+-- change only through admin_add_credits, so the ledger always explains the balance.
+create or replace function public.store_setting_keys(p_new_store boolean)
+returns text[]
+language sql
+immutable
+set search_path = ''
+as $$
+  select array[
+    'owner_id', 'name', 'support_email', 'extra_addresses', 'imap_host', 'imap_port',
+    'imap_user', 'imap_tls', 'imap_folder', 'smtp_host', 'smtp_port', 'smtp_user', 'smtp_tls',
+    'shopify_domain', 'active', 'reply_language', 'reply_signature', 'reply_tone',
+    'reply_mode']
+    || case when p_new_store then array['credits'] else '{}'::text[] end
+$$;
+
+-- Every problem with store settings, listed without raising, so the stores CLI shows them all
+-- before it asks for any secret. Without p_store_id, p_store are a new store's settings over the
+-- column defaults (as admin_create_store applies them); with it, changes to that store (as
+-- admin_update_store applies them). Empty when the admin function would accept the settings;
+-- secrets and the owner's existence are checked there. Security definer only to call the
+-- internal store helpers, which no API role may call directly; it reads one store row.
+create or replace function public.validate_store_settings(
+  p_store jsonb,
+  p_store_id uuid default null
+)
+returns text[]
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+declare
+  v_base public.stores;
+begin
+  if p_store_id is null then
+    v_base := public.store_defaults();
+  else
+    select * into v_base from public.stores where id = p_store_id;
+    if not found then
+      return array[format('store %s not found', p_store_id)];
+    end if;
+  end if;
+  return public.store_settings_problems(v_base, coalesce(p_store, 'null'::jsonb),
+                                        public.store_setting_keys(p_store_id is null));
 end;
 $$;
 
@@ -166,29 +343,13 @@ security definer
 set search_path = ''
 as $$
 declare
-  v_base public.stores;
   v_store public.stores;
   v_problems text[] := '{}'::text[];
   v_unknown text[];
 begin
-  -- Column defaults, as an insert would apply them.
-  v_base := jsonb_populate_record(null::public.stores, '{}'::jsonb);
-  v_base.id := gen_random_uuid();
-  v_base.extra_addresses := '{}';
-  v_base.imap_tls := 'ssl';
-  v_base.imap_folder := 'INBOX';
-  v_base.smtp_tls := 'starttls';
-  v_base.credits := 0;
-  v_base.active := true;
-  v_base.reply_language := 'auto';
-  v_base.reply_tone := 'friendly';
-  v_base.reply_mode := 'auto_send';
-
-  v_store := public.store_apply_settings(v_base, coalesce(p_store, 'null'::jsonb), array[
-    'owner_id', 'name', 'support_email', 'extra_addresses', 'imap_host', 'imap_port',
-    'imap_user', 'imap_tls', 'imap_folder', 'smtp_host', 'smtp_port', 'smtp_user', 'smtp_tls',
-    'shopify_domain', 'credits', 'active', 'reply_language', 'reply_signature', 'reply_tone',
-    'reply_mode']);
+  v_store := public.store_apply_settings(public.store_defaults(),
+                                         coalesce(p_store, 'null'::jsonb),
+                                         public.store_setting_keys(true));
 
   if jsonb_typeof(p_secrets) is distinct from 'object' then
     raise exception 'secrets must be a JSON object' using errcode = 'invalid_parameter_value';
@@ -266,11 +427,8 @@ begin
     raise exception 'store % not found', p_store_id using errcode = 'no_data_found';
   end if;
 
-  v_store := public.store_apply_settings(v_old, coalesce(p_changes, '{}'::jsonb), array[
-    'owner_id', 'name', 'support_email', 'extra_addresses', 'imap_host', 'imap_port',
-    'imap_user', 'imap_tls', 'imap_folder', 'smtp_host', 'smtp_port', 'smtp_user', 'smtp_tls',
-    'shopify_domain', 'active', 'reply_language', 'reply_signature', 'reply_tone',
-    'reply_mode']);
+  v_store := public.store_apply_settings(v_old, coalesce(p_changes, '{}'::jsonb),
+                                         public.store_setting_keys(false));
 
   if jsonb_typeof(v_secrets) <> 'object' then
     raise exception 'secrets must be a JSON object' using errcode = 'invalid_parameter_value';
@@ -385,10 +543,18 @@ revoke all on function public.admin_update_store(uuid, jsonb, jsonb)
 grant execute on function public.admin_update_store(uuid, jsonb, jsonb) to service_role;
 revoke all on function public.admin_add_credits(uuid, int, text) from public, anon, authenticated;
 grant execute on function public.admin_add_credits(uuid, int, text) to service_role;
+revoke all on function public.validate_store_settings(jsonb, uuid)
+  from public, anon, authenticated;
+grant execute on function public.validate_store_settings(jsonb, uuid) to service_role;
 
--- Internal helpers, called only by the security definer admin functions (as their owner).
+-- Internal helpers, called only by the security definer store functions (as their owner).
 revoke all on function
+  public.is_loopback_host(text),
   public.store_problems(public.stores),
+  public.store_merge_settings(public.stores, jsonb, text[]),
+  public.store_settings_problems(public.stores, jsonb, text[]),
   public.store_apply_settings(public.stores, jsonb, text[]),
+  public.store_defaults(),
+  public.store_setting_keys(boolean),
   public.store_put_secret(uuid, text, uuid, text, text)
   from public, anon, authenticated, service_role;

@@ -307,6 +307,25 @@ def test_store_secrets_round_trip_through_vault(db: Database) -> None:
     assert updated["updated_at"].tzinfo is UTC
 
 
+def test_validate_store_settings_lists_problems_as_strings(db: Database) -> None:
+    store_id = new_store(db)
+    assert db.validate_store_settings({"reply_tone": "formal"}, store_id) == []
+    assert db.validate_store_settings({"smtp_tls": "plain"}, store_id) == []  # on loopback
+    assert db.validate_store_settings({"imap_port": 0}, store_id) == [
+        "imap_port must be between 1 and 65535"
+    ]
+    assert db.validate_store_settings({"name": " ", "imap_tls": "plain"}) == [
+        "name is required",
+        "support_email must be an email address",
+        "imap_host is required",
+        "imap_port must be between 1 and 65535",
+        "imap_user is required",
+        "smtp_host is required",
+        "smtp_port must be between 1 and 65535",
+        "smtp_user is required",
+    ]
+
+
 def test_both_backends_return_identical_values(pg_db: Database, rest_db: Database) -> None:
     job_type = unique("t")
     store_id = str(uuid.uuid4())

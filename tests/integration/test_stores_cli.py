@@ -258,16 +258,16 @@ def test_a_secret_on_the_command_line_is_refused_without_echoing_it(
     ("extra", "problem"),
     [
         (["--support-email", "not-an-email"], "support_email must be an email address"),
-        (["--extra-address", "vendas"], "extra address 'vendas' is not an email address"),
-        (["--imap-port", "70000"], "imap_port must be between 1 and 65535, got 70000"),
-        (["--smtp-port", "0"], "smtp_port must be between 1 and 65535, got 0"),
-        (["--imap-tls", "tls"], "imap_tls must be ssl, starttls or plain, got 'tls'"),
+        (["--extra-address", "vendas"], "extra_addresses: vendas is not an email address"),
+        (["--imap-port", "70000"], "imap_port must be between 1 and 65535"),
+        (["--smtp-port", "0"], "smtp_port must be between 1 and 65535"),
+        (["--imap-tls", "tls"], "imap_tls must be ssl, starttls or plain"),
         (["--smtp-tls", "plain"], "smtp_tls 'plain' (no TLS) is only allowed for loopback"),
         (["--shopify-domain", "https://loja.myshopify.com/"], "shopify_domain must be a host"),
         (["--reply-mode", "yolo"], "reply_mode must be auto_send or draft_only"),
         (["--reply-language", "Portuguese"], "reply_language must be auto or a language tag"),
         (["--credits", "-1"], "credits must be zero or more"),
-        (["--owner-id", "bob"], "owner_id must be a user's UUID"),
+        (["--owner-id", "bob"], 'owner_id: invalid input syntax for type uuid: "bob"'),
         (["--name", " "], "name is required"),
     ],
 )
@@ -308,9 +308,9 @@ def test_plain_tls_is_accepted_for_loopback_hosts(cli: Cli, db: Conn, email: str
 def test_the_database_validation_backs_up_the_cli(
     cli: Cli, db: Conn, email: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # With the Python checks switched off, admin_create_store still refuses, and the CLI
-    # reports its reasons as invalid settings.
-    monkeypatch.setattr(stores, "store_problems", lambda store: [])
+    # With the pre-check (validate_store_settings) skipped, admin_create_store still refuses,
+    # and the CLI reports its reasons as invalid settings.
+    monkeypatch.setattr(stores, "settings_problems", lambda db, settings, store_id=None: [])
 
     code, out, err = cli(*add_args(email, "--support-email", "nope", "--imap-port", "0"))
 
@@ -459,6 +459,28 @@ def test_invalid_or_empty_update_exits_2_and_changes_nothing(
     code, _, err = cli("update", store_id)
     assert code == 2
     assert "nothing to update" in err
+    assert store_row(db, store_id) == before
+
+
+def test_update_reports_every_problem_at_once_before_asking_for_secrets(
+    cli: Cli, db: Conn, email: str
+) -> None:
+    store_id = create(cli, email)
+    before = store_row(db, store_id)
+
+    def prompt(text: str) -> str:
+        raise AssertionError("no secret may be asked for invalid settings")
+
+    code, out, err = cli(
+        "update", store_id, "--imap-port", "0", "--smtp-tls", "nope", "--reply-mode", "yolo",
+        "--rotate-imap-password", prompt=prompt,
+    )
+
+    assert (code, out) == (2, "")
+    assert "invalid store settings" in err
+    assert "imap_port must be between 1 and 65535" in err
+    assert "smtp_tls must be ssl, starttls or plain" in err
+    assert "reply_mode must be auto_send or draft_only" in err
     assert store_row(db, store_id) == before
 
 

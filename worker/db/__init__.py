@@ -392,6 +392,13 @@ class Database:
         )
         return self._required_row("admin_update_store", args)
 
+    def validate_store_settings(
+        self, settings: Mapping[str, Any], store_id: str | None = None
+    ) -> list[str]:
+        """Every problem with a new store's settings, or with changes to store_id; [] if none."""
+        args = _args({"store": dict(settings)}, {"store_id": store_id})
+        return [str(p) for p in self._scalar("validate_store_settings", args) or []]
+
     def admin_add_credits(self, store_id: str, amount: int, reason: str | None = None) -> int:
         """Add (or with a negative amount remove) credits; returns the new balance."""
         args = _args({"store_id": store_id, "amount": amount}, {"reason": reason})
