@@ -1,4 +1,4 @@
-"""Command line: `python -m worker fetch|process|serve|stores ...`.
+"""Command line: `python -m worker fetch|process|serve|stores|dlq ...`.
 
 `fetch` and `process` run one run in the foreground with the same code the HTTP triggers use and
 print its record as JSON; SIGTERM or Ctrl-C makes the run stop claiming and end cleanly.
@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None, help="default: PORT")
     stores = sub.add_parser("stores", help="manage stores (see `stores --help`)", add_help=False)
     stores.add_argument("args", nargs=argparse.REMAINDER)
+    dlq = sub.add_parser(
+        "dlq", help="inspect and requeue dead-lettered jobs (see `dlq --help`)", add_help=False
+    )
+    dlq.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -96,6 +100,10 @@ def main(
         # Imported lazily: the store CLI is its own module with its own dependencies.
         stores = importlib.import_module("worker.stores")
         return int(stores.main(words[1:]))
+    if words[:1] == ["dlq"]:
+        # Same reason; the DLQ tool (worker/dlq_cli.py) is also scripts/requeue.py.
+        dlq_cli = importlib.import_module("worker.dlq_cli")
+        return int(dlq_cli.main(words[1:], environ=env))
     args = build_parser().parse_args(words)
     try:
         if args.command == "serve":

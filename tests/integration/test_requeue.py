@@ -1,6 +1,7 @@
-"""scripts/requeue.py against the real database, over both backends (psycopg and the
-PostgREST-compatible gateway): listing, showing, requeueing and purging dead-lettered jobs,
-the dry-run default of bulk actions, and the exit codes for bad input and no matches."""
+"""The DLQ tool (scripts/requeue.py, also `python -m worker dlq`) against the real database, over
+both backends (psycopg and the PostgREST-compatible gateway): listing, showing, requeueing and
+purging dead-lettered jobs, the dry-run default of bulk actions, and the exit codes for bad input
+and no matches."""
 
 from __future__ import annotations
 
@@ -481,3 +482,35 @@ def test_runs_as_a_script_with_the_environment(database_url: str, svc: Conn, job
     assert listed.stdout.splitlines()[1].startswith(job_id)
     assert missing.returncode == 3
     assert "no dead-letter jobs match" in missing.stderr
+
+
+def test_runs_in_the_package_as_python_m_worker_dlq(
+    database_url: str, svc: Conn, job_type: str
+) -> None:
+    [job_id] = make_dead(svc, job_type)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "SUPABASE_"))}
+    env["DATABASE_URL"] = database_url
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "worker", "dlq", "list", "--job-type", job_type],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    usage = subprocess.run(
+        [sys.executable, "-m", "worker", "dlq", "requeue", job_id, "--yes"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[1].startswith(job_id)
+    assert usage.returncode == 2
+    assert "python -m worker dlq requeue: error: --yes is for --all" in usage.stderr
