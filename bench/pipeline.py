@@ -45,9 +45,9 @@ from typing import Any
 
 import psycopg
 
-from tests.support.dovecot import DovecotServer, free_port
-from tests.support.tls import TestCA, create_test_ca
 from worker import offline, process
+from worker.devstack.dovecot import DovecotServer, free_port
+from worker.devstack.tls import TestCA, create_test_ca
 
 WORKER_SECRET = "bench-pipeline-secret-0123456789"  # throwaway, loopback only
 ANTHROPIC_KEY = "dummy"
@@ -195,7 +195,7 @@ def check_sendable(emails: list[BenchEmail]) -> None:
 
 def catalogue_for(emails: list[BenchEmail]) -> Any:
     """An indexed fake-shop catalogue holding each customer's order."""
-    from tests.support.fake_shopify import Catalogue, Fulfillment, Order, Tracking
+    from worker.devstack.fake_shopify import Catalogue, Fulfillment, Order, Tracking
 
     class IndexedCatalogue(Catalogue):
         # The fake's own lookups scan every order; at 100,000 orders that is the fake's cost,
@@ -279,12 +279,12 @@ def serve(argv: list[str]) -> None:
     ThreadingHTTPServer.request_queue_size = LISTEN_BACKLOG
     server: Any
     if args.kind == "claude":
-        from tests.support.fake_claude import FakeClaude
+        from worker.devstack.fake_claude import FakeClaude
 
         server = FakeClaude(api_key=ANTHROPIC_KEY, latency_seconds=args.latency).start()
         address = server.base_url
     elif args.kind == "shopify":
-        from tests.support.fake_shopify import FakeShopify
+        from worker.devstack.fake_shopify import FakeShopify
 
         emails = customer_emails(args.emails, args.stores, args.run_tag)
         server = FakeShopify(
@@ -303,7 +303,7 @@ def serve(argv: list[str]) -> None:
 
 def _recording_sink(ca_dir: Path, log_path: Path) -> Any:
     """An SMTP sink that appends `<unix time>\\t<In-Reply-To>` per accepted message."""
-    from tests.support.smtp_sink import ReceivedMessage, SmtpSink
+    from worker.devstack.smtp_sink import ReceivedMessage, SmtpSink
 
     class RecordingSink(SmtpSink):
         def __init__(self) -> None:

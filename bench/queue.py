@@ -184,9 +184,9 @@ def run_ours_psycopg(url: str, jobs: int, connections: int, batch: int) -> tuple
 
 def run_ours_rest(url: str, jobs: int, connections: int, batch: int) -> tuple[float, float]:
     """ours-rest row: supabase-py through the PostgREST-compatible test gateway."""
-    from tests.support.gateway import RpcGateway, authenticator_url
     from worker.db import Database
     from worker.db.rest import RestTransport
+    from worker.devstack.gateway import RpcGateway, authenticator_url
 
     gateway = RpcGateway(authenticator_url(url))
     try:

@@ -2,7 +2,8 @@
 
 Python then puts bench/ first on sys.path, where bench/queue.py would shadow the standard
 library's queue module (psycopg and concurrent.futures import it). This puts the repository root
-there instead, which also makes `bench.common`, `worker` and `tests.support` importable.
+there instead, which also makes `bench.common` importable (`worker`, with `worker.devstack`, comes
+from the editable install).
 """
 
 import sys

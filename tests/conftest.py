@@ -1,4 +1,5 @@
-"""Shared fixtures live in tests/support, one plugin per kind of server a test needs."""
+"""Shared fixtures live in tests/support, one plugin per kind of server a test needs; the servers
+themselves (Dovecot, SMTP sink, fakes, gateway) live in worker/devstack."""
 
 pytest_plugins = [
     "tests.support.postgres",

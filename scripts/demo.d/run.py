@@ -40,10 +40,10 @@ import report  # noqa: E402
 import seed  # noqa: E402
 from psycopg.rows import dict_row  # noqa: E402
 
-from tests.support.dovecot import DovecotServer  # noqa: E402
-from tests.support.fake_shopify import FakeShopify, demo_catalogue  # noqa: E402
-from tests.support.smtp_sink import SmtpSink  # noqa: E402
-from tests.support.tls import create_test_ca  # noqa: E402
+from worker.devstack.dovecot import DovecotServer  # noqa: E402
+from worker.devstack.fake_shopify import FakeShopify, demo_catalogue  # noqa: E402
+from worker.devstack.smtp_sink import SmtpSink  # noqa: E402
+from worker.devstack.tls import create_test_ca  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 SETTLE_TIMEOUT = float(os.environ.get("DEMO_TIMEOUT", "300"))  # seconds, for every email to settle

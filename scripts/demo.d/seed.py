@@ -1,6 +1,6 @@
 """The demo's store and mailbox: realistic customer emails in Portuguese and English.
 
-Customer addresses match the fake Shopify demo catalogue (tests/support/fake_shopify.py), so order
+Customer addresses match the fake Shopify demo catalogue (worker/devstack/fake_shopify.py), so order
 questions are answered with real tracking data. Three samples from tests/unit/data are reused as
 they are (an Outlook out-of-office, a Postfix bounce, a prize scam): they already carry the store
 address these samples share, support@lojaexemplo.com.br.

@@ -15,11 +15,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.gateway import GatewayHandle, RpcGateway
+from tests.support.gateway import GatewayHandle
 from worker.db import Database
 from worker.db.pg import PgTransport
 from worker.db.rest import RestTransport
 from worker.db.types import normalize_row
+from worker.devstack.gateway import RpcGateway
 from worker.errors import DatabaseConstraintError, DatabaseError
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,6 @@ import psycopg
 import pytest
 from psycopg.rows import DictRow
 
-from tests.support.dovecot import DovecotServer
 from tests.support.mail_servers import MailUser
 from tests.unit.data import load_eml, sample_names
 from worker import db as dbmod
@@ -29,6 +28,7 @@ from worker import fetch, imap, runs
 from worker.app import create_app, get_state
 from worker.config import Settings, load_settings
 from worker.db import Database, Row
+from worker.devstack.dovecot import DovecotServer
 from worker.errors import ConfigError
 from worker.runs import Budget
 from worker.services import build_services

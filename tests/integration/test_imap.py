@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from imapclient import IMAPClient
 
-from tests.support.dovecot import DovecotServer
 from tests.support.mail_servers import MailUser
-from tests.support.tls import TestCA, create_test_ca
 from worker import imap
+from worker.devstack.dovecot import DovecotServer
+from worker.devstack.tls import TestCA, create_test_ca
 from worker.errors import ConfigError, PermanentError, TransientError
 
 pytestmark = pytest.mark.integration

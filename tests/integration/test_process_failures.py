@@ -24,7 +24,7 @@ from tests.integration.test_process_pipeline import (
     pipeline_dsn,  # noqa: F401  (a fixture)
     sql,  # noqa: F401  (a fixture)
 )
-from tests.support.fake_claude import error_reply, tool_use_reply
+from worker.devstack.fake_claude import error_reply, tool_use_reply
 from worker.errors import DatabaseError
 
 pytestmark = pytest.mark.integration

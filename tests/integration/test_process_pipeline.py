@@ -24,21 +24,21 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from tests.support.dovecot import DovecotServer
-from tests.support.fake_claude import TEST_API_KEY, FakeClaude
-from tests.support.fake_shopify import TEST_ACCESS_TOKEN, FakeShopify
 from tests.support.mail_servers import MailUser
-from tests.support.smtp_sink import ReceivedMessage, SmtpSink
 from worker import fetch, imap, mime, process, services
 from worker.config import load_settings
 from worker.db import Database
+from worker.devstack.dovecot import DovecotServer
+from worker.devstack.fake_claude import TEST_API_KEY, FakeClaude
+from worker.devstack.fake_shopify import TEST_ACCESS_TOKEN, FakeShopify
+from worker.devstack.smtp_sink import ReceivedMessage, SmtpSink
 from worker.runs import Budget
 
 pytestmark = pytest.mark.integration
 
 RUN_BUDGET_SECONDS = 30.0
 SHOP_DOMAIN = "loja-demo.myshopify.com"
-# Customers of tests/support/fake_shopify.demo_catalogue().
+# Customers of worker/devstack/fake_shopify.demo_catalogue().
 ANA = "ana.souza@example.com.br"  # order #1001, in transit, tracking BR123456789BR
 JOHN = "john.miller@example.com"  # order #1002, unfulfilled
 ATTACKER = "mallory@evil.example"

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
-from tests.support.dovecot import DovecotServer, free_port
 from tests.support.mail_servers import MailUser
-from tests.support.smtp_sink import SmtpSink
-from tests.support.tls import create_test_ca
 from worker import imap, smtp
+from worker.devstack.dovecot import DovecotServer, free_port
+from worker.devstack.smtp_sink import SmtpSink
+from worker.devstack.tls import create_test_ca
 from worker.errors import PermanentError, TransientError
 
 pytestmark = pytest.mark.integration

@@ -15,11 +15,11 @@ import psycopg
 import pytest
 from psycopg.rows import DictRow
 
-from tests.support.dovecot import DovecotServer
-from tests.support.fake_shopify import TEST_ACCESS_TOKEN, FakeShopify
 from tests.support.mail_servers import MailUser
-from tests.support.smtp_sink import SmtpSink
 from worker import stores
+from worker.devstack.dovecot import DovecotServer
+from worker.devstack.fake_shopify import TEST_ACCESS_TOKEN, FakeShopify
+from worker.devstack.smtp_sink import SmtpSink
 
 pytestmark = pytest.mark.integration
 

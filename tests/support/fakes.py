@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.fake_claude import TEST_API_KEY, FakeClaude
-from tests.support.fake_shopify import TEST_ACCESS_TOKEN, FakeShopify, demo_catalogue
+from worker.devstack.fake_claude import TEST_API_KEY, FakeClaude
+from worker.devstack.fake_shopify import TEST_ACCESS_TOKEN, FakeShopify, demo_catalogue
 
 __all__ = ["TEST_ACCESS_TOKEN", "TEST_API_KEY", "fake_claude", "fake_shopify"]
 

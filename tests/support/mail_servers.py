@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.support.dovecot import DovecotServer
-from tests.support.smtp_sink import SmtpSink
-from tests.support.tls import TestCA, create_test_ca
+from worker.devstack.dovecot import DovecotServer
+from worker.devstack.smtp_sink import SmtpSink
+from worker.devstack.tls import TestCA, create_test_ca
 
 _user_numbers = itertools.count(1)
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.fake_claude import TEST_API_KEY, FakeClaude, FakeReply, text_reply
 from worker import errors, prompts
 from worker.claude import ClaudeResponder
+from worker.devstack.fake_claude import TEST_API_KEY, FakeClaude, FakeReply, text_reply
 from worker.responder import (
     Classification,
     EmailFacts,

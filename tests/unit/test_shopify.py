@@ -9,12 +9,12 @@ import httpx
 import pytest
 import respx
 
-from tests.support.fake_shopify import (
+from worker import errors
+from worker.devstack.fake_shopify import (
     TEST_ACCESS_TOKEN,
     FakeShopify,
     throttled_body,
 )
-from worker import errors
 from worker.shopify import ShopifyClient, throttle_retry_after
 
 SHOP = "demo-store.myshopify.com"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.tls import create_test_ca
 from worker import tls
+from worker.devstack.tls import create_test_ca
 from worker.errors import ConfigError
 
 

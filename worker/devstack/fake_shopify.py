@@ -5,7 +5,7 @@ in-memory catalogue of orders with fulfillments and tracking. It checks the acce
 Shopify (401 with Shopify's body), reports query cost in `extensions.cost`, and can be scripted
 to answer THROTTLED, 429, 401, 5xx. Used by integration tests, the demo and benchmarks.
 
-Run standalone: `python -m tests.support.fake_shopify --port 9000` (demo catalogue).
+Run standalone: `python -m worker.devstack.fake_shopify --port 9000` (demo catalogue).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.support.fake_claude import FakeReply, RecordedRequest, ScriptedServer
+from worker.devstack.fake_claude import FakeReply, RecordedRequest, ScriptedServer
 
-TEST_ACCESS_TOKEN = "shpat_test_fake_token"
+TEST_ACCESS_TOKEN = "shpat_test_fake_token"  # noqa: S105 - the fake's own test token
 MAXIMUM_AVAILABLE = 2000.0
 RESTORE_RATE = 100.0
 

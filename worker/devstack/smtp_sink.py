@@ -2,7 +2,7 @@
 
 STARTTLS (or implicit TLS) with the test CA, AUTH PLAIN/LOGIN for one configured user, and
 scripted failures: a recipient refused with 550 or 451, or the connection dropped after DATA.
-Usable outside pytest: `python -m tests.support.smtp_sink` runs one until Ctrl-C.
+Usable outside pytest: `python -m worker.devstack.smtp_sink` runs one until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from tests.support.dovecot import _interrupt, free_port
-from tests.support.tls import TestCA, create_test_ca
+from worker.devstack.dovecot import _interrupt, free_port
+from worker.devstack.tls import TestCA, create_test_ca
 
 # aiosmtpd logs deprecation notes and the implicit-TLS AUTH warning on every session at WARNING;
 # its errors (a failed TLS handshake in a negative test) still show.
@@ -74,7 +74,7 @@ class SmtpSink:
         ca: TestCA | None = None,
         *,
         username: str | None = "sender@shop.test",
-        password: str | None = "sink-password",
+        password: str | None = "sink-password",  # noqa: S107 - a throwaway test login
         implicit_tls: bool = False,
         host: str = "127.0.0.1",
     ) -> None:

@@ -8,7 +8,7 @@ the offline responder from the request's data blocks, which is what the demo and
 `ScriptedServer` (a threaded loopback HTTP server with scripted replies, recorded requests and
 optional latency) is shared with `fake_shopify`.
 
-Run standalone: `python -m tests.support.fake_claude --port 8787 --latency 0.3`.
+Run standalone: `python -m worker.devstack.fake_claude --port 8787 --latency 0.3`.
 """
 
 from __future__ import annotations
