@@ -1,6 +1,7 @@
 """The demo's report: each email's outcome, the replies as sent, credits and queue metrics.
 
-Pure: it formats rows the orchestrator read from the database and the SMTP sink.
+Pure: it formats what the scenario (scenario.py) read from the database, the SMTP sink and the
+DLQ tool.
 """
 
 from __future__ import annotations
@@ -140,6 +141,80 @@ def metrics_lines(
             + (f" avg={avg:.0f}ms" if avg is not None else "")
             + (f" p95={p95:.0f}ms" if p95 is not None else "")
         )
+    return lines
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """Everything the printed report and its JSON summary are made of."""
+
+    store_name: str
+    store_email: str
+    responder: str
+    rows: Sequence[Mapping[str, Any]]
+    keys: Mapping[str, str]  # Message-ID -> seed email name
+    sent_bodies: Mapping[str, str]  # Message-ID -> text the SMTP sink received
+    credits_start: int
+    credits_left: int
+    dead_letter_jobs: int
+    settle_seconds: float
+    timing: Mapping[str, Any] | None  # count, avg, p95, max of the completed jobs' durations
+    queue_metrics: Sequence[Mapping[str, Any]]
+    queue_stats: Mapping[str, Any]
+    dlq_output: Sequence[str]  # what `scripts/requeue.py list` printed
+    database_url: str
+
+
+def report_data(inputs: ReportInputs) -> dict[str, Any]:
+    """The machine-readable summary written to DEMO_REPORT_JSON."""
+    data = summary(
+        inputs.rows,
+        inputs.keys,
+        responder=inputs.responder,
+        credits_start=inputs.credits_start,
+        credits_left=inputs.credits_left,
+        dead_letter_jobs=inputs.dead_letter_jobs,
+    )
+    data["settle_seconds"] = round(inputs.settle_seconds, 1)
+    return data
+
+
+def report_lines(inputs: ReportInputs) -> list[str]:
+    """The report as printed: every email's outcome, credits, timing, metrics and the DLQ."""
+    rule = "=" * 100
+    lines = [
+        "",
+        rule,
+        f"DEMO REPORT - store {inputs.store_name} <{inputs.store_email}>, "
+        f"responder: {inputs.responder}",
+        rule,
+        *email_lines(inputs.rows, inputs.sent_bodies),
+        "",
+        f"Outcomes: {counts_line(report_data(inputs))}",
+    ]
+    used = inputs.credits_start - inputs.credits_left
+    lines.append(
+        f"Credits: {inputs.credits_left} left of {inputs.credits_start} ({used} used; a reply "
+        "that could not be delivered is refunded)"
+    )
+    lines.append(
+        f"Timing: every email settled {inputs.settle_seconds:.1f} s after the fetch kick"
+        " (measured by polling once a second)"
+    )
+    timing = inputs.timing
+    if timing and timing["jobs"]:
+        lines.append(
+            f"        {timing['jobs']} completed process_email jobs took "
+            f"avg {timing['avg_ms']:.0f} ms, p95 {timing['p95_ms']:.0f} ms, "
+            f"max {timing['max_ms']:.0f} ms (claim to completion)"
+        )
+    lines += ["", *metrics_lines(inputs.queue_metrics, inputs.queue_stats), ""]
+    lines.append("Dead-letter queue (scripts/requeue.py list):")
+    lines += [f"  {line}" for line in inputs.dlq_output]
+    lines.append(
+        "  (requeue one after fixing its cause: scripts/requeue.py requeue JOB_ID; "
+        f"DATABASE_URL={inputs.database_url})"
+    )
     return lines
 
 
