@@ -38,7 +38,7 @@ pytestmark = pytest.mark.integration
 
 RUN_BUDGET_SECONDS = 30.0
 SHOP_DOMAIN = "loja-demo.myshopify.com"
-# Customers of worker/devstack/fake_shopify.demo_catalogue().
+# Customers of worker.devstack.fake_shopify.demo_catalogue().
 ANA = "ana.souza@example.com.br"  # order #1001, in transit, tracking BR123456789BR
 JOHN = "john.miller@example.com"  # order #1002, unfulfilled
 ATTACKER = "mallory@evil.example"
