@@ -1,5 +1,6 @@
-"""Pure logic of the dead-letter-queue tool (scripts/requeue.py): parsing operator input and
-formatting jobs for a terminal or for JSON. No I/O here, so every rule is unit-tested."""
+"""Pure logic of the dead-letter-queue tool (the command line is worker/dlq_cli.py): parsing
+operator input and formatting jobs for a terminal or for JSON. No I/O here, so every rule is
+unit-tested."""
 
 from __future__ import annotations
 
