@@ -1,4 +1,4 @@
-"""A real Dovecot IMAP server with a throwaway config, started by the tests themselves.
+"""A real Dovecot IMAP server with a throwaway config, started by the tests, the demo and benches.
 
 Everything lives in one temp directory (config, sockets, logs, users, Maildirs), listening on
 free loopback ports, so several servers can run side by side and nothing touches /etc/dovecot.
