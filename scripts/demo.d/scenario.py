@@ -245,7 +245,7 @@ class Scenario:
         db = self.connect()
         row = db.execute("select command from cron.job where jobname = 'fetch-emails'").fetchone()
         if row is None:
-            raise DemoError("no fetch-emails cron job: was migration 20261129000400_cron applied?")
+            raise DemoError("no fetch-emails cron job: was migration 20261129001200_cron applied?")
         command = str(row["command"])
         what = "the first fetch" if first else "a fetch"
         step(f"kicking {what} with the fetch-emails cron job's own command: {command}")
