@@ -99,12 +99,27 @@ def redact_url(url: str) -> str:
         return "<unparseable url>"
 
 
+# Each setting's default is written once, on its Settings field; load_settings and the run
+# options (fetch.FetchOptions, process.ProcessOptions) read it from here.
+DEFAULTS = Settings()
+
+
 class _Reader:
-    """Reads variables from one mapping, collecting every problem instead of stopping."""
+    """Reads variables from one mapping, collecting every problem instead of stopping.
+
+    Variables are named by their Settings field (the env var is its upper-case name), and a
+    missing or malformed value falls back to that field's default.
+    """
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.environ = environ
         self.problems: list[str] = []
+
+    def default(self, field: str, kind: type[T]) -> T:
+        value = getattr(DEFAULTS, field)
+        if not isinstance(value, kind):
+            raise TypeError(f"Settings.{field} has no {kind.__name__} default")
+        return value
 
     def raw(self, name: str) -> str | None:
         # An empty value (`FOO=` in an env file) means "not set", as docker and systemd treat it.
@@ -113,6 +128,9 @@ class _Reader:
             return None
         value = value.strip()
         return value or None
+
+    def text(self, field: str) -> str:
+        return self.raw(field.upper()) or self.default(field, str)
 
     def parsed(
         self, name: str, default: T, parse: Callable[[str], T | None], expectation: str
@@ -126,7 +144,7 @@ class _Reader:
             return default
         return value
 
-    def positive_int(self, name: str, default: int, *, maximum: int | None = None) -> int:
+    def positive_int(self, field: str, *, maximum: int | None = None) -> int:
         def parse(text: str) -> int | None:
             try:
                 number = int(text, 10)
@@ -137,9 +155,9 @@ class _Reader:
             return number
 
         expectation = "a positive integer" + (f" no greater than {maximum}" if maximum else "")
-        return self.parsed(name, default, parse, expectation)
+        return self.parsed(field.upper(), self.default(field, int), parse, expectation)
 
-    def positive_seconds(self, name: str, default: float) -> float:
+    def positive_seconds(self, field: str) -> float:
         def parse(text: str) -> float | None:
             try:
                 number = float(text)
@@ -148,7 +166,8 @@ class _Reader:
             # float() accepts 'nan' and 'inf'; neither is a usable timeout.
             return number if 0 < number < float("inf") else None
 
-        return self.parsed(name, default, parse, "a positive number of seconds")
+        default = self.default(field, float)
+        return self.parsed(field.upper(), default, parse, "a positive number of seconds")
 
     def http_url(self, name: str) -> str | None:
         def parse(text: str) -> str | None:
@@ -214,13 +233,13 @@ def load_settings(
 
     log_level = env.parsed(
         "LOG_LEVEL",
-        "INFO",
+        env.default("log_level", str),
         lambda text: text.upper() if text.upper() in LOG_LEVELS else None,
         "one of " + ", ".join(LOG_LEVELS),
     )
     shopify_api_version = env.parsed(
         "SHOPIFY_API_VERSION",
-        "2025-10",
+        env.default("shopify_api_version", str),
         lambda text: text if _SHOPIFY_VERSION.match(text) else None,
         "a Shopify API version such as 2025-10",
     )
@@ -232,25 +251,25 @@ def load_settings(
         worker_secret=worker_secret,
         anthropic_api_key=env.raw("ANTHROPIC_API_KEY"),
         anthropic_base_url=env.http_url("ANTHROPIC_BASE_URL"),
-        claude_model=env.raw("CLAUDE_MODEL") or "claude-haiku-4-5",
-        claude_timeout_seconds=env.positive_seconds("CLAUDE_TIMEOUT_SECONDS", 30.0),
+        claude_model=env.text("claude_model"),
+        claude_timeout_seconds=env.positive_seconds("claude_timeout_seconds"),
         shopify_api_version=shopify_api_version,
         shopify_base_url=env.http_url("SHOPIFY_BASE_URL"),
-        fetch_concurrency=env.positive_int("FETCH_CONCURRENCY", 10),
-        fetch_max_per_store=env.positive_int("FETCH_MAX_PER_STORE", 50),
-        store_timeout_seconds=env.positive_seconds("STORE_TIMEOUT_SECONDS", 60.0),
-        imap_timeout_seconds=env.positive_seconds("IMAP_TIMEOUT_SECONDS", 30.0),
-        smtp_timeout_seconds=env.positive_seconds("SMTP_TIMEOUT_SECONDS", 30.0),
-        max_message_bytes=env.positive_int("MAX_MESSAGE_BYTES", 26_214_400),
-        run_budget_seconds=env.positive_seconds("RUN_BUDGET_SECONDS", 110.0),
-        process_concurrency=env.positive_int("PROCESS_CONCURRENCY", 16),
-        lease_seconds=env.positive_int("LEASE_SECONDS", 300),
-        reply_cap_per_customer=env.positive_int("REPLY_CAP_PER_CUSTOMER", 3),
-        reply_cap_window_hours=env.positive_int("REPLY_CAP_WINDOW_HOURS", 24),
+        fetch_concurrency=env.positive_int("fetch_concurrency"),
+        fetch_max_per_store=env.positive_int("fetch_max_per_store"),
+        store_timeout_seconds=env.positive_seconds("store_timeout_seconds"),
+        imap_timeout_seconds=env.positive_seconds("imap_timeout_seconds"),
+        smtp_timeout_seconds=env.positive_seconds("smtp_timeout_seconds"),
+        max_message_bytes=env.positive_int("max_message_bytes"),
+        run_budget_seconds=env.positive_seconds("run_budget_seconds"),
+        process_concurrency=env.positive_int("process_concurrency"),
+        lease_seconds=env.positive_int("lease_seconds"),
+        reply_cap_per_customer=env.positive_int("reply_cap_per_customer"),
+        reply_cap_window_hours=env.positive_int("reply_cap_window_hours"),
         extra_ca_file=env.raw("EXTRA_CA_FILE"),
-        db_timeout_seconds=env.positive_seconds("DB_TIMEOUT_SECONDS", 10.0),
+        db_timeout_seconds=env.positive_seconds("db_timeout_seconds"),
         log_level=log_level,
-        port=env.positive_int("PORT", 8080, maximum=65535),
+        port=env.positive_int("port", maximum=65535),
     )
     if problems:
         raise ConfigError(problems)

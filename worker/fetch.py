@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from worker import imap, mime, tls
+from worker.config import DEFAULTS, Settings
 from worker.db import Database
 from worker.errors import ConfigError, TransientError, WorkerError
 from worker.runs import Budget
@@ -46,14 +47,26 @@ MailboxOpener = Callable[..., AbstractContextManager[Any]]
 
 @dataclass(frozen=True)
 class FetchOptions:
-    """Tuning for one fetch run; built from Settings by the wiring."""
+    """Tuning for one fetch run; the defaults are Settings' (tests override single fields)."""
 
-    concurrency: int = 10
-    max_per_store: int = 50
-    store_timeout_seconds: float = 60.0
-    imap_timeout_seconds: float = 30.0
-    max_message_bytes: int = 26_214_400
-    ca_file: str | None = None
+    concurrency: int = DEFAULTS.fetch_concurrency
+    max_per_store: int = DEFAULTS.fetch_max_per_store
+    store_timeout_seconds: float = DEFAULTS.store_timeout_seconds
+    imap_timeout_seconds: float = DEFAULTS.imap_timeout_seconds
+    max_message_bytes: int = DEFAULTS.max_message_bytes
+    ca_file: str | None = DEFAULTS.extra_ca_file
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FetchOptions:
+        """Fetch tuning from Settings."""
+        return cls(
+            concurrency=settings.fetch_concurrency,
+            max_per_store=settings.fetch_max_per_store,
+            store_timeout_seconds=settings.store_timeout_seconds,
+            imap_timeout_seconds=settings.imap_timeout_seconds,
+            max_message_bytes=settings.max_message_bytes,
+            ca_file=settings.extra_ca_file,
+        )
 
 
 @dataclass

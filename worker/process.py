@@ -27,6 +27,7 @@ from email.message import EmailMessage
 from typing import Any, Protocol
 
 from worker import loops, mime, privacy, smtp, spam, validate
+from worker.config import DEFAULTS, Settings
 from worker.db import Database
 from worker.errors import CircuitOpenError, PermanentError, TransientError, WorkerError
 from worker.responder import (
@@ -75,16 +76,27 @@ class MailIO:
 
 @dataclass(frozen=True)
 class ProcessOptions:
-    """Tuning for one process run; built from Settings by the wiring."""
+    """Tuning for one process run; the defaults are Settings' (tests override single fields)."""
 
-    concurrency: int = 16
-    lease_seconds: int = 300
+    concurrency: int = DEFAULTS.process_concurrency
+    lease_seconds: int = DEFAULTS.lease_seconds
     heartbeat_seconds: float | None = None  # default: a third of the lease
-    reply_cap_per_customer: int = 3
-    reply_cap_window_hours: int = 24
-    max_message_bytes: int = 26_214_400
-    min_confidence: float = 0.6
+    reply_cap_per_customer: int = DEFAULTS.reply_cap_per_customer
+    reply_cap_window_hours: int = DEFAULTS.reply_cap_window_hours
+    max_message_bytes: int = DEFAULTS.max_message_bytes
+    min_confidence: float = 0.6  # not a setting: below it a reply waits for a person
     job_types: tuple[str, ...] = (JOB_TYPE,)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ProcessOptions:
+        """Process tuning from Settings."""
+        return cls(
+            concurrency=settings.process_concurrency,
+            lease_seconds=settings.lease_seconds,
+            reply_cap_per_customer=settings.reply_cap_per_customer,
+            reply_cap_window_hours=settings.reply_cap_window_hours,
+            max_message_bytes=settings.max_message_bytes,
+        )
 
 
 @dataclass

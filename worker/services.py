@@ -93,25 +93,12 @@ class WorkerServices:
 
 def fetch_options(settings: Settings) -> fetch.FetchOptions:
     """Fetch tuning from Settings."""
-    return fetch.FetchOptions(
-        concurrency=settings.fetch_concurrency,
-        max_per_store=settings.fetch_max_per_store,
-        store_timeout_seconds=settings.store_timeout_seconds,
-        imap_timeout_seconds=settings.imap_timeout_seconds,
-        max_message_bytes=settings.max_message_bytes,
-        ca_file=settings.extra_ca_file,
-    )
+    return fetch.FetchOptions.from_settings(settings)
 
 
 def process_options(settings: Settings) -> process.ProcessOptions:
     """Process tuning from Settings."""
-    return process.ProcessOptions(
-        concurrency=settings.process_concurrency,
-        lease_seconds=settings.lease_seconds,
-        reply_cap_per_customer=settings.reply_cap_per_customer,
-        reply_cap_window_hours=settings.reply_cap_window_hours,
-        max_message_bytes=settings.max_message_bytes,
-    )
+    return process.ProcessOptions.from_settings(settings)
 
 
 def build_services(settings: Settings, *, database: dbmod.Database | None = None) -> WorkerServices:
