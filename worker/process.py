@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any, Protocol
 
-from worker import loops, mime, privacy, smtp, spam, validate
+from worker import compose, loops, mime, privacy, spam, validate
 from worker.config import DEFAULTS, Settings
 from worker.db import Database
 from worker.errors import CircuitOpenError, PermanentError, TransientError, WorkerError
@@ -345,11 +345,11 @@ def handle_job(
         str(message["id"]),
         {
             "to_address": to_address,
-            "subject": smtp.reply_subject(email.subject or ""),
+            "subject": compose.reply_subject(email.subject or ""),
             "body_text": draft.body_text,
-            "smtp_message_id": smtp.reply_message_id(job_id, domain),
+            "smtp_message_id": compose.reply_message_id(job_id, domain),
             "in_reply_to": email.message_id,
-            "references": smtp.thread_references(email.references, email.message_id),
+            "references": compose.thread_references(email.references, email.message_id),
             "hold": hold is not None,
             "hold_reason": hold,
             "intent": classification.intent,
@@ -426,7 +426,7 @@ def resume_reply(
     if gate != "ok":
         raise JobDone("failed", error=f"reply is {gate}", **result)
 
-    message = smtp.build_reply(
+    message = compose.build_reply(
         from_address=str(store["support_email"]),
         from_name=str(store.get("name") or ""),
         to_address=str(reply["to_address"]),

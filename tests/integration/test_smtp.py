@@ -12,7 +12,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from tests.support.mail_servers import MailUser
-from worker import imap, smtp
+from worker import compose, imap, smtp
 from worker.devstack.dovecot import DovecotServer, free_port
 from worker.devstack.smtp_sink import SmtpSink
 from worker.devstack.tls import create_test_ca
@@ -25,7 +25,7 @@ JOB_ID = "0b7e3c52-1f7a-4a36-8d0e-2a4d1c9e5f60"
 
 
 def reply(to: str = "customer@example.com") -> EmailMessage:
-    return smtp.build_reply(
+    return compose.build_reply(
         from_address="sender@shop.test",
         from_name="Loja Exemplo",
         to_address=to,
@@ -33,7 +33,7 @@ def reply(to: str = "customer@example.com") -> EmailMessage:
         in_reply_to="<q1@example.com>",
         references=["<q0@example.com>"],
         body_text="Olá! Seu pedido #1001 foi enviado ontem.",
-        message_id=smtp.reply_message_id(JOB_ID, "shop.test"),
+        message_id=compose.reply_message_id(JOB_ID, "shop.test"),
     )
 
 
@@ -90,7 +90,7 @@ def test_a_retry_sends_the_same_message_id(smtp_sink: SmtpSink) -> None:
 
 
 def test_dot_lines_survive_the_transfer(smtp_sink: SmtpSink) -> None:
-    message = smtp.build_reply(
+    message = compose.build_reply(
         from_address="sender@shop.test", from_name=None, to_address="c@example.com",
         original_subject="x", in_reply_to=None, references=[],
         body_text="line one\n.\n.hidden\nend", message_id="<dots@shop.test>",

@@ -1,5 +1,5 @@
-"""Building the auto-reply: subject, threading, auto-reply markers, encodings; and the pure SMTP
-helpers (envelope, dot-stuffing, error classification)."""
+"""Building the auto-reply (worker.compose): subject, threading, auto-reply markers, encodings;
+and the pure SMTP helpers (envelope, dot-stuffing, error classification)."""
 
 from __future__ import annotations
 
@@ -13,18 +13,15 @@ from email.message import EmailMessage
 
 import pytest
 
-from worker.errors import PermanentError, TransientError
-from worker.smtp import (
+from worker.compose import (
     MAX_REFERENCES,
     build_reply,
-    classify_smtp_failure,
-    dot_stuff,
-    envelope,
-    message_bytes,
     reply_message_id,
     reply_subject,
     thread_references,
 )
+from worker.errors import PermanentError, TransientError
+from worker.smtp import classify_smtp_failure, dot_stuff, envelope, message_bytes
 
 JOB_ID = "3f0c6a1e-7d7b-4c2e-9d7e-0a9b1c2d3e4f"
 ORIGINAL_ID = "<CAF=kx9Q2uX8@mail.example.com>"
