@@ -29,6 +29,7 @@ from worker import mime, process
 from worker.db import Database
 from worker.db.pg import PgTransport
 from worker.offline import OfflineResponder
+from worker.pipeline.context import MailIO, Services
 from worker.responder import FulfillmentFacts, OrderFacts, TrackingFacts
 from worker.runs import Budget
 
@@ -162,10 +163,10 @@ def measure(database_url: str, emails: int, concurrency: int) -> CostResult:
                 (job_type, job_ids),
             )
 
-        services = process.Services(
+        services = Services(
             db=db,
             responder=OfflineResponder(),
-            mail=process.MailIO(send=_no_send, sent_folder_has=_never_in_sent),
+            mail=MailIO(send=_no_send, sent_folder_has=_never_in_sent),
             shop_for=lambda store, secrets: MemoryShop(),
         )
         options = process.ProcessOptions(concurrency=concurrency, job_types=(job_type,))

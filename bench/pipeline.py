@@ -45,9 +45,10 @@ from typing import Any
 
 import psycopg
 
-from worker import offline, process
+from worker import offline
 from worker.devstack.dovecot import DovecotServer, free_port
 from worker.devstack.tls import TestCA, create_test_ca
+from worker.pipeline import steps
 
 WORKER_SECRET = "bench-pipeline-secret-0123456789"  # throwaway, loopback only
 ANTHROPIC_KEY = "dummy"
@@ -189,7 +190,7 @@ def check_sendable(emails: list[BenchEmail]) -> None:
             continue
         seen.add(key)
         c = offline.classify_text(email.subject, email.body)
-        if c.is_spam or c.needs_human or c.intent in process.HUMAN_INTENTS or c.confidence < 0.6:
+        if c.is_spam or c.needs_human or c.intent in steps.HUMAN_INTENTS or c.confidence < 0.6:
             raise SystemExit(f"template would not be answered automatically: {email.subject!r} {c}")
 
 

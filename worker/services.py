@@ -1,7 +1,8 @@
 """Wiring: the real clients built once from Settings, and the runs that use them.
 
-Everything here is construction; the behaviour lives in fetch.py and process.py, which take
-these pieces as arguments so tests and benchmarks can pass their own.
+Everything here is construction; the behaviour lives in fetch.py, process.py and the queue and
+pipeline packages, which take these pieces as arguments so tests and benchmarks can pass their
+own.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from worker import fetch, imap, process, smtp
 from worker.claude import ClaudeResponder
 from worker.config import Settings
 from worker.offline import OfflineResponder
+from worker.pipeline.context import MailIO, Services
 from worker.responder import Responder
 from worker.runs import Budget, Runner
 from worker.shopify import ShopifyClient
@@ -39,7 +41,7 @@ def build_responder(settings: Settings) -> Responder:
     return OfflineResponder()
 
 
-def mail_io(settings: Settings) -> process.MailIO:
+def mail_io(settings: Settings) -> MailIO:
     """SMTP delivery and the Sent-folder lookup, with the configured timeouts and CA."""
 
     def send(message: EmailMessage, store: Mapping[str, Any], secrets: Mapping[str, Any]) -> object:
@@ -69,7 +71,7 @@ def mail_io(settings: Settings) -> process.MailIO:
             folder = imap.sent_folder(client)
             return folder is not None and imap.find_message_id(client, folder, message_id)
 
-    return process.MailIO(send=send, sent_folder_has=sent_folder_has)
+    return MailIO(send=send, sent_folder_has=sent_folder_has)
 
 
 @dataclass
@@ -78,7 +80,7 @@ class WorkerServices:
 
     settings: Settings
     db: dbmod.Database
-    process_services: process.Services
+    process_services: Services
     http: httpx.Client
     runners: dict[str, Runner] = field(default_factory=dict)
 
@@ -119,7 +121,7 @@ def build_services(settings: Settings, *, database: dbmod.Database | None = None
             base_url=settings.shopify_base_url,
         )
 
-    process_services = process.Services(
+    process_services = Services(
         db=database,
         responder=build_responder(settings),
         mail=mail_io(settings),

@@ -32,6 +32,7 @@ from worker.devstack.dovecot import DovecotServer
 from worker.devstack.fake_claude import TEST_API_KEY, FakeClaude
 from worker.devstack.fake_shopify import TEST_ACCESS_TOKEN, FakeShopify
 from worker.devstack.smtp_sink import ReceivedMessage, SmtpSink
+from worker.pipeline.context import Services
 from worker.runs import Budget
 
 pytestmark = pytest.mark.integration
@@ -149,7 +150,7 @@ class Pipeline:
         return self.worker.db
 
     @property
-    def proc(self) -> process.Services:
+    def proc(self) -> Services:
         return self.worker.process_services
 
     # feeding ----------------------------------------------------------------------------------

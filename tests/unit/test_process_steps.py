@@ -1,4 +1,6 @@
-"""The pure decisions of worker.process: when to hold, when to ask Shopify, what to look up."""
+"""The pure decisions of the email pipeline (worker.pipeline.steps): when to hold, when to ask
+Shopify, what to look up; the job trace (worker.queue.trace) and the breaker guard
+(worker.queue.breakers)."""
 
 from __future__ import annotations
 
@@ -7,13 +9,16 @@ from typing import Any
 
 import pytest
 
-from worker import process
 from worker.errors import (
     CircuitOpenError,
     PermanentError,
     TransientError,
     classify_http_status,
 )
+from worker.pipeline import steps
+from worker.queue import breakers
+from worker.queue.breakers import Breakers, guarded
+from worker.queue.trace import JobTrace, finish
 from worker.responder import Classification, OrderFacts
 
 
@@ -46,7 +51,7 @@ AUTO = {"reply_mode": "auto_send"}
 
 
 def test_a_confident_ordinary_answer_is_sent() -> None:
-    assert process.hold_reason(classification(), None, AUTO, 0.6) is None
+    assert steps.hold_reason(classification(), None, AUTO, 0.6) is None
 
 
 @pytest.mark.parametrize(
@@ -61,16 +66,16 @@ def test_a_confident_ordinary_answer_is_sent() -> None:
     ],
 )
 def test_hold_reasons(overrides: dict[str, Any], store: dict[str, Any], expected: str) -> None:
-    assert process.hold_reason(classification(**overrides), None, store, 0.6) == expected
+    assert steps.hold_reason(classification(**overrides), None, store, 0.6) == expected
 
 
 def test_the_models_own_request_for_a_human_holds_the_reply() -> None:
-    reason = process.hold_reason(classification(), "needs_human: legal threat", AUTO, 0.6)
+    reason = steps.hold_reason(classification(), "needs_human: legal threat", AUTO, 0.6)
     assert reason == "needs_human: legal threat"
 
 
 def test_confidence_at_the_threshold_is_enough() -> None:
-    assert process.hold_reason(classification(confidence=0.6), None, AUTO, 0.6) is None
+    assert steps.hold_reason(classification(confidence=0.6), None, AUTO, 0.6) is None
 
 
 # -- wants_orders -------------------------------------------------------------------------------
@@ -80,16 +85,16 @@ def test_confidence_at_the_threshold_is_enough() -> None:
     "intent", ["order_status", "shipping_delay", "return_refund", "cancellation", "complaint"]
 )
 def test_order_intents_look_up_orders(intent: str) -> None:
-    assert process.wants_orders(classification(intent=intent))
+    assert steps.wants_orders(classification(intent=intent))
 
 
 @pytest.mark.parametrize("intent", ["product_question", "other"])
 def test_other_intents_do_not_touch_shopify(intent: str) -> None:
-    assert not process.wants_orders(classification(intent=intent))
+    assert not steps.wants_orders(classification(intent=intent))
 
 
 def test_a_mentioned_order_number_always_justifies_a_lookup() -> None:
-    assert process.wants_orders(classification(intent="other", order_numbers=["1001"]))
+    assert steps.wants_orders(classification(intent="other", order_numbers=["1001"]))
 
 
 # -- lookup_orders -------------------------------------------------------------------------------
@@ -117,14 +122,14 @@ SHOP = (order("#1001", ANA), order("#1002", JOHN))
 
 def test_the_senders_own_mentioned_order_needs_no_second_query() -> None:
     shop = FakeShop(*SHOP)
-    found = process.lookup_orders(shop, JOHN, classification(order_numbers=["1002"]))
+    found = steps.lookup_orders(shop, JOHN, classification(order_numbers=["1002"]))
     assert [o.name for o in found] == ["#1002"]
     assert shop.calls == [("number", "1002")]
 
 
 def test_without_a_number_the_senders_recent_orders_are_used() -> None:
     shop = FakeShop(*SHOP)
-    found = process.lookup_orders(shop, JOHN, classification())
+    found = steps.lookup_orders(shop, JOHN, classification())
     assert [o.name for o in found] == ["#1002"]
     assert shop.calls == [("email", JOHN)]
 
@@ -134,7 +139,7 @@ def test_someone_elses_number_and_an_unknown_one_lead_to_the_same_queries_and_or
     results = {}
     for number in ("1001", "9999"):
         shop = FakeShop(*SHOP)
-        found = process.lookup_orders(shop, JOHN, classification(order_numbers=[number]))
+        found = steps.lookup_orders(shop, JOHN, classification(order_numbers=[number]))
         results[number] = ([o.name for o in found if o.email == JOHN], [c[0] for c in shop.calls])
     assert results["1001"] == results["9999"] == (["#1002"], ["number", "email"])
 
@@ -142,7 +147,7 @@ def test_someone_elses_number_and_an_unknown_one_lead_to_the_same_queries_and_or
 def test_at_most_three_mentioned_numbers_are_looked_up() -> None:
     shop = FakeShop(*SHOP)
     numbers = ["1", "2", "3", "4", "5"]
-    process.lookup_orders(shop, JOHN, classification(order_numbers=numbers))
+    steps.lookup_orders(shop, JOHN, classification(order_numbers=numbers))
     assert [c for c in shop.calls if c[0] == "number"] == [("number", n) for n in numbers[:3]]
 
 
@@ -151,12 +156,12 @@ def test_at_most_three_mentioned_numbers_are_looked_up() -> None:
 
 def test_store_addresses_are_lower_cased_and_include_the_extra_ones() -> None:
     store = {"support_email": "Suporte@Loja.com.br", "extra_addresses": ["Vendas@Loja.com.br"]}
-    assert process.store_addresses(store) == ["suporte@loja.com.br", "vendas@loja.com.br"]
-    assert process.store_addresses({"support_email": None}) == []
+    assert steps.store_addresses(store) == ["suporte@loja.com.br", "vendas@loja.com.br"]
+    assert steps.store_addresses({"support_email": None}) == []
 
 
 def test_job_trace_events_carry_the_jobs_keys_and_the_message_once_known() -> None:
-    trace = process.JobTrace({"id": "j1", "store_id": "s1", "conversation_id": "c1"})
+    trace = JobTrace({"id": "j1", "store_id": "s1", "conversation_id": "c1"})
     trace.event("process.validated")
     trace.message_id = "m1"
     trace.event("process.classified", intent="other")
@@ -181,10 +186,10 @@ def test_job_trace_events_carry_the_jobs_keys_and_the_message_once_known() -> No
 
 
 def test_timed_steps_land_in_the_summary_and_none_values_are_dropped() -> None:
-    trace = process.JobTrace({"id": "j1"})
+    trace = JobTrace({"id": "j1"})
     with trace.timed("classify"):
         pass
-    summary = process.finish(trace, "replied", reply_id="r1", credit=None)
+    summary = finish(trace, "replied", reply_id="r1", credit=None)
     assert summary["outcome"] == "replied" and summary["reply_id"] == "r1"
     assert "credit" not in summary
     assert set(summary["timings_ms"]) == {"classify"}
@@ -209,19 +214,14 @@ class BreakerDb:
         return "closed"
 
 
-def services_with(db: BreakerDb) -> process.Services:
-    return process.Services(
-        db=db,  # type: ignore[arg-type]
-        responder=None,  # type: ignore[arg-type]
-        mail=None,  # type: ignore[arg-type]
-        shop_for=lambda store, secrets: None,
-    )
+def services_with(db: BreakerDb) -> Breakers:
+    return Breakers(db)
 
 
 def test_an_open_breaker_stops_the_call_before_it_is_made() -> None:
     calls: list[int] = []
     with pytest.raises(CircuitOpenError):
-        process.guarded(services_with(BreakerDb(allow=False)), "claude", lambda: calls.append(1))
+        guarded(services_with(BreakerDb(allow=False)), "claude", lambda: calls.append(1))
     assert calls == []
 
 
@@ -232,18 +232,18 @@ def test_outages_count_against_the_breaker_and_bad_requests_do_not() -> None:
     def fail(exc: Exception) -> Any:
         raise exc
 
-    assert process.guarded(services, "claude", lambda: 42) == 42
+    assert guarded(services, "claude", lambda: 42) == 42
     with pytest.raises(TransientError):
-        process.guarded(services, "claude", lambda: fail(TransientError("HTTP 529")))
+        guarded(services, "claude", lambda: fail(TransientError("HTTP 529")))
     with pytest.raises(PermanentError):
-        process.guarded(services, "claude", lambda: fail(classify_http_status(400, None)))
+        guarded(services, "claude", lambda: fail(classify_http_status(400, None)))
     with pytest.raises(PermanentError):
-        process.guarded(services, "claude", lambda: fail(classify_http_status(401, None)))
+        guarded(services, "claude", lambda: fail(classify_http_status(401, None)))
     with pytest.raises(PermanentError):
-        process.guarded(services, "claude", lambda: fail(classify_http_status(403, None)))
+        guarded(services, "claude", lambda: fail(classify_http_status(403, None)))
     # the status decides, not the wording
     with pytest.raises(PermanentError):
-        process.guarded(services, "claude", lambda: fail(PermanentError("order 401 not found")))
+        guarded(services, "claude", lambda: fail(PermanentError("order 401 not found")))
     assert db.recorded == [
         ("claude", True),
         ("claude", False),
@@ -268,25 +268,25 @@ def test_a_breaker_seen_closed_is_trusted_briefly_and_our_failures_end_that(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     now = [100.0]
-    monkeypatch.setattr(process.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(breakers.time, "monotonic", lambda: now[0])
     db = CountingBreakerDb()
     services = services_with(db)
 
     def fail() -> Any:
         raise TransientError("HTTP 529")
 
-    process.guarded(services, "claude", lambda: 1)  # asks, records: the breaker is closed
+    guarded(services, "claude", lambda: 1)  # asks, records: the breaker is closed
     assert (db.allow_calls, len(db.recorded)) == (1, 1)
-    process.guarded(services, "claude", lambda: 2)  # within the TTL: no database call at all
+    guarded(services, "claude", lambda: 2)  # within the TTL: no database call at all
     assert (db.allow_calls, len(db.recorded)) == (1, 1)
 
     with pytest.raises(TransientError):
-        process.guarded(services, "claude", fail)  # a failure always reaches the database
+        guarded(services, "claude", fail)  # a failure always reaches the database
     assert db.recorded[-1] == ("claude", False)
-    process.guarded(services, "claude", lambda: 3)  # and the next call asks again
+    guarded(services, "claude", lambda: 3)  # and the next call asks again
     assert db.allow_calls == 2
 
-    now[0] += process.BREAKER_TTL_SECONDS + 0.1  # another container may have opened it since
+    now[0] += breakers.BREAKER_TTL_SECONDS + 0.1  # another container may have opened it since
     db.allow = False
     with pytest.raises(CircuitOpenError):
-        process.guarded(services, "claude", lambda: 4)
+        guarded(services, "claude", lambda: 4)

@@ -1,0 +1,156 @@
+"""What one email job carries from step to step, and the services it talks to."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any, Protocol, TypeVar
+
+from worker.config import DEFAULTS
+from worker.db import Database
+from worker.mime import ParsedEmail
+from worker.queue.breakers import Breakers
+from worker.queue.handlers import JobRun
+from worker.queue.trace import JobTrace
+from worker.responder import Classification, Draft, EmailFacts, OrderFacts, Responder
+
+SECRETS_TTL_SECONDS = 60.0  # a run re-reads a store's secrets at most this often
+
+T = TypeVar("T")
+
+
+class OrderLookup(Protocol):
+    """What the pipeline asks of a shop (worker.shopify.ShopifyClient)."""
+
+    def recent_orders_for_email(self, email: str, limit: int = 5) -> list[OrderFacts]: ...
+    def order_by_number(self, number: str) -> OrderFacts | None: ...
+
+
+@dataclass(frozen=True)
+class MailIO:
+    """The store-facing mail edges: SMTP delivery and the Sent-folder lookup."""
+
+    send: Callable[[EmailMessage, Mapping[str, Any], Mapping[str, Any]], object]
+    sent_folder_has: Callable[[Mapping[str, Any], Mapping[str, Any], str], bool]
+
+
+@dataclass
+class Services:
+    """Everything a job talks to, passed in so tests and the benchmark can swap any of it."""
+
+    db: Database
+    responder: Responder
+    mail: MailIO
+    shop_for: Callable[[Mapping[str, Any], Mapping[str, Any]], OrderLookup | None]
+    breakers: Breakers = field(init=False)
+    _secrets: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
+    _secrets_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.breakers = Breakers(self.db)
+
+    def secrets(self, store_id: str) -> dict[str, Any]:
+        """The store's credentials, cached briefly so a busy store costs one Vault read a minute."""
+        now = time.monotonic()
+        with self._secrets_lock:
+            cached = self._secrets.get(store_id)
+            if cached and now - cached[0] < SECRETS_TTL_SECONDS:
+                return cached[1]
+        value = self.db.get_store_secrets(store_id)
+        with self._secrets_lock:
+            self._secrets[store_id] = (now, value)
+        return value
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """The pipeline's limits; the defaults are Settings'."""
+
+    reply_cap_per_customer: int = DEFAULTS.reply_cap_per_customer
+    reply_cap_window_hours: int = DEFAULTS.reply_cap_window_hours
+    max_message_bytes: int = DEFAULTS.max_message_bytes
+    min_confidence: float = 0.6  # not a setting: below it a reply waits for a person
+
+
+class JobDone(Exception):
+    """Ends a job early with an outcome (skipped, spam, no_credits, held ...); it is completed."""
+
+    def __init__(self, outcome: str, **detail: Any) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+        self.detail = detail
+
+
+def _need(value: T | None, what: str) -> T:
+    if value is None:
+        raise RuntimeError(f"pipeline step order: {what} is not known yet")
+    return value
+
+
+@dataclass
+class JobContext:
+    """One email job as it moves through the steps; each step reads and fills some fields.
+
+    A step ends the job by raising JobDone (the runner completes it with that outcome) or by
+    setting `settled` (delivery's finish_send completed it in the same transaction as the send).
+    """
+
+    run: JobRun
+    services: Services
+    options: PipelineOptions
+    loaded: Mapping[str, Any] = field(default_factory=dict)  # load_job_context's answer
+    message_: Mapping[str, Any] | None = None
+    store_: Mapping[str, Any] | None = None
+    email_: ParsedEmail | None = None
+    facts_: EmailFacts | None = None
+    classification_: Classification | None = None
+    to_address: str = ""
+    orders: list[OrderFacts] = field(default_factory=list)
+    credit: str | None = None
+    draft_: Draft | None = None
+    hold: str | None = None
+    reply: Mapping[str, Any] | None = None
+    settled: dict[str, Any] | None = None
+
+    @property
+    def job(self) -> Mapping[str, Any]:
+        return self.run.job
+
+    @property
+    def job_id(self) -> str:
+        return self.run.job_id
+
+    @property
+    def trace(self) -> JobTrace:
+        return self.run.trace
+
+    @property
+    def db(self) -> Database:
+        return self.services.db
+
+    @property
+    def message(self) -> Mapping[str, Any]:
+        return _need(self.message_, "the message")
+
+    @property
+    def store(self) -> Mapping[str, Any]:
+        return _need(self.store_, "the store")
+
+    @property
+    def email(self) -> ParsedEmail:
+        return _need(self.email_, "the parsed email")
+
+    @property
+    def facts(self) -> EmailFacts:
+        return _need(self.facts_, "the email facts")
+
+    @property
+    def classification(self) -> Classification:
+        return _need(self.classification_, "the classification")
+
+    @property
+    def draft(self) -> Draft:
+        return _need(self.draft_, "the draft")

@@ -1,0 +1,115 @@
+"""Exactly one reply: the reply row moves drafted -> sending -> sent in the database.
+
+A job that finds its reply `sent` completes without sending; one found `sending` was interrupted
+between the SMTP hand-off and the bookkeeping, so we cannot know whether the customer got it. We
+then look for our deterministic Message-ID in the store's Sent folder (providers such as Gmail
+and Microsoft 365 file SMTP-submitted mail there): found means sent; not found means the reply
+is held for a person to review. We never send in doubt, so a customer never receives two
+replies.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from worker import compose
+from worker.errors import CircuitOpenError, WorkerError
+from worker.pipeline.context import JobContext, JobDone
+from worker.queue.trace import finish
+from worker.smtp import SendInDoubtError
+
+log = logging.getLogger(__name__)
+
+
+def resume_reply(ctx: JobContext) -> None:
+    """Take the job's reply row to its end state from wherever an earlier attempt left it.
+
+    Ends the job: JobDone (held, already sent, failed) or `ctx.settled` (sent now).
+    """
+    reply = ctx.reply
+    if reply is None:
+        raise RuntimeError("pipeline step order: no reply to deliver")
+    store, services, db = ctx.store, ctx.services, ctx.db
+    reply_id = str(reply["id"])
+    intent = ctx.classification_.intent if ctx.classification_ else None
+    result = {"reply_id": reply_id, "intent": intent or reply.get("intent"), "credit": ctx.credit}
+    status = reply["status"]
+    if status == "held":
+        raise JobDone("held", hold_reason=reply.get("hold_reason"), **result)
+    if status == "sent":
+        raise JobDone("replied", already_sent=True, **result)
+    if status == "failed":
+        raise JobDone("failed", error=reply.get("error"), **result)
+
+    secrets = services.secrets(str(store["id"]))
+    smtp_service = f"smtp:{store['id']}"
+    if status == "sending":
+        resolve_in_doubt(ctx, reply, secrets, result)
+        return
+
+    if not services.breakers.allow(smtp_service):
+        raise CircuitOpenError(smtp_service)
+    gate = db.begin_send(reply_id)
+    if gate == "already_sent":
+        raise JobDone("replied", already_sent=True, **result)
+    if gate == "in_doubt":
+        resolve_in_doubt(ctx, reply, secrets, result)
+        return
+    if gate == "held":
+        raise JobDone("held", hold_reason=reply.get("hold_reason"), **result)
+    if gate != "ok":
+        raise JobDone("failed", error=f"reply is {gate}", **result)
+
+    message = compose.build_reply(
+        from_address=str(store["support_email"]),
+        from_name=str(store.get("name") or ""),
+        to_address=str(reply["to_address"]),
+        original_subject=str(reply["subject"]),
+        in_reply_to=reply.get("in_reply_to"),
+        references=list(reply.get("references") or []),
+        body_text=str(reply["body_text"]),
+        message_id=str(reply["smtp_message_id"]),
+    )
+    try:
+        with ctx.trace.timed("smtp"):
+            services.mail.send(message, store, secrets)
+    except WorkerError as exc:
+        services.breakers.record(smtp_service, exc.error_type == "permanent")
+        if isinstance(exc, SendInDoubtError):
+            # The connection died after DATA: the server may have taken it. Stay `sending`; the
+            # retry resolves it through the Sent folder instead of risking a second reply.
+            raise
+        if exc.error_type == "permanent":
+            db.reset_reply(reply_id, "failed", str(exc))
+            db.release_credit(str(store["id"]), ctx.job_id, "send_failed")
+        else:
+            db.reset_reply(reply_id, "drafted", str(exc))
+        raise
+    services.breakers.record(smtp_service, True)
+    summary = finish(ctx.trace, "replied", **result)
+    if not db.finish_send(reply_id, ctx.job_id, ctx.run.worker_id, summary):
+        log.warning(
+            "job %s: reply sent but the lease was lost; the reply is recorded as sent", ctx.job_id
+        )
+    ctx.settled = summary
+
+
+def resolve_in_doubt(
+    ctx: JobContext,
+    reply: Mapping[str, Any],
+    secrets: Mapping[str, Any],
+    result: dict[str, Any],
+) -> None:
+    """A reply left `sending` by a dead worker: sent if the Sent folder has it, else held."""
+    reply_id = str(reply["id"])
+    found = ctx.services.mail.sent_folder_has(ctx.store, secrets, str(reply["smtp_message_id"]))
+    if found:
+        ctx.trace.event("process.in_doubt_resolved", found_in="sent_folder")
+        summary = finish(ctx.trace, "replied", in_doubt_resolved="sent_folder", **result)
+        ctx.db.finish_send(reply_id, ctx.job_id, ctx.run.worker_id, summary)
+        ctx.settled = summary
+        return
+    ctx.db.reset_reply(reply_id, "held", "delivery_in_doubt")
+    raise JobDone("held", hold_reason="delivery_in_doubt", **result)

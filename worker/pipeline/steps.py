@@ -1,0 +1,272 @@
+"""The email pipeline as named steps over one JobContext, run in the order of STEPS.
+
+Each step reads what earlier steps put in the context, adds its own part, and either lets the
+job go on or ends it (JobDone, or `ctx.settled` once delivered). A new step is one function
+here, its place in STEPS, and its unit test. Every decision that can be pure lives in its own
+module (`validate`, `loops`, `spam`, `privacy`, `prompts`); every outside service is reached
+through ctx.services.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from worker import compose, loops, mime, privacy, spam, validate
+from worker.pipeline import delivery
+from worker.pipeline.context import JobContext, JobDone, OrderLookup
+from worker.queue.breakers import guarded
+from worker.responder import Classification, EmailFacts, OrderFacts, StoreVoice
+
+# Intents for which looking up orders helps the answer; others never touch Shopify.
+ORDER_INTENTS = frozenset(
+    {"order_status", "shipping_delay", "return_refund", "cancellation", "complaint"}
+)
+# Intents that always go to a person as a draft (angry customers deserve a human).
+HUMAN_INTENTS = frozenset({"complaint"})
+
+Step = Callable[[JobContext], None]
+
+
+# --- pure decisions the steps use --------------------------------------------------------------
+
+
+def store_addresses(store: Mapping[str, Any]) -> list[str]:
+    """Every address that belongs to the store (its own mail is never answered)."""
+    addresses = [str(store.get("support_email") or "")]
+    addresses += [str(a) for a in store.get("extra_addresses") or []]
+    return [a.lower() for a in addresses if a]
+
+
+def hold_reason(
+    classification: Classification,
+    draft_hold: str | None,
+    store: Mapping[str, Any],
+    min_confidence: float,
+) -> str | None:
+    """Why a reply must wait for a person instead of being sent, or None to send it."""
+    if store.get("reply_mode") == "draft_only":
+        return "draft_only"
+    if classification.needs_human:
+        return "needs_human"
+    if classification.intent in HUMAN_INTENTS:
+        return classification.intent
+    if classification.confidence < min_confidence:
+        return "low_confidence"
+    return draft_hold
+
+
+def wants_orders(classification: Classification) -> bool:
+    """Whether order data can help answer this email."""
+    return classification.intent in ORDER_INTENTS or bool(classification.order_numbers)
+
+
+def lookup_orders(
+    shop: OrderLookup, sender: str, classification: Classification
+) -> list[OrderFacts]:
+    """Orders the customer mentioned, else their recent ones; `privacy` filters them after.
+
+    The fallback to recent orders depends on whether a mentioned order is the sender's own, not
+    on whether it exists: otherwise someone else's number (no fallback, a neutral reply) and an
+    unknown one (fallback, the sender's orders) would get different answers, which tells a
+    prober that the number exists.
+    """
+    found: list[OrderFacts] = []
+    for number in classification.order_numbers[:3]:
+        order = shop.order_by_number(number)
+        if order is not None:
+            found.append(order)
+    if not any(privacy.order_belongs_to(order, sender) for order in found):
+        found += shop.recent_orders_for_email(sender, limit=5)
+    return found
+
+
+# --- the steps, in order -----------------------------------------------------------------------
+
+
+def load(ctx: JobContext) -> None:
+    """Read the job's message, store and reply; a reply from an earlier attempt is resumed."""
+    with ctx.trace.timed("load"):
+        loaded = ctx.db.load_job_context(ctx.job_id, ctx.options.reply_cap_window_hours)
+    if loaded is None or not loaded.get("message") or not loaded.get("store"):
+        # The message or its store was deleted after the job was queued: nothing to answer.
+        raise JobDone("skipped", reason="message_gone")
+    ctx.loaded, ctx.message_, ctx.store_ = loaded, loaded["message"], loaded["store"]
+    ctx.trace.message_id = str(ctx.message["id"])
+    if loaded.get("reply"):
+        ctx.reply = loaded["reply"]
+        delivery.resume_reply(ctx)
+
+
+def skip_inactive_store(ctx: JobContext) -> None:
+    """Deactivating a store stops its automation at once, also for mail already queued."""
+    if ctx.store.get("active") is False:
+        raise JobDone("skipped", reason="store_inactive")
+
+
+def parse_email(ctx: JobContext) -> None:
+    """The stored message as a ParsedEmail, for the pure checks that follow."""
+    ctx.email_ = mime.ParsedEmail.from_row(ctx.message)
+
+
+def skip_marked(ctx: JobContext) -> None:
+    """Mail that fetch already marked as not to be answered (skip_reason)."""
+    if ctx.message.get("skip_reason"):
+        raise JobDone("skipped", reason=str(ctx.message["skip_reason"]))
+
+
+def validate_inbound(ctx: JobContext) -> None:
+    """An unusable sender, our own address, too large or empty: skipped."""
+    reason = validate.validate_inbound(
+        ctx.email,
+        store_addresses=store_addresses(ctx.store),
+        max_bytes=ctx.options.max_message_bytes,
+    )
+    if reason:
+        raise JobDone("skipped", reason=reason)
+
+
+def skip_loops(ctx: JobContext) -> None:
+    """Auto-replies, bounces, lists and mail loops are never answered."""
+    reason = loops.auto_reply_reason(ctx.email, store_addresses=store_addresses(ctx.store))
+    if reason:
+        raise JobDone("skipped", reason=reason)
+
+
+def cap_replies(ctx: JobContext) -> None:
+    """At most reply_cap_per_customer replies to one customer per window."""
+    recent = int(ctx.loaded.get("recent_replies") or 0)
+    if loops.reply_cap_reached(recent, ctx.options.reply_cap_per_customer):
+        raise JobDone("skipped", reason="reply_cap")
+
+
+def filter_spam(ctx: JobContext) -> None:
+    """Heuristic spam never reaches the model; what passes is a valid email to answer."""
+    verdict = spam.spam_verdict(ctx.email)
+    if verdict.is_spam:
+        raise JobDone("spam", reasons=list(verdict.reasons), score=verdict.score)
+    ctx.trace.event("process.validated")
+
+
+def classify(ctx: JobContext) -> None:
+    """The model's reading of the email: intent, language, order numbers, spam."""
+    email, services = ctx.email, ctx.services
+    facts = EmailFacts(
+        sender=email.from_address or "",
+        subject=email.subject or "",
+        body=email.body_text or "",
+    )
+    ctx.facts_ = facts
+    with ctx.trace.timed("classify"):
+        classification: Classification = guarded(
+            services.breakers, "claude", lambda: services.responder.classify(facts)
+        )
+    ctx.classification_ = classification
+    ctx.trace.event(
+        "process.classified",
+        intent=classification.intent,
+        language=classification.language,
+        sentiment=classification.sentiment,
+        needs_human=classification.needs_human,
+        confidence=classification.confidence,
+        model=services.responder.model,
+    )
+    if classification.is_spam:
+        raise JobDone("spam", reasons=["classifier"], intent=classification.intent)
+
+
+def find_orders(ctx: JobContext) -> None:
+    """The reply's recipient and the orders it may mention (privacy rules applied)."""
+    email, store, services, classification = ctx.email, ctx.store, ctx.services, ctx.classification
+    sender = email.from_address or ""
+    orders: list[OrderFacts] = []
+    if store.get("shopify_domain") and wants_orders(classification):
+        shop = services.shop_for(store, services.secrets(str(store["id"])))
+        if shop is not None:
+            service = f"shopify:{store['id']}"
+            with ctx.trace.timed("shopify"):
+                found = guarded(
+                    services.breakers, service, lambda: lookup_orders(shop, sender, classification)
+                )
+            orders = privacy.disclosable_orders(sender, found)
+            ctx.trace.event("process.shopify_lookup", found=len(found), disclosed=len(orders))
+    to_address, include_orders = privacy.reply_recipient(sender, email.reply_to, bool(orders))
+    ctx.to_address, ctx.orders = to_address, orders if include_orders else []
+
+
+def reserve_credit(ctx: JobContext) -> None:
+    """One credit per answered email, taken before the model drafts (refunded if never sent)."""
+    ctx.credit = ctx.db.reserve_credit(str(ctx.store["id"]), ctx.job_id)
+    if ctx.credit == "no_credits":
+        ctx.trace.event("process.no_credits")
+        raise JobDone("no_credits", intent=ctx.classification.intent)
+
+
+def draft(ctx: JobContext) -> None:
+    """The model's reply in the store's voice, grounded in the disclosable orders."""
+    services, facts, classification = ctx.services, ctx.facts, ctx.classification
+    voice = StoreVoice.from_store_row(ctx.store)
+    with ctx.trace.timed("draft"):
+        ctx.draft_ = guarded(
+            services.breakers,
+            "claude",
+            lambda: services.responder.draft(facts, classification, ctx.orders, voice),
+        )
+
+
+def decide_hold(ctx: JobContext) -> None:
+    """Whether the reply waits for a person (recorded with the draft's event)."""
+    reply_draft = ctx.draft
+    ctx.hold = hold_reason(
+        ctx.classification, reply_draft.hold_reason, ctx.store, ctx.options.min_confidence
+    )
+    ctx.trace.event(
+        "process.drafted", language=reply_draft.language, model=reply_draft.model, hold=ctx.hold
+    )
+
+
+def save_reply(ctx: JobContext) -> None:
+    """The reply row (drafted, or held), with the threading every attempt sends identically."""
+    email, store, reply_draft = ctx.email, ctx.store, ctx.draft
+    domain = str(store["support_email"]).rpartition("@")[2] or "localhost"
+    ctx.reply = ctx.db.save_reply(
+        ctx.job_id,
+        str(ctx.message["id"]),
+        {
+            "to_address": ctx.to_address,
+            "subject": compose.reply_subject(email.subject or ""),
+            "body_text": reply_draft.body_text,
+            "smtp_message_id": compose.reply_message_id(ctx.job_id, domain),
+            "in_reply_to": email.message_id,
+            "references": compose.thread_references(email.references, email.message_id),
+            "hold": ctx.hold is not None,
+            "hold_reason": ctx.hold,
+            "intent": ctx.classification.intent,
+            "language": reply_draft.language,
+            "model": reply_draft.model,
+        },
+    )
+
+
+def deliver(ctx: JobContext) -> None:
+    """Send the reply exactly once (worker.pipeline.delivery)."""
+    delivery.resume_reply(ctx)
+
+
+STEPS: tuple[Step, ...] = (
+    load,
+    skip_inactive_store,
+    parse_email,
+    skip_marked,
+    validate_inbound,
+    skip_loops,
+    cap_replies,
+    filter_spam,
+    classify,
+    find_orders,
+    reserve_credit,
+    draft,
+    decide_hold,
+    save_reply,
+    deliver,
+)

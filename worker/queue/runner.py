@@ -1,0 +1,207 @@
+"""A process-queue run: claim due jobs of the registered types, run their handlers, settle them.
+
+A run claims jobs in batches sized to the free slots of a thread pool, runs them concurrently,
+renews their leases while they run and stops claiming when its budget is spent. Each job is
+settled once (complete, fail or defer) from what its handler returned or raised. A job that
+cannot be settled (the database refused the call) keeps its lease and is reclaimed later; it
+never ends the run for the other jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+from worker.config import DEFAULTS, Settings
+from worker.db import Database
+from worker.errors import WorkerError
+from worker.queue.handlers import Handler, Handlers, JobRun
+from worker.queue.outcome import Complete, Defer, Fail, Outcome, UnknownJobType, for_error
+from worker.queue.trace import JobTrace
+from worker.runs import Budget
+
+log = logging.getLogger(__name__)
+
+IDLE_WAIT_SECONDS = 1.0  # how long the run loop waits for a finishing job before re-claiming
+SETTLE_FAILED = "settle_failed"  # the outcome of a job the database would not let us settle
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """How a run claims: pool size and lease; the defaults are Settings'."""
+
+    concurrency: int = DEFAULTS.process_concurrency
+    lease_seconds: int = DEFAULTS.lease_seconds
+    heartbeat_seconds: float | None = None  # default: a third of the lease
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RunnerOptions:
+        """Runner tuning from Settings."""
+        return cls(concurrency=settings.process_concurrency, lease_seconds=settings.lease_seconds)
+
+
+def new_worker_id(run_id: str | None = None) -> str:
+    """A worker id unique per process and run, readable in the DLQ tool."""
+    return f"{socket.gethostname()}:{os.getpid()}:{run_id or time.time_ns()}"
+
+
+class Heartbeat:
+    """Renews the leases of in-flight jobs so a long job is never reclaimed under our feet."""
+
+    def __init__(
+        self, db: Database, worker_id: str, lease_seconds: int, every_seconds: float
+    ) -> None:
+        self.db, self.worker_id = db, worker_id
+        self.lease_seconds, self.every = lease_seconds, every_seconds
+        self.job_ids: set[str] = set()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="lease-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+    def add(self, job_id: str) -> None:
+        with self.lock:
+            self.job_ids.add(job_id)
+
+    def discard(self, job_id: str) -> None:
+        with self.lock:
+            self.job_ids.discard(job_id)
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.every):
+            with self.lock:
+                ids = sorted(self.job_ids)
+            if not ids:
+                continue
+            try:
+                self.db.extend_lease(self.worker_id, ids, self.lease_seconds)
+            except WorkerError:
+                log.exception("lease heartbeat failed; will retry")
+
+
+def execute(handler: Handler | None, run: JobRun) -> Outcome | Fail | Defer:
+    """Run the job's handler and say how to settle it (no queue call is made here)."""
+    try:
+        if handler is None:
+            # Claimed but no longer handled (e.g. removed between claim and dispatch).
+            raise UnknownJobType(str(run.job.get("job_type")))
+        return handler.handle(run)
+    except UnknownJobType as exc:
+        log.error("job %s: %s", run.job_id, exc)
+        return for_error(exc)
+    except WorkerError as exc:
+        return for_error(exc)
+    except Exception as exc:
+        log.exception("job %s failed unexpectedly", run.job_id)
+        return for_error(exc)
+
+
+def settle(
+    db: Database, handler: Handler | None, run: JobRun, result: Outcome | Fail | Defer
+) -> None:
+    """Report the job's result to the queue (and tell its handler if it was dead-lettered)."""
+    job_id, worker_id = run.job_id, run.worker_id
+    if isinstance(result, Complete):
+        db.complete_job(job_id, worker_id, result.summary)
+    elif isinstance(result, Defer):
+        db.defer_job(job_id, worker_id, result.seconds, result.reason)
+    elif isinstance(result, Fail):
+        status = db.fail_job(
+            job_id, worker_id, result.error, result.error_type, result.retry_after_seconds
+        )
+        if status == "dead_letter" and handler is not None:
+            handler.dead_lettered(run.job)
+    # Settled: the handler's own SQL completed the job.
+
+
+def run_job(db: Database, handlers: Handlers, job: Mapping[str, Any], worker_id: str) -> str:
+    """Run one claimed job and settle it in the queue; returns its outcome label."""
+    run = JobRun(job=job, worker_id=worker_id, trace=JobTrace(job))
+    handler = handlers.get(str(job.get("job_type")))
+    started = time.perf_counter()
+    result = execute(handler, run)
+    label = result.label
+    try:
+        settle(db, handler, run, result)
+    except Exception:
+        # The job keeps its lease and is reclaimed once it expires; the run goes on.
+        log.exception("job %s: could not settle it as %s", run.job_id, label)
+        label = SETTLE_FAILED
+    if run.trace.events:
+        try:
+            db.record_events(run.trace.events)
+        except Exception:
+            log.exception("job %s: could not record its events", run.job_id)
+    log.debug("job %s -> %s in %.0f ms", run.job_id, label, (time.perf_counter() - started) * 1000)
+    return label
+
+
+def run_queue(
+    db: Database,
+    handlers: Handlers,
+    budget: Budget,
+    *,
+    options: RunnerOptions | None = None,
+    worker_id: str | None = None,
+) -> dict[str, Any]:
+    """One run: drain due jobs of the registered types within the budget; the run summary."""
+    options = options or RunnerOptions()
+    worker_id = worker_id or new_worker_id()
+    job_types = list(handlers.job_types)
+    outcomes: dict[str, int] = {}
+    claimed = 0
+    started = time.monotonic()
+    in_flight: dict[Future[str], str] = {}
+    heartbeat_every = options.heartbeat_seconds or max(1.0, options.lease_seconds / 3)
+
+    with (
+        ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="job") as pool,
+        Heartbeat(db, worker_id, options.lease_seconds, heartbeat_every) as heartbeat,
+    ):
+        while job_types:
+            free = options.concurrency - len(in_flight)
+            got = 0
+            if free > 0 and not budget.expired():
+                jobs = db.dequeue_jobs(worker_id, free, options.lease_seconds, job_types)
+                got = len(jobs)
+                claimed += got
+                for job in jobs:
+                    heartbeat.add(str(job["id"]))
+                    future = pool.submit(run_job, db, handlers, job, worker_id)
+                    in_flight[future] = str(job["id"])
+            if not in_flight:
+                if got == 0 or budget.expired():
+                    break
+                continue
+            # A full pool, an empty claim or a spent budget: wait for a job to finish (which may
+            # also unblock another job of the same conversation) before claiming again.
+            if free - got <= 0 or got == 0 or budget.expired():
+                done, _ = wait(in_flight, timeout=IDLE_WAIT_SECONDS, return_when=FIRST_COMPLETED)
+                for future in done:
+                    heartbeat.discard(in_flight.pop(future))
+                    outcome = future.result()
+                    outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+    return {
+        "worker_id": worker_id,
+        "claimed": claimed,
+        "outcomes": outcomes,
+        "processed": sum(outcomes.values()),
+        "settle_failed": outcomes.get(SETTLE_FAILED, 0),
+        "duration_seconds": round(time.monotonic() - started, 3),
+        "budget_expired": budget.expired(),
+    }
