@@ -1,0 +1,179 @@
+"""The email pipeline's steps one at a time (worker.pipeline.steps), over a JobContext.
+
+A new step gets its test here: build a context with what earlier steps would have filled in,
+run the step, and look at what it added or how it ended the job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, cast
+
+import pytest
+
+from worker.db import Database
+from worker.mime import ParsedEmail
+from worker.pipeline import steps
+from worker.pipeline.context import JobContext, JobDone, PipelineOptions, Services
+from worker.pipeline.handler import EmailHandler
+from worker.queue.handlers import JobRun
+from worker.queue.outcome import Complete
+from worker.queue.trace import JobTrace
+from worker.responder import Classification, Draft
+
+STORE = {"id": "s1", "support_email": "suporte@loja.test", "active": True}
+MESSAGE = {
+    "id": "m1",
+    "message_id": "<q1@example.com>",
+    "from_address": "ana@example.com",
+    "subject": "Onde está meu pedido?",
+    "body_text": "Olá, quando chega o pedido #1001?",
+    "size_bytes": 500,
+}
+
+
+class LoadingDb:
+    """load_job_context only: what the first step reads."""
+
+    def __init__(self, loaded: Mapping[str, Any] | None) -> None:
+        self.loaded = loaded
+
+    def load_job_context(self, job_id: str, window: int | None = None) -> Any:
+        return self.loaded
+
+
+def context(
+    *,
+    store: Mapping[str, Any] = STORE,
+    message: Mapping[str, Any] = MESSAGE,
+    loaded: Mapping[str, Any] | None = None,
+    **fields: Any,
+) -> JobContext:
+    job = {"id": "j1", "job_type": "process_email", "store_id": "s1"}
+    services = Services(
+        db=cast(Database, LoadingDb(loaded)),
+        responder=None,  # type: ignore[arg-type]
+        mail=None,  # type: ignore[arg-type]
+        shop_for=lambda store, secrets: None,
+    )
+    ctx = JobContext(
+        run=JobRun(job=job, worker_id="w1", trace=JobTrace(job)),
+        services=services,
+        options=PipelineOptions(),
+        loaded=loaded or {},
+        store_=store,
+        message_=message,
+        email_=ParsedEmail.from_row(message),
+    )
+    return dataclasses.replace(ctx, **fields)
+
+
+def ended(step: steps.Step, ctx: JobContext) -> tuple[str, dict[str, Any]]:
+    with pytest.raises(JobDone) as caught:
+        step(ctx)
+    return caught.value.outcome, caught.value.detail
+
+
+def test_the_steps_run_in_the_documented_order() -> None:
+    assert [s.__name__ for s in steps.STEPS] == [
+        "load",
+        "skip_inactive_store",
+        "parse_email",
+        "skip_marked",
+        "validate_inbound",
+        "skip_loops",
+        "cap_replies",
+        "filter_spam",
+        "classify",
+        "find_orders",
+        "reserve_credit",
+        "draft",
+        "decide_hold",
+        "save_reply",
+        "deliver",
+    ]
+
+
+def test_load_skips_a_job_whose_message_is_gone() -> None:
+    ctx = context(loaded=None)
+    assert ended(steps.load, ctx) == ("skipped", {"reason": "message_gone"})
+
+
+def test_load_fills_the_context_and_tags_events_with_the_message() -> None:
+    ctx = context(loaded={"message": MESSAGE, "store": STORE, "recent_replies": 2})
+    steps.load(ctx)
+    assert ctx.message["id"] == "m1" and ctx.store["id"] == "s1"
+    assert ctx.trace.message_id == "m1"
+
+
+def test_load_resumes_a_reply_an_earlier_attempt_left_held() -> None:
+    reply = {"id": "r1", "status": "held", "hold_reason": "complaint", "intent": "complaint"}
+    ctx = context(loaded={"message": MESSAGE, "store": STORE, "reply": reply})
+    outcome, detail = ended(steps.load, ctx)
+    assert (outcome, detail["hold_reason"], detail["intent"]) == ("held", "complaint", "complaint")
+
+
+def test_an_inactive_store_answers_nothing() -> None:
+    ctx = context(store={**STORE, "active": False})
+    assert ended(steps.skip_inactive_store, ctx) == ("skipped", {"reason": "store_inactive"})
+    steps.skip_inactive_store(context())  # an active one goes on
+
+
+def test_mail_marked_by_fetch_is_skipped_with_its_reason() -> None:
+    ctx = context(message={**MESSAGE, "skip_reason": "oversized"})
+    assert ended(steps.skip_marked, ctx) == ("skipped", {"reason": "oversized"})
+
+
+def test_mail_from_the_store_itself_is_not_valid_inbound() -> None:
+    ctx = context(message={**MESSAGE, "from_address": "Suporte@Loja.test"})
+    assert ended(steps.validate_inbound, ctx) == ("skipped", {"reason": "own_address"})
+
+
+def test_an_auto_reply_is_never_answered() -> None:
+    message = {**MESSAGE, "headers": {"auto-submitted": "auto-replied"}}
+    outcome, detail = ended(steps.skip_loops, context(message=message))
+    assert outcome == "skipped" and detail["reason"] == "auto_submitted"
+
+
+def test_the_reply_cap_counts_recent_replies_to_the_customer() -> None:
+    steps.cap_replies(context(loaded={"recent_replies": 2}))
+    capped = context(loaded={"recent_replies": 3})
+    assert ended(steps.cap_replies, capped) == ("skipped", {"reason": "reply_cap"})
+
+
+def test_mail_that_passes_the_spam_filter_is_recorded_as_validated() -> None:
+    ctx = context()
+    steps.filter_spam(ctx)
+    assert [e["event_type"] for e in ctx.trace.events] == ["process.validated"]
+
+
+def test_the_hold_decision_is_recorded_with_the_draft() -> None:
+    classification = Classification(
+        intent="complaint", language="pt-BR", sentiment="negative", needs_human=False, confidence=1
+    )
+    draft = Draft(body_text="...", language="pt-BR", model="offline")
+    ctx = context(classification_=classification, draft_=draft)
+    steps.decide_hold(ctx)
+    assert ctx.hold == "complaint"
+    [event] = ctx.trace.events
+    assert event["event_type"] == "process.drafted" and event["detail"]["hold"] == "complaint"
+
+
+def test_a_step_that_reads_what_no_earlier_step_filled_in_says_so() -> None:
+    with pytest.raises(RuntimeError, match="the draft is not known yet"):
+        steps.decide_hold(context())
+
+
+def test_the_handler_completes_an_early_end_and_records_its_event() -> None:
+    def skip(ctx: JobContext) -> None:
+        raise JobDone("skipped", reason="store_inactive")
+
+    job = {"id": "j1", "job_type": "process_email"}
+    handler = EmailHandler(context().services, steps=(skip,))
+    trace = JobTrace(job)
+    outcome = handler.handle(JobRun(job=job, worker_id="w1", trace=trace))
+    assert isinstance(outcome, Complete)
+    assert outcome.summary["outcome"] == "skipped"
+    assert outcome.summary["reason"] == "store_inactive"
+    assert [e["event_type"] for e in trace.events] == ["process.skipped"]
