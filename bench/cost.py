@@ -28,6 +28,7 @@ import psycopg
 from worker import mime, process
 from worker.db import Database
 from worker.db.pg import PgTransport
+from worker.models import MailAccount
 from worker.offline import OfflineResponder
 from worker.pipeline.context import MailIO, Services
 from worker.responder import FulfillmentFacts, OrderFacts, TrackingFacts
@@ -88,11 +89,11 @@ def _order(email: str) -> OrderFacts:
     )
 
 
-def _no_send(message: EmailMessage, store: Mapping[str, Any], secrets: Mapping[str, Any]) -> None:
+def _no_send(message: EmailMessage, account: MailAccount) -> None:
     return None
 
 
-def _never_in_sent(store: Mapping[str, Any], secrets: Mapping[str, Any], message_id: str) -> bool:
+def _never_in_sent(account: MailAccount, message_id: str) -> bool:
     return False
 
 

@@ -28,6 +28,7 @@ from worker import imap, mime, tls
 from worker.config import DEFAULTS, Settings
 from worker.db import Database
 from worker.errors import ConfigError, TransientError, WorkerError
+from worker.models import Store
 from worker.runs import Budget
 
 log = logging.getLogger(__name__)
@@ -171,15 +172,15 @@ def fetch_store(
 
     The store stops at `deadline`, or as soon as `stop_event` is set, cutting its connection.
     """
-    store_id = str(store["id"])
+    typed = Store.from_row(store)
+    store_id, folder = typed.id, typed.imap_folder
     outcome = StoreOutcome(store_id=store_id)
     service = imap_service(store_id)
     if not db.circuit_allow(service):
         outcome.status = "breaker_open"
         return outcome
-    folder = store.get("imap_folder") or "INBOX"
     try:
-        secrets = db.get_store_secrets(store_id)
+        account = typed.imap_account(db.get_store_secrets(store_id))
         state = db.get_mailbox_state(store_id, folder)
         known_uidvalidity = (
             int(state["uidvalidity"]) if state and state.get("uidvalidity") else None
@@ -187,11 +188,11 @@ def fetch_store(
         last_uid = int(state["last_uid"]) if state else 0
         with (
             open_mailbox(
-                store["imap_host"],
-                int(store["imap_port"]),
-                store["imap_tls"],
-                store["imap_user"],
-                secrets.get("imap_password") or "",
+                account.host,
+                account.port,
+                account.tls,
+                account.user,
+                account.password,
                 timeout_seconds=options.imap_timeout_seconds,
                 ca_file=options.ca_file,
             ) as client,

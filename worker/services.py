@@ -19,6 +19,7 @@ from worker import db as dbmod
 from worker import fetch, imap, process, smtp
 from worker.claude import ClaudeResponder
 from worker.config import Settings
+from worker.models import MailAccount
 from worker.offline import OfflineResponder
 from worker.pipeline.context import MailIO, Services
 from worker.responder import Responder
@@ -44,27 +45,25 @@ def build_responder(settings: Settings) -> Responder:
 def mail_io(settings: Settings) -> MailIO:
     """SMTP delivery and the Sent-folder lookup, with the configured timeouts and CA."""
 
-    def send(message: EmailMessage, store: Mapping[str, Any], secrets: Mapping[str, Any]) -> object:
+    def send(message: EmailMessage, account: MailAccount) -> object:
         return smtp.send_message(
             message,
-            str(store["smtp_host"]),
-            int(store["smtp_port"]),
-            str(store["smtp_tls"]),
-            str(store.get("smtp_user") or ""),
-            str(secrets.get("smtp_password") or ""),
+            account.host,
+            account.port,
+            account.tls,
+            account.user,
+            account.password,
             timeout_seconds=settings.smtp_timeout_seconds,
             ca_file=settings.extra_ca_file,
         )
 
-    def sent_folder_has(
-        store: Mapping[str, Any], secrets: Mapping[str, Any], message_id: str
-    ) -> bool:
+    def sent_folder_has(account: MailAccount, message_id: str) -> bool:
         with imap.open_mailbox(
-            str(store["imap_host"]),
-            int(store["imap_port"]),
-            str(store["imap_tls"]),
-            str(store["imap_user"]),
-            str(secrets.get("imap_password") or ""),
+            account.host,
+            account.port,
+            account.tls,
+            account.user,
+            account.password,
             timeout_seconds=settings.imap_timeout_seconds,
             ca_file=settings.extra_ca_file,
         ) as client:

@@ -26,6 +26,7 @@ from worker.config import Settings, load_settings
 from worker.db import Database, connect
 from worker.dlq import Column, dumps, render_table
 from worker.errors import ConfigError, DatabaseConstraintError, WorkerError
+from worker.models import MailAccount
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -497,12 +498,13 @@ def check_imap(store: Mapping[str, Any], password: str | None, settings: Setting
     if not password:
         return CheckResult("imap", "failed", "no IMAP password in Vault")
     try:
+        account = MailAccount.imap(store, password)
         with imap.open_mailbox(
-            store["imap_host"],
-            int(store["imap_port"]),
-            store["imap_tls"],
-            store["imap_user"],
-            password,
+            account.host,
+            account.port,
+            account.tls,
+            account.user,
+            account.password,
             timeout_seconds=settings.imap_timeout_seconds,
             ca_file=settings.extra_ca_file,
         ) as client:
@@ -526,12 +528,13 @@ def check_smtp(store: Mapping[str, Any], password: str | None, settings: Setting
     if not password:
         return CheckResult("smtp", "failed", "no SMTP password in Vault")
     try:
+        account = MailAccount.smtp(store, password)
         smtp_check.check_login(
-            store["smtp_host"],
-            int(store["smtp_port"]),
-            store["smtp_tls"],
-            store["smtp_user"],
-            password,
+            account.host,
+            account.port,
+            account.tls,
+            account.user,
+            account.password,
             timeout_seconds=settings.smtp_timeout_seconds,
             ca_file=settings.extra_ca_file,
         )

@@ -12,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 from worker.config import DEFAULTS
 from worker.db import Database
 from worker.mime import ParsedEmail
+from worker.models import MailAccount
 from worker.queue.breakers import Breakers
 from worker.queue.handlers import JobRun
 from worker.queue.trace import JobTrace
@@ -33,8 +34,8 @@ class OrderLookup(Protocol):
 class MailIO:
     """The store-facing mail edges: SMTP delivery and the Sent-folder lookup."""
 
-    send: Callable[[EmailMessage, Mapping[str, Any], Mapping[str, Any]], object]
-    sent_folder_has: Callable[[Mapping[str, Any], Mapping[str, Any], str], bool]
+    send: Callable[[EmailMessage, MailAccount], object]
+    sent_folder_has: Callable[[MailAccount, str], bool]  # (IMAP account, Message-ID)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any
 
 from worker import compose
 from worker.errors import CircuitOpenError, WorkerError
+from worker.models import MailAccount
 from worker.pipeline.context import JobContext, JobDone
 from worker.queue.trace import finish
 from worker.smtp import SendInDoubtError
@@ -74,7 +75,7 @@ def resume_reply(ctx: JobContext) -> None:
     )
     try:
         with ctx.trace.timed("smtp"):
-            services.mail.send(message, store, secrets)
+            services.mail.send(message, MailAccount.smtp(store, secrets.get("smtp_password")))
     except WorkerError as exc:
         services.breakers.record(smtp_service, exc.error_type == "permanent")
         if isinstance(exc, SendInDoubtError):
@@ -104,7 +105,8 @@ def resolve_in_doubt(
 ) -> None:
     """A reply left `sending` by a dead worker: sent if the Sent folder has it, else held."""
     reply_id = str(reply["id"])
-    found = ctx.services.mail.sent_folder_has(ctx.store, secrets, str(reply["smtp_message_id"]))
+    mailbox = MailAccount.imap(ctx.store, secrets.get("imap_password"))
+    found = ctx.services.mail.sent_folder_has(mailbox, str(reply["smtp_message_id"]))
     if found:
         ctx.trace.event("process.in_doubt_resolved", found_in="sent_folder")
         summary = finish(ctx.trace, "replied", in_doubt_resolved="sent_folder", **result)
