@@ -22,7 +22,8 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 # Not the demo's default (54329) nor the suite's (54330): a demo left running by hand is untouched.
-DEMO_PGPORT = "54331"
+# DEMO_PGPORT overrides it, so suites running side by side on one machine do not share a cluster.
+DEMO_PGPORT = os.environ.get("DEMO_PGPORT") or "54331"
 # Bounds a hung run (package checks, a new cluster, servers, the wait); never asserted on.
 RUN_TIMEOUT = 900  # seconds
 
