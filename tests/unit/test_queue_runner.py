@@ -266,3 +266,18 @@ def test_a_run_without_handlers_claims_nothing() -> None:
     queue = MemoryQueue(job("a"))
     summary = run(queue, Handlers())
     assert queue.claimed_types == [] and summary["claimed"] == 0
+
+
+def test_a_handler_failing_on_dead_lettering_does_not_undo_the_settle() -> None:
+    class Clumsy(Scripted):
+        def dead_lettered(self, job: Mapping[str, Any]) -> None:
+            raise RuntimeError("refund service down")
+
+    queue = MemoryQueue(job("p"), job("ok"))
+    handlers = Handlers()
+    handlers.register("echo", Clumsy({"p": PermanentError("HTTP 400"), "ok": done("echoed")}))
+
+    summary = run(queue, handlers)
+
+    assert queue.settle_calls("p") == [("fail_job", "p", "HTTP 400", "permanent", None)]
+    assert summary["outcomes"] == {"failed_permanent": 1, "echoed": 1}

@@ -110,22 +110,19 @@ def execute(handler: Handler | None, run: JobRun) -> Outcome | Fail | Defer:
         return for_error(exc)
 
 
-def settle(
-    db: Database, handler: Handler | None, run: JobRun, result: Outcome | Fail | Defer
-) -> None:
-    """Report the job's result to the queue (and tell its handler if it was dead-lettered)."""
+def settle(db: Database, run: JobRun, result: Outcome | Fail | Defer) -> str | None:
+    """Report the job's result to the queue; returns fail_job's new status when it failed."""
     job_id, worker_id = run.job_id, run.worker_id
     if isinstance(result, Complete):
         db.complete_job(job_id, worker_id, result.summary)
     elif isinstance(result, Defer):
         db.defer_job(job_id, worker_id, result.seconds, result.reason)
     elif isinstance(result, Fail):
-        status = db.fail_job(
+        return db.fail_job(
             job_id, worker_id, result.error, result.error_type, result.retry_after_seconds
         )
-        if status == "dead_letter" and handler is not None:
-            handler.dead_lettered(run.job)
     # Settled: the handler's own SQL completed the job.
+    return None
 
 
 def run_job(db: Database, handlers: Handlers, job: Mapping[str, Any], worker_id: str) -> str:
@@ -136,11 +133,16 @@ def run_job(db: Database, handlers: Handlers, job: Mapping[str, Any], worker_id:
     result = execute(handler, run)
     label = result.label
     try:
-        settle(db, handler, run, result)
+        status = settle(db, run, result)
     except Exception:
         # The job keeps its lease and is reclaimed once it expires; the run goes on.
         log.exception("job %s: could not settle it as %s", run.job_id, label)
-        label = SETTLE_FAILED
+        status, label = None, SETTLE_FAILED
+    if status == "dead_letter" and handler is not None:
+        try:
+            handler.dead_lettered(job)
+        except Exception:
+            log.exception("job %s: its handler failed on dead-lettering", run.job_id)
     if run.trace.events:
         try:
             db.record_events(run.trace.events)
