@@ -826,7 +826,7 @@ ALTER FUNCTION public.dequeue_jobs(p_worker_id text, p_batch_size integer, p_lea
 -- Name: enqueue_job(text, jsonb, text, uuid, uuid, integer, timestamp with time zone, integer); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
-CREATE FUNCTION public.enqueue_job(p_job_type text, p_payload jsonb, p_idempotency_key text DEFAULT NULL::text, p_store_id uuid DEFAULT NULL::uuid, p_conversation_id uuid DEFAULT NULL::uuid, p_priority integer DEFAULT 0, p_run_at timestamp with time zone DEFAULT now(), p_max_attempts integer DEFAULT 5) RETURNS uuid
+CREATE FUNCTION public.enqueue_job(p_job_type text, p_payload jsonb, p_idempotency_key text DEFAULT NULL::text, p_store_id uuid DEFAULT NULL::uuid, p_conversation_id uuid DEFAULT NULL::uuid, p_priority integer DEFAULT 0, p_run_at timestamp with time zone DEFAULT now(), p_max_attempts integer DEFAULT NULL::integer) RETURNS uuid
     LANGUAGE plpgsql
     SET search_path TO ''
     AS $$
@@ -836,7 +836,7 @@ begin
     if p_job_type is null or p_job_type = '' then
         raise exception 'enqueue_job: p_job_type is required' using errcode = '22023';
     end if;
-    if p_max_attempts is null or p_max_attempts < 1 then
+    if p_max_attempts < 1 then
         raise exception 'enqueue_job: p_max_attempts must be >= 1' using errcode = '22023';
     end if;
 
@@ -848,7 +848,7 @@ begin
                                       conversation_id, priority, next_retry_at, max_attempts)
         values (p_job_type, coalesce(p_payload, '{}'::jsonb), p_idempotency_key, p_store_id,
                 p_conversation_id, coalesce(p_priority, 0), coalesce(p_run_at, now()),
-                p_max_attempts)
+                coalesce(p_max_attempts, (public.job_retry_policy(p_job_type)).max_attempts))
         on conflict (idempotency_key) where idempotency_key is not null do nothing
         returning id into v_id;
 
@@ -895,7 +895,12 @@ begin
 
     -- Ids are drawn up front, in input order, so the new rows can be matched back to their
     -- elements (RETURNING does not say which input row a row came from).
-    with input as (
+    with policies as (
+        -- one policy lookup per job type in the batch, not per job
+        select t.job_type, (public.job_retry_policy(t.job_type)).max_attempts
+        from (select distinct j ->> 'job_type' as job_type
+              from pg_catalog.jsonb_array_elements(p_jobs) j) t
+    ), input as (
         select i.ord, public.uuid_generate_v7() as id, j ->> 'job_type' as job_type,
                coalesce(j -> 'payload', '{}'::jsonb) as payload,
                j ->> 'idempotency_key' as idempotency_key,
@@ -903,8 +908,9 @@ begin
                (j ->> 'conversation_id')::uuid as conversation_id,
                coalesce((j ->> 'priority')::int, 0) as priority,
                coalesce((j ->> 'run_at')::timestamptz, now()) as run_at,
-               coalesce((j ->> 'max_attempts')::int, 5) as max_attempts
+               coalesce((j ->> 'max_attempts')::int, p.max_attempts) as max_attempts
         from pg_catalog.jsonb_array_elements(p_jobs) with ordinality as i (j, ord)
+        join policies p on p.job_type = j ->> 'job_type'
     ), inserted as (
         insert into public.job_queue (id, job_type, payload, idempotency_key, store_id,
                                       conversation_id, priority, next_retry_at, max_attempts)
@@ -939,7 +945,7 @@ begin
                    e.j ->> 'idempotency_key', (e.j ->> 'store_id')::uuid,
                    (e.j ->> 'conversation_id')::uuid, coalesce((e.j ->> 'priority')::int, 0),
                    coalesce((e.j ->> 'run_at')::timestamptz, now()),
-                   coalesce((e.j ->> 'max_attempts')::int, 5)))
+                   (e.j ->> 'max_attempts')::int))
                order by x.ord)
         into v_ids
         from unnest(v_ids) with ordinality as x (id, ord)
@@ -983,6 +989,7 @@ CREATE FUNCTION public.fail_job(p_job_id uuid, p_worker_id text, p_error text, p
     AS $$
 declare
     v_job public.job_queue;
+    v_policy public.job_retry_policies;
     v_delay double precision;
     v_status text;
 begin
@@ -1010,13 +1017,13 @@ begin
                 jsonb_build_object('worker_id', p_worker_id, 'attempt', v_job.attempt_count,
                                    'error', p_error, 'error_type', p_error_type));
     else
-        -- 2^attempt minutes (attempt_count was incremented by the claim: first failure -> 2 min),
-        -- capped at a day, never sooner than the service asked for, plus up to 10% jitter so a
-        -- burst of failures does not come back as a burst.
-        v_delay := greatest(60 * power(2, least(v_job.attempt_count, 10)),
-                            coalesce(p_retry_after_seconds, 0))
-                   * (1 + 0.1 * random());
-        v_delay := least(v_delay, 86400 * 1.1);
+        -- The job type's policy (public.retry_delay): attempt_count was incremented by the claim,
+        -- so the first failure waits the base; up to 10% jitter so a burst of failures does not
+        -- come back as a burst.
+        v_policy := public.job_retry_policy(v_job.job_type);
+        v_delay := public.retry_delay(v_job.attempt_count, v_policy.base_seconds,
+                                      v_policy.cap_seconds, p_retry_after_seconds,
+                                      0.1 * random());
         v_status := 'pending';
         update public.job_queue q
         set status = 'pending', next_retry_at = now() + make_interval(secs => v_delay),
@@ -1434,6 +1441,45 @@ $$;
 ALTER FUNCTION public.is_loopback_host(p_host text) OWNER TO postgres;
 
 --
+-- Name: job_retry_policies; Type: TABLE; Schema: public; Owner: postgres
+--
+
+CREATE TABLE public.job_retry_policies (
+    job_type text NOT NULL,
+    base_seconds integer NOT NULL,
+    cap_seconds integer NOT NULL,
+    max_attempts integer NOT NULL,
+    CONSTRAINT job_retry_policies_base_seconds_check CHECK ((base_seconds >= 1)),
+    CONSTRAINT job_retry_policies_check CHECK ((cap_seconds >= base_seconds)),
+    CONSTRAINT job_retry_policies_job_type_check CHECK ((job_type <> ''::text)),
+    CONSTRAINT job_retry_policies_max_attempts_check CHECK ((max_attempts >= 1))
+);
+
+ALTER TABLE public.job_retry_policies OWNER TO postgres;
+
+--
+-- Name: TABLE job_retry_policies; Type: COMMENT; Schema: public; Owner: postgres
+--
+
+COMMENT ON TABLE public.job_retry_policies IS 'Per job type: first retry delay (doubling per attempt), its cap, and attempts before the DLQ.';
+
+--
+-- Name: job_retry_policy(text); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.job_retry_policy(p_job_type text) RETURNS public.job_retry_policies
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+  select coalesce(
+    (select p from public.job_retry_policies p where p.job_type = p_job_type),
+    row(p_job_type, 120, 86400, 5)::public.job_retry_policies
+  );
+$$;
+
+ALTER FUNCTION public.job_retry_policy(p_job_type text) OWNER TO postgres;
+
+--
 -- Name: jsonb_email_array(jsonb); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -1837,6 +1883,24 @@ end;
 $$;
 
 ALTER FUNCTION public.reset_reply(p_reply_id uuid, p_status text, p_error text) OWNER TO postgres;
+
+--
+-- Name: retry_delay(integer, integer, integer, integer, double precision); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.retry_delay(p_attempt integer, p_base_seconds integer, p_cap_seconds integer, p_retry_after_seconds integer DEFAULT NULL::integer, p_jitter double precision DEFAULT 0) RETURNS double precision
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path TO ''
+    AS $$
+  select least(
+           greatest(p_base_seconds * power(2::double precision,
+                                            least(greatest(p_attempt, 1), 40) - 1),
+                    coalesce(p_retry_after_seconds, 0)),
+           p_cap_seconds
+         ) * (1 + greatest(coalesce(p_jitter, 0), 0));
+$$;
+
+ALTER FUNCTION public.retry_delay(p_attempt integer, p_base_seconds integer, p_cap_seconds integer, p_retry_after_seconds integer, p_jitter double precision) OWNER TO postgres;
 
 --
 -- Name: replies; Type: TABLE; Schema: public; Owner: postgres
@@ -2432,6 +2496,13 @@ ALTER TABLE ONLY public.job_queue
     ADD CONSTRAINT job_queue_pkey PRIMARY KEY (id);
 
 --
+-- Name: job_retry_policies job_retry_policies_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.job_retry_policies
+    ADD CONSTRAINT job_retry_policies_pkey PRIMARY KEY (job_type);
+
+--
 -- Name: mailbox_state mailbox_state_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
 --
 
@@ -2781,6 +2852,18 @@ CREATE POLICY job_queue_owner_read ON public.job_queue FOR SELECT TO authenticat
 CREATE POLICY job_queue_service_role_all ON public.job_queue TO service_role USING (true) WITH CHECK (true);
 
 --
+-- Name: job_retry_policies; Type: ROW SECURITY; Schema: public; Owner: postgres
+--
+
+ALTER TABLE public.job_retry_policies ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: job_retry_policies job_retry_policies_service_role_all; Type: POLICY; Schema: public; Owner: postgres
+--
+
+CREATE POLICY job_retry_policies_service_role_all ON public.job_retry_policies TO service_role USING (true) WITH CHECK (true);
+
+--
 -- Name: mailbox_state; Type: ROW SECURITY; Schema: public; Owner: postgres
 --
 
@@ -3088,6 +3171,19 @@ GRANT ALL ON FUNCTION public.ingest_messages(p_store_id uuid, p_folder text, p_u
 REVOKE ALL ON FUNCTION public.is_loopback_host(p_host text) FROM PUBLIC;
 
 --
+-- Name: TABLE job_retry_policies; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT ALL ON TABLE public.job_retry_policies TO service_role;
+
+--
+-- Name: FUNCTION job_retry_policy(p_job_type text); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.job_retry_policy(p_job_type text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.job_retry_policy(p_job_type text) TO service_role;
+
+--
 -- Name: FUNCTION jsonb_email_array(p_value jsonb); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -3183,6 +3279,13 @@ GRANT ALL ON FUNCTION public.reserve_credit(p_store_id uuid, p_job_id uuid) TO s
 
 REVOKE ALL ON FUNCTION public.reset_reply(p_reply_id uuid, p_status text, p_error text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.reset_reply(p_reply_id uuid, p_status text, p_error text) TO service_role;
+
+--
+-- Name: FUNCTION retry_delay(p_attempt integer, p_base_seconds integer, p_cap_seconds integer, p_retry_after_seconds integer, p_jitter double precision); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.retry_delay(p_attempt integer, p_base_seconds integer, p_cap_seconds integer, p_retry_after_seconds integer, p_jitter double precision) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.retry_delay(p_attempt integer, p_base_seconds integer, p_cap_seconds integer, p_retry_after_seconds integer, p_jitter double precision) TO service_role;
 
 --
 -- Name: TABLE replies; Type: ACL; Schema: public; Owner: postgres

@@ -91,3 +91,46 @@ create policy job_queue_owner_read on public.job_queue
     select 1 from public.stores s
     where s.id = job_queue.store_id and s.owner_id = (select auth.uid())
   ));
+
+-- ---------------------------------------------------------------------------------------------
+-- Retry policy per job type: how soon and how often a failed job of that type runs again.
+-- A type without a row gets job_retry_policy()'s defaults (process_email's numbers). fail_job
+-- reads base and cap when it schedules a retry; enqueue_job(s) read max_attempts when the caller
+-- gives none (a job keeps the max_attempts it was enqueued with).
+-- ---------------------------------------------------------------------------------------------
+
+create table public.job_retry_policies (
+  job_type text primary key check (job_type <> ''),
+  base_seconds int not null check (base_seconds >= 1),  -- the first retry's delay
+  cap_seconds int not null,                             -- no retry waits longer (before jitter)
+  max_attempts int not null check (max_attempts >= 1),
+  check (cap_seconds >= base_seconds)
+);
+
+comment on table public.job_retry_policies is
+  'Per job type: first retry delay (doubling per attempt), its cap, and attempts before the DLQ.';
+
+alter table public.job_retry_policies enable row level security;
+
+revoke all on public.job_retry_policies from public, anon, authenticated;
+grant all on public.job_retry_policies to service_role;
+
+create policy job_retry_policies_service_role_all on public.job_retry_policies
+  for all to service_role using (true) with check (true);
+
+-- The policy of one job type: its row, else the defaults (first retry after 2 minutes, doubling,
+-- capped at a day, 5 attempts), so the defaults are written in one place.
+create or replace function public.job_retry_policy(p_job_type text)
+returns public.job_retry_policies
+language sql
+stable
+set search_path = ''
+as $$
+  select coalesce(
+    (select p from public.job_retry_policies p where p.job_type = p_job_type),
+    row(p_job_type, 120, 86400, 5)::public.job_retry_policies
+  );
+$$;
+
+revoke all on function public.job_retry_policy(text) from public, anon, authenticated;
+grant execute on function public.job_retry_policy(text) to service_role;

@@ -13,7 +13,7 @@ create or replace function public.enqueue_job(
   p_conversation_id uuid default null,
   p_priority int default 0,
   p_run_at timestamptz default now(),
-  p_max_attempts int default 5
+  p_max_attempts int default null  -- null: the job type's retry policy
 )
 returns uuid
 language plpgsql
@@ -25,7 +25,7 @@ begin
     if p_job_type is null or p_job_type = '' then
         raise exception 'enqueue_job: p_job_type is required' using errcode = '22023';
     end if;
-    if p_max_attempts is null or p_max_attempts < 1 then
+    if p_max_attempts < 1 then
         raise exception 'enqueue_job: p_max_attempts must be >= 1' using errcode = '22023';
     end if;
 
@@ -37,7 +37,7 @@ begin
                                       conversation_id, priority, next_retry_at, max_attempts)
         values (p_job_type, coalesce(p_payload, '{}'::jsonb), p_idempotency_key, p_store_id,
                 p_conversation_id, coalesce(p_priority, 0), coalesce(p_run_at, now()),
-                p_max_attempts)
+                coalesce(p_max_attempts, (public.job_retry_policy(p_job_type)).max_attempts))
         on conflict (idempotency_key) where idempotency_key is not null do nothing
         returning id into v_id;
 
@@ -85,7 +85,12 @@ begin
 
     -- Ids are drawn up front, in input order, so the new rows can be matched back to their
     -- elements (RETURNING does not say which input row a row came from).
-    with input as (
+    with policies as (
+        -- one policy lookup per job type in the batch, not per job
+        select t.job_type, (public.job_retry_policy(t.job_type)).max_attempts
+        from (select distinct j ->> 'job_type' as job_type
+              from pg_catalog.jsonb_array_elements(p_jobs) j) t
+    ), input as (
         select i.ord, public.uuid_generate_v7() as id, j ->> 'job_type' as job_type,
                coalesce(j -> 'payload', '{}'::jsonb) as payload,
                j ->> 'idempotency_key' as idempotency_key,
@@ -93,8 +98,9 @@ begin
                (j ->> 'conversation_id')::uuid as conversation_id,
                coalesce((j ->> 'priority')::int, 0) as priority,
                coalesce((j ->> 'run_at')::timestamptz, now()) as run_at,
-               coalesce((j ->> 'max_attempts')::int, 5) as max_attempts
+               coalesce((j ->> 'max_attempts')::int, p.max_attempts) as max_attempts
         from pg_catalog.jsonb_array_elements(p_jobs) with ordinality as i (j, ord)
+        join policies p on p.job_type = j ->> 'job_type'
     ), inserted as (
         insert into public.job_queue (id, job_type, payload, idempotency_key, store_id,
                                       conversation_id, priority, next_retry_at, max_attempts)
@@ -129,7 +135,7 @@ begin
                    e.j ->> 'idempotency_key', (e.j ->> 'store_id')::uuid,
                    (e.j ->> 'conversation_id')::uuid, coalesce((e.j ->> 'priority')::int, 0),
                    coalesce((e.j ->> 'run_at')::timestamptz, now()),
-                   coalesce((e.j ->> 'max_attempts')::int, 5)))
+                   (e.j ->> 'max_attempts')::int))
                order by x.ord)
         into v_ids
         from unnest(v_ids) with ordinality as x (id, ord)

@@ -79,6 +79,32 @@ begin
 end;
 $$;
 
+-- The backoff of a failed attempt, in seconds (pure, so it is tested alone): the base doubled
+-- for every attempt after the first, never sooner than the server's Retry-After, capped (also
+-- a hostile Retry-After), then stretched by p_jitter, a fraction fail_job draws from 0..0.1 so
+-- a burst of failures does not come back as a burst. The exponent is bounded so no attempt
+-- count overflows.
+create or replace function public.retry_delay(
+  p_attempt int,
+  p_base_seconds int,
+  p_cap_seconds int,
+  p_retry_after_seconds int default null,
+  p_jitter double precision default 0
+)
+returns double precision
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select least(
+           greatest(p_base_seconds * power(2::double precision,
+                                            least(greatest(p_attempt, 1), 40) - 1),
+                    coalesce(p_retry_after_seconds, 0)),
+           p_cap_seconds
+         ) * (1 + greatest(coalesce(p_jitter, 0), 0));
+$$;
+
 -- Returns the new status ('pending' when a retry is scheduled, 'dead_letter'), or null when the
 -- caller no longer holds the lease (then nothing changes).
 create or replace function public.fail_job(
@@ -94,6 +120,7 @@ set search_path = ''
 as $$
 declare
     v_job public.job_queue;
+    v_policy public.job_retry_policies;
     v_delay double precision;
     v_status text;
 begin
@@ -121,13 +148,13 @@ begin
                 jsonb_build_object('worker_id', p_worker_id, 'attempt', v_job.attempt_count,
                                    'error', p_error, 'error_type', p_error_type));
     else
-        -- 2^attempt minutes (attempt_count was incremented by the claim: first failure -> 2 min),
-        -- capped at a day, never sooner than the service asked for, plus up to 10% jitter so a
-        -- burst of failures does not come back as a burst.
-        v_delay := greatest(60 * power(2, least(v_job.attempt_count, 10)),
-                            coalesce(p_retry_after_seconds, 0))
-                   * (1 + 0.1 * random());
-        v_delay := least(v_delay, 86400 * 1.1);
+        -- The job type's policy (public.retry_delay): attempt_count was incremented by the claim,
+        -- so the first failure waits the base; up to 10% jitter so a burst of failures does not
+        -- come back as a burst.
+        v_policy := public.job_retry_policy(v_job.job_type);
+        v_delay := public.retry_delay(v_job.attempt_count, v_policy.base_seconds,
+                                      v_policy.cap_seconds, p_retry_after_seconds,
+                                      0.1 * random());
         v_status := 'pending';
         update public.job_queue q
         set status = 'pending', next_retry_at = now() + make_interval(secs => v_delay),
@@ -266,6 +293,9 @@ revoke all on function public.complete_job(uuid, text, jsonb) from public, anon,
 grant execute on function public.complete_job(uuid, text, jsonb) to service_role;
 revoke all on function public.complete_jobs(text, uuid[], jsonb) from public, anon, authenticated;
 grant execute on function public.complete_jobs(text, uuid[], jsonb) to service_role;
+revoke all on function public.retry_delay(int, int, int, int, double precision)
+  from public, anon, authenticated;
+grant execute on function public.retry_delay(int, int, int, int, double precision) to service_role;
 revoke all on function public.fail_job(uuid, text, text, text, int)
   from public, anon, authenticated;
 grant execute on function public.fail_job(uuid, text, text, text, int) to service_role;
