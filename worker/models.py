@@ -73,11 +73,6 @@ class Store:
             row=row,
         )
 
-    @property
-    def addresses(self) -> list[str]:
-        """Every address that belongs to the store (its own mail is never answered)."""
-        return [a.lower() for a in (self.support_email, *self.extra_addresses) if a]
-
     def imap_account(self, secrets: Mapping[str, Any]) -> MailAccount:
         """The store's IMAP login (secrets as get_store_secrets returns them)."""
         return MailAccount.imap(self.row, secrets.get("imap_password"))

@@ -33,7 +33,6 @@ def test_a_store_row_becomes_a_typed_store() -> None:
         "suporte@loja.test",
     )
     assert store.extra_addresses == ("Vendas@Loja.test",)
-    assert store.addresses == ["suporte@loja.test", "vendas@loja.test"]
     assert (store.active, store.reply_mode, store.imap_folder) == (True, "draft_only", "Suporte")
     assert store.shopify_domain == "loja.myshopify.com"
 
@@ -41,7 +40,7 @@ def test_a_store_row_becomes_a_typed_store() -> None:
 def test_missing_columns_with_a_table_default_get_that_default() -> None:
     store = Store.from_row({"id": "s1"})
     assert (store.active, store.reply_mode, store.imap_folder) == (True, "auto_send", "INBOX")
-    assert store.shopify_domain is None and store.addresses == []
+    assert store.shopify_domain is None and store.extra_addresses == ()
     assert Store.from_row({"id": "s1", "active": False}).active is False
 
 

@@ -97,6 +97,8 @@ class JobContext:
 
     A step ends the job by raising JobDone (the runner completes it with that outcome) or by
     setting `settled` (delivery's finish_send completed it in the same transaction as the send).
+    A field ending in `_` is filled by a step; later steps read it through the property of the
+    same name, which fails loudly when the step that fills it has not run.
     """
 
     run: JobRun
