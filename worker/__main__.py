@@ -16,7 +16,13 @@ from collections.abc import Mapping, Sequence
 from types import FrameType
 
 from worker import runs
-from worker.app import ServicesFactory, configure_logging, create_app, load_services
+from worker.app import (
+    ServicesFactory,
+    configure_logging,
+    create_app,
+    load_services,
+    warn_about_settings,
+)
 from worker.config import load_settings
 from worker.errors import ConfigError
 
@@ -64,6 +70,7 @@ def run_once(
     settings = load_settings(environ, require_worker_secret=False)
     # Logs to stderr: stdout carries only the run record, so it can be piped to jq.
     configure_logging(settings.log_level, sys.stderr)
+    warn_about_settings(settings)
     services = services_factory(settings)
     manager = runs.RunManager({kind: services.runners[kind]}, budget_seconds=budget_seconds)
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol, TextIO
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from worker import metrics, runs
+from worker import metrics, runs, shopify_versions
 from worker.config import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -122,6 +122,13 @@ def configure_logging(level: str, stream: TextIO | None = None) -> None:
     root.setLevel(level)
 
 
+def warn_about_settings(settings: Settings) -> None:
+    """Log one line per setting that works today but is going away (e.g. Shopify's version)."""
+    warning = shopify_versions.support_warning(settings.shopify_api_version)
+    if warning:
+        logger.warning(warning)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -132,6 +139,7 @@ def create_app(
     if settings is None:
         settings = services.settings if services is not None else load_settings()
     configure_logging(settings.log_level)
+    warn_about_settings(settings)
     lazy = LazyServices(settings, services_factory or load_services, built=services)
     manager = runs.RunManager(
         {kind: _deferred_runner(lazy, kind) for kind in TRIGGER_KINDS.values()},

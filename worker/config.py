@@ -20,9 +20,17 @@ Responder = Literal["claude", "offline"]
 DatabaseBackend = Literal["postgres", "supabase"]
 
 MIN_WORKER_SECRET_CHARS = 16
+# Supabase's secret API keys (the replacement of the service_role JWT) look like sb_secret_...
+SECRET_KEY_PREFIX = "sb_secret_"  # noqa: S105 (a prefix, not a secret)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_SHOPIFY_VERSION = re.compile(r"^(\d{4}-(0[1-9]|1[0-2])|unstable)$")
-_SECRET_FIELDS = frozenset({"supabase_service_role_key", "worker_secret", "anthropic_api_key"})
+# Shopify releases a stable version each quarter, named for its month: YYYY-01, -04, -07, -10.
+_SHOPIFY_VERSION = re.compile(r"^(\d{4}-(01|04|07|10)|unstable)$")
+_SECRET_FIELDS = frozenset(
+    {"supabase_service_role_key", "worker_secret", "anthropic_api_key", "supabase_secret_key"}
+)
+# The newest stable Admin API version on 2026-12-01; worker/shopify_versions.py warns at start-up
+# once the configured one leaves Shopify's support window.
+DEFAULT_SHOPIFY_API_VERSION = "2026-10"
 
 T = TypeVar("T")
 
@@ -39,7 +47,7 @@ class Settings:
     anthropic_base_url: str | None = None
     claude_model: str = "claude-haiku-4-5"
     claude_timeout_seconds: float = 30.0
-    shopify_api_version: str = "2025-10"
+    shopify_api_version: str = DEFAULT_SHOPIFY_API_VERSION
     shopify_base_url: str | None = None
     fetch_concurrency: int = 10
     fetch_max_per_store: int = 50
@@ -56,6 +64,13 @@ class Settings:
     db_timeout_seconds: float = 10.0
     log_level: str = "INFO"
     port: int = 8080
+    # -- operations (h4-ops): Supabase's new secret API key, beside the legacy service-role JWT
+    supabase_secret_key: str | None = None
+
+    @property
+    def supabase_key(self) -> str | None:
+        """The key the supabase-py backend sends: the secret key, else the legacy JWT."""
+        return self.supabase_secret_key or self.supabase_service_role_key
 
     @property
     def responder(self) -> Responder:
@@ -203,23 +218,35 @@ def load_settings(
         database_url = None
     supabase_url = env.http_url("SUPABASE_URL")
     service_key = env.raw("SUPABASE_SERVICE_ROLE_KEY")
+    secret_key = env.raw("SUPABASE_SECRET_KEY")
     has_db_url = env.raw("DATABASE_URL") is not None
-    has_supabase = env.raw("SUPABASE_URL") is not None or service_key is not None
+    has_supabase = (
+        env.raw("SUPABASE_URL") is not None or service_key is not None or secret_key is not None
+    )
+    keys = "SUPABASE_SECRET_KEY (or the legacy SUPABASE_SERVICE_ROLE_KEY)"
     if has_db_url and has_supabase:
         problems.append(
-            "set exactly one database backend: DATABASE_URL, or SUPABASE_URL with "
-            "SUPABASE_SERVICE_ROLE_KEY, not both"
+            f"set exactly one database backend: DATABASE_URL, or SUPABASE_URL with {keys}, "
+            "not both"
         )
     elif not has_db_url and not has_supabase:
-        problems.append(
-            "no database configured: set DATABASE_URL, or SUPABASE_URL and "
-            "SUPABASE_SERVICE_ROLE_KEY"
-        )
+        problems.append(f"no database configured: set DATABASE_URL, or SUPABASE_URL and {keys}")
     elif has_supabase:
         if env.raw("SUPABASE_URL") is None:
-            problems.append("SUPABASE_URL is missing (SUPABASE_SERVICE_ROLE_KEY is set)")
-        if service_key is None:
-            problems.append("SUPABASE_SERVICE_ROLE_KEY is missing (SUPABASE_URL is set)")
+            problems.append("SUPABASE_URL is missing (a Supabase key is set)")
+        if service_key is None and secret_key is None:
+            problems.append(f"{keys} is missing (SUPABASE_URL is set)")
+        if service_key is not None and secret_key is not None:
+            problems.append(
+                "set one Supabase key, not both: SUPABASE_SECRET_KEY (sb_secret_...) or the "
+                "legacy SUPABASE_SERVICE_ROLE_KEY"
+            )
+        if secret_key is not None and not secret_key.startswith(SECRET_KEY_PREFIX):
+            # The value is a secret: the message names the expected shape, not the value.
+            problems.append(
+                f"SUPABASE_SECRET_KEY must be a secret API key starting with {SECRET_KEY_PREFIX}"
+                " (a legacy service_role JWT goes in SUPABASE_SERVICE_ROLE_KEY)"
+            )
 
     worker_secret = env.raw("WORKER_SECRET")
     if worker_secret is None:
@@ -241,7 +268,7 @@ def load_settings(
         "SHOPIFY_API_VERSION",
         env.default("shopify_api_version", str),
         lambda text: text if _SHOPIFY_VERSION.match(text) else None,
-        "a Shopify API version such as 2025-10",
+        f"a Shopify API version (YYYY-01, -04, -07 or -10) such as {DEFAULT_SHOPIFY_API_VERSION}",
     )
 
     settings = Settings(
@@ -270,6 +297,8 @@ def load_settings(
         db_timeout_seconds=env.positive_seconds("db_timeout_seconds"),
         log_level=log_level,
         port=env.positive_int("port", maximum=65535),
+        # -- operations (h4-ops)
+        supabase_secret_key=secret_key,
     )
     if problems:
         raise ConfigError(problems)

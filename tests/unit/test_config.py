@@ -25,7 +25,7 @@ def test_defaults_match_the_design() -> None:
     assert settings.responder == "offline"
     assert settings.claude_model == "claude-haiku-4-5"
     assert settings.claude_timeout_seconds == 30.0
-    assert settings.shopify_api_version == "2025-10"
+    assert settings.shopify_api_version == "2026-10"
     assert settings.shopify_base_url is None
     assert (settings.fetch_concurrency, settings.fetch_max_per_store) == (10, 50)
     assert settings.store_timeout_seconds == 60.0
@@ -101,10 +101,12 @@ def test_all_problems_are_reported_at_once() -> None:
         }
     )
     assert problems == (
-        "no database configured: set DATABASE_URL, or SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY",
+        "no database configured: set DATABASE_URL, or SUPABASE_URL and SUPABASE_SECRET_KEY "
+        "(or the legacy SUPABASE_SERVICE_ROLE_KEY)",
         "WORKER_SECRET is missing",
         "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'chatty'",
-        "SHOPIFY_API_VERSION must be a Shopify API version such as 2025-10, got 'latest'",
+        "SHOPIFY_API_VERSION must be a Shopify API version (YYYY-01, -04, -07 or -10) such as "
+        "2026-10, got 'latest'",
         "CLAUDE_TIMEOUT_SECONDS must be a positive number of seconds, got 'nan'",
         "SHOPIFY_BASE_URL must be an http(s) URL such as https://host, got '127.0.0.1:9000'",
         "PROCESS_CONCURRENCY must be a positive integer, got 'abc'",
@@ -115,11 +117,55 @@ def test_all_problems_are_reported_at_once() -> None:
 
 def test_supabase_needs_both_url_and_key() -> None:
     assert problems_of({"SUPABASE_URL": "https://x.supabase.co", "WORKER_SECRET": SECRET}) == (
-        "SUPABASE_SERVICE_ROLE_KEY is missing (SUPABASE_URL is set)",
+        "SUPABASE_SECRET_KEY (or the legacy SUPABASE_SERVICE_ROLE_KEY) is missing "
+        "(SUPABASE_URL is set)",
     )
     assert problems_of({"SUPABASE_SERVICE_ROLE_KEY": "k", "WORKER_SECRET": SECRET}) == (
-        "SUPABASE_URL is missing (SUPABASE_SERVICE_ROLE_KEY is set)",
+        "SUPABASE_URL is missing (a Supabase key is set)",
     )
+    assert problems_of({"SUPABASE_SECRET_KEY": "sb_secret_k", "WORKER_SECRET": SECRET}) == (
+        "SUPABASE_URL is missing (a Supabase key is set)",
+    )
+
+
+def test_the_secret_key_replaces_the_service_role_key() -> None:
+    url = "https://x.supabase.co"
+    settings = load_settings(
+        {"SUPABASE_URL": url, "SUPABASE_SECRET_KEY": "sb_secret_abc", "WORKER_SECRET": SECRET}
+    )
+    assert settings.database_backend == "supabase"
+    assert settings.supabase_key == "sb_secret_abc"
+    assert "sb_secret_abc" not in repr(settings)
+    legacy = load_settings(
+        {"SUPABASE_URL": url, "SUPABASE_SERVICE_ROLE_KEY": "a.b.c", "WORKER_SECRET": SECRET}
+    )
+    assert legacy.supabase_key == "a.b.c"
+    both = {
+        "SUPABASE_URL": url,
+        "SUPABASE_SECRET_KEY": "sb_secret_abc",
+        "SUPABASE_SERVICE_ROLE_KEY": "a.b.c",
+        "WORKER_SECRET": SECRET,
+    }
+    assert problems_of(both) == (
+        "set one Supabase key, not both: SUPABASE_SECRET_KEY (sb_secret_...) or the legacy "
+        "SUPABASE_SERVICE_ROLE_KEY",
+    )
+    # A legacy JWT put in the new variable names the variable it belongs in, not the value.
+    (problem,) = problems_of(
+        {"SUPABASE_URL": url, "SUPABASE_SECRET_KEY": "eyJ.x.y", "WORKER_SECRET": SECRET}
+    )
+    assert "SUPABASE_SERVICE_ROLE_KEY" in problem and "eyJ" not in problem
+    (problem,) = problems_of(
+        {"DATABASE_URL": DB_URL, "SUPABASE_SECRET_KEY": "sb_secret_abc", "WORKER_SECRET": SECRET}
+    )
+    assert problem.startswith("set exactly one database backend")
+
+
+def test_shopify_versions_are_quarterly() -> None:
+    env = {"DATABASE_URL": DB_URL, "WORKER_SECRET": SECRET}
+    assert load_settings({**env, "SHOPIFY_API_VERSION": "2026-07"}).shopify_api_version == "2026-07"
+    (problem,) = problems_of({**env, "SHOPIFY_API_VERSION": "2026-05"})
+    assert problem.startswith("SHOPIFY_API_VERSION must be a Shopify API version")
 
 
 def test_exactly_one_database_backend() -> None:

@@ -23,7 +23,9 @@ from worker.errors import ConfigError, DatabaseConstraintError, DatabaseError
 
 BASE = "http://rest.test"
 RPC = f"{BASE}/rest/v1/rpc"
-KEY = "test-service-role-key"  # a throwaway value; the fake server does not check it
+# A legacy service_role key is a JWT (three dot-separated parts); a throwaway value the fake
+# server does not check.
+KEY = "test-header.test-service-role-claims.test-signature"
 
 
 @pytest.fixture
@@ -387,3 +389,64 @@ def test_connect_picks_the_rest_backend_from_supabase_settings() -> None:
 def test_connect_without_a_database_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
         connect(Settings())
+
+
+# -- secret API keys and paging --------------------------------------------------------------
+
+SECRET_KEY = "sb_secret_unit-test-value"
+LEGACY_JWT = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.c2lnbmF0dXJl"  # not verified
+
+
+def test_a_secret_key_goes_only_in_the_apikey_header(api: Any) -> None:
+    route = api.post(f"{RPC}/circuit_allow").mock(return_value=httpx.Response(200, json=True))
+    db = connect(Settings(supabase_url=BASE, supabase_secret_key=SECRET_KEY))
+    try:
+        assert db.circuit_allow("claude") is True
+    finally:
+        db.close()
+    request = route.calls.last.request
+    assert request.headers["apikey"] == SECRET_KEY
+    # PostgREST would reject the opaque key as a malformed JWT (PGRST301).
+    assert "authorization" not in request.headers
+
+
+def test_a_legacy_jwt_key_is_also_the_bearer(api: Any) -> None:
+    route = api.post(f"{RPC}/circuit_allow").mock(return_value=httpx.Response(200, json=True))
+    db = connect(Settings(supabase_url=BASE, supabase_service_role_key=LEGACY_JWT))
+    try:
+        db.circuit_allow("claude")
+    finally:
+        db.close()
+    assert route.calls.last.request.headers["authorization"] == f"Bearer {LEGACY_JWT}"
+
+
+def _paged_answers(rows: list[dict[str, Any]], cap: int) -> Any:
+    # PostgREST: ?offset=&limit= on the function's rows, then its max-rows cap.
+    def answer(request: httpx.Request) -> httpx.Response:
+        offset = int(request.url.params.get("offset", "0"))
+        limit = int(request.url.params["limit"])
+        return httpx.Response(200, json=rows[offset : offset + min(limit, cap)])
+
+    return answer
+
+
+@pytest.mark.parametrize("cap", [2, 1000])
+def test_listings_page_through_a_capped_server(api: Any, cap: int) -> None:
+    stores = [{"id": str(uuid.uuid4()), "name": f"s{i}"} for i in range(5)]
+    route = api.post(f"{RPC}/list_active_stores").mock(side_effect=_paged_answers(stores, cap))
+    rest = RestTransport(BASE, KEY, page_rows=3)
+    try:
+        assert [s["id"] for s in Database(rest).list_active_stores()] == [s["id"] for s in stores]
+    finally:
+        rest.close()
+    offsets = [int(call.request.url.params["offset"]) for call in route.calls]
+    # Pages follow the rows received, until an empty page ends the listing.
+    assert offsets == ([0, 2, 4, 5] if cap == 2 else [0, 3, 5])
+
+
+def test_a_claim_is_never_paged(transport: RestTransport, api: Any) -> None:
+    # A second page of dequeue_jobs would claim a second batch.
+    route = api.post(f"{RPC}/dequeue_jobs").mock(return_value=httpx.Response(200, json=[]))
+    Database(transport).dequeue_jobs("w", batch_size=5)
+    assert route.call_count == 1
+    assert "offset" not in route.calls.last.request.url.params

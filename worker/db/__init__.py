@@ -420,13 +420,13 @@ def connect(settings: Settings, *, min_size: int = 1, max_size: int | None = Non
                 max_size=pool_max,
             )
         )
-    if settings.supabase_url and settings.supabase_service_role_key:
+    if settings.supabase_url and settings.supabase_key:
         from worker.db.rest import RestTransport
 
         return Database(
             RestTransport(
                 settings.supabase_url,
-                settings.supabase_service_role_key,
+                settings.supabase_key,
                 timeout_seconds=settings.db_timeout_seconds,
             )
         )

@@ -21,6 +21,16 @@ from worker.errors import DatabaseConstraintError, DatabaseError, parse_retry_af
 
 SCHEMA = "public"
 DEFAULT_TIMEOUT_SECONDS = 10.0
+# PostgREST answers at most `max-rows` rows (1,000 on Supabase by default, supabase/config.toml
+# [api] max_rows) and cuts the rest silently. Listings are fetched page by page with limit/offset
+# until a page comes back empty, so a server cap smaller than the page is also handled.
+PAGE_ROWS = 1000
+# The set-returning functions fetched in pages. Each is STABLE with a total ORDER BY, so running it
+# again for the next page continues the same list (a store added meanwhile sorts last). Never a
+# volatile function: a second page of dequeue_jobs would claim a second batch.
+PAGED_FUNCTIONS = frozenset(
+    {"list_active_stores", "list_stores", "list_dead_letter_jobs", "get_job_events"}
+)
 # HTTP statuses that mean "the gateway or database is busy or away", when the body has no code.
 TRANSIENT_HTTP_STATUSES = frozenset({408, 429})
 
@@ -70,6 +80,12 @@ def translate_errors(fn: str, last: _LastResponse) -> Iterator[None]:
         raise DatabaseError(f"{fn}: PostgREST unreachable ({exc})") from exc
 
 
+def is_jwt(key: str) -> bool:
+    """Whether an API key is a JWT (the legacy service_role key) rather than an sb_ key."""
+    parts = key.split(".")
+    return len(parts) == 3 and all(parts)
+
+
 def shape_result(data: Any, shape: Shape) -> Any:
     """PostgREST's answer in the transport's shapes (it sends 204 and no body for void)."""
     if shape == "void":
@@ -93,11 +109,13 @@ class RestTransport:
     def __init__(
         self,
         url: str,
-        service_role_key: str,
+        key: str,
         *,
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
         max_connections: int = 20,
+        page_rows: int = PAGE_ROWS,
     ) -> None:
+        self._page_rows = page_rows
         self._last = _LastResponse()
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout_seconds),
@@ -111,7 +129,13 @@ class RestTransport:
         options = ClientOptions(
             schema=SCHEMA, httpx_client=self._http, postgrest_client_retry=False
         )
-        self._client: Client = create_client(url, service_role_key, options=options)
+        self._client: Client = create_client(url, key, options=options)
+        if not is_jwt(key):
+            # A secret API key (sb_secret_...) is not a JWT: Supabase's gateway takes it from the
+            # `apikey` header and hands PostgREST a service_role JWT of its own. supabase-py also
+            # sends the key as `Authorization: Bearer`, which PostgREST rejects as a malformed
+            # JWT (PGRST301) wherever the gateway passes it through; the apikey alone is enough.
+            self._client.options.headers.pop("Authorization", None)
         # Built lazily by supabase-py; build it now rather than race on it from worker threads.
         self._postgrest = self._client.postgrest
         self._rest_url = str(self._client.rest_url)
@@ -123,9 +147,22 @@ class RestTransport:
 
     def call(self, fn: str, args: Mapping[str, Any], shape: Shape) -> Any:
         """POST /rest/v1/rpc/<fn> with the named arguments as a JSON object."""
+        if shape == "rows" and fn in PAGED_FUNCTIONS:
+            return self._all_pages(fn, args)
         with translate_errors(fn, self._last):
             response = self._postgrest.rpc(fn, dict(args)).execute()
         return shape_result(response.data, shape)
+
+    def _all_pages(self, fn: str, args: Mapping[str, Any]) -> list[Any]:
+        rows: list[Any] = []
+        while True:
+            with translate_errors(fn, self._last):
+                request = self._postgrest.rpc(fn, dict(args))
+                response = request.limit(self._page_rows).offset(len(rows)).execute()
+            page = shape_result(response.data, "rows")
+            if not page:
+                return rows
+            rows.extend(page)
 
     def ping(self) -> None:
         """GET the REST root, which PostgREST answers only with a working database."""

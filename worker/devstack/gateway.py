@@ -1,11 +1,13 @@
 """A small PostgREST-compatible RPC gateway over a local database, for tests and benchmarks.
 
 It does for `POST /rest/v1/rpc/<fn>` what Supabase's Kong + PostgREST do, so the supabase-py
-backend is tested against the real database: checks the `apikey`, verifies the HS256 JWT from
-`Authorization: Bearer`, opens a transaction, `set local role` to the JWT's `role` claim, sets
-`request.jwt.claims`, calls the function with named arguments (converted from JSON with
+backend is tested against the real database: checks the `apikey` (a legacy JWT key, or a secret
+API key `sb_secret_...` that the gateway turns into its role, as Supabase's does), verifies the
+HS256 JWT from `Authorization: Bearer`, opens a transaction, `set local role` to the JWT's `role`
+claim, sets `request.jwt.claims`, calls the function with named arguments (converted from JSON with
 `json_to_record`, as PostgREST does) and answers with PostgREST's shapes, error bodies and HTTP
-statuses. It is never used by the product.
+statuses. Set-returning results honour `limit`/`offset` and are cut at `max_rows` (PostgREST's
+`db-max-rows`). It is never used by the product.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import jwt
 import psycopg
@@ -26,6 +28,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 # The Supabase CLI's well-known local JWT secret: a throwaway test value, never a real secret.
 TEST_JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"  # noqa: S105
+# A secret API key as Supabase's new keys look; a throwaway test value.
+TEST_SECRET_KEY = "sb_secret_local-test-key-not-a-real-secret"  # noqa: S105
 ANON_ROLE = "anon"
 REST_PREFIX = "/rest/v1"
 POOL_TIMEOUT_SECONDS = 5.0
@@ -151,8 +155,13 @@ class RpcGateway:
         schemas: tuple[str, ...] = ("public",),
         anon_role: str = ANON_ROLE,
         pool_timeout: float = POOL_TIMEOUT_SECONDS,
+        secret_keys: dict[str, str] | None = None,
+        max_rows: int | None = None,
     ) -> None:
         self.jwt_secret = jwt_secret
+        # sb_ API key -> the role Supabase's gateway gives its requests.
+        self.secret_keys = dict(secret_keys or {TEST_SECRET_KEY: "service_role"})
+        self.max_rows = max_rows
         self.schemas = schemas
         self.anon_role = anon_role
         self._routines: dict[tuple[str, str], list[Routine]] = {}
@@ -203,8 +212,18 @@ class RpcGateway:
         apikey = headers.get("apikey")
         if not apikey:
             raise ApiError(401, None, "No API key found in request")
-        self._decode(apikey, kong=True)
         authorization = headers.get("Authorization")
+        if apikey.startswith("sb_"):
+            # Supabase's new API keys are opaque: the gateway looks the key up and, when the
+            # request carries no user JWT, sends PostgREST a JWT of the key's role. A non-JWT
+            # in Authorization reaches PostgREST as it is, which rejects it (PGRST301).
+            role = self.secret_keys.get(apikey)
+            if role is None:
+                raise ApiError(401, None, "Invalid API key")
+            if not authorization:
+                return {"role": role}
+        else:
+            self._decode(apikey, kong=True)
         if not authorization:
             return {"role": self.anon_role}
         scheme, _, token = authorization.partition(" ")
@@ -410,11 +429,25 @@ def _handler_for(gateway: RpcGateway) -> type[BaseHTTPRequestHandler]:
                 headers["Preference-Applied"] = "tx=rollback"
             if status == 204:
                 return status, None, headers
+            if routine.returns_set and isinstance(payload, list):
+                payload = self._page(payload)
             payload = _select_single(self.headers.get("Accept", "application/json"), payload)
             if isinstance(payload, list) and any(p.startswith("count=") for p in prefer):
                 total = len(payload)
                 headers["Content-Range"] = f"0-{total - 1}/{total}" if total else "*/0"
             return status, payload, headers
+
+        def _page(self, rows: list[Any]) -> list[Any]:
+            # PostgREST applies ?offset=&limit= to a function's rows, then its max-rows cap.
+            query = parse_qs(urlsplit(self.path).query)
+            try:
+                offset = int(query.get("offset", ["0"])[0])
+                limit = int(query["limit"][0]) if "limit" in query else None
+            except ValueError as exc:
+                raise ApiError(400, "PGRST103", "Requested range not satisfiable") from exc
+            caps = [n for n in (limit, gateway.max_rows) if n is not None]
+            end = offset + min(caps) if caps else None
+            return rows[offset:end]
 
         def _sql_error(self, exc: psycopg.Error) -> tuple[int, dict[str, Any]]:
             code = exc.sqlstate or "XX000"
