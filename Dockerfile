@@ -10,9 +10,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, from the pinned lock, so code changes reuse this layer.
+# Dependencies first, from the hashed lock (scripts/lock writes it), so code changes reuse this
+# layer; --require-hashes refuses any file whose hash is not the locked one.
 COPY requirements.lock ./
-RUN pip install --no-deps -r requirements.lock
+RUN pip install --no-deps --require-hashes -r requirements.lock
 
 # The project itself, without re-resolving dependencies: the lock is the whole environment.
 COPY pyproject.toml README.md ./

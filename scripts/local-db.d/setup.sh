@@ -23,15 +23,22 @@ install_system_packages() {
 }
 
 prepare_venv() {
-  if [[ ! -x $VENV/bin/python ]]; then
-    "${PYTHON:-python3}" -m venv "$VENV" || return 1
-  fi
-  local stamp=$VENV/.scripts-test-installed
-  local want
-  want=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
+  _locked_venv "$VENV" requirements-dev.lock --require-hashes
+}
+
+# A venv holding exactly one lock (remade from scratch when the lock or pyproject changes, so
+# nothing outside the lock lingers) plus the project itself, editable and without dependencies.
+_locked_venv() {
+  local venv=$1 lock=$2
+  shift 2
+  local stamp=$venv/.scripts-test-installed want
+  want=$(cat "$ROOT/pyproject.toml" "$ROOT/$lock" | sha256sum | cut -d' ' -f1)
   if [[ -f $stamp && $(<"$stamp") == "$want" ]]; then
-    echo "virtualenv up to date" >&2
+    echo "virtualenv $(basename "$venv") up to date" >&2
     return 0
   fi
-  (cd "$ROOT" && "$VENV/bin/python" -m pip install -q -e '.[dev]') && echo "$want" >"$stamp"
+  rm -rf "$venv"
+  "${PYTHON:-python3}" -m venv "$venv" || return 1
+  (cd "$ROOT" && "$venv/bin/python" -m pip install -q --no-deps "$@" -r "$lock" &&
+    "$venv/bin/python" -m pip install -q --no-deps -e .) && echo "$want" >"$stamp"
 }
