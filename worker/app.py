@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import logging
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TextIO
@@ -19,7 +18,7 @@ from typing import Any, Protocol, TextIO
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from worker import metrics, runs, shopify_versions
+from worker import logs, metrics, runs, shopify_versions
 from worker.config import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -28,7 +27,6 @@ bp = Blueprint("worker", __name__)
 
 EXTENSION_KEY = "support_worker"
 TRIGGER_KINDS = {"/fetch-emails": "fetch", "/process-queue": "process"}
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 class Database(Protocol):
@@ -113,13 +111,8 @@ def _deferred_runner(services: LazyServices, kind: str) -> runs.Runner:
 
 
 def configure_logging(level: str, stream: TextIO | None = None) -> None:
-    """Log to `stream` (stdout) at `level` unless logging was already configured (e.g. tests)."""
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(stream or sys.stdout)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        root.addHandler(handler)
-    root.setLevel(level)
+    """JSON lines to `stream` (stdout) at `level` (see worker/logs.py)."""
+    logs.configure(level, stream)
 
 
 def warn_about_settings(settings: Settings) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from worker import runs
+from worker import logs, runs
 
 # PORT is the one variable read here rather than in worker.config: gunicorn binds before the app
 # (and its Settings) is loaded. The default matches Settings.port and fly.toml's internal_port.
@@ -34,6 +34,8 @@ keepalive = 5  # seconds
 accesslog = "-"  # stdout, where fly collects logs
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+# gunicorn's own lines are JSON like the app's (worker/logs.py).
+logconfig_dict = logs.gunicorn_logconfig(loglevel)
 
 # The heartbeat file on tmpfs: gunicorn's advice for containers, where /tmp may be a slow overlay.
 _SHM = "/dev/shm"  # noqa: S108 - gunicorn creates its file there with mkstemp

@@ -8,7 +8,6 @@ their leases and are reclaimed by a later run, so stopping early never loses wor
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import threading
 import time
@@ -298,7 +297,8 @@ class RunManager:
             if status == "succeeded":
                 self._last_success[record.kind] = finished_at.timestamp()
             done = self._done.get(record.id)
-        logger.info(summary_line(finished))
+        # One JSON line: the record's fields sit beside the message (worker/logs.py).
+        logger.info("run.finished", extra=summary_fields(finished))
         # Hooks run after the guard is released (a hook may start another run) and before
         # wait() returns, so a caller that waited sees what the hooks started.
         for hook in list(self.on_finish):
@@ -320,7 +320,6 @@ class RunManager:
                 self._done.pop(run_id, None)
 
 
-def summary_line(record: RunRecord) -> str:
-    """The run's completion as one JSON line (no newlines, stable key order)."""
-    payload = {"event": "run.finished", **record.to_dict()}
-    return json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
+def summary_fields(record: RunRecord) -> dict[str, Any]:
+    """The fields of the run's completion log line (`event: run.finished` and the record)."""
+    return {"event": "run.finished", **record.to_dict()}

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from worker import runs
+from worker import logs, runs
 from worker.errors import PermanentError, TransientError
 
 WAIT = 10.0  # seconds; a bound on a hung test, never an assertion about speed
@@ -112,9 +112,12 @@ def test_each_finished_run_logs_one_json_line(caplog: pytest.LogCaptureFixture) 
     manager = manager_with({"process": lambda budget: {"processed": 4, "sent": 3}})
     with caplog.at_level(logging.INFO, logger="worker.runs"):
         record = finished(manager, manager.start("process"))
-    lines = [r.getMessage() for r in caplog.records if r.name == "worker.runs"]
+    # Formatted as production formats it (worker/logs.py): one JSON object on one line.
+    formatter = logs.json_formatter()
+    lines = [formatter.format(r) for r in caplog.records if r.name == "worker.runs"]
     assert len(lines) == 1 and "\n" not in lines[0]
     payload = json.loads(lines[0])
+    assert payload["message"] == "run.finished" and payload["level"] == "INFO"
     assert payload["event"] == "run.finished"
     assert payload["run_id"] == record.id and payload["kind"] == "process"
     assert payload["status"] == "succeeded"
