@@ -12,10 +12,11 @@ import dataclasses
 import hmac
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TextIO
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from worker import logs, metrics, runs, shopify_versions
@@ -99,6 +100,7 @@ class WorkerState:
     settings: Settings
     services: LazyServices
     manager: runs.RunManager
+    metrics: metrics.Metrics
 
 
 def _deferred_runner(services: LazyServices, kind: str) -> runs.Runner:
@@ -142,11 +144,38 @@ def create_app(
 
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions[EXTENSION_KEY] = WorkerState(settings, lazy, manager)
+    collected = metrics.Metrics(_queue_stats_reader(lazy), manager.stats)
+    app.extensions[EXTENSION_KEY] = WorkerState(settings, lazy, manager, collected)
+    app.before_request(_start_timer)
+    app.after_request(_count_request)
     app.register_blueprint(bp)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     return app
+
+
+def _queue_stats_reader(services: LazyServices) -> metrics.QueueStats:
+    def read() -> Mapping[str, Any] | None:
+        try:
+            return services.get().db.queue_stats()
+        except Exception as exc:
+            logger.warning("queue_stats failed for /metrics: %s: %s", type(exc).__name__, exc)
+            return None
+
+    return read
+
+
+def _start_timer() -> None:
+    g.request_started = time.perf_counter()
+
+
+def _count_request(response: Response) -> Response:
+    # The route pattern, not the path: /runs/<run_id> is one label value, and a scan of random
+    # paths cannot grow the label set.
+    rule = request.url_rule.rule if request.url_rule is not None else "other"
+    started = g.get("request_started", time.perf_counter())
+    _state().metrics.observe(request.method, rule, response.status_code, started)
+    return response
 
 
 def get_state(app: Flask) -> WorkerState:
@@ -268,19 +297,15 @@ def readyz() -> tuple[Response, int]:
 
 
 @bp.get("/metrics")
-def metrics_endpoint() -> Response:
-    """Prometheus text format: queue stats from the database plus this container's runs."""
-    state = _state()
-    stats: Mapping[str, Any] | None
-    try:
-        stats = state.services.get().db.queue_stats()
-    except Exception as exc:
-        logger.warning("queue_stats failed for /metrics: %s: %s", type(exc).__name__, exc)
-        stats = None
-    body = metrics.render(
-        [*metrics.queue_metrics(stats), *metrics.run_metrics(state.manager.stats())]
+def metrics_endpoint() -> Response | tuple[Response, int]:
+    """Prometheus exposition (bearer token required): process, requests, queue and runs."""
+    denied = _require_auth()
+    if denied is not None:
+        return denied
+    body, content_type = metrics.exposition(
+        _state().metrics.registry, request.headers.get("Accept")
     )
-    return Response(body, status=200, content_type=metrics.CONTENT_TYPE)
+    return Response(body, status=200, content_type=content_type)
 
 
 @bp.get("/runs/<run_id>")

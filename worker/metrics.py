@@ -1,94 +1,60 @@
-"""Prometheus text exposition format 0.0.4, rendered from plain data (no I/O, no client library).
+"""Prometheus metrics for `/metrics`, with prometheus-client.
 
-`queue_metrics()` turns the JSON of the `queue_stats()` SQL function into metric families,
-`run_metrics()` does the same for this container's run counters, and `render()` writes them.
+Each app gets its own CollectorRegistry (tests build many apps) holding:
+- process metrics (CPU seconds, resident memory, open file descriptors, start time);
+- request metrics: `support_worker_http_requests_total{method,endpoint,status}` and
+  `support_worker_http_request_duration_seconds{endpoint}`, where endpoint is the route pattern
+  (`/runs/<run_id>`), never the raw path, so the label set stays small;
+- the queue, read from `queue_stats()` at scrape time, and this container's runs.
+
+Labels are opaque: breakers are per store (`imap:<store id>`, `smtp:...`, `shopify:...`), and a
+page that listed them would tell whoever reads it which stores exist and which are failing. They
+are counted per kind of service and state instead; job types are the fixed names of the code.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import re
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 from worker.runs import RunStats
 
+# What a scraper that asks for nothing in particular gets: the classic text format.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "support_worker_"
 
-MetricType = Literal["counter", "gauge", "summary", "untyped"]
-
-# The circuit breaker states of the queue-core SQL; each breaker reports one sample per state
-# (1 for its current state) so alerts can match on state="open" without knowing the others.
+# The circuit breaker states of the queue-core SQL; every service kind reports each state (0 when
+# none is in it) so alerts can match on state="open" without knowing the others.
 BREAKER_STATES = ("closed", "open", "half_open")
+# The kinds of breaker the code opens (worker/fetch.py, worker/process.py, the clients' SERVICE).
+# Anything else is counted as "other", so an unexpected name can never leak into a label.
+SERVICE_KINDS = frozenset({"claude", "imap", "smtp", "shopify"})
 
-_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-_LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-
-
-@dataclasses.dataclass(frozen=True)
-class Sample:
-    """One line of a family: optional name suffix (e.g. `_sum`), labels, value."""
-
-    value: float
-    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    suffix: str = ""
+QueueStats = Callable[[], Mapping[str, Any] | None]
+RunStatsSource = Callable[[], RunStats]
 
 
-@dataclasses.dataclass(frozen=True)
-class Metric:
-    """A metric family: one HELP and TYPE line, then its samples."""
-
-    name: str
-    type: MetricType
-    help: str
-    samples: Sequence[Sample]
-
-
-def escape_label_value(value: str) -> str:
-    """Escape a label value: backslash, double quote and line feed."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def escape_help(text: str) -> str:
-    """Escape HELP text: backslash and line feed (quotes stay as they are)."""
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def format_value(value: float) -> str:
-    """A sample value as Prometheus writes it (integers without a fraction, +Inf, NaN)."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    return repr(float(value))
-
-
-def _format_labels(labels: Mapping[str, str]) -> str:
-    if not labels:
-        return ""
-    for key in labels:
-        if not _LABEL_RE.match(key) or key.startswith("__"):
-            raise ValueError(f"invalid label name: {key!r}")
-    inner = ",".join(f'{k}="{escape_label_value(str(v))}"' for k, v in sorted(labels.items()))
-    return "{" + inner + "}"
-
-
-def render(metrics: Iterable[Metric]) -> str:
-    """Render metric families in the text format; ends with a newline as the format requires."""
-    lines: list[str] = []
-    for metric in metrics:
-        if not _NAME_RE.match(metric.name):
-            raise ValueError(f"invalid metric name: {metric.name!r}")
-        lines.append(f"# HELP {metric.name} {escape_help(metric.help)}")
-        lines.append(f"# TYPE {metric.name} {metric.type}")
-        for sample in metric.samples:
-            name = metric.name + sample.suffix
-            lines.append(f"{name}{_format_labels(sample.labels)} {format_value(sample.value)}")
-    return "\n".join(lines) + "\n"
+def service_kind(service: str) -> str:
+    """The kind of a breaker's service name: `shopify:<store id>` -> `shopify`."""
+    kind = service.split(":", 1)[0]
+    return kind if kind in SERVICE_KINDS else "other"
 
 
 def _number(value: Any) -> float | None:
@@ -97,86 +63,134 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def queue_metrics(stats: Mapping[str, Any] | None) -> list[Metric]:
+def queue_families(stats: Mapping[str, Any] | None) -> list[Metric]:
     """Metric families from `queue_stats()` JSON; None (database unreachable) gives up=0 only."""
-    up = Metric(
+    up = GaugeMetricFamily(
         PREFIX + "queue_stats_up",
-        "gauge",
         "1 when queue_stats() answered for this scrape, 0 when the database was unreachable.",
-        [Sample(1.0 if stats is not None else 0.0)],
+        value=1.0 if stats is not None else 0.0,
     )
     if stats is None:
         return [up]
-    jobs = [
-        Sample(n, {"job_type": str(row.get("job_type")), "status": str(row.get("status"))})
-        for row in stats.get("jobs") or []
-        if isinstance(row, Mapping) and (n := _number(row.get("count"))) is not None
-    ]
-    oldest = [
-        Sample(n, {"job_type": str(job_type)})
-        for job_type, value in sorted((stats.get("oldest_due_seconds") or {}).items())
-        if (n := _number(value)) is not None
-    ]
-    breakers: list[Sample] = []
+    jobs = GaugeMetricFamily(
+        PREFIX + "queue_jobs",
+        "Jobs in the queue by type and status.",
+        labels=["job_type", "status"],
+    )
+    for row in stats.get("jobs") or []:
+        if isinstance(row, Mapping) and (n := _number(row.get("count"))) is not None:
+            jobs.add_metric([str(row.get("job_type")), str(row.get("status"))], n)
+    oldest = GaugeMetricFamily(
+        PREFIX + "queue_oldest_due_seconds",
+        "Age in seconds of the oldest job that is due and not yet claimed, by type.",
+        labels=["job_type"],
+    )
+    for job_type, value in sorted((stats.get("oldest_due_seconds") or {}).items()):
+        if (n := _number(value)) is not None:
+            oldest.add_metric([str(job_type)], n)
+    counts: dict[tuple[str, str], int] = {}
     for row in stats.get("breakers") or []:
         if not isinstance(row, Mapping):
             continue
-        service, state = str(row.get("service")), str(row.get("state"))
-        states = BREAKER_STATES if state in BREAKER_STATES else (*BREAKER_STATES, state)
-        breakers.extend(
-            Sample(1.0 if s == state else 0.0, {"service": service, "state": s}) for s in states
-        )
-    return [
-        up,
-        Metric(PREFIX + "queue_jobs", "gauge", "Jobs in the queue by type and status.", jobs),
-        Metric(
-            PREFIX + "queue_oldest_due_seconds",
-            "gauge",
-            "Age in seconds of the oldest job that is due and not yet claimed, by type.",
-            oldest,
-        ),
-        Metric(
-            PREFIX + "circuit_breaker_state",
-            "gauge",
-            "Circuit breaker state by service: 1 for the current state, 0 for the others.",
-            breakers,
-        ),
-    ]
+        kind = service_kind(str(row.get("service")))
+        state = str(row.get("state"))
+        state = state if state in BREAKER_STATES else "other"
+        for s in BREAKER_STATES:
+            counts.setdefault((kind, s), 0)
+        counts[(kind, state)] = counts.get((kind, state), 0) + 1
+    breakers = GaugeMetricFamily(
+        PREFIX + "circuit_breakers",
+        "Circuit breakers by kind of service and state (per-store breakers are counted, "
+        "never named).",
+        labels=["service", "state"],
+    )
+    for (kind, state), n in sorted(counts.items()):
+        breakers.add_metric([kind, state], n)
+    return [up, jobs, oldest, breakers]
 
 
-def run_metrics(stats: RunStats) -> list[Metric]:
+def run_families(stats: RunStats) -> list[Metric]:
     """Metric families for this container's background runs."""
     kinds = sorted(set(stats.running) | set(stats.duration_count) | {k for k, _ in stats.finished})
-    duration: list[Sample] = []
+    total = CounterMetricFamily(
+        PREFIX + "runs", "Finished runs in this container by kind and status.",
+        labels=["kind", "status"],
+    )
+    for (kind, status), n in sorted(stats.finished.items()):
+        total.add_metric([kind, status], n)
+    running = GaugeMetricFamily(
+        PREFIX + "runs_in_progress", "Runs currently in progress in this container, by kind.",
+        labels=["kind"],
+    )
+    for kind, n in sorted(stats.running.items()):
+        running.add_metric([kind], n)
+    duration = SummaryMetricFamily(
+        PREFIX + "run_duration_seconds", "Wall time of finished runs in this container, by kind.",
+        labels=["kind"],
+    )
     for kind in kinds:
-        duration.append(Sample(stats.duration_sum.get(kind, 0.0), {"kind": kind}, "_sum"))
-        duration.append(Sample(stats.duration_count.get(kind, 0), {"kind": kind}, "_count"))
-    return [
-        Metric(
-            PREFIX + "runs_total",
-            "counter",
-            "Finished runs in this container by kind and status.",
-            [
-                Sample(n, {"kind": kind, "status": status})
-                for (kind, status), n in sorted(stats.finished.items())
-            ],
-        ),
-        Metric(
-            PREFIX + "runs_in_progress",
-            "gauge",
-            "Runs currently in progress in this container, by kind.",
-            [Sample(n, {"kind": kind}) for kind, n in sorted(stats.running.items())],
-        ),
-        Metric(
-            PREFIX + "run_duration_seconds",
-            "summary",
-            "Wall time of finished runs in this container, by kind.",
-            duration,
-        ),
-        Metric(
-            PREFIX + "run_last_success_timestamp_seconds",
-            "gauge",
-            "Unix time at which the last successful run of each kind finished.",
-            [Sample(ts, {"kind": kind}) for kind, ts in sorted(stats.last_success.items())],
-        ),
-    ]
+        duration.add_metric(
+            [kind], stats.duration_count.get(kind, 0), stats.duration_sum.get(kind, 0.0)
+        )
+    last = GaugeMetricFamily(
+        PREFIX + "run_last_success_timestamp_seconds",
+        "Unix time at which the last successful run of each kind finished.",
+        labels=["kind"],
+    )
+    for kind, ts in sorted(stats.last_success.items()):
+        last.add_metric([kind], ts)
+    return [total, running, duration, last]
+
+
+def exposition(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
+    """The registry in the format the scraper's Accept header asks for (text or OpenMetrics)."""
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry), content_type
+
+
+class QueueCollector(Collector):
+    """Reads queue_stats() at each scrape (the database is the only place that knows)."""
+
+    def __init__(self, stats: QueueStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        yield from queue_families(self._stats())
+
+
+class RunCollector(Collector):
+    """This container's run counters at each scrape."""
+
+    def __init__(self, stats: RunStatsSource) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        yield from run_families(self._stats())
+
+
+class Metrics:
+    """An app's registry and its request instruments."""
+
+    def __init__(self, queue_stats: QueueStats, run_stats: RunStatsSource) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.registry.register(QueueCollector(queue_stats))
+        self.registry.register(RunCollector(run_stats))
+        self.requests = Counter(
+            PREFIX + "http_requests",
+            "HTTP requests answered, by method, route and status.",
+            ["method", "endpoint", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            PREFIX + "http_request_duration_seconds",
+            "Time to answer an HTTP request, by route.",
+            ["endpoint"],
+            registry=self.registry,
+        )
+
+    def observe(self, method: str, endpoint: str, status: int, started: float) -> None:
+        """Count one answered request that started at `started` (time.perf_counter())."""
+        self.requests.labels(method, endpoint, str(status)).inc()
+        self.latency.labels(endpoint).observe(time.perf_counter() - started)

@@ -212,12 +212,13 @@ def test_gunicorn_serves_the_app_with_the_image_command(gunicorn_server: Server)
     record = wait_for_run(port, body["run_id"])
     assert record["status"] == "succeeded", record
 
-    metrics = request(port, "GET", "/metrics")
+    assert request(port, "GET", "/metrics").status == 401  # the bearer token is required
+    metrics = request(port, "GET", "/metrics", SECRET)
     assert metrics.status == 200
     assert metrics.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     lines = metrics.body.decode().splitlines()
-    assert "support_worker_queue_stats_up 1" in lines
-    assert 'support_worker_runs_total{kind="fetch",status="succeeded"} 1' in lines
+    assert "support_worker_queue_stats_up 1.0" in lines
+    assert 'support_worker_runs_total{kind="fetch",status="succeeded"} 1.0' in lines
 
     # A graceful stop: SIGTERM, the worker_exit hook stops the runs, gunicorn exits 0.
     gunicorn_server.process.send_signal(signal.SIGTERM)

@@ -343,28 +343,54 @@ def test_trigger_after_shutdown_answers_503(app: Flask, services: FakeServices) 
 def test_metrics_expose_queue_stats_and_run_counters(app: Flask, client: FlaskClient) -> None:
     run_id = client.post("/fetch-emails", headers=AUTH).get_json()["run_id"]
     wait_run(app, run_id)
-    response = client.get("/metrics")
+    client.get("/healthz")
+    response = client.get("/metrics", headers=AUTH)
     assert response.status_code == 200
     assert response.headers["Content-Type"] == metrics.CONTENT_TYPE
-    lines = set(response.get_data(as_text=True).splitlines())
+    text = response.get_data(as_text=True)
+    lines = set(text.splitlines())
     p = metrics.PREFIX
-    assert f"{p}queue_stats_up 1" in lines
-    assert f'{p}queue_jobs{{job_type="process_email",status="pending"}} 3' in lines
-    assert f'{p}queue_oldest_due_seconds{{job_type="process_email"}} 12' in lines
-    assert f'{p}circuit_breaker_state{{service="smtp:store-1",state="open"}} 1' in lines
-    assert f'{p}runs_total{{kind="fetch",status="succeeded"}} 1' in lines
+    assert f"{p}queue_stats_up 1.0" in lines
+    assert f'{p}queue_jobs{{job_type="process_email",status="pending"}} 3.0' in lines
+    assert f'{p}queue_oldest_due_seconds{{job_type="process_email"}} 12.0' in lines
+    # Breakers are counted per kind of service: the page names no store.
+    assert f'{p}circuit_breakers{{service="smtp",state="open"}} 1.0' in lines
+    assert "store-1" not in text
+    assert f'{p}runs_total{{kind="fetch",status="succeeded"}} 1.0' in lines
     assert f"# TYPE {p}run_duration_seconds summary" in lines
+    # Process and request metrics from prometheus-client.
+    assert any(line.startswith("process_resident_memory_bytes ") for line in lines)
+    assert (
+        f'{p}http_requests_total{{endpoint="/fetch-emails",method="POST",status="202"}} 1.0'
+        in lines
+    )
+    assert f'{p}http_requests_total{{endpoint="/healthz",method="GET",status="200"}} 1.0' in lines
+
+
+def test_metrics_require_the_bearer_token(client: FlaskClient) -> None:
+    assert client.get("/metrics").status_code == 401
+    wrong = {"Authorization": "Bearer not-the-worker-secret-at-all"}
+    assert client.get("/metrics", headers=wrong).status_code == 401
+
+
+def test_unknown_paths_share_one_label(client: FlaskClient) -> None:
+    client.get("/no-such-page-1")
+    client.get("/no-such-page-2")
+    text = client.get("/metrics", headers=AUTH).get_data(as_text=True)
+    assert "no-such-page" not in text
+    p = metrics.PREFIX
+    assert f'{p}http_requests_total{{endpoint="other",method="GET",status="404"}} 2.0' in text
 
 
 def test_metrics_still_answer_when_the_database_is_down(
     client: FlaskClient, services: FakeServices
 ) -> None:
     services.db.down = True
-    response = client.get("/metrics")
+    response = client.get("/metrics", headers=AUTH)
     assert response.status_code == 200
     text = response.get_data(as_text=True)
-    assert f"{metrics.PREFIX}queue_stats_up 0" in text.splitlines()
-    assert f'{metrics.PREFIX}runs_in_progress{{kind="fetch"}} 0' in text
+    assert f"{metrics.PREFIX}queue_stats_up 0.0" in text.splitlines()
+    assert f'{metrics.PREFIX}runs_in_progress{{kind="fetch"}} 0.0' in text
 
 
 # Command line

@@ -1,97 +1,19 @@
-"""Prometheus text format rendering: escaping, values, and the queue/run metric families."""
+"""The /metrics families (prometheus-client): queue stats with opaque labels, run counters, and
+the registry an app exposes, read back with the library's own parser."""
 
 from __future__ import annotations
 
-import math
-import re
+from typing import Any
 
-import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from worker import metrics
 from worker.runs import RunStats
 
-# One line of the 0.0.4 text format: a comment (HELP/TYPE) or a sample with optional labels.
-_LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\\\|\\"|\\n)*"'
-_SAMPLE = re.compile(
-    rf"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{{{_LABEL}(,{_LABEL})*\}})? "
-    r"(-?[0-9.]+(e[+-]?[0-9]+)?|\+Inf|-Inf|NaN)$"
-)
-_HELP = re.compile(r"^# HELP [a-zA-Z_:][a-zA-Z0-9_:]* .*$")
-_TYPE = re.compile(r"^# TYPE [a-zA-Z_:][a-zA-Z0-9_:]* (counter|gauge|summary|histogram|untyped)$")
-
-
-def assert_valid_exposition(text: str) -> None:
-    assert text.endswith("\n")
-    seen_types: set[str] = set()
-    for line in text.rstrip("\n").split("\n"):
-        if line.startswith("# TYPE"):
-            name = line.split()[2]
-            assert name not in seen_types, f"family {name} declared twice"
-            seen_types.add(name)
-            assert _TYPE.match(line), line
-        elif line.startswith("# HELP"):
-            assert _HELP.match(line), line
-        else:
-            assert _SAMPLE.match(line), line
-
-
-def test_label_values_are_escaped() -> None:
-    assert metrics.escape_label_value('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
-    assert metrics.escape_help('say "hi"\\\n') == 'say "hi"\\\\\\n'
-
-
-@pytest.mark.parametrize(
-    ("value", "text"),
-    [
-        (3, "3"),
-        (3.0, "3"),
-        (0.25, "0.25"),
-        (-1.5, "-1.5"),
-        (math.inf, "+Inf"),
-        (-math.inf, "-Inf"),
-        (math.nan, "NaN"),
-    ],
-)
-def test_values(value: float, text: str) -> None:
-    assert metrics.format_value(value) == text
-
-
-def test_render_writes_help_type_and_samples() -> None:
-    text = metrics.render(
-        [
-            metrics.Metric(
-                "x_total",
-                "counter",
-                "Things.\nDone",
-                [metrics.Sample(2, {"b": "1", "a": 'q"'}), metrics.Sample(0.5)],
-            ),
-            metrics.Metric(
-                "d_seconds",
-                "summary",
-                "Durations.",
-                [metrics.Sample(4.5, {"k": "f"}, "_sum"), metrics.Sample(2, {"k": "f"}, "_count")],
-            ),
-        ]
-    )
-    assert text == (
-        "# HELP x_total Things.\\nDone\n"
-        "# TYPE x_total counter\n"
-        'x_total{a="q\\"",b="1"} 2\n'
-        "x_total 0.5\n"
-        "# HELP d_seconds Durations.\n"
-        "# TYPE d_seconds summary\n"
-        'd_seconds_sum{k="f"} 4.5\n'
-        'd_seconds_count{k="f"} 2\n'
-    )
-    assert_valid_exposition(text)
-
-
-def test_invalid_names_are_refused() -> None:
-    with pytest.raises(ValueError):
-        metrics.render([metrics.Metric("bad-name", "gauge", "h", [])])
-    with pytest.raises(ValueError):
-        metrics.render([metrics.Metric("ok", "gauge", "h", [metrics.Sample(1, {"bad-l": "v"})])])
-
+P = metrics.PREFIX
+STORE_A = "5b0c7d8e-1111-4a4a-9c9c-000000000001"
+STORE_B = "5b0c7d8e-2222-4a4a-9c9c-000000000002"
 
 QUEUE_STATS = {
     "jobs": [
@@ -100,46 +22,73 @@ QUEUE_STATS = {
     ],
     "oldest_due_seconds": {"process_email": 42.5},
     "breakers": [
-        {"service": "imap:store-1", "state": "open"},
-        {"service": "anthropic", "state": "closed"},
+        {"service": f"imap:{STORE_A}", "state": "open"},
+        {"service": f"imap:{STORE_B}", "state": "open"},
+        {"service": f"shopify:{STORE_A}", "state": "half_open"},
+        {"service": "claude", "state": "closed"},
     ],
 }
+NO_RUNS = RunStats(finished={}, duration_sum={}, duration_count={}, running={}, last_success={})
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def test_queue_metrics_from_queue_stats() -> None:
-    text = metrics.render(metrics.queue_metrics(QUEUE_STATS))
-    assert_valid_exposition(text)
-    lines = set(text.splitlines())
-    p = metrics.PREFIX
-    assert f"{p}queue_stats_up 1" in lines
-    assert f'{p}queue_jobs{{job_type="process_email",status="pending"}} 7' in lines
-    assert f'{p}queue_jobs{{job_type="process_email",status="dead_letter"}} 1' in lines
-    assert f'{p}queue_oldest_due_seconds{{job_type="process_email"}} 42.5' in lines
-    assert f'{p}circuit_breaker_state{{service="imap:store-1",state="open"}} 1' in lines
-    assert f'{p}circuit_breaker_state{{service="imap:store-1",state="closed"}} 0' in lines
-    assert f'{p}circuit_breaker_state{{service="imap:store-1",state="half_open"}} 0' in lines
-    assert f'{p}circuit_breaker_state{{service="anthropic",state="closed"}} 1' in lines
+def exposition(queue: Any = QUEUE_STATS, runs: RunStats = NO_RUNS) -> str:
+    collected = metrics.Metrics(lambda: queue, lambda: runs)
+    return generate_latest(collected.registry).decode()
 
 
-def test_unknown_breaker_state_and_odd_rows_do_not_break_rendering() -> None:
+def samples(text: str) -> Samples:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(found: Samples, name: str, **labels: str) -> float:
+    return found[(name, frozenset(labels.items()))]
+
+
+def test_queue_stats_become_gauges() -> None:
+    found = samples(exposition())
+    assert value(found, P + "queue_stats_up") == 1
+    assert value(found, P + "queue_jobs", job_type="process_email", status="pending") == 7
+    assert value(found, P + "queue_jobs", job_type="process_email", status="dead_letter") == 1
+    assert value(found, P + "queue_oldest_due_seconds", job_type="process_email") == 42.5
+
+
+def test_breakers_are_counted_per_kind_and_never_name_a_store() -> None:
+    text = exposition()
+    found = samples(text)
+    assert value(found, P + "circuit_breakers", service="imap", state="open") == 2
+    assert value(found, P + "circuit_breakers", service="imap", state="closed") == 0
+    assert value(found, P + "circuit_breakers", service="shopify", state="half_open") == 1
+    assert value(found, P + "circuit_breakers", service="claude", state="closed") == 1
+    assert STORE_A not in text and STORE_B not in text
+
+
+def test_odd_rows_and_unknown_names_do_not_leak_or_break() -> None:
     stats = {
         "jobs": [{"job_type": "x", "status": "pending", "count": None}, "junk"],
         "oldest_due_seconds": None,
-        "breakers": [{"service": 's"1', "state": "weird"}],
+        "breakers": [{"service": 'secret-store"name', "state": "weird"}],
     }
-    text = metrics.render(metrics.queue_metrics(stats))
-    assert_valid_exposition(text)
-    assert f'{metrics.PREFIX}circuit_breaker_state{{service="s\\"1",state="weird"}} 1' in text
-    assert "queue_jobs{" not in text
+    text = exposition(stats)
+    found = samples(text)
+    assert value(found, P + "circuit_breakers", service="other", state="other") == 1
+    assert "secret-store" not in text
+    assert not any(name == P + "queue_jobs" for name, _ in found)
 
 
-def test_unreachable_database_gives_up_zero_only() -> None:
-    text = metrics.render(metrics.queue_metrics(None))
-    assert text.splitlines()[-1] == f"{metrics.PREFIX}queue_stats_up 0"
-    assert "queue_jobs" not in text
+def test_unreachable_database_gives_up_zero_and_the_rest_still_answers() -> None:
+    found = samples(exposition(None))
+    assert value(found, P + "queue_stats_up") == 0
+    assert not any(name == P + "queue_jobs" for name, _ in found)
+    assert value(found, "process_cpu_seconds_total") >= 0
 
 
-def test_run_metrics() -> None:
+def test_run_counters() -> None:
     stats = RunStats(
         finished={("fetch", "succeeded"): 3, ("fetch", "failed"): 1},
         duration_sum={"fetch": 12.5},
@@ -147,15 +96,37 @@ def test_run_metrics() -> None:
         running={"fetch": 0, "process": 1},
         last_success={"fetch": 1_700_000_000.0},
     )
-    text = metrics.render(metrics.run_metrics(stats))
-    assert_valid_exposition(text)
-    lines = set(text.splitlines())
-    p = metrics.PREFIX
-    assert f"# TYPE {p}runs_total counter" in lines
-    assert f'{p}runs_total{{kind="fetch",status="succeeded"}} 3' in lines
-    assert f'{p}runs_total{{kind="fetch",status="failed"}} 1' in lines
-    assert f'{p}runs_in_progress{{kind="process"}} 1' in lines
-    assert f'{p}run_duration_seconds_sum{{kind="fetch"}} 12.5' in lines
-    assert f'{p}run_duration_seconds_count{{kind="fetch"}} 4' in lines
-    assert f'{p}run_duration_seconds_count{{kind="process"}} 0' in lines
-    assert f'{p}run_last_success_timestamp_seconds{{kind="fetch"}} 1700000000' in lines
+    text = exposition(runs=stats)
+    assert f"# TYPE {P}runs_total counter" in text.splitlines()
+    found = samples(text)
+    assert value(found, P + "runs_total", kind="fetch", status="succeeded") == 3
+    assert value(found, P + "runs_total", kind="fetch", status="failed") == 1
+    assert value(found, P + "runs_in_progress", kind="process") == 1
+    assert value(found, P + "run_duration_seconds_sum", kind="fetch") == 12.5
+    assert value(found, P + "run_duration_seconds_count", kind="fetch") == 4
+    assert value(found, P + "run_duration_seconds_count", kind="process") == 0
+    assert value(found, P + "run_last_success_timestamp_seconds", kind="fetch") == 1_700_000_000
+
+
+def test_requests_are_counted_by_route() -> None:
+    collected = metrics.Metrics(lambda: None, lambda: NO_RUNS)
+    collected.observe("GET", "/runs/<run_id>", 404, 0.0)
+    found = samples(generate_latest(collected.registry).decode())
+    labels = {"method": "GET", "endpoint": "/runs/<run_id>", "status": "404"}
+    assert value(found, P + "http_requests_total", **labels) == 1
+    assert value(found, P + "http_request_duration_seconds_count", endpoint="/runs/<run_id>") == 1
+
+
+def test_the_format_follows_the_accept_header() -> None:
+    registry = metrics.Metrics(lambda: None, lambda: NO_RUNS).registry
+    body, content_type = metrics.exposition(registry, None)
+    assert content_type == metrics.CONTENT_TYPE and body.startswith(b"# HELP")
+    body, content_type = metrics.exposition(registry, "application/openmetrics-text")
+    assert content_type.startswith("application/openmetrics-text")
+    assert body.rstrip().endswith(b"# EOF")
+
+
+def test_service_kinds() -> None:
+    assert metrics.service_kind(f"smtp:{STORE_A}") == "smtp"
+    assert metrics.service_kind("claude") == "claude"
+    assert metrics.service_kind(STORE_A) == "other"
