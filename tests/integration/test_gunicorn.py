@@ -82,8 +82,15 @@ def test_dockerfile_and_fly_toml_agree_on_port_health_and_command() -> None:
     checks = fly["http_service"]["checks"]
     assert [(c["method"], c["path"]) for c in checks] == [("GET", "/healthz")]
     assert fly["kill_signal"] == "SIGTERM"
-    assert fly["http_service"]["auto_stop_machines"] == "stop"
-    assert fly["http_service"]["min_machines_running"] == 0
+
+
+def test_fly_keeps_one_machine_running() -> None:
+    # Runs continue after their 202 with no request in flight; Fly's proxy stops a lone machine
+    # whose load is 0, so autostop would cut runs short (fly.toml explains the choice).
+    service = fly_config()["http_service"]
+    assert service["auto_stop_machines"] in ("off", False)
+    assert service["min_machines_running"] >= 1
+    assert service["auto_start_machines"] is True
 
 
 def test_gunicorn_config_defaults_to_fly_port_and_gives_runs_time_to_stop() -> None:
@@ -179,6 +186,45 @@ def gunicorn_server(database_url: str, tmp_path: Path) -> Iterator[Server]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def test_an_idle_worker_never_exits(database_url: str, tmp_path: Path) -> None:
+    # The design keeps the machine running, so nothing in the app may end the process when idle:
+    # gunicorn with a 2 s worker timeout sits idle for three timeouts and is the same worker after.
+    port = free_port()
+    argv = [*docker_cmd(), "--timeout", "2"]
+    argv[0] = str(Path(sys.executable).with_name(argv[0]))
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PORT": str(port),
+        "DATABASE_URL": database_url,
+        "WORKER_SECRET": SECRET,
+    }
+    log = tmp_path / "gunicorn.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + START_WAIT
+        while True:
+            try:
+                if request(port, "GET", "/healthz").status == 200:
+                    break
+            except OSError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        time.sleep(6)
+        assert process.poll() is None, log.read_text()
+        assert request(port, "GET", "/healthz").status == 200
+        boots = [line for line in log.read_text().splitlines() if "Booting worker" in line]
+        assert len(boots) == 1, log.read_text()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_WAIT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def wait_for_run(port: int, run_id: str) -> dict[str, Any]:
