@@ -18,6 +18,8 @@ RUN pip install --no-deps --require-hashes -r requirements.lock
 # The project itself, without re-resolving dependencies: the lock is the whole environment.
 COPY pyproject.toml README.md ./
 COPY worker ./worker
+# `python -m worker doctor` compares the database with the migrations this release ships.
+COPY supabase/migrations ./supabase/migrations
 RUN pip install --no-deps . \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin worker
 

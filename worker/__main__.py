@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import FrameType
 
 from worker import runs
@@ -50,6 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the Flask development server (not for production)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=None, help="default: PORT")
+    doctor = sub.add_parser(
+        "doctor",
+        help="check this deployment's settings and say what to fix",
+        description="check the database, Vault secrets, cron jobs and the worker URL",
+    )
+    doctor.add_argument(
+        "--migrations",
+        default=None,
+        metavar="DIR",
+        help="the migration files to compare with (default: supabase/migrations beside worker/)",
+    )
     stores = sub.add_parser("stores", help="manage stores (see `stores --help`)", add_help=False)
     stores.add_argument("args", nargs=argparse.REMAINDER)
     dlq = sub.add_parser(
@@ -118,6 +130,11 @@ def main(
             app = create_app(settings, services_factory=services_factory)
             app.run(host=args.host, port=args.port or settings.port, threaded=True)
             return EXIT_OK
+        if args.command == "doctor":
+            from worker import db, doctor
+
+            directory = args.migrations or doctor.default_migrations_dir()
+            return doctor.main(load_settings(env), db.connect, Path(directory))
         budget = args.budget
         if budget is None:
             budget = load_settings(env, require_worker_secret=False).run_budget_seconds

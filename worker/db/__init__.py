@@ -274,6 +274,11 @@ class Database:
         """Counts by type and status, oldest due age and breaker states (for /metrics)."""
         return cast(dict[str, Any], self._scalar("queue_stats", {}))
 
+    def deployment_report(self, worker_secret_sha256: str | None = None) -> dict[str, Any]:
+        """Applied migrations, cron jobs, Vault's worker_url and whether worker_secret matches."""
+        args = _args({}, {"worker_secret_sha256": worker_secret_sha256})
+        return cast(dict[str, Any], self._scalar("deployment_report", args))
+
     # -- ingestion --------------------------------------------------------------------------
 
     def list_active_stores(self) -> list[Row]:
