@@ -634,6 +634,50 @@ $$;
 ALTER FUNCTION public.defer_job(p_job_id uuid, p_worker_id text, p_delay_seconds integer, p_reason text) OWNER TO postgres;
 
 --
+-- Name: deployment_report(text); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.deployment_report(p_worker_secret_sha256 text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+  v_url text;
+  v_secret text;
+  v_migrations jsonb := 'null';
+  v_jobs jsonb := 'null';
+begin
+  select ds.decrypted_secret into v_url
+  from vault.decrypted_secrets ds where ds.name = 'worker_url';
+  select ds.decrypted_secret into v_secret
+  from vault.decrypted_secrets ds where ds.name = 'worker_secret';
+  -- Written by `supabase db push` (and scripts/local-db); null when migrations went in otherwise.
+  if pg_catalog.to_regclass('supabase_migrations.schema_migrations') is not null then
+    execute 'select coalesce(jsonb_agg(version order by version), ''[]'')
+             from supabase_migrations.schema_migrations' into v_migrations;
+  end if;
+  if pg_catalog.to_regclass('cron.job') is not null then
+    execute 'select coalesce(jsonb_agg(jsonb_build_object(
+               ''name'', jobname, ''schedule'', schedule, ''active'', active) order by jobname),
+             ''[]'') from cron.job' into v_jobs;
+  end if;
+  return jsonb_build_object(
+    'migrations', v_migrations,
+    'cron_jobs', v_jobs,
+    'worker_url', nullif(v_url, ''),
+    'worker_secret_present', coalesce(v_secret, '') <> '',
+    'worker_secret_matches',
+      case when p_worker_secret_sha256 is null or coalesce(v_secret, '') = '' then null
+           else pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(v_secret, 'UTF8')), 'hex')
+                = pg_catalog.lower(p_worker_secret_sha256)
+      end
+  );
+end;
+$$;
+
+ALTER FUNCTION public.deployment_report(p_worker_secret_sha256 text) OWNER TO postgres;
+
+--
 -- Name: uuid_generate_v7(); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -3045,6 +3089,13 @@ GRANT ALL ON FUNCTION public.complete_jobs(p_worker_id text, p_job_ids uuid[], p
 
 REVOKE ALL ON FUNCTION public.defer_job(p_job_id uuid, p_worker_id text, p_delay_seconds integer, p_reason text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.defer_job(p_job_id uuid, p_worker_id text, p_delay_seconds integer, p_reason text) TO service_role;
+
+--
+-- Name: FUNCTION deployment_report(p_worker_secret_sha256 text); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.deployment_report(p_worker_secret_sha256 text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.deployment_report(p_worker_secret_sha256 text) TO service_role;
 
 --
 -- Name: FUNCTION uuid_generate_v7(); Type: ACL; Schema: public; Owner: postgres

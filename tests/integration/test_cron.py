@@ -120,6 +120,28 @@ def test_schedules_match_the_seed(db: psycopg.Connection[Any]) -> None:
     assert "queue-retention" in schedules
 
 
+def test_cron_history_is_kept_for_a_week(db: psycopg.Connection[Any]) -> None:
+    jobid = db.execute("select jobid from cron.job where jobname = 'process-queue'").fetchone()
+    assert jobid is not None
+    marker = f"history-test-{time.time_ns()}"
+    for age in ("8 days", "6 days"):
+        db.execute(
+            "insert into cron.job_run_details (jobid, runid, database, username, command,"
+            " status, start_time, end_time)"
+            " values (%s, -nextval('cron.runid_seq'), current_database(), current_user, %s,"
+            " 'succeeded', now() - %s::interval, now() - %s::interval)",
+            (jobid["jobid"], marker, age, age),
+        )
+    db.execute(cron_command(db, "cron-history-retention"))
+    kept = db.execute(
+        "select now() - end_time < interval '7 days' as recent from cron.job_run_details"
+        " where command = %s",
+        (marker,),
+    ).fetchall()
+    assert [row["recent"] for row in kept] == [True]
+    db.execute("delete from cron.job_run_details where command = %s", (marker,))
+
+
 def test_migration_has_no_url_or_token() -> None:
     text = "\n".join(path.read_text() for path in CRON_MIGRATIONS)
     assert "http://" not in text.replace("https://<app>.fly.dev", "")
