@@ -8,7 +8,7 @@
   requeue.py purge --older-than 7d [filters] [--yes]
 
 Bulk actions are dry runs that list what they would touch until --yes is given. The database
-comes from DATABASE_URL, or SUPABASE_URL + SUPABASE_SERVICE_ROLE_KEY.
+comes from DATABASE_URL, or SUPABASE_URL + SUPABASE_SECRET_KEY (or the legacy service-role key).
 
 Exit codes: 0 ok; 1 some ids were not in the dead-letter queue or an action failed; 2 usage or
 configuration error; 3 nothing matched the filters.

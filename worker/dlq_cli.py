@@ -8,7 +8,7 @@ scripts/requeue.py, the documented entry point).
   purge --older-than 7d [filters] [--yes]
 
 Bulk actions are dry runs that list what they would touch until --yes is given. The database
-comes from DATABASE_URL, or SUPABASE_URL + SUPABASE_SERVICE_ROLE_KEY. Parsing operator input and
+comes from DATABASE_URL, or SUPABASE_URL + SUPABASE_SECRET_KEY. Parsing operator input and
 formatting jobs is pure and lives in worker/dlq.py; this module is the command line around it.
 
 Exit codes: 0 ok; 1 some ids were not in the dead-letter queue or an action failed; 2 usage or

@@ -21,6 +21,7 @@ import pytest
 from psycopg.rows import DictRow
 
 from tests.support.gateway import GatewayHandle
+from worker.devstack.gateway import TEST_SECRET_KEY
 
 pytestmark = pytest.mark.integration
 
@@ -42,12 +43,14 @@ requeue = _load_script()
 Conn = psycopg.Connection[DictRow]
 
 
-@pytest.fixture(params=["postgres", "rest"])
+@pytest.fixture(params=["postgres", "rest", "rest-secret-key"])
 def env(request: pytest.FixtureRequest, database_url: str) -> dict[str, str]:
-    """The tool's environment for each backend."""
+    """The tool's environment for each backend (REST with the legacy JWT or a secret key)."""
     if request.param == "postgres":
         return {"DATABASE_URL": database_url}
     gateway: GatewayHandle = request.getfixturevalue("gateway")
+    if request.param == "rest-secret-key":
+        return {"SUPABASE_URL": gateway.base_url, "SUPABASE_SECRET_KEY": TEST_SECRET_KEY}
     return {"SUPABASE_URL": gateway.base_url, "SUPABASE_SERVICE_ROLE_KEY": gateway.service_role_jwt}
 
 

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from worker.devstack.gateway import TEST_SECRET_KEY, RpcGateway, authenticator_url
 from worker.config import load_settings
 from worker.db import Database, connect
 from worker.db.pg import PgTransport
+from worker.devstack.gateway import TEST_SECRET_KEY, RpcGateway, authenticator_url
 
 pytestmark = pytest.mark.integration
 
