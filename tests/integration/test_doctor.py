@@ -18,6 +18,7 @@ from worker import __main__ as cli
 from worker import doctor
 from worker.app import create_app
 from worker.config import load_settings
+from worker.devstack.gateway import TEST_SECRET_KEY, RpcGateway, authenticator_url
 
 pytestmark = pytest.mark.integration
 
@@ -93,6 +94,23 @@ def test_a_deployment_set_up_right_passes(
                  "worker /healthz", "worker secret"):
         assert f"ok    {name}" in out, out
     assert "FAIL" not in out and SECRET not in out
+
+
+def test_the_rest_backend_with_a_secret_key_passes_too(
+    database_url: str, worker_url: str, vault: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    set_secret(vault, "worker_url", worker_url)
+    set_secret(vault, "worker_secret", SECRET)
+    gateway = RpcGateway(authenticator_url(database_url))
+    try:
+        env = {"SUPABASE_URL": gateway.url, "SUPABASE_SECRET_KEY": TEST_SECRET_KEY,
+               "WORKER_SECRET": SECRET}
+        code = cli.main(["doctor"], environ=env)
+    finally:
+        gateway.close()
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "ok    migrations" in out and "ok    vault worker_secret" in out
 
 
 def test_missing_vault_secrets_say_how_to_create_them(
