@@ -66,6 +66,10 @@ class Settings:
     port: int = 8080
     # -- operations (h4-ops): Supabase's new secret API key, beside the legacy service-role JWT
     supabase_secret_key: str | None = None
+    # h6-hostile (issue 13): bounded parsing of inbound mail (worker/parse_pool.py).
+    parse_processes: int = 1
+    parse_timeout_seconds: float = 10.0
+    parse_memory_mb: int = 256
 
     @property
     def supabase_key(self) -> str | None:
@@ -299,6 +303,10 @@ def load_settings(
         port=env.positive_int("port", maximum=65535),
         # -- operations (h4-ops)
         supabase_secret_key=secret_key,
+        # h6-hostile (issue 13): bounded parsing of inbound mail.
+        parse_processes=env.positive_int("parse_processes", maximum=16),
+        parse_timeout_seconds=env.positive_seconds("parse_timeout_seconds"),
+        parse_memory_mb=env.positive_int("parse_memory_mb"),
     )
     if problems:
         raise ConfigError(problems)

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from worker import imap, mime, tls
+from worker import imap, mime, mime_limits, parse_pool, tls
 from worker.config import DEFAULTS, Settings
 from worker.db import Database
-from worker.errors import ConfigError, TransientError, WorkerError
+from worker.errors import ConfigError, PermanentError, TransientError, WorkerError
 from worker.models import Store
 from worker.runs import Budget
 
@@ -41,6 +41,10 @@ CLOCK_SKEW = timedelta(seconds=60)
 # Message-ID dedupe absorbs what was already stored.
 RESYNC_OVERLAP = timedelta(days=1)
 STOP_POLL_SECONDS = 0.2  # how soon a shutdown request cuts a store's IMAP connection
+# Parsed messages are stored before parsing one this large (its parse may take long)...
+SLOW_PARSE_BYTES = 256 * 1024
+# ...and before any parse once the first unstored one has waited this long (seconds).
+FLUSH_SECONDS = 1.0
 
 
 MailboxOpener = Callable[..., AbstractContextManager[Any]]
@@ -56,6 +60,7 @@ class FetchOptions:
     imap_timeout_seconds: float = DEFAULTS.imap_timeout_seconds
     max_message_bytes: int = DEFAULTS.max_message_bytes
     ca_file: str | None = DEFAULTS.extra_ca_file
+    parse: parse_pool.ParseConfig = field(default_factory=parse_pool.ParseConfig)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FetchOptions:
@@ -67,6 +72,11 @@ class FetchOptions:
             imap_timeout_seconds=settings.imap_timeout_seconds,
             max_message_bytes=settings.max_message_bytes,
             ca_file=settings.extra_ca_file,
+            parse=parse_pool.ParseConfig(
+                processes=settings.parse_processes,
+                timeout_seconds=settings.parse_timeout_seconds,
+                memory_bytes=settings.parse_memory_mb * 1024 * 1024,
+            ),
         )
 
 
@@ -75,7 +85,7 @@ class StoreOutcome:
     """What happened to one store in one run."""
 
     store_id: str
-    status: str = "ok"  # ok | failed | breaker_open | not_started | stopped
+    status: str = "ok"  # ok | partial | failed | breaker_open | not_started | stopped
     fetched: int = 0
     stored: int = 0
     duplicates: int = 0
@@ -89,6 +99,14 @@ class StoreOutcome:
 
 class FetchStopped(TransientError):
     """The run was asked to stop (shutdown) while this store was being fetched."""
+
+
+class StoreTimeLimit(TransientError):
+    """The store's time ran out before every fetched message was stored."""
+
+    def __init__(self, message: str, *, service: str, progressed: bool) -> None:
+        super().__init__(message, service=service)
+        self.progressed = progressed
 
 
 def imap_service(store_id: str) -> str:
@@ -143,21 +161,60 @@ def chunk_positions(uids: Sequence[int], size: int, highest_uid: int) -> list[in
     return [next_start - 1 for next_start in starts[1:]] + ([highest_uid] if starts else [])
 
 
-def to_ingest_rows(batch: imap.FetchBatch, max_bytes: int) -> list[dict[str, Any]]:
-    """Parse each fetched message once into the JSON shape `ingest_messages` stores."""
-    rows = []
-    for item in batch.messages:
-        if item.oversized:
-            parsed = mime.header_only_stub(item.data, uid=item.uid, size_bytes=item.size)
-            row = parsed.to_ingest_json()
-            row["skip_reason"] = "oversized"
-            row["detail"] = f"{item.size} bytes exceeds the {max_bytes}-byte limit"
-        else:
-            row = mime.parse_message(item.data, uid=item.uid).to_ingest_json()
-        row["uid"] = item.uid
-        row["size_bytes"] = item.size
-        rows.append(row)
-    return rows
+Parse = Callable[[bytes, int, int], dict[str, Any]]
+
+
+def pool_parser(pool: parse_pool.ParsePool) -> Parse:
+    """Parse with a bounded child-process pool (worker/parse_pool.py)."""
+
+    def parse(raw: bytes, uid: int, size: int) -> dict[str, Any]:
+        return pool.parse(raw, uid=uid, size_bytes=size).row
+
+    return parse
+
+
+def to_ingest_row(item: imap.FetchedMessage, max_bytes: int, parse: Parse) -> dict[str, Any]:
+    """Parse one fetched message into the JSON shape `ingest_messages` stores."""
+    if item.oversized:
+        parsed = mime.limit_stub(item.data, uid=item.uid, size_bytes=item.size, reason="oversized")
+        row = parsed.to_ingest_json()
+        row["skip_reason"] = "oversized"
+        row["detail"] = f"{item.size} bytes exceeds the {max_bytes}-byte limit"
+    else:
+        row = parse(item.data, item.uid, item.size)
+    row["uid"] = item.uid
+    row["size_bytes"] = item.size
+    return row
+
+
+def unstorable_stub(row: dict[str, Any], error: WorkerError) -> dict[str, Any]:
+    """What is stored instead of a message the database refused: its ids only, never answered.
+
+    Only values that cannot carry the offending byte are kept: the Message-ID (restricted to
+    printable ASCII) keeps the dedupe working, so the next fetch does not try it again.
+    """
+    message_id = "".join(c for c in str(row.get("message_id") or "") if " " < c < "\x7f")
+    if not (message_id.startswith("<") and message_id.endswith(">") and len(message_id) > 2):
+        message_id = f"<unstorable-{row.get('uid')}@{mime.SYNTHETIC_DOMAIN}>"
+    return {
+        "message_id": message_id,
+        "from_address": None,
+        "from_name": None,
+        "reply_to": None,
+        "to_addresses": [],
+        "cc_addresses": [],
+        "subject": "",
+        "date": None,
+        "in_reply_to": None,
+        "references": [],
+        "headers": {},
+        "body_text": "",
+        "attachments": [],
+        "size_bytes": int(row.get("size_bytes") or 0),
+        "uid": row.get("uid"),
+        "skip_reason": mime_limits.UNSTORABLE,
+        "detail": str(error)[:500],
+    }
 
 
 def fetch_store(
@@ -167,15 +224,19 @@ def fetch_store(
     options: FetchOptions,
     deadline: float,
     stop_event: threading.Event | None = None,
+    parse: Parse | None = None,
 ) -> StoreOutcome:
     """Fetch one store's new mail; every failure is contained in the returned outcome.
 
     The store stops at `deadline`, or as soon as `stop_event` is set, cutting its connection.
+    Messages are parsed with `parse` (default: the process's bounded parse pool).
     """
     typed = Store.from_row(store)
     store_id, folder = typed.id, typed.imap_folder
     outcome = StoreOutcome(store_id=store_id)
     service = imap_service(store_id)
+    if parse is None:
+        parse = pool_parser(parse_pool.shared_pool(options.parse))
     if not db.circuit_allow(service):
         outcome.status = "breaker_open"
         return outcome
@@ -211,33 +272,57 @@ def fetch_store(
         outcome.uidvalidity_changed = batch.uidvalidity_changed
         outcome.fetched = len(batch.messages)
         outcome.left_alone = batch.left_alone
-        rows = to_ingest_rows(batch, options.max_message_bytes)
-        positions = chunk_positions([int(r["uid"]) for r in rows], INGEST_CHUNK, batch.highest_uid)
-        steps: list[tuple[Sequence[dict[str, Any]], int]] = list(
-            zip(chunks(rows, INGEST_CHUNK), positions, strict=True)
-        )
-        if not rows and (batch.uidvalidity_changed or known_uidvalidity is None):
+        ingested = False
+        if not batch.messages and (batch.uidvalidity_changed or known_uidvalidity is None):
             # Nothing to store, but remember the (new) UIDVALIDITY so the next run compares with
             # it, and the position past any old mail this fetch left alone.
-            steps = [([], batch.highest_uid)]
-        ingested = False
-        for chunk, position in steps:
-            if stop_event is not None and stop_event.is_set():
-                # Nothing lost: the UID stays at the last stored chunk for the next run.
-                outcome.status = "stopped"
-                outcome.error = "run stopped before every message was stored"
-                break
-            if time.monotonic() > deadline:
-                outcome.error = "store time limit reached"
-                break
-            result = db.ingest_messages(store_id, folder, batch.uidvalidity, position, list(chunk))
+            _ingest(db, outcome, store_id, folder, batch.uidvalidity, batch.highest_uid, [])
             ingested = True
-            outcome.stored += int(result.get("stored", 0))
-            outcome.duplicates += int(result.get("duplicates", 0))
-            outcome.skipped += int(result.get("skipped", 0))
-            outcome.job_ids.extend(str(j) for j in result.get("job_ids") or [])
+        pending: list[dict[str, Any]] = []
+        waiting_since = 0.0
+        messages = batch.messages
+        for index, item in enumerate(messages):
+            if (stop_event is not None and stop_event.is_set()) or time.monotonic() > deadline:
+                if pending:
+                    # Parsed work is never thrown away: stored up to the first unparsed UID.
+                    _ingest(db, outcome, store_id, folder, batch.uidvalidity, item.uid - 1, pending)
+                    ingested = True
+                break
+            # Stored as parsed: what is parsed is stored before a parse that may be slow (a large
+            # message, or a while since the first pending one), so one bad message never holds
+            # back the ones before it, and the store's time limit never loses parsed work.
+            if pending and (
+                len(item.data) > SLOW_PARSE_BYTES
+                or time.monotonic() - waiting_since > FLUSH_SECONDS
+            ):
+                _ingest(db, outcome, store_id, folder, batch.uidvalidity, item.uid - 1, pending)
+                ingested = True
+                pending = []
+            if not pending:
+                waiting_since = time.monotonic()
+            pending.append(to_ingest_row(item, options.max_message_bytes, parse))
+            last = index == len(messages) - 1
+            if len(pending) >= INGEST_CHUNK or last:
+                position = batch.highest_uid if last else messages[index + 1].uid - 1
+                _ingest(db, outcome, store_id, folder, batch.uidvalidity, position, pending)
+                ingested = True
+                pending = []
         if ingested:
             _record_window(db, store_id, folder, batch, known_uidvalidity)
+        handled = outcome.stored + outcome.skipped + outcome.duplicates
+        if handled < len(messages):
+            if stop_event is not None and stop_event.is_set():
+                # Nothing lost: the UID stays at the last stored message for the next run.
+                outcome.status = "stopped"
+                outcome.error = "run stopped before every message was stored"
+                return outcome
+            # Counted, not passed over as ok: a mailbox that never gets through its mail within
+            # the time limit must show up in events and, without any progress, in its breaker.
+            raise StoreTimeLimit(
+                f"store time limit reached after {handled} of {len(messages)} messages",
+                service=imap.SERVICE,
+                progressed=handled > 0,
+            )
     except ConfigError:
         # The deployment's fault (e.g. an unreadable EXTRA_CA_FILE), the same for every store:
         # counting it against each store's breaker would shut every mailbox out for no reason.
@@ -248,6 +333,14 @@ def fetch_store(
         outcome.error = str(exc)
         outcome.error_type = exc.error_type
         return outcome
+    except StoreTimeLimit as exc:
+        outcome.status = "partial" if exc.progressed else "failed"
+        outcome.error = str(exc)
+        outcome.error_type = exc.error_type
+        # Progress means the mailbox works and the rest is stored next run: only a fetch that
+        # stores nothing counts against the breaker.
+        _record_failure(db, service, store_id, exc, breaker=not exc.progressed)
+        return outcome
     except WorkerError as exc:
         outcome.status = "failed"
         outcome.error = str(exc)
@@ -256,6 +349,45 @@ def fetch_store(
         return outcome
     db.circuit_record(service, True)
     return outcome
+
+
+def _ingest(
+    db: Database,
+    outcome: StoreOutcome,
+    store_id: str,
+    folder: str,
+    uidvalidity: int,
+    position: int,
+    rows: list[dict[str, Any]],
+) -> None:
+    """Store `rows` and move the UID to `position`; a batch the database refuses for good is
+    stored message by message, and a message it still refuses becomes an 'unstorable' stub."""
+    try:
+        _count(outcome, db.ingest_messages(store_id, folder, uidvalidity, position, rows))
+        return
+    except PermanentError as exc:
+        if not rows:
+            raise
+        log.warning("store %s: batch refused (%s); storing message by message", store_id, exc)
+    for index, row in enumerate(rows):
+        # Each message covers the UIDs up to its own; the last one the whole batch.
+        upto = position if index == len(rows) - 1 else int(rows[index + 1]["uid"]) - 1
+        try:
+            result = db.ingest_messages(store_id, folder, uidvalidity, upto, [row])
+        except PermanentError as exc:
+            log.warning("store %s: uid %s stored as a stub: %s", store_id, row.get("uid"), exc)
+            # If even the stub is refused the fault is not in this message: the store fails.
+            result = db.ingest_messages(
+                store_id, folder, uidvalidity, upto, [unstorable_stub(row, exc)]
+            )
+        _count(outcome, result)
+
+
+def _count(outcome: StoreOutcome, result: dict[str, Any]) -> None:
+    outcome.stored += int(result.get("stored", 0))
+    outcome.duplicates += int(result.get("duplicates", 0))
+    outcome.skipped += int(result.get("skipped", 0))
+    outcome.job_ids.extend(str(j) for j in result.get("job_ids") or [])
 
 
 def _record_window(
@@ -357,10 +489,13 @@ def _abort_connection(client: Any) -> None:
         pass  # already closed: nothing left to unblock
 
 
-def _record_failure(db: Database, service: str, store_id: str, exc: WorkerError) -> None:
+def _record_failure(
+    db: Database, service: str, store_id: str, exc: WorkerError, *, breaker: bool = True
+) -> None:
     log.warning("fetch failed for store %s: %s", store_id, exc)
     try:
-        db.circuit_record(service, False)
+        if breaker:
+            db.circuit_record(service, False)
         db.record_events(
             [
                 {
@@ -415,6 +550,7 @@ def summarize(outcomes: list[StoreOutcome]) -> dict[str, Any]:
     return {
         "stores": len(outcomes),
         "stores_ok": sum(o.status == "ok" for o in outcomes),
+        "stores_partial": sum(o.status == "partial" for o in outcomes),
         "stores_failed": sum(o.status == "failed" for o in outcomes),
         "stores_breaker_open": sum(o.status == "breaker_open" for o in outcomes),
         "stores_not_started": sum(o.status == "not_started" for o in outcomes),

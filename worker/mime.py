@@ -23,6 +23,9 @@ from typing import Any
 
 from bs4 import BeautifulSoup, NavigableString, PageElement, Tag
 
+from worker import mime_limits
+from worker.mime_limits import ParseLimits
+
 SYNTHETIC_DOMAIN = "synthetic.invalid"
 DEFAULT_MAX_BODY_CHARS = 100_000
 
@@ -228,11 +231,38 @@ class ParsedEmail:
         )
 
 
+class MessageLimitError(Exception):
+    """The message exceeds a structural limit; `reason` is the stub's skip_reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 def parse_message(
-    raw: bytes, *, uid: int | None = None, max_body_chars: int = DEFAULT_MAX_BODY_CHARS
+    raw: bytes,
+    *,
+    uid: int | None = None,
+    max_body_chars: int = DEFAULT_MAX_BODY_CHARS,
+    limits: ParseLimits | None = None,
 ) -> ParsedEmail:
-    """Parse a raw message; never raises, records what it worked around in `defects`."""
-    return _parse_tolerantly(raw, uid=uid, max_body_chars=max_body_chars, headers_only=False)
+    """Parse a raw message; records what it worked around in `defects`.
+
+    Never raises on bad mail, except MessageLimitError when `limits` are given and exceeded.
+    """
+    if limits is not None:
+        reason = mime_limits.prescan(raw, limits)
+        if reason is not None:
+            raise MessageLimitError(reason)
+    return _parse_tolerantly(
+        raw, uid=uid, max_body_chars=max_body_chars, headers_only=False, limits=limits
+    )
+
+
+def limit_stub(raw: bytes, *, uid: int | None, size_bytes: int, reason: str) -> ParsedEmail:
+    """The stub stored for a message that exceeded a limit: its (bounded) header, no body."""
+    head = mime_limits.header_block(raw)[: mime_limits.STUB_HEADER_BYTES]
+    return header_only_stub(head, uid=uid, size_bytes=size_bytes, skip_reason=reason)
 
 
 def header_only_stub(
@@ -374,17 +404,31 @@ def _link_suffix(anchor: Tag) -> str:
 
 
 def _parse_tolerantly(
-    raw: bytes, *, uid: int | None, max_body_chars: int, headers_only: bool
+    raw: bytes,
+    *,
+    uid: int | None,
+    max_body_chars: int,
+    headers_only: bool,
+    limits: ParseLimits | None = None,
 ) -> ParsedEmail:
     # The modern policy decodes best, but its header parser has had crashes on hostile input;
     # compat32 treats headers as plain strings, and the last resort keeps only the raw text.
     try:
-        return _parse(raw, policy.default, [], uid, max_body_chars, headers_only)
+        return _parse(raw, policy.default, [], uid, max_body_chars, headers_only, limits)
+    except MessageLimitError:
+        raise
     except Exception as exc:
         first_error = f"policy_default_failed:{type(exc).__name__}"
     try:
-        return _parse(raw, policy.compat32, [first_error], uid, max_body_chars, headers_only)
+        return _parse(
+            raw, policy.compat32, [first_error], uid, max_body_chars, headers_only, limits
+        )
+    except MessageLimitError:
+        raise
     except Exception as exc:
+        if isinstance(exc, RecursionError) and limits is not None:
+            # Only nesting far beyond any limit exhausts the interpreter's stack.
+            raise MessageLimitError(mime_limits.TOO_DEEP) from exc
         return _fallback(raw, uid=uid, max_body_chars=max_body_chars, error=exc)
 
 
@@ -395,11 +439,14 @@ def _parse(
     uid: int | None,
     max_body_chars: int,
     headers_only: bool,
+    limits: ParseLimits | None = None,
 ) -> ParsedEmail:
     if headers_only:
         raw = _header_block(raw) + b"\r\n\r\n"
     msg = BytesParser(policy=parse_policy).parsebytes(raw, headersonly=headers_only)
     defects.extend(type(d).__name__ for d in msg.defects)
+    if limits is not None and not headers_only:
+        _check_structure(msg, limits)
 
     header_values: dict[str, list[str]] = {}
     for name, value in msg.raw_items():
@@ -581,6 +628,29 @@ def _body_and_attachments(msg: Message, defects: list[str]) -> tuple[str, tuple[
     return plain, tuple(attachments)
 
 
+def _check_structure(root: Message, limits: ParseLimits) -> None:
+    # What the pre-scan can only bound from above, counted exactly on the parsed tree before any
+    # part is decoded. Encoded bodies decode to at most their own length, so summing the encoded
+    # payloads bounds the decoded size without decoding anything.
+    parts = 0
+    encoded = 0
+    stack: list[tuple[Message, int]] = [(root, 0)]
+    while stack:
+        part, depth = stack.pop()
+        parts += 1
+        if parts > limits.max_parts:
+            raise MessageLimitError(mime_limits.TOO_MANY_PARTS)
+        if depth > limits.max_depth:
+            raise MessageLimitError(mime_limits.TOO_DEEP)
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            stack.extend((p, depth + 1) for p in payload if isinstance(p, Message))
+        elif isinstance(payload, str | bytes):
+            encoded += len(payload)
+            if encoded > limits.max_decoded_bytes:
+                raise MessageLimitError(mime_limits.DECODED_TOO_LARGE)
+
+
 def _leaf_parts(root: Message) -> Iterator[Message]:
     # Depth-first in document order, with an explicit stack: hostile mail nests multiparts deep.
     stack = [root]
@@ -606,6 +676,15 @@ def _filename(part: Message) -> str | None:
 
 
 def _part_size(part: Message) -> int:
+    raw_payload = part.get_payload()
+    if (
+        isinstance(raw_payload, str)
+        and part.get("content-transfer-encoding", "").strip().lower() == "base64"
+    ):
+        # Counted, not decoded: decoding a 20 MB attachment only to learn its size would double
+        # the parse's memory for nothing.
+        data_chars = len(raw_payload) - sum(raw_payload.count(c) for c in "\r\n \t")
+        return max(0, data_chars * 3 // 4 - raw_payload.count("="))
     try:
         payload = part.get_payload(decode=True)
     except Exception:

@@ -11,9 +11,9 @@ from typing import Any, cast
 import pytest
 
 from tests.unit.data import load_eml
-from worker import fetch, imap
+from worker import fetch, imap, mime, parse_pool
 from worker.db import Database
-from worker.errors import ConfigError, PermanentError, TransientError
+from worker.errors import ConfigError, DatabaseConstraintError, PermanentError, TransientError
 from worker.runs import Budget
 
 UIDVALIDITY = 777
@@ -188,6 +188,7 @@ def fetch_one(
     *,
     deadline: float | None = None,
     stop: threading.Event | None = None,
+    parse: fetch.Parse | None = None,
     **options: Any,
 ) -> fetch.StoreOutcome:
     return fetch.fetch_store(
@@ -197,6 +198,7 @@ def fetch_one(
         fetch.FetchOptions(**options),
         time.monotonic() + FAR if deadline is None else deadline,
         stop,
+        parse,
     )
 
 
@@ -226,7 +228,8 @@ def test_to_ingest_rows_parses_full_and_oversized_messages() -> None:
         highest_uid=9,
     )
 
-    normal, oversized = fetch.to_ingest_rows(batch, max_bytes=1_000_000)
+    parse = fetch.pool_parser(parse_pool.shared_pool())
+    normal, oversized = (fetch.to_ingest_row(m, 1_000_000, parse) for m in batch.messages)
 
     assert normal["uid"] == 7
     assert normal["size_bytes"] == len(full)
@@ -259,6 +262,7 @@ def test_summarize_totals_and_lists_only_stores_with_errors() -> None:
     assert summary == {
         "stores": 7,
         "stores_ok": 3,
+        "stores_partial": 0,
         "stores_failed": 1,
         "stores_breaker_open": 1,
         "stores_not_started": 1,
@@ -429,8 +433,13 @@ def test_passed_deadline_stores_nothing_and_says_why() -> None:
     outcome = fetch_one(db, FakeMailbox({1: message(1)}), deadline=time.monotonic() - 1)
 
     assert db.ingests == []
-    assert outcome.error == "store time limit reached"
+    assert outcome.error is not None
+    assert "store time limit reached after 0 of 1 messages" in outcome.error
     assert outcome.stored == 0
+    # A fetch that stores nothing is a failure, recorded, not an ok with a note.
+    assert outcome.status == "failed"
+    assert db.circuit == [("imap:store-1", False)]
+    assert [e["event_type"] for e in db.events] == ["fetch.store_failed"]
 
 
 class SocketClient:
@@ -723,3 +732,91 @@ def test_unusable_ca_file_fails_the_run_before_any_store(tmp_path: Any) -> None:
         )
 
     assert db.circuit == [] and db.events == []
+
+
+def inline_parse(raw: bytes, uid: int, size: int) -> dict[str, Any]:
+    return mime.parse_message(raw, uid=uid).to_ingest_json()
+
+
+def test_messages_are_stored_before_a_large_message_is_parsed() -> None:
+    db = FakeDatabase()
+    stored_when_parsing: dict[int, list[int]] = {}
+
+    def parse(raw: bytes, uid: int, size: int) -> dict[str, Any]:
+        stored_when_parsing[uid] = [int(r["uid"]) for _, _, rows in db.ingests for r in rows]
+        return inline_parse(raw, uid, size)
+
+    large = message(3, body="x" * (fetch.SLOW_PARSE_BYTES + 1))
+    mailbox = FakeMailbox({1: message(1), 2: message(2), 3: large, 4: message(4)})
+
+    outcome = fetch_one(db, mailbox, parse=parse)
+
+    assert stored_when_parsing[3] == [1, 2]  # one slow message never holds back earlier ones
+    assert [(position, [r["uid"] for r in rows]) for _, position, rows in db.ingests] == [
+        (2, [1, 2]),
+        (4, [3, 4]),
+    ]
+    assert (outcome.status, outcome.stored) == ("ok", 4)
+
+
+def test_time_limit_stores_what_was_parsed_and_is_recorded_as_partial() -> None:
+    db = FakeDatabase()
+    deadline = time.monotonic() + 0.3
+
+    def parse(raw: bytes, uid: int, size: int) -> dict[str, Any]:
+        if uid == 2:
+            time.sleep(0.4)  # runs past the store's deadline
+        return inline_parse(raw, uid, size)
+
+    mailbox = FakeMailbox({1: message(1), 2: message(2), 3: message(3)})
+    outcome = fetch_one(db, mailbox, deadline=deadline, parse=parse)
+
+    assert [(position, [r["uid"] for r in rows]) for _, position, rows in db.ingests] == [
+        (2, [1, 2])
+    ]
+    assert db.state is not None and db.state["last_uid"] == 2  # the next run starts at 3
+    assert outcome.status == "partial"
+    assert outcome.error is not None and "after 2 of 3 messages" in outcome.error
+    assert [e["event_type"] for e in db.events] == ["fetch.baseline", "fetch.store_failed"]
+    assert db.circuit == []  # progress: the mailbox works, its breaker is not charged
+
+
+class RefusingDatabase(FakeDatabase):
+    """Refuses for good any batch holding a message whose subject contains 'poison'."""
+
+    def ingest_messages(
+        self, store_id: str, folder: str, uidvalidity: int, last_uid: int, rows: list[Any]
+    ) -> dict[str, Any]:
+        if any("poison" in (r.get("subject") or "") for r in rows):
+            self.ingests.append((uidvalidity, -1, rows))
+            raise DatabaseConstraintError("ingest_messages: invalid input", code="22P05")
+        return super().ingest_messages(store_id, folder, uidvalidity, last_uid, rows)
+
+
+def test_a_refused_batch_is_stored_message_by_message_and_the_bad_one_as_a_stub() -> None:
+    db = RefusingDatabase()
+    poison = message(2).replace(b"Subject: Question 2", b"Subject: poison")
+    mailbox = FakeMailbox({1: message(1), 2: poison, 3: message(3)})
+
+    outcome = fetch_one(db, mailbox, parse=inline_parse)
+
+    accepted = [(pos, rows) for _, pos, rows in db.ingests if pos >= 0]
+    assert [(pos, [r["uid"] for r in rows]) for pos, rows in accepted] == [
+        (1, [1]),
+        (2, [2]),
+        (3, [3]),
+    ]
+    stub = accepted[1][1][0]
+    assert stub["skip_reason"] == "unstorable"
+    assert stub["message_id"] == "<u2@example.com>"  # the dedupe still knows it
+    assert stub["subject"] == "" and stub["body_text"] == ""
+    assert (outcome.status, outcome.stored, outcome.skipped) == ("ok", 2, 1)
+    assert db.state is not None and db.state["last_uid"] == 3
+
+
+def test_unstorable_stub_keeps_only_a_printable_message_id() -> None:
+    error = DatabaseConstraintError("bad", code="22P05")
+    row = {"message_id": "<a\x00b@x>", "uid": 5, "size_bytes": 10, "subject": "x\x00"}
+    assert fetch.unstorable_stub(row, error)["message_id"] == "<ab@x>"
+    broken = fetch.unstorable_stub({"message_id": "\x00", "uid": 5}, error)
+    assert broken["message_id"] == "<unstorable-5@synthetic.invalid>"

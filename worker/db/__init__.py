@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from worker import pg_text
 from worker.db.types import (
     Row,
     Transport,
@@ -41,9 +42,13 @@ _CONTEXT_ROWS = ("job", "message", "store", "conversation", "reply")
 
 
 def _args(required: Mapping[str, Any], optional: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    args = {f"p_{name}": value for name, value in required.items()}
+    # Every argument passes here, so no string Postgres would reject (a NUL from hostile mail, a
+    # lone surrogate) can fail a call, whichever field it hides in.
+    args = {f"p_{name}": pg_text.clean_value(value) for name, value in required.items()}
     if optional:
-        args.update({f"p_{name}": value for name, value in optional.items() if value is not None})
+        args.update(
+            {f"p_{name}": pg_text.clean_value(v) for name, v in optional.items() if v is not None}
+        )
     return args
 
 
@@ -139,7 +144,9 @@ class Database:
             }
             for job in jobs
         ]
-        return cast(list[str], self._scalar("enqueue_jobs", {"p_jobs": elements}))
+        return cast(
+            list[str], self._scalar("enqueue_jobs", {"p_jobs": pg_text.clean_value(elements)})
+        )
 
     def dequeue_jobs(
         self,
