@@ -89,10 +89,13 @@ def reflected_subject(tag: str = "reflected") -> bytes:
     return _head(subject, tag) + b"\r\nPlease answer.\r\n"
 
 
-def good(n: int, *, sender: str | None = None) -> bytes:
-    """An ordinary customer question, to prove mail after a hostile one is still answered."""
-    who = sender or f"Customer {n} <customer{n}@example.com>"
-    return _head(f"Question {n}", f"good-{n}", sender=who) + b"\r\nDo you ship to Canada?\r\n"
+def good(n: int, *, sender: str = "Ana Souza <ana.souza@example.com.br>") -> bytes:
+    """An ordinary order question (by default from the test catalogue's customer of order
+    #1001), to prove mail after a hostile one is still answered."""
+    return (
+        _head(f"Pedido 1001 ({n})", f"good-{n}", sender=sender)
+        + b"\r\nOi! Onde esta meu pedido #1001?\r\n"
+    )
 
 
 CORPUS: dict[str, Callable[[], bytes]] = {

@@ -28,7 +28,7 @@ def test_ordinary_mail_is_parsed_in_the_child(pool: parse_pool.ParsePool) -> Non
     result = pool.parse(hostile.good(1), uid=3)
     assert result.skip_reason is None
     assert (result.row["message_id"], result.row["uid"]) == ("<good-1@example.com>", 3)
-    assert result.row["body_text"] == "Do you ship to Canada?"
+    assert result.row["body_text"] == "Oi! Onde esta meu pedido #1001?"
 
 
 def test_a_parse_past_the_time_limit_is_killed_and_stored_as_a_stub(

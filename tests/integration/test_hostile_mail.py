@@ -1,0 +1,127 @@
+"""The hostile-mail corpus end to end (issue 13): each message is delivered through Dovecot,
+fetched and processed, and ends with one clear outcome, while a good message delivered after it
+is still answered. Same harness as test_process_pipeline.py.
+"""
+
+# The harness's fixtures are imported by name, which ruff reads as redefinitions (F811).
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.corpus import hostile
+from tests.integration.test_process_pipeline import (
+    Pipeline,
+    pipeline,  # noqa: F401  (a fixture)
+    pipeline_dsn,  # noqa: F401  (a fixture)
+    sql,  # noqa: F401  (a fixture)
+)
+from worker import fetch, imap, mime_limits, parse_pool, services
+
+pytestmark = pytest.mark.integration
+
+# A short wall-clock limit, so the bomb that escapes the pre-scan costs the suite a second.
+PARSE_TIMEOUT_SECONDS = 1.0
+
+
+def fetch_and_process(pipeline: Pipeline, *raw: bytes) -> tuple[fetch.StoreOutcome, float]:
+    """Deliver `raw` to the store's mailbox, fetch it once, then process what was queued."""
+    pipeline.dovecot.deliver(pipeline.mail_user.name, list(raw))
+    store = pipeline.db.get_store(pipeline.store_id)
+    assert store is not None
+    options = dataclasses.replace(
+        services.fetch_options(pipeline.worker.settings),
+        parse=parse_pool.ParseConfig(timeout_seconds=PARSE_TIMEOUT_SECONDS),
+    )
+    started = time.monotonic()
+    outcome = fetch.fetch_store(
+        pipeline.db, store, imap.open_mailbox, options, deadline=time.monotonic() + 60
+    )
+    took = time.monotonic() - started
+    pipeline.own_jobs(outcome.job_ids)
+    pipeline.run()
+    return outcome, took
+
+
+def message_row(pipeline: Pipeline, message_id: str) -> dict[str, Any]:
+    row = pipeline.sql.execute(
+        "select * from public.messages where store_id = %s and message_id = %s",
+        (pipeline.store_id, message_id),
+    ).fetchone()
+    assert row is not None, f"{message_id} was not stored"
+    return row
+
+
+def reply_status(pipeline: Pipeline, message_uuid: Any) -> str | None:
+    row = pipeline.sql.execute(
+        "select status from public.replies where message_id = %s", (message_uuid,)
+    ).fetchone()
+    return None if row is None else str(row["status"])
+
+
+def skip_outcome(pipeline: Pipeline, message_uuid: Any) -> str | None:
+    """The reason a processed message was not answered, from its process.skipped event."""
+    row = pipeline.sql.execute(
+        "select detail from public.events where message_id = %s"
+        " and event_type = 'process.skipped' order by id limit 1",
+        (message_uuid,),
+    ).fetchone()
+    return None if row is None else str(row["detail"].get("reason"))
+
+
+MESSAGE_IDS = {
+    "parts_bomb": "<bomb@example.com>",
+    "split_boundary_bomb": "<split-bomb@example.com>",
+    "deep_nesting": "<deep@example.com>",
+    "huge_headers": "<headers@example.com>",
+}
+STUBS: list[tuple[str, Callable[[], bytes], str]] = [
+    ("parts_bomb", hostile.parts_bomb, mime_limits.TOO_MANY_PARTS),
+    ("split_boundary_bomb", hostile.split_boundary_bomb, mime_limits.PARSE_TIMEOUT),
+    ("deep_nesting", hostile.deep_nesting, mime_limits.TOO_DEEP),
+    ("huge_headers", hostile.huge_headers, mime_limits.HEADERS_TOO_LARGE),
+]
+
+
+@pytest.mark.parametrize(("name", "build", "reason"), STUBS, ids=[s[0] for s in STUBS])
+def test_a_message_beyond_the_parse_limits_is_a_stub_and_the_next_one_is_answered(
+    pipeline: Pipeline, name: str, build: Callable[[], bytes], reason: str
+) -> None:
+    raw = build()
+    outcome, took = fetch_and_process(pipeline, raw, hostile.good(1))
+
+    assert (outcome.status, outcome.stored, outcome.skipped) == ("ok", 1, 1)
+    assert took < 15.0  # the bound is what makes this fast: unbounded, the bomb takes minutes
+    stub = message_row(pipeline, MESSAGE_IDS[name])
+    assert stub["skip_reason"] == reason
+    assert stub["body_text"] == "" and stub["size_bytes"] == len(raw)
+    good = message_row(pipeline, "<good-1@example.com>")
+    assert reply_status(pipeline, good["id"]) == "sent"
+    state = pipeline.sql.execute(
+        "select last_uid from public.mailbox_state where store_id = %s", (pipeline.store_id,)
+    ).fetchone()
+    assert state is not None and state["last_uid"] == 2  # the UID moved past both
+
+
+@pytest.mark.parametrize(
+    "build", [hostile.nul_content_type, hostile.invalid_charset], ids=["nul", "charset"]
+)
+def test_bad_bytes_are_cleaned_and_the_message_answered_with_the_good_one(
+    pipeline: Pipeline, build: Callable[[], bytes]
+) -> None:
+    outcome, _ = fetch_and_process(pipeline, build(), hostile.good(2))
+
+    assert (outcome.status, outcome.stored, outcome.skipped) == ("ok", 2, 0)
+    rows = pipeline.sql.execute(
+        "select * from public.messages where store_id = %s order by imap_uid",
+        (pipeline.store_id,),
+    ).fetchall()
+    for row in rows:
+        assert "\x00" not in repr(dict(row))
+        assert reply_status(pipeline, row["id"]) == "sent"
