@@ -74,7 +74,9 @@ def _child_main(conn: Connection, memory_bytes: int, limits: ParseLimits) -> Non
     conn.send(("ready", None))
     while True:
         try:
-            raw, uid = conn.recv()
+            # Raw bytes, not a pickle: a pickled 25 MB message would exist twice on each side.
+            uid = conn.recv()
+            raw = conn.recv_bytes()
         except (EOFError, OSError):
             return
         try:
@@ -156,7 +158,8 @@ class ParsePool:
             if child is None or not child.process.is_alive():
                 child = _Child(self._ctx, self.config)
             try:
-                child.conn.send((raw, uid))
+                child.conn.send(uid)
+                child.conn.send_bytes(raw)
                 ready = child.conn.poll(self.config.timeout_seconds)
                 answer = child.conn.recv() if ready else None
             except (EOFError, OSError):

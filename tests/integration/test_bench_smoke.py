@@ -1,4 +1,5 @@
-"""Tiny runs of bench/queue.py, bench/depth.py and bench/server_cost.py so they cannot rot.
+"""Tiny runs of bench/queue.py, bench/depth.py, bench/server_cost.py and bench/hostile_parse.py
+so they cannot rot.
 
 They run as the README says (the real CLI, as a subprocess) against the test database, told it
 is shared so they touch only their own job types. Nothing here looks at timings.
@@ -140,3 +141,27 @@ def test_server_cost_bench_drains_every_contender_inside_postgres(dsn: str, tmp_
             "select count(*) from public.job_queue where job_type = 'bench_server'"
         ).fetchone()
     assert left == (0,)
+
+
+def test_hostile_parse_bench_reports_every_case(tmp_path: Path) -> None:
+    out = tmp_path / "hostile.json"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench.hostile_parse"),
+            *("--size-mb", "0.5", "--timeout", "1", "--json", str(out)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads(out.read_text())
+    assert results["parts_bomb"]["outcome"] == "too_many_parts"
+    assert results["largest_ordinary"]["outcome"] == "parsed"
+    assert set(results["split_boundary_bomb"]["peak_rss_mb"]) == {
+        "worker",
+        "largest_child",
+        "all_processes",
+    }
