@@ -14,18 +14,26 @@ OWN_ADDRESS: Final = "own_address"
 TOO_LARGE: Final = "too_large"
 EMPTY: Final = "empty"
 
-# A deliberately plain addr-spec: dot-atom local part (UTF-8 allowed, RFC 6531) and a domain of at
-# least two labels. Quoted local parts and IP literals are legal but never seen from real customers,
-# and replying to them is how a worker gets tricked into mailing odd destinations.
+# A deliberately plain addr-spec: dot-atom local part and a domain of at least two labels, in
+# ASCII. Quoted local parts and IP literals are legal but never seen from real customers, and
+# replying to them is how a worker gets tricked into mailing odd destinations. ASCII because
+# replies go out without SMTPUTF8: the reply builder cannot write a non-ASCII local part (and
+# would write a non-ASCII domain as an encoded word), so such a sender would be charged a credit
+# and never answered; IDNA domains (xn--) are ASCII and fine.
 _LOCAL = r"[\w!#$%&'*+/=?^`{|}~-]+(?:\.[\w!#$%&'*+/=?^`{|}~-]+)*"
 _LABEL = r"[^\W_](?:[\w-]{0,61}[^\W_])?"
 _ADDRESS = re.compile(rf"^{_LOCAL}@(?:{_LABEL}\.)+{_LABEL}$")
+# An RFC 2047 encoded word ("=?charset?q?text?="): legal characters in a dot-atom, but a header
+# parser decodes it, so the reply's To header cannot be written (and a display could be forged).
+_ENCODED_WORD = re.compile(r"=\?[^?]*\?[bq]\?[^?]*\?=", re.IGNORECASE)
 MAX_ADDRESS_CHARS = 254
 
 
 def is_valid_address(address: str | None) -> bool:
     """True for a plain, deliverable-looking address such as ana.silva+loja@example.com.br."""
-    if not address or len(address) > MAX_ADDRESS_CHARS:
+    if not address or len(address) > MAX_ADDRESS_CHARS or not address.isascii():
+        return False
+    if _ENCODED_WORD.search(address):
         return False
     if parseaddr(address)[1] != address:
         return False

@@ -125,3 +125,23 @@ def test_bad_bytes_are_cleaned_and_the_message_answered_with_the_good_one(
     for row in rows:
         assert "\x00" not in repr(dict(row))
         assert reply_status(pipeline, row["id"]) == "sent"
+
+
+def test_an_encoded_word_sender_is_refused_before_any_charge_and_the_next_one_is_answered(
+    pipeline: Pipeline,
+) -> None:
+    outcome, _ = fetch_and_process(pipeline, hostile.encoded_word_sender(), hostile.good(3))
+
+    assert (outcome.status, outcome.stored) == ("ok", 2)
+    hostile_row = message_row(pipeline, "<encoded-sender@example.com>")
+    assert skip_outcome(pipeline, hostile_row["id"]) == "invalid_sender"
+    assert reply_status(pipeline, hostile_row["id"]) is None
+    charged = pipeline.sql.execute(
+        "select count(*) as n from public.credit_ledger l join public.job_queue j"
+        " on j.id = l.job_id where j.payload ->> 'message_id' = %s",
+        (str(hostile_row["id"]),),
+    ).fetchone()
+    assert charged is not None and charged["n"] == 0
+    good = message_row(pipeline, "<good-3@example.com>")
+    assert reply_status(pipeline, good["id"]) == "sent"
+    assert pipeline.credits() == 9  # one credit, for the one reply sent

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from tests.unit.data import load_eml, sample_names
+from worker import compose, smtp
 from worker.mime import Attachment, ParsedEmail, parse_message
 from worker.validate import is_valid_address, validate_inbound
 
@@ -34,7 +35,6 @@ def test_every_sample_has_a_valid_sender(name: str) -> None:
         "joao.silva@uol.com.br",
         "ana+pedidos@gmail.com",
         "o'brien@example.ie",
-        "josé@exemplo.com.br",
         "user@xn--exmplo-bva.com.br",
         "a@b.co",
     ],
@@ -63,6 +63,12 @@ def test_valid_addresses(address: str) -> None:
         "a" * 65 + "@example.com",
         "user@" + "a" * 250 + ".com",
         "user@example.com\nBcc: victim@example.com",
+        # Replies are sent without SMTPUTF8: a non-ASCII address cannot be written in To.
+        "josé@exemplo.com.br",
+        "user@exêmplo.com",
+        # RFC 2047 encoded words: the reply's To header cannot be built (issue 13 item 5).
+        "=?utf-8?q?a?=@example.com",
+        "x.=?UTF-8?B?YQ==?=@example.com",
     ],
 )
 def test_invalid_addresses(address: str | None) -> None:
@@ -98,3 +104,28 @@ def test_empty() -> None:
     photo = Attachment("IMG_0001.jpg", "image/jpeg", 2048)
     assert validate(customer(subject="", body_text="", attachments=(photo,))) is None
     assert validate(customer(subject="Pedido 1234", body_text="")) is None
+
+
+def test_every_valid_address_can_be_written_into_a_reply() -> None:
+    # What validation accepts, the reply builder must accept: otherwise the sender is charged a
+    # credit after validation and the reply fails after begin_send (issue 13 item 5).
+    for address in (
+        "joao.silva@uol.com.br",
+        "ana+pedidos@gmail.com",
+        "o'brien@example.ie",
+        "user@xn--exmplo-bva.com.br",
+        "a=?x@example.com",
+        "a?=b@example.com",
+    ):
+        assert is_valid_address(address)
+        message = compose.build_reply(
+            from_address="support@shop.test",
+            from_name="Shop",
+            to_address=address,
+            original_subject="x",
+            in_reply_to=None,
+            references=[],
+            body_text="hi",
+            message_id="<r@shop.test>",
+        )
+        assert f"To: {address}".encode() in smtp.message_bytes(message)
