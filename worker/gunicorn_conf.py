@@ -19,7 +19,9 @@ bind = f"0.0.0.0:{os.environ.get('PORT') or 8080}"
 # process's memory, so two processes could run two fetches at once. Concurrency comes from
 # threads: requests are short, and the runs' own I/O fan-out is inside the run (its own pools).
 workers = 1
-worker_class = "gthread"
+# gthread, except that a thread is committed to a connection only once its request head has
+# arrived (worker/http_worker.py): slow clients cannot hold the threads the triggers need.
+worker_class = "worker.http_worker.ThreadWorker"
 threads = 8
 
 # Requests never wait for a run, so the request timeout can be far below RUN_BUDGET_SECONDS

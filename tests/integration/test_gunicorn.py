@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 import urllib.error
@@ -105,7 +106,8 @@ def test_gunicorn_config_defaults_to_fly_port_and_gives_runs_time_to_stop() -> N
     ).stdout
     conf = json.loads(out)
     assert conf["bind"] == f"0.0.0.0:{fly_config()['http_service']['internal_port']}"
-    assert conf["workers"] == 1 and conf["worker_class"] == "gthread"
+    # One process (the run guard is per process), threads gathered only for complete heads.
+    assert conf["workers"] == 1 and conf["worker_class"] == "worker.http_worker.ThreadWorker"
     assert conf["graceful_timeout"] > runs.SHUTDOWN_GRACE_SECONDS
     kill_timeout = int(fly_config()["kill_timeout"].rstrip("s"))
     assert kill_timeout > conf["graceful_timeout"]
@@ -279,3 +281,51 @@ def test_gunicorn_serves_the_app_with_the_image_command(gunicorn_server: Server)
     assert "Control socket" not in log  # disabled: parallel servers would share its path
     access = [r["message"] for r in records if r["logger"] == "gunicorn.access"]
     assert any('"POST /fetch-emails HTTP/1.1" 202' in m for m in access)  # access log on stdout
+
+
+SLOW_CLIENTS = 16  # twice the worker's threads
+SLOW_LINE_SECONDS = 1.0  # a header line this often: the request is never complete
+PROMPT_SECONDS = 5.0  # "answers promptly" on a loaded 2-core box; blocked, it waited > 10 s
+
+
+def timed_request(port: int, method: str, path: str, token: str | None = None) -> float:
+    started = time.monotonic()
+    reply = request(port, method, path, token)
+    took = time.monotonic() - started
+    assert reply.status in (200, 202, 409), reply.body
+    return took
+
+
+def test_slow_clients_do_not_block_health_or_the_triggers(gunicorn_server: Server) -> None:
+    """Connections that send one header line at a time (slowloris) hold no worker thread."""
+    port = gunicorn_server.port
+    stop = threading.Event()
+    slow: list[socket.socket] = []
+
+    def trickle(sock: socket.socket) -> None:
+        try:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            n = 0
+            while not stop.wait(SLOW_LINE_SECONDS):
+                n += 1
+                sock.sendall(f"X-Slow-{n}: y\r\n".encode())
+        except OSError:
+            pass  # the server hung up on us: what it should eventually do
+
+    threads = []
+    for _ in range(SLOW_CLIENTS):
+        sock = socket.create_connection(("127.0.0.1", port))
+        slow.append(sock)
+        threads.append(threading.Thread(target=trickle, args=(sock,), daemon=True))
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(2 * SLOW_LINE_SECONDS)  # every slow client is mid-request
+        health = [timed_request(port, "GET", "/healthz") for _ in range(5)]
+        trigger = timed_request(port, "POST", "/process-queue", SECRET)
+        assert max(health) < PROMPT_SECONDS, health
+        assert trigger < PROMPT_SECONDS, trigger
+    finally:
+        stop.set()
+        for sock in slow:
+            sock.close()
