@@ -70,6 +70,8 @@ class Settings:
     parse_processes: int = 1
     parse_timeout_seconds: float = 10.0
     parse_memory_mb: int = 256
+    # h6-hostile (issue 13): replies one store may reserve per hour, whoever the senders are.
+    store_replies_per_hour: int = 120
 
     @property
     def supabase_key(self) -> str | None:
@@ -307,6 +309,7 @@ def load_settings(
         parse_processes=env.positive_int("parse_processes", maximum=16),
         parse_timeout_seconds=env.positive_seconds("parse_timeout_seconds"),
         parse_memory_mb=env.positive_int("parse_memory_mb"),
+        store_replies_per_hour=env.positive_int("store_replies_per_hour"),
     )
     if problems:
         raise ConfigError(problems)

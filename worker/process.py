@@ -28,6 +28,8 @@ class ProcessOptions:
     heartbeat_seconds: float | None = None  # default: a third of the lease
     reply_cap_per_customer: int = DEFAULTS.reply_cap_per_customer
     reply_cap_window_hours: int = DEFAULTS.reply_cap_window_hours
+    # None: no hourly rate (the benchmarks answer far more than a store's rate allows).
+    store_replies_per_hour: int | None = DEFAULTS.store_replies_per_hour
     max_message_bytes: int = DEFAULTS.max_message_bytes
     min_confidence: float = PipelineOptions.min_confidence
     # The job types the email pipeline answers; tests give theirs a private type so a run
@@ -42,6 +44,7 @@ class ProcessOptions:
             lease_seconds=settings.lease_seconds,
             reply_cap_per_customer=settings.reply_cap_per_customer,
             reply_cap_window_hours=settings.reply_cap_window_hours,
+            store_replies_per_hour=settings.store_replies_per_hour,
             max_message_bytes=settings.max_message_bytes,
         )
 
@@ -54,6 +57,7 @@ class ProcessOptions:
         return PipelineOptions(
             reply_cap_per_customer=self.reply_cap_per_customer,
             reply_cap_window_hours=self.reply_cap_window_hours,
+            store_replies_per_hour=self.store_replies_per_hour,
             max_message_bytes=self.max_message_bytes,
             min_confidence=self.min_confidence,
         )

@@ -298,6 +298,23 @@ def test_reserve_credit_is_idempotent_per_job(db: Database) -> None:
     assert db.admin_add_credits(store_id, 5) == 6
 
 
+def test_reserve_reply_checks_the_cap_by_normalised_address_and_the_hourly_rate(
+    db: Database,
+) -> None:
+    store_id = new_store(db, credits=10)
+    jobs = [str(uuid.uuid4()) for _ in range(5)]
+
+    def reserve(job: str, to: str, per_hour: int | None = None) -> str:
+        return db.reserve_reply(store_id, job, to, cap=2, window_hours=24, per_hour=per_hour)
+
+    assert reserve(jobs[0], "Ana.Souza@gmail.com") == "reserved"
+    assert reserve(jobs[0], "Ana.Souza@gmail.com") == "already_reserved"
+    assert reserve(jobs[1], "anasouza+x@googlemail.com") == "reserved"
+    assert reserve(jobs[2], "ANA.SOUZA@GMAIL.COM") == "reply_cap"
+    assert reserve(jobs[3], "bia@example.com", per_hour=2) == "rate_limited"
+    assert reserve(jobs[4], "bia@example.com", per_hour=3) == "reserved"
+
+
 def test_store_secrets_round_trip_through_vault(db: Database) -> None:
     store_id = new_store(db)
     secrets = db.get_store_secrets(store_id)

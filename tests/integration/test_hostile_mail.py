@@ -18,6 +18,7 @@ import pytest
 from tests.corpus import hostile
 from tests.integration.test_process_pipeline import (
     Pipeline,
+    make_email,
     pipeline,  # noqa: F401  (a fixture)
     pipeline_dsn,  # noqa: F401  (a fixture)
     sql,  # noqa: F401  (a fixture)
@@ -145,3 +146,31 @@ def test_an_encoded_word_sender_is_refused_before_any_charge_and_the_next_one_is
     good = message_row(pipeline, "<good-3@example.com>")
     assert reply_status(pipeline, good["id"]) == "sent"
     assert pipeline.credits() == 9  # one credit, for the one reply sent
+
+
+BURST = 200  # emails from one sender, each starting its own conversation
+
+
+def test_a_burst_from_one_sender_gets_at_most_the_cap_in_replies_with_16_slots(
+    pipeline: Pipeline,
+) -> None:
+    # Spellings of one mailbox: case, plus-tags and Gmail dots do not make new customers.
+    spellings = ["ana.souza@gmail.com", "AnaSouza@gmail.com", "ana.souza+{n}@googlemail.com"]
+    burst = [
+        make_email(f"Ana <{spellings[n % 3].format(n=n)}>", f"Pedido {n}", "Cade meu pedido?")
+        for n in range(BURST)
+    ]
+    job_ids = pipeline.ingest(*burst)
+    assert len(job_ids) == BURST  # no threading headers: each is its own conversation
+
+    summary = pipeline.run(concurrency=16)
+
+    cap = pipeline.options.reply_cap_per_customer
+    sent = pipeline.sql.execute(
+        "select count(*) as n from public.replies where store_id = %s and status = 'sent'",
+        (pipeline.store_id,),
+    ).fetchone()
+    assert sent is not None and sent["n"] <= cap
+    assert len(pipeline.sink.messages) <= cap
+    assert summary["outcomes"].get("replied", 0) <= cap
+    assert pipeline.credits() >= 10 - cap

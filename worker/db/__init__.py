@@ -29,6 +29,9 @@ __all__ = ["Database", "Row", "Transport", "connect"]
 
 FailStatus = Literal["pending", "dead_letter"]
 CreditReservation = Literal["reserved", "already_reserved", "no_credits"]
+ReplyReservation = Literal[
+    "reserved", "already_reserved", "no_credits", "reply_cap", "rate_limited"
+]
 SendGate = Literal["ok", "already_sent", "in_doubt", "held", "failed"]
 
 # A call holds its connection for about a millisecond while a job spends seconds on Claude and
@@ -355,6 +358,30 @@ class Database:
         """Take one credit for this job (idempotent per job)."""
         args = _args({"store_id": store_id, "job_id": job_id})
         return cast(CreditReservation, self._scalar("reserve_credit", args))
+
+    def reserve_reply(
+        self,
+        store_id: str,
+        job_id: str,
+        recipient: str,
+        *,
+        cap: int | None,
+        window_hours: int,
+        per_hour: int | None,
+    ) -> ReplyReservation:
+        """Take one credit for this job's reply unless the recipient's cap or the store's hourly
+        rate is reached (atomic per store; idempotent per job)."""
+        args = _args(
+            {
+                "store_id": store_id,
+                "job_id": job_id,
+                "sender": recipient,
+                "cap": cap,
+                "window_hours": window_hours,
+                "per_hour": per_hour,
+            }
+        )
+        return cast(ReplyReservation, self._scalar("reserve_reply", args))
 
     def release_credit(self, store_id: str, job_id: str, reason: str) -> bool:
         """Refund the job's reserved credit once."""

@@ -72,6 +72,7 @@ class PipelineOptions:
 
     reply_cap_per_customer: int = DEFAULTS.reply_cap_per_customer
     reply_cap_window_hours: int = DEFAULTS.reply_cap_window_hours
+    store_replies_per_hour: int | None = DEFAULTS.store_replies_per_hour
     max_message_bytes: int = DEFAULTS.max_message_bytes
     min_confidence: float = 0.6  # not a setting: below it a reply waits for a person
 

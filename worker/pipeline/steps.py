@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from worker import compose, loops, mime, privacy, spam, validate
+from worker.errors import CircuitOpenError
 from worker.pipeline import delivery
 from worker.pipeline.context import JobContext, JobDone, OrderLookup
 from worker.queue.breakers import guarded
@@ -26,6 +27,7 @@ ORDER_INTENTS = frozenset(
 HUMAN_INTENTS = frozenset({"complaint"})
 
 Step = Callable[[JobContext], None]
+RATE_LIMIT_RETRY_SECONDS = 600  # a store past its hourly reply rate is asked again this late
 
 
 # --- pure decisions the steps use --------------------------------------------------------------
@@ -195,8 +197,27 @@ def find_orders(ctx: JobContext) -> None:
 
 
 def reserve_credit(ctx: JobContext) -> None:
-    """One credit per answered email, taken before the model drafts (refunded if never sent)."""
-    ctx.credit = ctx.db.reserve_credit(str(ctx.store["id"]), ctx.job_id)
+    """One credit per answered email, taken before the model drafts (refunded if never sent).
+
+    The reply cap is checked again here, where the credit is reserved, atomically per store:
+    cap_replies is only a cheap early exit, and concurrent jobs of one sender all pass it.
+    """
+    options = ctx.options
+    ctx.credit = ctx.db.reserve_reply(
+        str(ctx.store["id"]),
+        ctx.job_id,
+        ctx.to_address,
+        cap=options.reply_cap_per_customer,
+        window_hours=options.reply_cap_window_hours,
+        per_hour=options.store_replies_per_hour,
+    )
+    if ctx.credit == "reply_cap":
+        raise JobDone("skipped", reason="reply_cap", intent=ctx.classification.intent)
+    if ctx.credit == "rate_limited":
+        # Not this customer's fault: answered later, without spending an attempt.
+        raise CircuitOpenError(
+            f"reply_rate:{ctx.store['id']}", retry_after=RATE_LIMIT_RETRY_SECONDS
+        )
     if ctx.credit == "no_credits":
         ctx.trace.event("process.no_credits")
         raise JobDone("no_credits", intent=ctx.classification.intent)
