@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from email.utils import parseaddr
 
+from worker import validate
 from worker.responder import OrderFacts
 
 
@@ -55,7 +56,14 @@ def reply_recipient(
     honoured only for replies without order facts: a forged From with an attacker's Reply-To
     gets the facts sent to the real customer, and the attacker at most a generic reply.
     """
-    if not reply_to or not normalise_address(reply_to) or same_address(reply_to, from_address):
+    if (
+        not reply_to
+        or not normalise_address(reply_to)
+        or same_address(reply_to, from_address)
+        # The rules From passed in validation: a Reply-To the reply cannot be addressed to (an
+        # encoded word, a quoted or non-ASCII local part) is ignored, not obeyed.
+        or not validate.is_valid_address(normalise_address(reply_to))
+    ):
         return from_address, has_order_facts
     if has_order_facts:
         return from_address, True

@@ -23,7 +23,7 @@ from tests.integration.test_process_pipeline import (
     pipeline_dsn,  # noqa: F401  (a fixture)
     sql,  # noqa: F401  (a fixture)
 )
-from worker import fetch, imap, mime_limits, parse_pool, services
+from worker import fetch, imap, mime_limits, parse_pool, privacy, services
 
 pytestmark = pytest.mark.integration
 
@@ -174,3 +174,25 @@ def test_a_burst_from_one_sender_gets_at_most_the_cap_in_replies_with_16_slots(
     assert len(pipeline.sink.messages) <= cap
     assert summary["outcomes"].get("replied", 0) <= cap
     assert pipeline.credits() >= 10 - cap
+
+
+def test_a_reply_that_cannot_be_built_never_enters_sending_and_is_refunded(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Validation now refuses such addresses; this stands in for the next gap anyone finds.
+    unbuildable = "=?utf-8?q?a?=@example.com"
+    monkeypatch.setattr(
+        privacy, "reply_recipient", lambda sender, reply_to, facts: (unbuildable, False)
+    )
+    job_id = pipeline.one(make_email("Bia <bia@example.com>", "Pedido", "Cade meu pedido?"))
+
+    pipeline.run()
+
+    job = pipeline.job(job_id)
+    assert job["status"] == "dead_letter"
+    assert "reply cannot be built" in str(job["last_error"])
+    reply = pipeline.reply(job_id)
+    assert reply is not None and reply["status"] == "drafted"  # never `sending`
+    assert pipeline.ledger(job_id) == [("reply", -1), ("refund", 1)]
+    assert pipeline.credits() == 10
+    assert pipeline.sink.messages == []

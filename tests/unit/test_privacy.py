@@ -57,3 +57,13 @@ def test_forged_from_with_attacker_reply_to_sends_facts_only_to_from() -> None:
 def test_distinct_reply_to_is_honoured_for_replies_without_facts() -> None:
     to, facts = reply_recipient("ana@example.com", "ana.work@example.org", False)
     assert (to, facts) == ("ana.work@example.org", False)
+
+
+@pytest.mark.parametrize(
+    "reply_to",
+    ["=?utf-8?q?a?=@example.com", "josé@example.com", '"odd"@example.com', "x@localhost"],
+)
+def test_a_reply_to_the_reply_cannot_be_addressed_to_is_ignored(reply_to: str) -> None:
+    # Validation checked From, not Reply-To: obeying it would charge a credit for a reply that
+    # cannot be built (issue 13 item 5), or mail an odd destination.
+    assert reply_recipient("ana@example.com", reply_to, False) == ("ana@example.com", False)

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from email.errors import HeaderParseError
+from email.message import EmailMessage
 from typing import Any
 
-from worker import compose
-from worker.errors import CircuitOpenError, WorkerError
+from worker import compose, smtp
+from worker.errors import CircuitOpenError, PermanentError, WorkerError
 from worker.models import MailAccount
 from worker.pipeline.context import JobContext, JobDone
 from worker.queue.trace import finish
@@ -50,6 +52,10 @@ def resume_reply(ctx: JobContext) -> None:
         resolve_in_doubt(ctx, reply, secrets, result)
         return
 
+    # Built (and written out) before the reply moves to `sending`: a reply that cannot be written
+    # must fail while it is still plainly unsent, refunded, not stuck in `sending` where it
+    # could only end as in doubt.
+    message = build_checked(ctx, reply)
     if not services.breakers.allow(smtp_service):
         raise CircuitOpenError(smtp_service)
     gate = db.begin_send(reply_id)
@@ -63,16 +69,6 @@ def resume_reply(ctx: JobContext) -> None:
     if gate != "ok":
         raise JobDone("failed", error=f"reply is {gate}", **result)
 
-    message = compose.build_reply(
-        from_address=str(store["support_email"]),
-        from_name=str(store.get("name") or ""),
-        to_address=str(reply["to_address"]),
-        original_subject=str(reply["subject"]),
-        in_reply_to=reply.get("in_reply_to"),
-        references=list(reply.get("references") or []),
-        body_text=str(reply["body_text"]),
-        message_id=str(reply["smtp_message_id"]),
-    )
     try:
         with ctx.trace.timed("smtp"):
             services.mail.send(message, MailAccount.smtp(store, secrets.get("smtp_password")))
@@ -95,6 +91,27 @@ def resume_reply(ctx: JobContext) -> None:
             "job %s: reply sent but the lease was lost; the reply is recorded as sent", ctx.job_id
         )
     ctx.settled = summary
+
+
+def build_checked(ctx: JobContext, reply: Mapping[str, Any]) -> EmailMessage:
+    """The reply as it will be sent; a reply that cannot be built is refunded and fails for good."""
+    store = ctx.store
+    try:
+        message = compose.build_reply(
+            from_address=str(store["support_email"]),
+            from_name=str(store.get("name") or ""),
+            to_address=str(reply["to_address"]),
+            original_subject=str(reply["subject"]),
+            in_reply_to=reply.get("in_reply_to"),
+            references=list(reply.get("references") or []),
+            body_text=str(reply["body_text"]),
+            message_id=str(reply["smtp_message_id"]),
+        )
+        smtp.message_bytes(message)  # header errors surface when the message is written
+    except (WorkerError, ValueError, TypeError, LookupError, HeaderParseError) as exc:
+        ctx.db.release_credit(str(store["id"]), ctx.job_id, "unbuildable")
+        raise PermanentError(f"reply cannot be built: {exc}", service=compose.SERVICE) from exc
+    return message
 
 
 def resolve_in_doubt(
