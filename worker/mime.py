@@ -58,7 +58,11 @@ KEPT_HEADERS: tuple[str, ...] = (
     "x-mc-user",
     "x-ses-outgoing",
     "sender",
+    "authentication-results",
 )
+# Only the topmost of these is kept: it is the receiving server's; lower ones the sender may
+# have written itself (worker/sender_auth.py).
+_FIRST_ONLY_HEADERS = frozenset({"authentication-results"})
 _MAX_HEADER_CHARS = 2_000
 _MAX_SUBJECT_CHARS = 1_000
 _MAX_MESSAGE_ID_CHARS = 500
@@ -473,6 +477,8 @@ def _parse(
     headers: dict[str, str] = {}
     for name in KEPT_HEADERS:
         values = header_values.get(name)
+        if values and name in _FIRST_ONLY_HEADERS:
+            values = values[:1]
         if values:
             joined = ", ".join(decode_header_value(v) for v in values)
             headers[name] = joined[:_MAX_HEADER_CHARS]

@@ -18,6 +18,7 @@ import pytest
 from tests.corpus import hostile
 from tests.integration.test_process_pipeline import (
     Pipeline,
+    classification,
     make_email,
     pipeline,  # noqa: F401  (a fixture)
     pipeline_dsn,  # noqa: F401  (a fixture)
@@ -196,3 +197,67 @@ def test_a_reply_that_cannot_be_built_never_enters_sending_and_is_refunded(
     assert pipeline.ledger(job_id) == [("reply", -1), ("refund", 1)]
     assert pipeline.credits() == 10
     assert pipeline.sink.messages == []
+
+
+def sent_subjects(pipeline: Pipeline) -> list[str]:
+    return [str(m.message()["Subject"]) for m in pipeline.sink.messages]
+
+
+def test_a_reflected_subject_is_not_echoed_and_the_next_mail_is_answered(
+    pipeline: Pipeline,
+) -> None:
+    fetch_and_process(pipeline, hostile.reflected_subject(), hostile.good(4))
+
+    for message_id in ("<reflected@example.com>", "<good-4@example.com>"):
+        assert reply_status(pipeline, message_row(pipeline, message_id)["id"]) == "sent"
+    subjects = sent_subjects(pipeline)
+    assert "Re: Your message to Loja Demo" in subjects  # the store's neutral subject
+    assert not any("evil.example" in s or "locked" in s for s in subjects)
+    assert "Re: Pedido 1001 (4)" in subjects  # an ordinary subject is kept
+
+
+def test_an_injected_reply_is_held_with_the_reason_and_the_next_mail_is_answered(
+    pipeline: Pipeline,
+) -> None:
+    pipeline.claude.reply_tool("record_classification", classification(order_numbers=["1001"]))
+    pipeline.claude.reply_tool(
+        "record_reply",
+        {"body_text": hostile.INJECTED_REPLY, "language": "pt-BR", "needs_human": False},
+    )
+    fetch_and_process(pipeline, hostile.injection())
+    assert pipeline.claude.pending_replies == 0  # the scripted answers went to this message
+    fetch_and_process(pipeline, hostile.good(5))
+
+    injected = message_row(pipeline, "<injection@example.com>")
+    row = pipeline.sql.execute(
+        "select status, hold_reason from public.replies where message_id = %s", (injected["id"],)
+    ).fetchone()
+    assert row is not None and (row["status"], row["hold_reason"]) == ("held", "unexpected_link")
+    assert all("evil" not in m.message().get_content() for m in pipeline.sink.messages)
+    good = message_row(pipeline, "<good-5@example.com>")
+    assert reply_status(pipeline, good["id"]) == "sent"
+
+
+def test_an_unauthenticated_sender_gets_no_order_data_and_a_held_reply(
+    pipeline: Pipeline,
+) -> None:
+    fetch_and_process(pipeline, hostile.unauthenticated())
+    fetch_and_process(pipeline, hostile.good(6))
+
+    forged = message_row(pipeline, "<dmarc-fail@example.com>")
+    row = pipeline.sql.execute(
+        "select status, hold_reason, body_text from public.replies where message_id = %s",
+        (forged["id"],),
+    ).fetchone()
+    assert row is not None
+    assert (row["status"], row["hold_reason"]) == ("held", "sender_unauthenticated")
+    assert "BR123456789BR" not in row["body_text"]  # no order data, even held
+    lookups = pipeline.sql.execute(
+        "select count(*) as n from public.events where message_id = %s"
+        " and event_type = 'process.shopify_lookup'",
+        (forged["id"],),
+    ).fetchone()
+    assert lookups is not None and lookups["n"] == 0
+    good = message_row(pipeline, "<good-6@example.com>")
+    assert reply_status(pipeline, good["id"]) == "sent"
+    assert "BR123456789BR" in pipeline.sink.messages[0].message().get_content()

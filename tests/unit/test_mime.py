@@ -331,3 +331,15 @@ def test_mail_that_breaks_the_parser_keeps_its_headers() -> None:
     )
     assert email.body_text.startswith("--b0\n")
     assert email.size_bytes == len(raw)
+
+
+def test_only_the_topmost_authentication_results_is_kept() -> None:
+    # A sender can write its own Authentication-Results below the receiving server's.
+    raw = (
+        b"Authentication-Results: mx.shop.test; dmarc=fail header.from=bank.example\r\n"
+        b"Authentication-Results: forged.example; dmarc=pass\r\n"
+        b"From: a@bank.example\r\nSubject: x\r\n\r\nbody\r\n"
+    )
+    assert parse_message(raw).headers["authentication-results"] == (
+        "mx.shop.test; dmarc=fail header.from=bank.example"
+    )

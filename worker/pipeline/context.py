@@ -112,6 +112,7 @@ class JobContext:
     facts_: EmailFacts | None = None
     classification_: Classification | None = None
     to_address: str = ""
+    unauthenticated: str | None = None  # why the receiving server failed the sender, if it did
     orders: list[OrderFacts] = field(default_factory=list)
     credit: str | None = None
     draft_: Draft | None = None

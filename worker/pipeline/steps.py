@@ -12,7 +12,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from worker import compose, loops, mime, privacy, spam, validate
+from worker import (
+    compose,
+    loops,
+    mime,
+    privacy,
+    reply_guard,
+    sender_auth,
+    spam,
+    validate,
+)
 from worker.errors import CircuitOpenError
 from worker.pipeline import delivery
 from worker.pipeline.context import JobContext, JobDone, OrderLookup
@@ -56,6 +65,13 @@ def hold_reason(
     if classification.confidence < min_confidence:
         return "low_confidence"
     return draft_hold
+
+
+def store_domains(store: Mapping[str, Any]) -> list[str]:
+    """The store's own domains: its addresses' and its shop's."""
+    addresses = [store.get("support_email"), *(store.get("extra_addresses") or [])]
+    domains = [str(a).rpartition("@")[2] for a in addresses if a]
+    return [*domains, *([str(store["shopify_domain"])] if store.get("shopify_domain") else [])]
 
 
 def wants_orders(classification: Classification) -> bool:
@@ -178,10 +194,19 @@ def classify(ctx: JobContext) -> None:
 
 
 def find_orders(ctx: JobContext) -> None:
-    """The reply's recipient and the orders it may mention (privacy rules applied)."""
+    """The reply's recipient and the orders it may mention (privacy rules applied).
+
+    A sender the receiving server failed to authenticate learns nothing about orders, and what
+    we would say is held for a person (worker/sender_auth.py).
+    """
     email, store, services, classification = ctx.email, ctx.store, ctx.services, ctx.classification
     sender = email.from_address or ""
     orders: list[OrderFacts] = []
+    ctx.unauthenticated = sender_auth.failure(email.headers)
+    if ctx.unauthenticated:
+        ctx.trace.event("process.sender_unauthenticated", verdict=ctx.unauthenticated)
+        ctx.to_address, ctx.orders = sender, []
+        return
     if store.get("shopify_domain") and wants_orders(classification):
         shop = services.shop_for(store, services.secrets(str(store["id"])))
         if shop is not None:
@@ -237,10 +262,20 @@ def draft(ctx: JobContext) -> None:
 
 def decide_hold(ctx: JobContext) -> None:
     """Whether the reply waits for a person (recorded with the draft's event)."""
-    reply_draft = ctx.draft
+    reply_draft, store = ctx.draft, ctx.store
     ctx.hold = hold_reason(
-        ctx.classification, reply_draft.hold_reason, ctx.store, ctx.options.min_confidence
+        ctx.classification, reply_draft.hold_reason, store, ctx.options.min_confidence
     )
+    if ctx.hold is None and ctx.unauthenticated:
+        ctx.hold = sender_auth.UNAUTHENTICATED
+    if ctx.hold is None:
+        # Whatever the model was talked into, nothing it wrote beyond the facts goes out unseen.
+        ctx.hold = reply_guard.check_reply(
+            reply_draft.body_text,
+            store_domains=store_domains(store),
+            orders=ctx.orders,
+            store_text=f"{store.get('name') or ''} {store.get('reply_signature') or ''}",
+        )
     ctx.trace.event(
         "process.drafted", language=reply_draft.language, model=reply_draft.model, hold=ctx.hold
     )
@@ -255,7 +290,7 @@ def save_reply(ctx: JobContext) -> None:
         str(ctx.message["id"]),
         {
             "to_address": ctx.to_address,
-            "subject": compose.reply_subject(email.subject or ""),
+            "subject": reply_guard.safe_subject(email.subject, store.get("name")),
             "body_text": reply_draft.body_text,
             "smtp_message_id": compose.reply_message_id(ctx.job_id, domain),
             "in_reply_to": email.message_id,
