@@ -1893,6 +1893,72 @@ $$;
 ALTER FUNCTION public.reserve_credit(p_store_id uuid, p_job_id uuid) OWNER TO postgres;
 
 --
+-- Name: reserve_reply(uuid, uuid, text, integer, integer, integer); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.reserve_reply(p_store_id uuid, p_job_id uuid, p_sender text, p_cap integer, p_window_hours integer, p_per_hour integer) RETURNS text
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  v_key text := public.sender_key(p_sender);
+  v_credits int;
+  v_count int;
+begin
+  if p_job_id is null then
+    raise exception 'reserve_reply needs a job id' using errcode = 'invalid_parameter_value';
+  end if;
+  select credits into v_credits from public.stores where id = p_store_id for update;
+  if not found then
+    raise exception 'store % not found', p_store_id using errcode = 'no_data_found';
+  end if;
+
+  perform 1 from public.credit_ledger where job_id = p_job_id and reason = 'reply';
+  if found then
+    return 'already_reserved';
+  end if;
+
+  if p_cap is not null and v_key is not null then
+    select count(*) into v_count
+    from public.credit_ledger l
+    where l.store_id = p_store_id and l.reason = 'reply' and l.sender_key = v_key
+      and l.created_at > now() - make_interval(hours => coalesce(p_window_hours, 24))
+      and not exists (select 1 from public.credit_ledger r
+                      where r.job_id = l.job_id and r.reason = 'refund');
+    if v_count >= p_cap then
+      return 'reply_cap';
+    end if;
+  end if;
+
+  if p_per_hour is not null then
+    select count(*) into v_count
+    from public.credit_ledger l
+    where l.store_id = p_store_id and l.reason = 'reply'
+      and l.created_at > now() - interval '1 hour'
+      and not exists (select 1 from public.credit_ledger r
+                      where r.job_id = l.job_id and r.reason = 'refund');
+    if v_count >= p_per_hour then
+      return 'rate_limited';
+    end if;
+  end if;
+
+  if v_credits < 1 then
+    return 'no_credits';
+  end if;
+
+  update public.stores set credits = credits - 1 where id = p_store_id;
+  insert into public.credit_ledger (store_id, job_id, delta, reason, sender_key)
+  values (p_store_id, p_job_id, -1, 'reply', v_key);
+  insert into public.events (store_id, job_id, event_type, detail)
+  values (p_store_id, p_job_id, 'credit.charged',
+          jsonb_build_object('delta', -1, 'balance', v_credits - 1));
+  return 'reserved';
+end;
+$$;
+
+ALTER FUNCTION public.reserve_reply(p_store_id uuid, p_job_id uuid, p_sender text, p_cap integer, p_window_hours integer, p_per_hour integer) OWNER TO postgres;
+
+--
 -- Name: reset_reply(uuid, text, text); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -2029,6 +2095,44 @@ end;
 $$;
 
 ALTER FUNCTION public.save_reply(p_job_id uuid, p_message_id uuid, p_reply jsonb) OWNER TO postgres;
+
+--
+-- Name: sender_key(text); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.sender_key(p_address text) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO ''
+    AS $$
+declare
+  v_address text := lower(btrim(p_address));
+  v_at int;
+  v_local text;
+  v_domain text;
+begin
+  if v_address is null then
+    return null;
+  end if;
+  v_at := length(v_address) - strpos(reverse(v_address), '@') + 1;
+  if strpos(v_address, '@') = 0 then
+    return v_address;
+  end if;
+  v_local := left(v_address, v_at - 1);
+  v_domain := substr(v_address, v_at + 1);
+  if v_domain = 'googlemail.com' then
+    v_domain := 'gmail.com';
+  end if;
+  if split_part(v_local, '+', 1) <> '' then
+    v_local := split_part(v_local, '+', 1);
+  end if;
+  if v_domain = 'gmail.com' and replace(v_local, '.', '') <> '' then
+    v_local := replace(v_local, '.', '');
+  end if;
+  return v_local || '@' || v_domain;
+end;
+$$;
+
+ALTER FUNCTION public.sender_key(p_address text) OWNER TO postgres;
 
 --
 -- Name: set_updated_at(); Type: FUNCTION; Schema: public; Owner: postgres
@@ -2410,6 +2514,7 @@ CREATE TABLE public.credit_ledger (
     delta integer NOT NULL,
     reason text NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
+    sender_key text,
     CONSTRAINT credit_ledger_delta_check CHECK ((delta <> 0)),
     CONSTRAINT credit_ledger_reason_check CHECK ((reason = ANY (ARRAY['reply'::text, 'refund'::text, 'topup'::text, 'adjustment'::text, 'grant'::text])))
 );
@@ -2613,6 +2718,12 @@ CREATE INDEX conversations_store_recent_idx ON public.conversations USING btree 
 --
 
 CREATE UNIQUE INDEX credit_ledger_job_reason_key ON public.credit_ledger USING btree (job_id, reason) WHERE (job_id IS NOT NULL);
+
+--
+-- Name: credit_ledger_sender_idx; Type: INDEX; Schema: public; Owner: postgres
+--
+
+CREATE INDEX credit_ledger_sender_idx ON public.credit_ledger USING btree (store_id, sender_key, created_at) WHERE (reason = 'reply'::text);
 
 --
 -- Name: credit_ledger_store_idx; Type: INDEX; Schema: public; Owner: postgres
@@ -3325,6 +3436,13 @@ REVOKE ALL ON FUNCTION public.reserve_credit(p_store_id uuid, p_job_id uuid) FRO
 GRANT ALL ON FUNCTION public.reserve_credit(p_store_id uuid, p_job_id uuid) TO service_role;
 
 --
+-- Name: FUNCTION reserve_reply(p_store_id uuid, p_job_id uuid, p_sender text, p_cap integer, p_window_hours integer, p_per_hour integer); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.reserve_reply(p_store_id uuid, p_job_id uuid, p_sender text, p_cap integer, p_window_hours integer, p_per_hour integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.reserve_reply(p_store_id uuid, p_job_id uuid, p_sender text, p_cap integer, p_window_hours integer, p_per_hour integer) TO service_role;
+
+--
 -- Name: FUNCTION reset_reply(p_reply_id uuid, p_status text, p_error text); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -3351,6 +3469,13 @@ GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.replies TO service_role;
 
 REVOKE ALL ON FUNCTION public.save_reply(p_job_id uuid, p_message_id uuid, p_reply jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.save_reply(p_job_id uuid, p_message_id uuid, p_reply jsonb) TO service_role;
+
+--
+-- Name: FUNCTION sender_key(p_address text); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.sender_key(p_address text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.sender_key(p_address text) TO service_role;
 
 --
 -- Name: FUNCTION set_updated_at(); Type: ACL; Schema: public; Owner: postgres
