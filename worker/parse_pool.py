@@ -132,8 +132,6 @@ class ParsePool:
         # The fork server imports the parser once; each child is then a cheap fork of it.
         self._ctx.set_forkserver_preload(["worker.mime"])
         self._idle: queue.LifoQueue[_Child | None] = queue.LifoQueue()
-        self._lock = threading.Lock()
-        self._closed = False
         for _ in range(max(1, self.config.processes)):
             self._idle.put(None)  # a slot; the child is started on first use
 
@@ -183,9 +181,7 @@ class ParsePool:
             self._idle.put(child)
 
     def close(self) -> None:
-        """Stop every child (they also die with the worker: they are daemons)."""
-        with self._lock:
-            self._closed = True
+        """Stop the idle children (any child also dies with the worker: they are daemons)."""
         children = []
         while True:
             try:
