@@ -170,7 +170,10 @@ def measure(database_url: str, emails: int, concurrency: int) -> CostResult:
             mail=MailIO(send=_no_send, sent_folder_has=_never_in_sent),
             shop_for=lambda store, secrets: MemoryShop(),
         )
-        options = process.ProcessOptions(concurrency=concurrency, job_types=(job_type,))
+        # No hourly reply rate: every email of the run is to be answered, at once.
+        options = process.ProcessOptions(
+            concurrency=concurrency, job_types=(job_type,), store_replies_per_hour=None
+        )
         transport.calls.clear()
         cpu0, wall0 = time.process_time(), time.perf_counter()
         summary = process.run_process(services, Budget(RUN_BUDGET_SECONDS), options=options)
