@@ -7,7 +7,10 @@ server and the parse children) every 5 ms. The parent holds the raw message the 
 fetch does after the IMAP download. Also measures the pool's overhead on an ordinary message.
 
     .venv/bin/python -m bench.hostile_parse [--size-mb 25] [--timeout 10] [--memory-mb 256]
-                                            [--json F]
+                                            [--imap] [--json F]
+
+With --imap each message is also fetched the way fetch does it (a local Dovecot, IMAP over TLS,
+BODY.PEEK[], then the parse pool), and that peak is reported under `fetch_<case>`.
 
 Run as a module, not as a file: the parse children (forkserver) import the main module again.
 """
@@ -37,6 +40,14 @@ def _rss(pid: int) -> int:
         return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
     except (OSError, IndexError, ValueError):
         return 0
+
+
+def _is_python(pid: int) -> bool:
+    # The fork server and the parse children are Python; a local Dovecot (--imap) is not ours.
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().startswith("python")
+    except OSError:
+        return False
 
 
 def _descendants(root: int) -> list[int]:
@@ -69,7 +80,7 @@ class Sampler:
         me = os.getpid()
         while not self._stop.is_set():
             parent = _rss(me)
-            kids = [_rss(pid) for pid in _descendants(me)]
+            kids = [_rss(pid) for pid in _descendants(me) if _is_python(pid)]
             self.parent = max(self.parent, parent)
             self.child = max([self.child, *kids])
             self.tree = max(self.tree, parent + sum(kids))
@@ -106,7 +117,52 @@ def cases(size: int) -> dict[str, Callable[[], bytes]]:
     }
 
 
-def measure(size: int, config: parse_pool.ParseConfig) -> dict[str, Any]:
+def measure_fetch(
+    size: int, config: parse_pool.ParseConfig, pool: parse_pool.ParsePool
+) -> dict[str, Any]:
+    """Each case delivered to a local Dovecot, then fetched and parsed as worker.fetch does."""
+    from worker import fetch, imap
+    from worker.devstack.dovecot import running_dovecot
+
+    results: dict[str, Any] = {}
+    parse = fetch.pool_parser(pool)
+    with running_dovecot() as dovecot:
+        for n, (name, build) in enumerate(cases(size).items()):
+            user, password = f"bench{n}@shop.test", "bench-password"
+            dovecot.add_user(user, password)
+            raw = build()
+            dovecot.deliver(user, [raw])
+            del raw
+            with Sampler() as sampler:
+                started = time.perf_counter()
+                with imap.open_mailbox(
+                    dovecot.host,
+                    dovecot.imaps_port,
+                    "ssl",
+                    user,
+                    password,
+                    timeout_seconds=60,
+                    ca_file=str(dovecot.ca.ca_file),
+                ) as client:
+                    batch = imap.fetch_new_messages(client, "INBOX", 0, None, 10, 26_214_400 * 2)
+                (item,) = batch.messages
+                row = fetch.to_ingest_row(item, 26_214_400 * 2, parse)
+                took = time.perf_counter() - started
+            results[f"fetch_{name}"] = {
+                "bytes": item.size,
+                "outcome": row.get("skip_reason") or "parsed",
+                "seconds": round(took, 2),
+                "peak_rss_mb": {
+                    "worker": round(sampler.parent / MB),
+                    "largest_child": round(sampler.child / MB),
+                    "all_processes": round(sampler.tree / MB),
+                },
+            }
+            del batch, item, row
+    return results
+
+
+def measure(size: int, config: parse_pool.ParseConfig, with_imap: bool = False) -> dict[str, Any]:
     pool = parse_pool.ParsePool(config)
     results: dict[str, Any] = {
         "config": {
@@ -144,6 +200,8 @@ def measure(size: int, config: parse_pool.ParseConfig) -> dict[str, Any]:
             },
         }
         del raw
+    if with_imap:
+        results.update(measure_fetch(size, config, pool))
     pool.close()
     return results
 
@@ -153,10 +211,11 @@ def main() -> None:
     parser.add_argument("--size-mb", type=float, default=25.0)
     parser.add_argument("--timeout", type=float, default=parse_pool.DEFAULT_TIMEOUT_SECONDS)
     parser.add_argument("--memory-mb", type=int, default=parse_pool.DEFAULT_MEMORY_BYTES // MB)
+    parser.add_argument("--imap", action="store_true", help="also fetch each through Dovecot")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     config = parse_pool.ParseConfig(timeout_seconds=args.timeout, memory_bytes=args.memory_mb * MB)
-    results = measure(int(args.size_mb * MB), config)
+    results = measure(int(args.size_mb * MB), config, args.imap)
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:
