@@ -33,6 +33,9 @@ $$;
 -- Everything one process_email job needs, in one round trip. recent_replies counts replies
 -- sending or sent by this store to the message's sender (or its Reply-To) within the window,
 -- excluding this message's own reply so that a retried job is not capped by itself.
+-- store_replies_last_hour counts the store's unrefunded reply reservations of the last hour,
+-- so a store past its hourly rate defers a job before any model call; both are early exits,
+-- reserve_reply decides atomically.
 create or replace function public.load_job_context(
   p_job_id uuid,
   p_reply_window_hours int default 24
@@ -49,11 +52,13 @@ declare
   v_conversation public.conversations;
   v_reply public.replies;
   v_recent int := 0;
+  v_store_hour int := 0;
 begin
   select to_jsonb(j) into v_job from public.job_queue j where j.id = p_job_id;
   if v_job is null then
     return jsonb_build_object('job', null, 'message', null, 'store', null,
-                              'conversation', null, 'reply', null, 'recent_replies', 0);
+                              'conversation', null, 'reply', null, 'recent_replies', 0,
+                              'store_replies_last_hour', 0);
   end if;
 
   if (v_job -> 'payload' ->> 'message_id') ~* '^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$' then
@@ -71,6 +76,12 @@ begin
       and r.to_address in (v_message.from_address, v_message.reply_to)
       and r.message_id <> v_message.id
       and r.sending_at > now() - make_interval(hours => p_reply_window_hours);
+    select count(*)::int into v_store_hour
+    from public.credit_ledger l
+    where l.store_id = v_message.store_id and l.reason = 'reply'
+      and l.created_at > now() - interval '1 hour'
+      and not exists (select 1 from public.credit_ledger r
+                      where r.job_id = l.job_id and r.reason = 'refund');
   else
     select * into v_store from public.stores where id = (v_job ->> 'store_id')::uuid;
   end if;
@@ -82,7 +93,8 @@ begin
     'conversation',
       case when v_conversation.id is null then null else to_jsonb(v_conversation) end,
     'reply', case when v_reply.id is null then null else to_jsonb(v_reply) end,
-    'recent_replies', v_recent
+    'recent_replies', v_recent,
+    'store_replies_last_hour', v_store_hour
   );
 end;
 $$;

@@ -2,7 +2,7 @@
 -- reset_reply) and credits (reserve_credit, release_credit, admin_add_credits).
 -- Runs as service_role. now() is fixed within the transaction, so times compare exactly.
 begin;
-select plan(76);
+select plan(77);
 
 insert into public.stores (id, name, support_email, imap_host, imap_port, imap_user, smtp_host,
                            smtp_port, smtp_user, credits)
@@ -65,7 +65,7 @@ set local role service_role;
 -- load_job_context ----------------------------------------------------------------------------
 select is(public.load_job_context('50000000-0000-4000-8000-0000000000ff'),
           '{"job": null, "message": null, "store": null, "conversation": null, "reply": null,
-            "recent_replies": 0}'::jsonb,
+            "recent_replies": 0, "store_replies_last_hour": 0}'::jsonb,
           'an unknown job has an empty context');
 select is(
   (select jsonb_build_array(c -> 'job' ->> 'id', c -> 'message' ->> 'id', c -> 'store' ->> 'id',
@@ -258,6 +258,9 @@ select is((select array_agg(row(job_id, delta, reason)::text order by id) from p
           array[row('50000000-0000-4000-8000-000000000001'::uuid, -1, 'reply')::text,
                 row('50000000-0000-4000-8000-000000000002'::uuid, -1, 'reply')::text],
           'the ledger has one charge per reserved job');
+select is((public.load_job_context(pg_temp.job_id('<m3@cliente.test>'))
+           ->> 'store_replies_last_hour')::int,
+          2, 'the store''s reservations of the last hour are counted for the early rate check');
 select is((select count(*)::int from public.events
            where store_id = '10000000-0000-4000-8000-000000000001'
              and event_type = 'credit.charged'), 2, 'a credit.charged event per charge');

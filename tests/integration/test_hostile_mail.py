@@ -261,3 +261,28 @@ def test_an_unauthenticated_sender_gets_no_order_data_and_a_held_reply(
     good = message_row(pipeline, "<good-6@example.com>")
     assert reply_status(pipeline, good["id"]) == "sent"
     assert "BR123456789BR" in pipeline.sink.messages[0].message().get_content()
+
+
+def test_a_store_past_its_hourly_rate_defers_replies_and_then_model_calls(
+    pipeline: Pipeline,
+) -> None:
+    senders = [f"Cliente {n} <cliente{n}@example.com>" for n in range(4)]
+    job_ids = pipeline.ingest(*(make_email(s, "Pedido", "Cade meu pedido?") for s in senders))
+
+    pipeline.run(store_replies_per_hour=2)
+
+    assert len(pipeline.sink.messages) == 2  # many senders cannot drain the store in an hour
+    waiting = [j for j in job_ids if pipeline.job(j)["status"] == "pending"]
+    assert len(waiting) == 2
+    assert all(pipeline.job(j)["attempt_count"] <= 1 for j in waiting)
+    assert pipeline.credits() == 8
+    calls = len(pipeline.claude.messages)
+    for job_id in waiting:
+        pipeline.make_due(job_id)
+
+    pipeline.run(store_replies_per_hour=2)
+
+    # Still past the rate: deferred again, before any model call.
+    assert len(pipeline.claude.messages) == calls
+    assert [pipeline.job(j)["status"] for j in waiting] == ["pending", "pending"]
+    assert len(pipeline.sink.messages) == 2

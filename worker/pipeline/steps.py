@@ -74,6 +74,11 @@ def store_domains(store: Mapping[str, Any]) -> list[str]:
     return [*domains, *([str(store["shopify_domain"])] if store.get("shopify_domain") else [])]
 
 
+def rate_limited(ctx: JobContext) -> CircuitOpenError:
+    """The store answered its hourly rate: the job waits, without spending an attempt."""
+    return CircuitOpenError(f"reply_rate:{ctx.store['id']}", retry_after=RATE_LIMIT_RETRY_SECONDS)
+
+
 def wants_orders(classification: Classification) -> bool:
     """Whether order data can help answer this email."""
     return classification.intent in ORDER_INTENTS or bool(classification.order_numbers)
@@ -152,10 +157,14 @@ def skip_loops(ctx: JobContext) -> None:
 
 
 def cap_replies(ctx: JobContext) -> None:
-    """At most reply_cap_per_customer replies to one customer per window."""
+    """At most reply_cap_per_customer replies to one customer per window; a store past its
+    hourly reply rate waits, before any model call (reserve_credit checks both atomically)."""
     recent = int(ctx.loaded.get("recent_replies") or 0)
     if loops.reply_cap_reached(recent, ctx.options.reply_cap_per_customer):
         raise JobDone("skipped", reason="reply_cap")
+    per_hour = ctx.options.store_replies_per_hour
+    if per_hour is not None and int(ctx.loaded.get("store_replies_last_hour") or 0) >= per_hour:
+        raise rate_limited(ctx)
 
 
 def filter_spam(ctx: JobContext) -> None:
@@ -239,10 +248,7 @@ def reserve_credit(ctx: JobContext) -> None:
     if ctx.credit == "reply_cap":
         raise JobDone("skipped", reason="reply_cap", intent=ctx.classification.intent)
     if ctx.credit == "rate_limited":
-        # Not this customer's fault: answered later, without spending an attempt.
-        raise CircuitOpenError(
-            f"reply_rate:{ctx.store['id']}", retry_after=RATE_LIMIT_RETRY_SECONDS
-        )
+        raise rate_limited(ctx)
     if ctx.credit == "no_credits":
         ctx.trace.event("process.no_credits")
         raise JobDone("no_credits", intent=ctx.classification.intent)
