@@ -45,6 +45,7 @@ STOP_POLL_SECONDS = 0.2  # how soon a shutdown request cuts a store's IMAP conne
 SLOW_PARSE_BYTES = 256 * 1024
 # ...and before any parse once the first unstored one has waited this long (seconds).
 FLUSH_SECONDS = 1.0
+INT4_MAX = 2**31 - 1  # messages.size_bytes is an int
 
 
 MailboxOpener = Callable[..., AbstractContextManager[Any]]
@@ -210,7 +211,8 @@ def unstorable_stub(row: dict[str, Any], error: WorkerError) -> dict[str, Any]:
         "headers": {},
         "body_text": "",
         "attachments": [],
-        "size_bytes": int(row.get("size_bytes") or 0),
+        # Clamped: a size the server reported beyond int4 is itself a value the row refuses.
+        "size_bytes": min(max(int(row.get("size_bytes") or 0), 0), INT4_MAX),
         "uid": row.get("uid"),
         "skip_reason": mime_limits.UNSTORABLE,
         "detail": str(error)[:500],
@@ -377,10 +379,21 @@ def _ingest(
         except PermanentError as exc:
             log.warning("store %s: uid %s stored as a stub: %s", store_id, row.get("uid"), exc)
             # If even the stub is refused the fault is not in this message: the store fails.
-            result = db.ingest_messages(
-                store_id, folder, uidvalidity, upto, [unstorable_stub(row, exc)]
-            )
+            stub = unstorable_stub(row, exc)
+            result = db.ingest_messages(store_id, folder, uidvalidity, upto, [stub])
+            _record_unstorable(db, store_id, stub)
         _count(outcome, result)
+
+
+def _record_unstorable(db: Database, store_id: str, stub: dict[str, Any]) -> None:
+    # The stub says 'unstorable'; the event keeps the database's reason for whoever looks.
+    detail = {"uid": stub.get("uid"), "message_id": stub["message_id"], "error": stub["detail"]}
+    try:
+        db.record_events(
+            [{"store_id": store_id, "event_type": "fetch.message_unstorable", "detail": detail}]
+        )
+    except WorkerError:
+        log.exception("could not record an unstorable message of store %s", store_id)
 
 
 def _count(outcome: StoreOutcome, result: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ from tests.integration.test_process_pipeline import (
     pipeline_dsn,  # noqa: F401  (a fixture)
     sql,  # noqa: F401  (a fixture)
 )
-from worker import fetch, imap, mime_limits, parse_pool, privacy, services
+from worker import fetch, imap, mime, mime_limits, parse_pool, privacy, services
 
 pytestmark = pytest.mark.integration
 
@@ -286,3 +286,34 @@ def test_a_store_past_its_hourly_rate_defers_replies_and_then_model_calls(
     assert len(pipeline.claude.messages) == calls
     assert [pipeline.job(j)["status"] for j in waiting] == ["pending", "pending"]
     assert len(pipeline.sink.messages) == 2
+
+
+def test_a_message_the_database_refuses_becomes_a_stub_and_the_batch_is_stored(
+    pipeline: Pipeline,
+) -> None:
+    # A value no cleaning can fix (a size beyond messages.size_bytes' int) fails the whole
+    # ingest_messages call; the batch is then stored message by message.
+    rows = []
+    for uid, raw in enumerate([hostile.good(7), hostile.good(8), hostile.good(9)], start=1):
+        row = mime.parse_message(raw, uid=uid).to_ingest_json()
+        row["size_bytes"] = len(raw)
+        rows.append(row)
+    rows[1]["size_bytes"] = 2**40
+    outcome = fetch.StoreOutcome(store_id=pipeline.store_id)
+
+    fetch._ingest(pipeline.db, outcome, pipeline.store_id, "INBOX", 1, 3, rows)
+
+    assert (outcome.stored, outcome.skipped) == (2, 1)
+    stub = message_row(pipeline, "<good-8@example.com>")
+    assert stub["skip_reason"] == "unstorable" and stub["size_bytes"] == 2**31 - 1
+    event = pipeline.sql.execute(
+        "select detail from public.events where store_id = %s"
+        " and event_type = 'fetch.message_unstorable'",
+        (pipeline.store_id,),
+    ).fetchone()
+    assert event is not None and event["detail"]["message_id"] == "<good-8@example.com>"
+    assert "out of range" in event["detail"]["error"]
+    state = pipeline.sql.execute(
+        "select last_uid from public.mailbox_state where store_id = %s", (pipeline.store_id,)
+    ).fetchone()
+    assert state is not None and state["last_uid"] == 3
