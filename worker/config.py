@@ -69,7 +69,7 @@ class Settings:
     # h6-hostile (issue 13): bounded parsing of inbound mail (worker/parse_pool.py).
     parse_processes: int = 1
     parse_timeout_seconds: float = 10.0
-    parse_memory_mb: int = 256
+    parse_memory_mb: int = 320
     # h6-hostile (issue 13): replies one store may reserve per hour, whoever the senders are.
     store_replies_per_hour: int = 120
 
