@@ -69,8 +69,7 @@ def hold_reason(
 
 def store_domains(store: Mapping[str, Any]) -> list[str]:
     """The store's own domains: its addresses' and its shop's."""
-    addresses = [store.get("support_email"), *(store.get("extra_addresses") or [])]
-    domains = [str(a).rpartition("@")[2] for a in addresses if a]
+    domains = [a.rpartition("@")[2] for a in store_addresses(store)]
     return [*domains, *([str(store["shopify_domain"])] if store.get("shopify_domain") else [])]
 
 
