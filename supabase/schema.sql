@@ -17,6 +17,36 @@ ALTER SCHEMA public OWNER TO pg_database_owner;
 COMMENT ON SCHEMA public IS 'standard public schema';
 
 --
+-- Name: add_store_member(uuid, text, text); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.add_store_member(p_store_id uuid, p_email text, p_role text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+  v_user uuid;
+begin
+  select id into v_user from auth.users where lower(email) = lower(btrim(p_email));
+  if v_user is null then
+    raise exception 'no user with email %', p_email using errcode = 'PT404';
+  end if;
+  if not exists (select 1 from public.stores where id = p_store_id) then
+    raise exception 'store % not found', p_store_id using errcode = 'PT404';
+  end if;
+  insert into public.store_members (store_id, user_id, role)
+  values (p_store_id, v_user, p_role)
+  on conflict (store_id, user_id) do update set role = excluded.role;
+  insert into public.events (store_id, event_type, detail)
+  values (p_store_id, 'console.member_added',
+          jsonb_build_object('user_id', v_user, 'email', lower(p_email), 'role', p_role));
+  return jsonb_build_object('store_id', p_store_id, 'user_id', v_user, 'role', p_role);
+end;
+$$;
+
+ALTER FUNCTION public.add_store_member(p_store_id uuid, p_email text, p_role text) OWNER TO postgres;
+
+--
 -- Name: admin_add_credits(uuid, integer, text); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -604,6 +634,791 @@ end;
 $$;
 
 ALTER FUNCTION public.complete_jobs(p_worker_id text, p_job_ids uuid[], p_results jsonb) OWNER TO postgres;
+
+--
+-- Name: console_actor(); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_actor() RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+  select jsonb_build_object('user_id', auth.uid(), 'email', auth.email(),
+                            'operator', public.console_is_operator())
+$$;
+
+ALTER FUNCTION public.console_actor() OWNER TO postgres;
+
+--
+-- Name: console_close_conversation(uuid, text); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_close_conversation(p_conversation_id uuid, p_note text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+  v_conv public.conversations;
+  v_reply public.replies;
+begin
+  perform public.console_require('conversation', p_conversation_id,
+                                 array['operator', 'owner', 'agent']);
+  select * into v_conv from public.conversations where id = p_conversation_id for update;
+  if v_conv.status = 'closed' then
+    raise exception 'conversation % is already closed', p_conversation_id
+      using errcode = 'PT409';
+  end if;
+  for v_reply in
+    update public.replies
+    set status = 'discarded', author_id = auth.uid(), author_email = auth.email()
+    where conversation_id = p_conversation_id and status = 'held'
+    returning *
+  loop
+    if v_reply.job_id is not null then
+      perform public.release_credit(v_reply.store_id, v_reply.job_id, 'discarded');
+    end if;
+  end loop;
+  update public.conversations set status = 'closed', status_at = now()
+  where id = p_conversation_id;
+  insert into public.events (store_id, conversation_id, event_type, detail)
+  values (v_conv.store_id, v_conv.id, 'console.conversation_closed',
+          jsonb_build_object('note', p_note, 'by', public.console_actor()));
+  return jsonb_build_object('conversation_id', v_conv.id, 'status', 'closed');
+end;
+$$;
+
+ALTER FUNCTION public.console_close_conversation(p_conversation_id uuid, p_note text) OWNER TO postgres;
+
+--
+-- Name: console_conversation(uuid); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_conversation(p_conversation_id uuid) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $$
+declare
+  v_conv public.conversations;
+  v_job_ids uuid[];
+begin
+  select * into v_conv from public.conversations where id = p_conversation_id;
+  if not found then
+    -- Another store's conversation is invisible under RLS: tell it from an unknown id.
+    perform public.console_require('conversation', p_conversation_id,
+                                   array['operator', 'owner', 'agent']);
+    return null;
+  end if;
+
+  -- The conversation's jobs, found by their keys (the queue has no index by conversation).
+  select coalesce(array_agg(distinct j.id), '{}') into v_job_ids
+  from (
+    select q.id from public.messages m
+    join public.job_queue q
+      on q.idempotency_key = 'email:' || m.store_id::text || ':' || m.message_id
+    where m.conversation_id = v_conv.id
+    union all
+    select r.job_id from public.replies r where r.conversation_id = v_conv.id and r.job_id is not null
+    union all
+    select (e.detail ->> 'job_id')::uuid from public.events e
+    where e.conversation_id = v_conv.id and e.event_type like 'console.%'
+      and e.detail ? 'job_id'
+  ) j(id);
+
+  return jsonb_build_object(
+    'conversation', to_jsonb(v_conv),
+    'store', (select jsonb_build_object('id', s.id, 'name', s.name,
+                                        'support_email', s.support_email,
+                                        'role', public.console_role_in(s.id))
+              from public.stores s where s.id = v_conv.store_id),
+    'thread', coalesce((
+      select jsonb_agg(t.item order by t.at, t.kind_order)
+      from (
+        select m.received_at as at, 0 as kind_order, jsonb_build_object(
+                 'kind', 'customer', 'id', m.id, 'at', m.received_at,
+                 'from_address', m.from_address, 'from_name', m.from_name,
+                 'subject', m.subject, 'body_text', m.body_text,
+                 'message_id', m.message_id, 'skip_reason', m.skip_reason) as item
+        from public.messages m where m.conversation_id = v_conv.id
+        union all
+        select coalesce(r.sent_at, r.created_at), 1, jsonb_build_object(
+                 'kind', 'reply', 'id', r.id, 'at', coalesce(r.sent_at, r.created_at),
+                 'status', r.status, 'to_address', r.to_address, 'subject', r.subject,
+                 'body_text', r.body_text, 'hold_reason', r.hold_reason,
+                 'intent', r.intent, 'language', r.language, 'model', r.model,
+                 'error', r.error, 'smtp_message_id', r.smtp_message_id,
+                 'in_reply_to_message', r.message_id,
+                 'author', case when r.author_id is null then 'automatic'
+                                else coalesce(r.author_email, r.author_id::text) end)
+        from public.replies r where r.conversation_id = v_conv.id
+      ) t), '[]'::jsonb),
+    'classification', (
+      select e.detail from public.events e
+      where e.job_id = any (v_job_ids) and e.event_type = 'process.classified'
+      order by e.id desc limit 1),
+    'orders', coalesce((
+      select jsonb_agg(e.detail order by e.id) from public.events e
+      where e.job_id = any (v_job_ids) and e.event_type = 'process.shopify_lookup'), '[]'),
+    'events', coalesce((
+      select jsonb_agg(jsonb_build_object('at', e.created_at, 'type', e.event_type,
+                                          'job_id', e.job_id, 'detail', e.detail)
+                       order by e.created_at, e.id)
+      from (select * from public.events e0 where e0.job_id = any (v_job_ids)
+            union
+            select * from public.events e1
+            where e1.conversation_id = v_conv.id and e1.event_type like 'console.%') e),
+      '[]'::jsonb));
+end;
+$$;
+
+ALTER FUNCTION public.console_conversation(p_conversation_id uuid) OWNER TO postgres;
+
+--
+-- Name: console_conversations(uuid, text, text, integer, timestamp with time zone, uuid); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_conversations(p_store_id uuid DEFAULT NULL::uuid, p_status text DEFAULT NULL::text, p_q text DEFAULT NULL::text, p_limit integer DEFAULT 50, p_before_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_before_id uuid DEFAULT NULL::uuid) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $_$
+declare
+  v_limit int := least(greatest(coalesce(p_limit, 50), 1), 200);
+  v_q text := nullif(btrim(coalesce(p_q, '')), '');
+  v_order text := substring(v_q from '^#?\s*([0-9]{3,12})$');
+  v_items jsonb;
+begin
+  with page as (
+    select c.*
+    from public.conversations c
+    where (p_store_id is null or c.store_id = p_store_id)
+      and (p_status is null or c.status = p_status)
+      and (v_q is null
+           or c.customer_email ilike '%' || v_q || '%'
+           or c.subject ilike '%' || v_q || '%'
+           or (v_order is not null and c.order_numbers @> array[v_order]))
+      and (p_before_at is null
+           or (c.last_message_at, c.id) < (p_before_at, coalesce(p_before_id, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid)))
+    order by c.last_message_at desc, c.id desc
+    limit v_limit + 1
+  )
+  select jsonb_agg(jsonb_build_object(
+           'id', p.id, 'store_id', p.store_id, 'store_name', s.name,
+           'customer_email', p.customer_email, 'subject', p.subject, 'status', p.status,
+           'status_at', p.status_at, 'last_message_at', p.last_message_at,
+           'created_at', p.created_at, 'order_numbers', to_jsonb(p.order_numbers),
+           'hold_reason', (select r.hold_reason from public.replies r
+                           where r.conversation_id = p.id and r.status = 'held'
+                           order by r.created_at desc limit 1))
+         order by p.last_message_at desc, p.id desc)
+  into v_items
+  from page p join public.stores s on s.id = p.store_id;
+
+  v_items := coalesce(v_items, '[]'::jsonb);
+  return jsonb_build_object(
+    'items', case when jsonb_array_length(v_items) > v_limit
+                  then v_items - v_limit else v_items end,
+    'next', case when jsonb_array_length(v_items) > v_limit
+                 then jsonb_build_object(
+                        'before_at', v_items -> (v_limit - 1) -> 'last_message_at',
+                        'before_id', v_items -> (v_limit - 1) -> 'id') end);
+end;
+$_$;
+
+ALTER FUNCTION public.console_conversations(p_store_id uuid, p_status text, p_q text, p_limit integer, p_before_at timestamp with time zone, p_before_id uuid) OWNER TO postgres;
+
+--
+-- Name: console_dead_letters(uuid, integer); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_dead_letters(p_store_id uuid DEFAULT NULL::uuid, p_limit integer DEFAULT 100) RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+  select coalesce(jsonb_agg(jsonb_build_object(
+           'id', q.id, 'job_type', q.job_type, 'store_id', q.store_id,
+           'store_name', (select s.name from public.stores s where s.id = q.store_id),
+           'conversation_id', q.conversation_id, 'attempt_count', q.attempt_count,
+           'max_attempts', q.max_attempts, 'last_error', q.last_error,
+           'last_error_type', q.last_error_type, 'dead_lettered_at', q.dead_lettered_at,
+           'created_at', q.created_at, 'payload', q.payload)
+         order by q.dead_lettered_at desc, q.id), '[]'::jsonb)
+  from (select * from public.job_queue q0
+        where q0.status = 'dead_letter' and (p_store_id is null or q0.store_id = p_store_id)
+        order by q0.dead_lettered_at desc, q0.id
+        limit least(greatest(coalesce(p_limit, 100), 1), 500)) q
+$$;
+
+ALTER FUNCTION public.console_dead_letters(p_store_id uuid, p_limit integer) OWNER TO postgres;
+
+--
+-- Name: console_discard_reply(uuid, text); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_discard_reply(p_reply_id uuid, p_note text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+  v_reply public.replies;
+begin
+  perform public.console_require('reply', p_reply_id, array['operator', 'owner', 'agent']);
+  select * into v_reply from public.replies where id = p_reply_id for update;
+  if v_reply.status <> 'held' then
+    raise exception 'reply % is already %', p_reply_id, v_reply.status using errcode = 'PT409';
+  end if;
+  update public.replies
+  set status = 'discarded', author_id = auth.uid(), author_email = auth.email()
+  where id = p_reply_id returning * into v_reply;
+  if v_reply.job_id is not null then
+    perform public.release_credit(v_reply.store_id, v_reply.job_id, 'discarded');
+  end if;
+  insert into public.events (store_id, job_id, conversation_id, message_id, event_type, detail)
+  values (v_reply.store_id, v_reply.job_id, v_reply.conversation_id, v_reply.message_id,
+          'console.reply_discarded',
+          jsonb_build_object('reply_id', v_reply.id, 'note', p_note,
+                             'by', public.console_actor()));
+  return jsonb_build_object('reply_id', v_reply.id, 'status', v_reply.status);
+end;
+$$;
+
+ALTER FUNCTION public.console_discard_reply(p_reply_id uuid, p_note text) OWNER TO postgres;
+
+--
+-- Name: replies; Type: TABLE; Schema: public; Owner: postgres
+--
+
+CREATE TABLE public.replies (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    store_id uuid NOT NULL,
+    conversation_id uuid,
+    message_id uuid NOT NULL,
+    job_id uuid,
+    status text DEFAULT 'drafted'::text NOT NULL,
+    to_address text NOT NULL,
+    subject text,
+    body_text text,
+    smtp_message_id text,
+    in_reply_to text,
+    "references" text[] DEFAULT '{}'::text[] NOT NULL,
+    hold_reason text,
+    intent text,
+    language text,
+    model text,
+    error text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    sending_at timestamp with time zone,
+    sent_at timestamp with time zone,
+    author_id uuid,
+    author_email text,
+    CONSTRAINT replies_check CHECK (((status <> 'sent'::text) OR (sent_at IS NOT NULL))),
+    CONSTRAINT replies_check1 CHECK (((status <> 'sending'::text) OR (sending_at IS NOT NULL))),
+    CONSTRAINT replies_status_check CHECK ((status = ANY (ARRAY['drafted'::text, 'sending'::text, 'sent'::text, 'held'::text, 'failed'::text, 'discarded'::text]))),
+    CONSTRAINT replies_to_address_check CHECK ((to_address = lower(to_address)))
+);
+
+ALTER TABLE public.replies OWNER TO postgres;
+
+--
+-- Name: console_enqueue_send(public.replies, uuid); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_enqueue_send(p_reply public.replies, p_job_id uuid) RETURNS uuid
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+  select public.enqueue_job('send_reply', jsonb_build_object('reply_id', p_reply.id),
+                            'send_reply:' || p_reply.id::text || ':' || p_job_id::text,
+                            p_reply.store_id, p_reply.conversation_id, 10)
+$$;
+
+ALTER FUNCTION public.console_enqueue_send(p_reply public.replies, p_job_id uuid) OWNER TO postgres;
+
+--
+-- Name: console_is_operator(); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_is_operator() RETURNS boolean
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+  select coalesce((auth.jwt() -> 'app_metadata' ->> 'operator')::boolean, false)
+$$;
+
+ALTER FUNCTION public.console_is_operator() OWNER TO postgres;
+
+--
+-- Name: console_me(); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_me() RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+  select jsonb_build_object(
+    'user_id', auth.uid(),
+    'email', auth.email(),
+    'operator', public.console_is_operator(),
+    'memberships', coalesce((
+      select jsonb_agg(jsonb_build_object('store_id', m.store_id, 'store_name', s.name,
+                                          'role', m.role) order by s.name)
+      from public.store_members m join public.stores s on s.id = m.store_id
+      where m.user_id = auth.uid()), '[]'::jsonb))
+$$;
+
+ALTER FUNCTION public.console_me() OWNER TO postgres;
+
+--
+-- Name: console_member_store_ids(); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_member_store_ids() RETURNS SETOF uuid
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+  select m.store_id from public.store_members m where m.user_id = auth.uid()
+$$;
+
+ALTER FUNCTION public.console_member_store_ids() OWNER TO postgres;
+
+--
+-- Name: console_mirror_owner(); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_mirror_owner() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+begin
+  if new.owner_id is not null then
+    insert into public.store_members (store_id, user_id, role)
+    values (new.id, new.owner_id, 'owner')
+    on conflict (store_id, user_id) do update set role = 'owner';
+  end if;
+  return null;
+end;
+$$;
+
+ALTER FUNCTION public.console_mirror_owner() OWNER TO postgres;
+
+--
+-- Name: console_needs_person(uuid, integer); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_needs_person(p_store_id uuid DEFAULT NULL::uuid, p_limit integer DEFAULT 50) RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+  select jsonb_build_object(
+    'items', coalesce((
+      select jsonb_agg(jsonb_build_object(
+               'conversation_id', c.id, 'store_id', c.store_id, 'store_name', s.name,
+               'customer_email', c.customer_email, 'subject', c.subject,
+               'last_message_at', c.last_message_at,
+               'reply_id', r.id, 'hold_reason', r.hold_reason, 'intent', r.intent,
+               'draft', left(r.body_text, 400))
+             order by c.last_message_at desc, c.id desc)
+      from (select * from public.conversations c0
+            where c0.status = 'waiting' and (p_store_id is null or c0.store_id = p_store_id)
+            order by c0.last_message_at desc, c0.id desc
+            limit least(greatest(coalesce(p_limit, 50), 1), 200)) c
+      join public.stores s on s.id = c.store_id
+      left join lateral (select * from public.replies r0
+                         where r0.conversation_id = c.id and r0.status = 'held'
+                         order by r0.created_at desc limit 1) r on true), '[]'::jsonb),
+    'counts', coalesce((
+      select jsonb_agg(jsonb_build_object('store_id', s.id, 'store_name', s.name,
+                                          'waiting', w.n) order by s.name)
+      from public.stores s
+      cross join lateral (select count(*) as n from public.conversations c
+                          where c.store_id = s.id and c.status = 'waiting') w
+      where p_store_id is null or s.id = p_store_id), '[]'::jsonb))
+$$;
+
+ALTER FUNCTION public.console_needs_person(p_store_id uuid, p_limit integer) OWNER TO postgres;
+
+--
+-- Name: console_purge_dead_letters(uuid[]); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_purge_dead_letters(p_job_ids uuid[]) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+  v_count int;
+begin
+  if not public.console_is_operator() then
+    raise exception 'only operators purge dead letters' using errcode = '42501';
+  end if;
+  v_count := public.purge_dead_letter_jobs(p_job_ids);
+  insert into public.events (event_type, detail)
+  values ('console.dead_letters_purged',
+          jsonb_build_object('job_ids', to_jsonb(p_job_ids), 'purged', v_count,
+                             'by', public.console_actor()));
+  return v_count;
+end;
+$$;
+
+ALTER FUNCTION public.console_purge_dead_letters(p_job_ids uuid[]) OWNER TO postgres;
+
+--
+-- Name: console_queue_metrics(integer); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_queue_metrics(p_hours integer DEFAULT 24) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+begin
+  if not public.console_is_operator() then
+    raise exception 'queue metrics are for operators' using errcode = '42501';
+  end if;
+  return jsonb_build_object(
+    'points', coalesce((
+      select jsonb_agg(jsonb_build_object(
+               'window_start', w.window_start, 'completed', w.completed,
+               'retried', w.retried, 'dead_lettered', w.dead_lettered,
+               'p95_ms', w.p95_ms, 'depth', w.depth) order by w.window_start)
+      from (select m.window_start,
+                   sum(m.completed_in_window)::int as completed,
+                   sum(m.retried_in_window)::int as retried,
+                   sum(m.dead_lettered_in_window)::int as dead_lettered,
+                   max(m.p95_processing_ms) as p95_ms,
+                   sum(m.pending_count + m.processing_count)::int as depth
+            from public.queue_metrics m
+            where m.window_start >= now() - make_interval(
+                    hours => least(greatest(coalesce(p_hours, 24), 1), 168))
+            group by m.window_start) w), '[]'::jsonb),
+    'breakers', coalesce((
+      select jsonb_agg(jsonb_build_object('service', b.service, 'state', b.state,
+                                          'open_until', b.open_until,
+                                          'last_failure_at', b.last_failure_at)
+                       order by b.service)
+      from public.circuit_breakers b), '[]'::jsonb));
+end;
+$$;
+
+ALTER FUNCTION public.console_queue_metrics(p_hours integer) OWNER TO postgres;
+
+--
+-- Name: console_requeue_dead_letter(uuid); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_requeue_dead_letter(p_job_id uuid) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+  v_job public.job_queue;
+begin
+  if not public.console_is_operator() then
+    perform public.console_require('job', p_job_id, array['operator', 'owner']);
+  end if;
+  select * into v_job from public.job_queue where id = p_job_id for update;
+  if not found then
+    raise exception 'job % not found', p_job_id using errcode = 'PT404';
+  end if;
+  if not public.requeue_dlq_job(p_job_id, true) then
+    raise exception 'job % is %, not dead-lettered', p_job_id, v_job.status
+      using errcode = 'PT409';
+  end if;
+  insert into public.events (store_id, job_id, conversation_id, event_type, detail)
+  values (v_job.store_id, v_job.id, v_job.conversation_id, 'console.job_requeued',
+          jsonb_build_object('job_id', v_job.id, 'by', public.console_actor()));
+  return jsonb_build_object('job_id', v_job.id, 'status', 'pending');
+end;
+$$;
+
+ALTER FUNCTION public.console_requeue_dead_letter(p_job_id uuid) OWNER TO postgres;
+
+--
+-- Name: console_require(text, uuid, text[]); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_require(p_kind text, p_id uuid, p_roles text[]) RETURNS text
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+  v_store uuid := public.console_store_of(p_kind, p_id);
+  v_role text;
+begin
+  if auth.uid() is null then
+    raise exception 'not signed in' using errcode = '42501';
+  end if;
+  if v_store is null then
+    raise exception '% % not found', p_kind, p_id using errcode = 'PT404';
+  end if;
+  v_role := public.console_role_in(v_store);
+  if v_role is null then
+    raise exception '% % belongs to a store you are not a member of', p_kind, p_id
+      using errcode = '42501';
+  end if;
+  if not v_role = any (p_roles) then
+    raise exception 'a store''s % may not do this', v_role using errcode = '42501';
+  end if;
+  return v_role;
+end;
+$$;
+
+ALTER FUNCTION public.console_require(p_kind text, p_id uuid, p_roles text[]) OWNER TO postgres;
+
+--
+-- Name: console_role_in(uuid); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_role_in(p_store_id uuid) RETURNS text
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+  select case when public.console_is_operator() then 'operator'
+              else (select m.role from public.store_members m
+                    where m.store_id = p_store_id and m.user_id = auth.uid()) end
+$$;
+
+ALTER FUNCTION public.console_role_in(p_store_id uuid) OWNER TO postgres;
+
+--
+-- Name: console_send_reply(uuid, text); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_send_reply(p_reply_id uuid, p_body text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+  v_reply public.replies;
+  v_body text := nullif(btrim(coalesce(p_body, '')), '');
+  v_job uuid;
+begin
+  perform public.console_require('reply', p_reply_id, array['operator', 'owner', 'agent']);
+  select * into v_reply from public.replies where id = p_reply_id for update;
+  if v_reply.status <> 'held' then
+    raise exception 'reply % is already %', p_reply_id, v_reply.status using errcode = 'PT409';
+  end if;
+  update public.replies
+  set status = 'drafted', body_text = coalesce(v_body, body_text), error = null,
+      author_id = auth.uid(), author_email = auth.email()
+  where id = p_reply_id
+  returning * into v_reply;
+  v_job := public.console_enqueue_send(v_reply, v_reply.job_id);
+  update public.conversations set status = 'open', status_at = now()
+  where id = v_reply.conversation_id;
+  insert into public.events (store_id, job_id, conversation_id, message_id, event_type, detail)
+  values (v_reply.store_id, v_job, v_reply.conversation_id, v_reply.message_id,
+          'console.reply_approved',
+          jsonb_build_object('reply_id', v_reply.id, 'job_id', v_job, 'edited', v_body is not null,
+                             'by', public.console_actor()));
+  return jsonb_build_object('reply_id', v_reply.id, 'job_id', v_job, 'status', v_reply.status);
+end;
+$$;
+
+ALTER FUNCTION public.console_send_reply(p_reply_id uuid, p_body text) OWNER TO postgres;
+
+--
+-- Name: console_status_from_event(); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_status_from_event() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+begin
+  update public.conversations
+  set status = case new.event_type
+                 when 'process.spam' then 'spam'
+                 when 'process.skipped' then 'skipped'
+                 else 'failed'
+               end,
+      status_at = now()
+  where id = new.conversation_id;
+  return null;
+end;
+$$;
+
+ALTER FUNCTION public.console_status_from_event() OWNER TO postgres;
+
+--
+-- Name: console_status_from_message(); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_status_from_message() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+begin
+  update public.conversations c
+  set status = case when new.skip_reason is null then 'open' else 'skipped' end,
+      status_at = now(),
+      order_numbers = array(
+        select distinct n from unnest(c.order_numbers || array(
+          select m[1] from regexp_matches(
+            coalesce(new.subject, '') || ' ' || left(coalesce(new.body_text, ''), 20000),
+            '#\s?([0-9]{3,12})', 'g') as m)) as n
+        order by n)
+  where c.id = new.conversation_id;
+  return null;
+end;
+$$;
+
+ALTER FUNCTION public.console_status_from_message() OWNER TO postgres;
+
+--
+-- Name: console_status_from_reply(); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_status_from_reply() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+begin
+  update public.conversations
+  set status = case new.status
+                 when 'held' then 'waiting'
+                 when 'sent' then case when new.author_id is null then 'answered_auto'
+                                       else 'answered_human' end
+                 when 'failed' then 'failed'
+                 when 'discarded' then 'closed'
+               end,
+      status_at = now()
+  where id = new.conversation_id;
+  return null;
+end;
+$$;
+
+ALTER FUNCTION public.console_status_from_reply() OWNER TO postgres;
+
+--
+-- Name: console_store_of(text, uuid); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_store_of(p_kind text, p_id uuid) RETURNS uuid
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+  select case p_kind
+           when 'conversation' then (select store_id from public.conversations where id = p_id)
+           when 'reply' then (select store_id from public.replies where id = p_id)
+           when 'job' then (select store_id from public.job_queue where id = p_id)
+         end
+$$;
+
+ALTER FUNCTION public.console_store_of(p_kind text, p_id uuid) OWNER TO postgres;
+
+--
+-- Name: console_stores(); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_stores() RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+  select coalesce(jsonb_agg(jsonb_build_object(
+    'id', s.id, 'name', s.name, 'support_email', s.support_email, 'active', s.active,
+    'credits', s.credits, 'reply_mode', s.reply_mode,
+    'role', public.console_role_in(s.id),
+    'waiting', (select count(*) from public.conversations c
+                where c.store_id = s.id and c.status = 'waiting'),
+    'last_fetch_at', (select max(ms.updated_at) from public.mailbox_state ms
+                      where ms.store_id = s.id),
+    'last_error', (select jsonb_build_object('at', e.created_at, 'detail', e.detail)
+                   from public.events e
+                   where e.store_id = s.id and e.event_type = 'fetch.store_failed'
+                   order by e.created_at desc limit 1)
+  ) order by s.name), '[]'::jsonb)
+  from public.stores s
+$$;
+
+ALTER FUNCTION public.console_stores() OWNER TO postgres;
+
+--
+-- Name: console_write_reply(uuid, text); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_write_reply(p_conversation_id uuid, p_body text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+  v_conv public.conversations;
+  v_store public.stores;
+  v_message public.messages;
+  v_reply public.replies;
+  v_body text := nullif(btrim(coalesce(p_body, '')), '');
+  v_reply_id uuid;
+  v_job uuid;
+  v_charge_job uuid;
+  v_domain text;
+begin
+  perform public.console_require('conversation', p_conversation_id,
+                                 array['operator', 'owner', 'agent']);
+  if v_body is null then
+    raise exception 'a reply needs a body' using errcode = 'PT400';
+  end if;
+  select * into v_conv from public.conversations where id = p_conversation_id for update;
+  select * into v_store from public.stores where id = v_conv.store_id;
+  select * into v_message from public.messages
+  where conversation_id = p_conversation_id
+  order by received_at desc, id desc limit 1;
+  if not found then
+    raise exception 'conversation % has no customer message', p_conversation_id
+      using errcode = 'PT409';
+  end if;
+  select * into v_reply from public.replies where message_id = v_message.id for update;
+  if found and v_reply.status not in ('held', 'failed', 'discarded') then
+    raise exception 'the latest message is already answered (reply %)', v_reply.status
+      using errcode = 'PT409';
+  end if;
+
+  v_reply_id := coalesce(v_reply.id, gen_random_uuid());
+  v_domain := split_part(v_store.support_email, '@', 2);
+  if v_reply.id is not null and v_reply.status = 'held' then
+    -- Charged when the pipeline drafted it; the Message-ID stays the one it was given.
+    v_charge_job := v_reply.job_id;
+  else
+    -- A new charge, keyed by a fresh id that also names the new Message-ID.
+    v_charge_job := public.uuid_generate_v7();
+    if public.reserve_credit(v_store.id, v_charge_job) = 'no_credits' then
+      raise exception 'store % has no credits left', v_store.name using errcode = 'PT409';
+    end if;
+  end if;
+
+  insert into public.replies as r (
+    id, store_id, conversation_id, message_id, job_id, status, to_address, subject, body_text,
+    smtp_message_id, in_reply_to, "references", author_id, author_email
+  )
+  values (
+    v_reply_id, v_store.id, v_conv.id, v_message.id, v_charge_job, 'drafted',
+    coalesce(v_message.from_address, v_conv.customer_email),
+    'Re: ' || regexp_replace(coalesce(v_message.subject, v_conv.subject, ''),
+                             '^\s*((re|aw|sv|fw|fwd|res|enc)\s*:\s*)+', '', 'i'),
+    v_body,
+    '<reply-' || v_charge_job::text || '@' || v_domain || '>',
+    v_message.message_id,
+    array(select u.x from (select t.x, min(t.o) as o
+                           from unnest(v_message."references" || v_message.message_id)
+                                with ordinality as t(x, o) group by t.x) u order by u.o),
+    auth.uid(), auth.email()
+  )
+  on conflict (message_id) do update
+  set status = 'drafted', body_text = excluded.body_text, job_id = excluded.job_id,
+      smtp_message_id = excluded.smtp_message_id, error = null,
+      to_address = excluded.to_address, subject = excluded.subject,
+      in_reply_to = excluded.in_reply_to, "references" = excluded."references",
+      author_id = excluded.author_id, author_email = excluded.author_email
+  returning * into v_reply;
+
+  v_job := public.console_enqueue_send(v_reply, v_charge_job);
+  update public.conversations set status = 'open', status_at = now() where id = v_conv.id;
+  insert into public.events (store_id, job_id, conversation_id, message_id, event_type, detail)
+  values (v_reply.store_id, v_job, v_reply.conversation_id, v_reply.message_id,
+          'console.reply_written',
+          jsonb_build_object('reply_id', v_reply.id, 'job_id', v_job,
+                             'by', public.console_actor()));
+  return jsonb_build_object('reply_id', v_reply.id, 'job_id', v_job, 'status', v_reply.status);
+end;
+$$;
+
+ALTER FUNCTION public.console_write_reply(p_conversation_id uuid, p_body text) OWNER TO postgres;
 
 --
 -- Name: defer_job(uuid, text, integer, text); Type: FUNCTION; Schema: public; Owner: postgres
@@ -1654,6 +2469,21 @@ $_$;
 ALTER FUNCTION public.load_job_context(p_job_id uuid, p_reply_window_hours integer) OWNER TO postgres;
 
 --
+-- Name: load_reply_context(uuid); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.load_reply_context(p_reply_id uuid) RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+  select jsonb_build_object('reply', to_jsonb(r), 'store', to_jsonb(s))
+  from public.replies r join public.stores s on s.id = r.store_id
+  where r.id = p_reply_id
+$$;
+
+ALTER FUNCTION public.load_reply_context(p_reply_id uuid) OWNER TO postgres;
+
+--
 -- Name: purge_completed_jobs(interval, integer); Type: PROCEDURE; Schema: public; Owner: postgres
 --
 
@@ -2020,39 +2850,6 @@ CREATE FUNCTION public.retry_delay(p_attempt integer, p_base_seconds integer, p_
 $$;
 
 ALTER FUNCTION public.retry_delay(p_attempt integer, p_base_seconds integer, p_cap_seconds integer, p_retry_after_seconds integer, p_jitter double precision) OWNER TO postgres;
-
---
--- Name: replies; Type: TABLE; Schema: public; Owner: postgres
---
-
-CREATE TABLE public.replies (
-    id uuid DEFAULT gen_random_uuid() NOT NULL,
-    store_id uuid NOT NULL,
-    conversation_id uuid,
-    message_id uuid NOT NULL,
-    job_id uuid,
-    status text DEFAULT 'drafted'::text NOT NULL,
-    to_address text NOT NULL,
-    subject text,
-    body_text text,
-    smtp_message_id text,
-    in_reply_to text,
-    "references" text[] DEFAULT '{}'::text[] NOT NULL,
-    hold_reason text,
-    intent text,
-    language text,
-    model text,
-    error text,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    sending_at timestamp with time zone,
-    sent_at timestamp with time zone,
-    CONSTRAINT replies_check CHECK (((status <> 'sent'::text) OR (sent_at IS NOT NULL))),
-    CONSTRAINT replies_check1 CHECK (((status <> 'sending'::text) OR (sending_at IS NOT NULL))),
-    CONSTRAINT replies_status_check CHECK ((status = ANY (ARRAY['drafted'::text, 'sending'::text, 'sent'::text, 'held'::text, 'failed'::text]))),
-    CONSTRAINT replies_to_address_check CHECK ((to_address = lower(to_address)))
-);
-
-ALTER TABLE public.replies OWNER TO postgres;
 
 --
 -- Name: save_reply(uuid, uuid, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
@@ -2507,7 +3304,11 @@ CREATE TABLE public.conversations (
     subject text,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     last_message_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT conversations_customer_email_check CHECK ((customer_email = lower(customer_email)))
+    status text DEFAULT 'open'::text NOT NULL,
+    status_at timestamp with time zone DEFAULT now() NOT NULL,
+    order_numbers text[] DEFAULT '{}'::text[] NOT NULL,
+    CONSTRAINT conversations_customer_email_check CHECK ((customer_email = lower(customer_email))),
+    CONSTRAINT conversations_status_check CHECK ((status = ANY (ARRAY['open'::text, 'waiting'::text, 'answered_auto'::text, 'answered_human'::text, 'closed'::text, 'spam'::text, 'skipped'::text, 'failed'::text])))
 );
 
 ALTER TABLE public.conversations OWNER TO postgres;
@@ -2619,6 +3420,20 @@ CREATE TABLE public.queue_metrics (
 ALTER TABLE public.queue_metrics OWNER TO postgres;
 
 --
+-- Name: store_members; Type: TABLE; Schema: public; Owner: postgres
+--
+
+CREATE TABLE public.store_members (
+    store_id uuid NOT NULL,
+    user_id uuid NOT NULL,
+    role text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT store_members_role_check CHECK ((role = ANY (ARRAY['owner'::text, 'agent'::text])))
+);
+
+ALTER TABLE public.store_members OWNER TO postgres;
+
+--
 -- Name: circuit_breakers circuit_breakers_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
 --
 
@@ -2710,6 +3525,13 @@ ALTER TABLE ONLY public.replies
     ADD CONSTRAINT replies_smtp_message_id_key UNIQUE (smtp_message_id);
 
 --
+-- Name: store_members store_members_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.store_members
+    ADD CONSTRAINT store_members_pkey PRIMARY KEY (store_id, user_id);
+
+--
 -- Name: stores stores_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
 --
 
@@ -2717,10 +3539,34 @@ ALTER TABLE ONLY public.stores
     ADD CONSTRAINT stores_pkey PRIMARY KEY (id);
 
 --
+-- Name: conversations_order_numbers_idx; Type: INDEX; Schema: public; Owner: postgres
+--
+
+CREATE INDEX conversations_order_numbers_idx ON public.conversations USING gin (order_numbers);
+
+--
+-- Name: conversations_store_customer_idx; Type: INDEX; Schema: public; Owner: postgres
+--
+
+CREATE INDEX conversations_store_customer_idx ON public.conversations USING btree (store_id, customer_email);
+
+--
 -- Name: conversations_store_recent_idx; Type: INDEX; Schema: public; Owner: postgres
 --
 
 CREATE INDEX conversations_store_recent_idx ON public.conversations USING btree (store_id, last_message_at DESC);
+
+--
+-- Name: conversations_store_status_recent_idx; Type: INDEX; Schema: public; Owner: postgres
+--
+
+CREATE INDEX conversations_store_status_recent_idx ON public.conversations USING btree (store_id, status, last_message_at DESC, id);
+
+--
+-- Name: conversations_waiting_idx; Type: INDEX; Schema: public; Owner: postgres
+--
+
+CREATE INDEX conversations_waiting_idx ON public.conversations USING btree (last_message_at DESC, id) WHERE (status = 'waiting'::text);
 
 --
 -- Name: credit_ledger_job_reason_key; Type: INDEX; Schema: public; Owner: postgres
@@ -2741,10 +3587,22 @@ CREATE INDEX credit_ledger_sender_idx ON public.credit_ledger USING btree (store
 CREATE INDEX credit_ledger_store_idx ON public.credit_ledger USING btree (store_id, created_at);
 
 --
+-- Name: events_console_conversation_idx; Type: INDEX; Schema: public; Owner: postgres
+--
+
+CREATE INDEX events_console_conversation_idx ON public.events USING btree (conversation_id, id) WHERE (event_type ~~ 'console.%'::text);
+
+--
 -- Name: events_created_at_idx; Type: INDEX; Schema: public; Owner: postgres
 --
 
 CREATE INDEX events_created_at_idx ON public.events USING brin (created_at);
+
+--
+-- Name: events_fetch_failed_idx; Type: INDEX; Schema: public; Owner: postgres
+--
+
+CREATE INDEX events_fetch_failed_idx ON public.events USING btree (store_id, created_at DESC) WHERE (event_type = 'fetch.store_failed'::text);
 
 --
 -- Name: events_job_idx; Type: INDEX; Schema: public; Owner: postgres
@@ -2837,6 +3695,12 @@ CREATE INDEX replies_recent_to_idx ON public.replies USING btree (store_id, to_a
 CREATE INDEX replies_store_created_idx ON public.replies USING btree (store_id, created_at DESC);
 
 --
+-- Name: store_members_user_idx; Type: INDEX; Schema: public; Owner: postgres
+--
+
+CREATE INDEX store_members_user_idx ON public.store_members USING btree (user_id, store_id);
+
+--
 -- Name: stores_owner_id_idx; Type: INDEX; Schema: public; Owner: postgres
 --
 
@@ -2849,10 +3713,34 @@ CREATE INDEX stores_owner_id_idx ON public.stores USING btree (owner_id) WHERE (
 CREATE TRIGGER events_append_only BEFORE UPDATE ON public.events FOR EACH ROW EXECUTE FUNCTION public.forbid_event_update();
 
 --
+-- Name: events events_conversation_status; Type: TRIGGER; Schema: public; Owner: postgres
+--
+
+CREATE TRIGGER events_conversation_status AFTER INSERT ON public.events FOR EACH ROW WHEN (((new.event_type = ANY (ARRAY['process.spam'::text, 'process.skipped'::text, 'job.dead_lettered'::text])) AND (new.conversation_id IS NOT NULL))) EXECUTE FUNCTION public.console_status_from_event();
+
+--
 -- Name: mailbox_state mailbox_state_set_updated_at; Type: TRIGGER; Schema: public; Owner: postgres
 --
 
 CREATE TRIGGER mailbox_state_set_updated_at BEFORE UPDATE ON public.mailbox_state FOR EACH ROW EXECUTE FUNCTION public.set_updated_at();
+
+--
+-- Name: messages messages_conversation_status; Type: TRIGGER; Schema: public; Owner: postgres
+--
+
+CREATE TRIGGER messages_conversation_status AFTER INSERT ON public.messages FOR EACH ROW EXECUTE FUNCTION public.console_status_from_message();
+
+--
+-- Name: replies replies_conversation_status; Type: TRIGGER; Schema: public; Owner: postgres
+--
+
+CREATE TRIGGER replies_conversation_status AFTER INSERT OR UPDATE OF status ON public.replies FOR EACH ROW WHEN (((new.status = ANY (ARRAY['held'::text, 'sent'::text, 'failed'::text, 'discarded'::text])) AND (new.conversation_id IS NOT NULL))) EXECUTE FUNCTION public.console_status_from_reply();
+
+--
+-- Name: stores stores_mirror_owner; Type: TRIGGER; Schema: public; Owner: postgres
+--
+
+CREATE TRIGGER stores_mirror_owner AFTER INSERT OR UPDATE OF owner_id ON public.stores FOR EACH ROW EXECUTE FUNCTION public.console_mirror_owner();
 
 --
 -- Name: stores stores_set_updated_at; Type: TRIGGER; Schema: public; Owner: postgres
@@ -2917,6 +3805,20 @@ ALTER TABLE ONLY public.replies
     ADD CONSTRAINT replies_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
 
 --
+-- Name: store_members store_members_store_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.store_members
+    ADD CONSTRAINT store_members_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
+
+--
+-- Name: store_members store_members_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.store_members
+    ADD CONSTRAINT store_members_user_id_fkey FOREIGN KEY (user_id) REFERENCES auth.users(id) ON DELETE CASCADE;
+
+--
 -- Name: stores stores_owner_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
 --
 
@@ -2945,9 +3847,7 @@ ALTER TABLE public.conversations ENABLE ROW LEVEL SECURITY;
 -- Name: conversations conversations_owner_select; Type: POLICY; Schema: public; Owner: postgres
 --
 
-CREATE POLICY conversations_owner_select ON public.conversations FOR SELECT TO authenticated USING ((EXISTS ( SELECT 1
-   FROM public.stores s
-  WHERE ((s.id = conversations.store_id) AND (s.owner_id = ( SELECT auth.uid() AS uid))))));
+CREATE POLICY conversations_owner_select ON public.conversations FOR SELECT TO authenticated USING ((( SELECT public.console_is_operator() AS console_is_operator) OR (store_id IN ( SELECT public.console_member_store_ids() AS console_member_store_ids))));
 
 --
 -- Name: conversations conversations_service_role; Type: POLICY; Schema: public; Owner: postgres
@@ -2965,9 +3865,7 @@ ALTER TABLE public.credit_ledger ENABLE ROW LEVEL SECURITY;
 -- Name: credit_ledger credit_ledger_owner_select; Type: POLICY; Schema: public; Owner: postgres
 --
 
-CREATE POLICY credit_ledger_owner_select ON public.credit_ledger FOR SELECT TO authenticated USING ((EXISTS ( SELECT 1
-   FROM public.stores s
-  WHERE ((s.id = credit_ledger.store_id) AND (s.owner_id = ( SELECT auth.uid() AS uid))))));
+CREATE POLICY credit_ledger_owner_select ON public.credit_ledger FOR SELECT TO authenticated USING ((( SELECT public.console_is_operator() AS console_is_operator) OR (store_id IN ( SELECT public.console_member_store_ids() AS console_member_store_ids))));
 
 --
 -- Name: credit_ledger credit_ledger_service_role; Type: POLICY; Schema: public; Owner: postgres
@@ -2985,9 +3883,7 @@ ALTER TABLE public.events ENABLE ROW LEVEL SECURITY;
 -- Name: events events_owner_select; Type: POLICY; Schema: public; Owner: postgres
 --
 
-CREATE POLICY events_owner_select ON public.events FOR SELECT TO authenticated USING ((EXISTS ( SELECT 1
-   FROM public.stores s
-  WHERE ((s.id = events.store_id) AND (s.owner_id = ( SELECT auth.uid() AS uid))))));
+CREATE POLICY events_owner_select ON public.events FOR SELECT TO authenticated USING ((( SELECT public.console_is_operator() AS console_is_operator) OR (store_id IN ( SELECT public.console_member_store_ids() AS console_member_store_ids))));
 
 --
 -- Name: events events_service_role; Type: POLICY; Schema: public; Owner: postgres
@@ -3005,9 +3901,7 @@ ALTER TABLE public.job_queue ENABLE ROW LEVEL SECURITY;
 -- Name: job_queue job_queue_owner_read; Type: POLICY; Schema: public; Owner: postgres
 --
 
-CREATE POLICY job_queue_owner_read ON public.job_queue FOR SELECT TO authenticated USING ((EXISTS ( SELECT 1
-   FROM public.stores s
-  WHERE ((s.id = job_queue.store_id) AND (s.owner_id = ( SELECT auth.uid() AS uid))))));
+CREATE POLICY job_queue_owner_read ON public.job_queue FOR SELECT TO authenticated USING ((( SELECT public.console_is_operator() AS console_is_operator) OR (store_id IN ( SELECT public.console_member_store_ids() AS console_member_store_ids))));
 
 --
 -- Name: job_queue job_queue_service_role_all; Type: POLICY; Schema: public; Owner: postgres
@@ -3037,9 +3931,7 @@ ALTER TABLE public.mailbox_state ENABLE ROW LEVEL SECURITY;
 -- Name: mailbox_state mailbox_state_owner_select; Type: POLICY; Schema: public; Owner: postgres
 --
 
-CREATE POLICY mailbox_state_owner_select ON public.mailbox_state FOR SELECT TO authenticated USING ((EXISTS ( SELECT 1
-   FROM public.stores s
-  WHERE ((s.id = mailbox_state.store_id) AND (s.owner_id = ( SELECT auth.uid() AS uid))))));
+CREATE POLICY mailbox_state_owner_select ON public.mailbox_state FOR SELECT TO authenticated USING ((( SELECT public.console_is_operator() AS console_is_operator) OR (store_id IN ( SELECT public.console_member_store_ids() AS console_member_store_ids))));
 
 --
 -- Name: mailbox_state mailbox_state_service_role; Type: POLICY; Schema: public; Owner: postgres
@@ -3057,9 +3949,7 @@ ALTER TABLE public.messages ENABLE ROW LEVEL SECURITY;
 -- Name: messages messages_owner_select; Type: POLICY; Schema: public; Owner: postgres
 --
 
-CREATE POLICY messages_owner_select ON public.messages FOR SELECT TO authenticated USING ((EXISTS ( SELECT 1
-   FROM public.stores s
-  WHERE ((s.id = messages.store_id) AND (s.owner_id = ( SELECT auth.uid() AS uid))))));
+CREATE POLICY messages_owner_select ON public.messages FOR SELECT TO authenticated USING ((( SELECT public.console_is_operator() AS console_is_operator) OR (store_id IN ( SELECT public.console_member_store_ids() AS console_member_store_ids))));
 
 --
 -- Name: messages messages_service_role; Type: POLICY; Schema: public; Owner: postgres
@@ -3089,15 +3979,31 @@ ALTER TABLE public.replies ENABLE ROW LEVEL SECURITY;
 -- Name: replies replies_owner_select; Type: POLICY; Schema: public; Owner: postgres
 --
 
-CREATE POLICY replies_owner_select ON public.replies FOR SELECT TO authenticated USING ((EXISTS ( SELECT 1
-   FROM public.stores s
-  WHERE ((s.id = replies.store_id) AND (s.owner_id = ( SELECT auth.uid() AS uid))))));
+CREATE POLICY replies_owner_select ON public.replies FOR SELECT TO authenticated USING ((( SELECT public.console_is_operator() AS console_is_operator) OR (store_id IN ( SELECT public.console_member_store_ids() AS console_member_store_ids))));
 
 --
 -- Name: replies replies_service_role; Type: POLICY; Schema: public; Owner: postgres
 --
 
 CREATE POLICY replies_service_role ON public.replies TO service_role USING (true) WITH CHECK (true);
+
+--
+-- Name: store_members; Type: ROW SECURITY; Schema: public; Owner: postgres
+--
+
+ALTER TABLE public.store_members ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: store_members store_members_member_select; Type: POLICY; Schema: public; Owner: postgres
+--
+
+CREATE POLICY store_members_member_select ON public.store_members FOR SELECT TO authenticated USING ((( SELECT public.console_is_operator() AS console_is_operator) OR (store_id IN ( SELECT public.console_member_store_ids() AS console_member_store_ids))));
+
+--
+-- Name: store_members store_members_service_role; Type: POLICY; Schema: public; Owner: postgres
+--
+
+CREATE POLICY store_members_service_role ON public.store_members TO service_role USING (true) WITH CHECK (true);
 
 --
 -- Name: stores; Type: ROW SECURITY; Schema: public; Owner: postgres
@@ -3109,7 +4015,7 @@ ALTER TABLE public.stores ENABLE ROW LEVEL SECURITY;
 -- Name: stores stores_owner_select; Type: POLICY; Schema: public; Owner: postgres
 --
 
-CREATE POLICY stores_owner_select ON public.stores FOR SELECT TO authenticated USING ((owner_id = ( SELECT auth.uid() AS uid)));
+CREATE POLICY stores_owner_select ON public.stores FOR SELECT TO authenticated USING ((( SELECT public.console_is_operator() AS console_is_operator) OR (id IN ( SELECT public.console_member_store_ids() AS console_member_store_ids))));
 
 --
 -- Name: stores stores_service_role; Type: POLICY; Schema: public; Owner: postgres
@@ -3125,6 +4031,13 @@ GRANT USAGE ON SCHEMA public TO postgres;
 GRANT USAGE ON SCHEMA public TO anon;
 GRANT USAGE ON SCHEMA public TO authenticated;
 GRANT USAGE ON SCHEMA public TO service_role;
+
+--
+-- Name: FUNCTION add_store_member(p_store_id uuid, p_email text, p_role text); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.add_store_member(p_store_id uuid, p_email text, p_role text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.add_store_member(p_store_id uuid, p_email text, p_role text) TO service_role;
 
 --
 -- Name: FUNCTION admin_add_credits(p_store_id uuid, p_amount integer, p_reason text); Type: ACL; Schema: public; Owner: postgres
@@ -3202,6 +4115,178 @@ GRANT ALL ON FUNCTION public.complete_job(p_job_id uuid, p_worker_id text, p_res
 
 REVOKE ALL ON FUNCTION public.complete_jobs(p_worker_id text, p_job_ids uuid[], p_results jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.complete_jobs(p_worker_id text, p_job_ids uuid[], p_results jsonb) TO service_role;
+
+--
+-- Name: FUNCTION console_actor(); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_actor() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.console_actor() TO authenticated;
+
+--
+-- Name: FUNCTION console_close_conversation(p_conversation_id uuid, p_note text); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_close_conversation(p_conversation_id uuid, p_note text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.console_close_conversation(p_conversation_id uuid, p_note text) TO authenticated;
+
+--
+-- Name: FUNCTION console_conversation(p_conversation_id uuid); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_conversation(p_conversation_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.console_conversation(p_conversation_id uuid) TO authenticated;
+
+--
+-- Name: FUNCTION console_conversations(p_store_id uuid, p_status text, p_q text, p_limit integer, p_before_at timestamp with time zone, p_before_id uuid); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_conversations(p_store_id uuid, p_status text, p_q text, p_limit integer, p_before_at timestamp with time zone, p_before_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.console_conversations(p_store_id uuid, p_status text, p_q text, p_limit integer, p_before_at timestamp with time zone, p_before_id uuid) TO authenticated;
+
+--
+-- Name: FUNCTION console_dead_letters(p_store_id uuid, p_limit integer); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_dead_letters(p_store_id uuid, p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.console_dead_letters(p_store_id uuid, p_limit integer) TO authenticated;
+
+--
+-- Name: FUNCTION console_discard_reply(p_reply_id uuid, p_note text); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_discard_reply(p_reply_id uuid, p_note text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.console_discard_reply(p_reply_id uuid, p_note text) TO authenticated;
+
+--
+-- Name: TABLE replies; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT SELECT ON TABLE public.replies TO authenticated;
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.replies TO service_role;
+
+--
+-- Name: FUNCTION console_enqueue_send(p_reply public.replies, p_job_id uuid); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_enqueue_send(p_reply public.replies, p_job_id uuid) FROM PUBLIC;
+
+--
+-- Name: FUNCTION console_is_operator(); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_is_operator() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.console_is_operator() TO authenticated;
+GRANT ALL ON FUNCTION public.console_is_operator() TO service_role;
+
+--
+-- Name: FUNCTION console_me(); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_me() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.console_me() TO authenticated;
+
+--
+-- Name: FUNCTION console_member_store_ids(); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_member_store_ids() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.console_member_store_ids() TO authenticated;
+GRANT ALL ON FUNCTION public.console_member_store_ids() TO service_role;
+
+--
+-- Name: FUNCTION console_mirror_owner(); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_mirror_owner() FROM PUBLIC;
+
+--
+-- Name: FUNCTION console_needs_person(p_store_id uuid, p_limit integer); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_needs_person(p_store_id uuid, p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.console_needs_person(p_store_id uuid, p_limit integer) TO authenticated;
+
+--
+-- Name: FUNCTION console_purge_dead_letters(p_job_ids uuid[]); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_purge_dead_letters(p_job_ids uuid[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.console_purge_dead_letters(p_job_ids uuid[]) TO authenticated;
+
+--
+-- Name: FUNCTION console_queue_metrics(p_hours integer); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_queue_metrics(p_hours integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.console_queue_metrics(p_hours integer) TO authenticated;
+
+--
+-- Name: FUNCTION console_requeue_dead_letter(p_job_id uuid); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_requeue_dead_letter(p_job_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.console_requeue_dead_letter(p_job_id uuid) TO authenticated;
+
+--
+-- Name: FUNCTION console_require(p_kind text, p_id uuid, p_roles text[]); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_require(p_kind text, p_id uuid, p_roles text[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.console_require(p_kind text, p_id uuid, p_roles text[]) TO authenticated;
+
+--
+-- Name: FUNCTION console_role_in(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_role_in(p_store_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.console_role_in(p_store_id uuid) TO authenticated;
+
+--
+-- Name: FUNCTION console_send_reply(p_reply_id uuid, p_body text); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_send_reply(p_reply_id uuid, p_body text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.console_send_reply(p_reply_id uuid, p_body text) TO authenticated;
+
+--
+-- Name: FUNCTION console_status_from_event(); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_status_from_event() FROM PUBLIC;
+
+--
+-- Name: FUNCTION console_status_from_message(); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_status_from_message() FROM PUBLIC;
+
+--
+-- Name: FUNCTION console_status_from_reply(); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_status_from_reply() FROM PUBLIC;
+
+--
+-- Name: FUNCTION console_store_of(p_kind text, p_id uuid); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_store_of(p_kind text, p_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.console_store_of(p_kind text, p_id uuid) TO authenticated;
+
+--
+-- Name: FUNCTION console_stores(); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_stores() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.console_stores() TO authenticated;
+
+--
+-- Name: FUNCTION console_write_reply(p_conversation_id uuid, p_body text); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_write_reply(p_conversation_id uuid, p_body text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.console_write_reply(p_conversation_id uuid, p_body text) TO authenticated;
 
 --
 -- Name: FUNCTION defer_job(p_job_id uuid, p_worker_id text, p_delay_seconds integer, p_reason text); Type: ACL; Schema: public; Owner: postgres
@@ -3390,6 +4475,13 @@ REVOKE ALL ON FUNCTION public.load_job_context(p_job_id uuid, p_reply_window_hou
 GRANT ALL ON FUNCTION public.load_job_context(p_job_id uuid, p_reply_window_hours integer) TO service_role;
 
 --
+-- Name: FUNCTION load_reply_context(p_reply_id uuid); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.load_reply_context(p_reply_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.load_reply_context(p_reply_id uuid) TO service_role;
+
+--
 -- Name: PROCEDURE purge_completed_jobs(IN p_older_than interval, IN p_batch_size integer); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -3464,13 +4556,6 @@ GRANT ALL ON FUNCTION public.reset_reply(p_reply_id uuid, p_status text, p_error
 
 REVOKE ALL ON FUNCTION public.retry_delay(p_attempt integer, p_base_seconds integer, p_cap_seconds integer, p_retry_after_seconds integer, p_jitter double precision) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.retry_delay(p_attempt integer, p_base_seconds integer, p_cap_seconds integer, p_retry_after_seconds integer, p_jitter double precision) TO service_role;
-
---
--- Name: TABLE replies; Type: ACL; Schema: public; Owner: postgres
---
-
-GRANT SELECT ON TABLE public.replies TO authenticated;
-GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.replies TO service_role;
 
 --
 -- Name: FUNCTION save_reply(p_job_id uuid, p_message_id uuid, p_reply jsonb); Type: ACL; Schema: public; Owner: postgres
@@ -3580,6 +4665,13 @@ GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.messages TO service_role;
 --
 
 GRANT ALL ON TABLE public.queue_metrics TO service_role;
+
+--
+-- Name: TABLE store_members; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT SELECT ON TABLE public.store_members TO authenticated;
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.store_members TO service_role;
 
 --
 -- Name: DEFAULT PRIVILEGES FOR SEQUENCES; Type: DEFAULT ACL; Schema: public; Owner: postgres

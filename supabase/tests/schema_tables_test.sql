@@ -22,7 +22,7 @@ select columns_are('public', 'messages', array[
 select columns_are('public', 'replies', array[
   'id', 'store_id', 'conversation_id', 'message_id', 'job_id', 'status', 'to_address', 'subject',
   'body_text', 'smtp_message_id', 'in_reply_to', 'references', 'hold_reason', 'intent',
-  'language', 'model', 'error', 'created_at', 'sending_at', 'sent_at'
+  'language', 'model', 'error', 'created_at', 'sending_at', 'sent_at', 'author_id', 'author_email'
 ], 'replies columns as designed');
 select columns_are('public', 'events', array[
   'id', 'store_id', 'job_id', 'conversation_id', 'message_id', 'event_type', 'detail',
