@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.support.mail_servers",
     "tests.support.fakes",
     "tests.support.gateway",
+    "tests.support.auth",
 ]

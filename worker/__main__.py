@@ -1,4 +1,4 @@
-"""Command line: `python -m worker fetch|process|serve|stores|dlq ...`.
+"""Command line: `python -m worker fetch|process|serve|stores|dlq|users ...`.
 
 `fetch` and `process` run one run in the foreground with the same code the HTTP triggers use and
 print its record as JSON; SIGTERM or Ctrl-C makes the run stop claiming and end cleanly.
@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         "dlq", help="inspect and requeue dead-lettered jobs (see `dlq --help`)", add_help=False
     )
     dlq.add_argument("args", nargs=argparse.REMAINDER)
+    users = sub.add_parser("users", help="console people (see `users --help`)", add_help=False)
+    users.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -114,6 +116,9 @@ def main(
     """Entry point; returns the process exit code."""
     env = os.environ if environ is None else environ
     words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["users"]:
+        users = importlib.import_module("worker.users")
+        return int(users.main(words[1:], environ=environ))
     if words[:1] == ["stores"]:
         # Before argparse, whose REMAINDER would not take a leading option (`stores --help`).
         # Imported lazily: the store CLI is its own module with its own dependencies.

@@ -149,6 +149,10 @@ def create_app(
     app.before_request(_start_timer)
     app.after_request(_count_request)
     app.register_blueprint(bp)
+    if settings.console_enabled:
+        from worker.console.web import register_console
+
+        register_console(app, settings, lambda: lazy.get().db)  # type: ignore[return-value,arg-type]
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     return app

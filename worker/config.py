@@ -26,11 +26,13 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Shopify releases a stable version each quarter, named for its month: YYYY-01, -04, -07, -10.
 _SHOPIFY_VERSION = re.compile(r"^(\d{4}-(01|04|07|10)|unstable)$")
 _SECRET_FIELDS = frozenset(
-    {"supabase_service_role_key", "worker_secret", "anthropic_api_key", "supabase_secret_key"}
+    {"supabase_service_role_key", "worker_secret", "anthropic_api_key", "supabase_secret_key",
+     "supabase_jwt_secret"}
 )
 # The newest stable Admin API version on 2026-12-01; worker/shopify_versions.py warns at start-up
 # once the configured one leaves Shopify's support window.
 DEFAULT_SHOPIFY_API_VERSION = "2026-10"
+MIN_JWT_SECRET_CHARS = 32  # Supabase's JWT secrets are at least 32 characters
 
 T = TypeVar("T")
 
@@ -77,6 +79,17 @@ class Settings:
     def supabase_key(self) -> str | None:
         """The key the supabase-py backend sends: the secret key, else the legacy JWT."""
         return self.supabase_secret_key or self.supabase_service_role_key
+    # -- console (issue 11): people sign in with Supabase Auth --------------------------------
+    # SUPABASE_AUTH_URL defaults to SUPABASE_URL + /auth/v1; the psycopg backend names it
+    # itself. SUPABASE_JWT_SECRET verifies access tokens (HS256, the project's JWT secret).
+    supabase_auth_url: str | None = None
+    supabase_anon_key: str | None = None
+    supabase_jwt_secret: str | None = None
+
+    @property
+    def console_enabled(self) -> bool:
+        """Whether the console can sign people in (Auth URL, anon key and JWT secret set)."""
+        return bool(self.supabase_auth_url and self.supabase_anon_key and self.supabase_jwt_secret)
 
     @property
     def responder(self) -> Responder:
@@ -277,6 +290,18 @@ def load_settings(
         f"a Shopify API version (YYYY-01, -04, -07 or -10) such as {DEFAULT_SHOPIFY_API_VERSION}",
     )
 
+    # -- console (issue 11) --
+    auth_url = env.http_url("SUPABASE_AUTH_URL")
+    if auth_url is None and supabase_url is not None:
+        auth_url = supabase_url + "/auth/v1"
+    jwt_secret = env.raw("SUPABASE_JWT_SECRET")
+    if jwt_secret is not None and len(jwt_secret) < MIN_JWT_SECRET_CHARS:
+        problems.append(
+            f"SUPABASE_JWT_SECRET must be at least {MIN_JWT_SECRET_CHARS} characters, "
+            f"got {len(jwt_secret)}"
+        )
+        jwt_secret = None
+
     settings = Settings(
         database_url=database_url,
         supabase_url=supabase_url,
@@ -310,6 +335,10 @@ def load_settings(
         parse_timeout_seconds=env.positive_seconds("parse_timeout_seconds"),
         parse_memory_mb=env.positive_int("parse_memory_mb"),
         store_replies_per_hour=env.positive_int("store_replies_per_hour"),
+        # -- console (issue 11) --
+        supabase_auth_url=auth_url,
+        supabase_anon_key=env.raw("SUPABASE_ANON_KEY"),
+        supabase_jwt_secret=jwt_secret,
     )
     if problems:
         raise ConfigError(problems)

@@ -1,9 +1,10 @@
 """process-queue: one run of the job runner over every job type this worker handles.
 
 The registry below is the one place a job type is wired to its handler: process_email is
-answered by worker.pipeline; a new kind of work registers its handler here (and its retry
-policy in SQL, public.job_retry_policies). The runner (worker.queue.runner) claims only the
-registered types.
+answered by worker.pipeline, send_reply (a reply a person approved in the console) by
+worker.console.sending; a new kind of work registers its handler here (and its retry policy in
+SQL, public.job_retry_policies). The runner (worker.queue.runner) claims only the registered
+types.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.config import DEFAULTS, Settings
+from worker.console.sending import JOB_TYPE as SEND_REPLY
+from worker.console.sending import SendReplyHandler
 from worker.pipeline.context import PipelineOptions, Services
 from worker.pipeline.handler import JOB_TYPE, EmailHandler
 from worker.queue.handlers import Handlers
@@ -69,6 +72,8 @@ def handlers_for(services: Services, options: ProcessOptions) -> Handlers:
     email = EmailHandler(services, options.pipeline)
     for job_type in options.job_types:
         handlers.register(job_type, email)
+    # A reply a person approved or wrote in the console (worker/console, docs/api.md).
+    handlers.register(SEND_REPLY, SendReplyHandler(services, options.pipeline))
     return handlers
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
 import sys
 import uuid
@@ -344,6 +345,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = command("check", "try the IMAP and SMTP logins and the Shopify token")
     check.add_argument("store_id", type=_store_id, metavar="STORE_ID")
+
+    members = command("members", "the people of a store (console sign-in)")
+    members_sub = members.add_subparsers(dest="members_command", required=True, metavar="ACTION")
+    member_add = members_sub.add_parser(
+        "add", help="link a person (by email) as owner or agent", allow_abbrev=False
+    )
+    member_add.add_argument("store_id", type=_store_id, metavar="STORE_ID")
+    member_add.add_argument("--email", required=True)
+    member_add.add_argument("--role", choices=("owner", "agent"), required=True)
     return parser
 
 
@@ -581,6 +591,13 @@ def cmd_check(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_FAILED if any(r.status == "failed" for r in results) else EXIT_OK
 
 
+def cmd_members(ctx: Context, args: argparse.Namespace) -> int:
+    """Link a person (created with `python -m worker users add`) to a store."""
+    result = ctx.db.add_store_member(args.store_id, args.email, args.role)
+    print(json.dumps(result))
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[Context, argparse.Namespace], int]] = {
     "add": cmd_add,
     "list": cmd_list,
@@ -590,6 +607,7 @@ COMMANDS: dict[str, Callable[[Context, argparse.Namespace], int]] = {
     "activate": cmd_toggle,
     "deactivate": cmd_toggle,
     "check": cmd_check,
+    "members": cmd_members,
 }
 
 

@@ -8,6 +8,8 @@ LOCAL_DB_PACKAGES=(
   libtap-parser-sourcehandler-pgtap-perl
   postgresql-15-plpgsql-check
   postgresql-plpython3-15
+  # The console's browser test drives Debian's Chromium (Playwright never downloads one).
+  chromium
 )
 
 # Prints the packages of "$@" that dpkg does not report as installed.

@@ -76,6 +76,37 @@ create index if not exists users_email_idx on auth.users (email);
 revoke all on auth.users from public, anon, authenticated;
 grant all on auth.users to service_role;
 
+-- Sessions and refresh tokens, as GoTrue keeps them (the local Auth stand-in,
+-- worker/devstack/auth.py, writes them; a refresh rotates the token and keeps its parent).
+create table if not exists auth.sessions (
+  id uuid primary key,
+  user_id uuid not null references auth.users (id) on delete cascade,
+  created_at timestamptz default now(),
+  updated_at timestamptz default now(),
+  factor_id uuid,
+  aal text,
+  not_after timestamptz,
+  refreshed_at timestamp,
+  user_agent text,
+  ip inet,
+  tag text
+);
+create index if not exists sessions_user_id_idx on auth.sessions (user_id);
+create table if not exists auth.refresh_tokens (
+  instance_id uuid,
+  id bigserial primary key,
+  token varchar(255) unique,
+  user_id varchar(255),
+  revoked boolean,
+  created_at timestamptz default now(),
+  updated_at timestamptz default now(),
+  parent varchar(255),
+  session_id uuid references auth.sessions (id) on delete cascade
+);
+create index if not exists refresh_tokens_session_id_revoked_idx
+  on auth.refresh_tokens (session_id, revoked);
+revoke all on auth.sessions, auth.refresh_tokens from public, anon, authenticated;
+
 -- PostgREST sets request.jwt.claims (JSON) per transaction; older versions set one
 -- request.jwt.claim.<name> per claim. Supabase's helpers read both, newest first.
 create or replace function auth.uid() returns uuid

@@ -443,6 +443,117 @@ class Database:
         args = _args({"store_id": store_id, "amount": amount}, {"reason": reason})
         return cast(int, self._scalar("admin_add_credits", args))
 
+    # -- console (issue 11): called on a person's Database (see as_person) -----------------
+
+    def as_person(self, access_token: str, claims: Mapping[str, Any]) -> Database:
+        """This database as a signed-in person: every call runs with role `authenticated` and
+        their JWT claims (PostgREST's way), so RLS and the SQL's own checks decide."""
+        for_person = getattr(self.transport, "for_person", None)
+        if for_person is None:
+            raise ConfigError("this database backend cannot run calls as a person")
+        return Database(for_person(access_token, claims))
+
+    def console_me(self) -> dict[str, Any]:
+        """Who the caller is: user id, email, operator flag and store memberships."""
+        return cast(dict[str, Any], self._scalar("console_me", {}))
+
+    def console_stores(self) -> list[dict[str, Any]]:
+        """The caller's stores with credits, waiting count, last fetch and last error."""
+        return cast(list[dict[str, Any]], self._scalar("console_stores", {}))
+
+    def console_conversations(
+        self,
+        store_id: str | None = None,
+        status: str | None = None,
+        q: str | None = None,
+        limit: int | None = None,
+        before_at: str | None = None,
+        before_id: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of conversations (`items`, and `next` cursor or null)."""
+        args = _args(
+            {},
+            {
+                "store_id": store_id,
+                "status": status,
+                "q": q,
+                "limit": limit,
+                "before_at": before_at,
+                "before_id": before_id,
+            },
+        )
+        return cast(dict[str, Any], self._scalar("console_conversations", args))
+
+    def console_needs_person(
+        self, store_id: str | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
+        """Held replies waiting for a person (`items`) and the count per store (`counts`)."""
+        args = _args({}, {"store_id": store_id, "limit": limit})
+        return cast(dict[str, Any], self._scalar("console_needs_person", args))
+
+    def console_conversation(self, conversation_id: str) -> dict[str, Any] | None:
+        """Thread, classification, order lookups and events of one conversation."""
+        args = _args({"conversation_id": conversation_id})
+        return cast(dict[str, Any] | None, self._scalar("console_conversation", args))
+
+    def console_dead_letters(
+        self, store_id: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Dead-lettered jobs the caller may see, newest first."""
+        args = _args({}, {"store_id": store_id, "limit": limit})
+        return cast(list[dict[str, Any]], self._scalar("console_dead_letters", args))
+
+    def console_queue_metrics(self, hours: int | None = None) -> dict[str, Any]:
+        """Operators: queue_metrics points of the last hours and the breakers."""
+        args = _args({}, {"hours": hours})
+        return cast(dict[str, Any], self._scalar("console_queue_metrics", args))
+
+    def console_send_reply(self, reply_id: str, body: str | None = None) -> dict[str, Any]:
+        """Approve a held reply (optionally edited): drafted + one send_reply job."""
+        args = _args({"reply_id": reply_id}, {"body": body})
+        return cast(dict[str, Any], self._scalar("console_send_reply", args))
+
+    def console_write_reply(self, conversation_id: str, body: str) -> dict[str, Any]:
+        """A reply written by the person to the latest customer message."""
+        args = _args({"conversation_id": conversation_id, "body": body})
+        return cast(dict[str, Any], self._scalar("console_write_reply", args))
+
+    def console_discard_reply(self, reply_id: str, note: str | None = None) -> dict[str, Any]:
+        """Do not send a held reply; its credit comes back."""
+        args = _args({"reply_id": reply_id}, {"note": note})
+        return cast(dict[str, Any], self._scalar("console_discard_reply", args))
+
+    def console_close_conversation(
+        self, conversation_id: str, note: str | None = None
+    ) -> dict[str, Any]:
+        """Close without replying (held drafts discarded)."""
+        args = _args({"conversation_id": conversation_id}, {"note": note})
+        return cast(dict[str, Any], self._scalar("console_close_conversation", args))
+
+    def console_requeue_dead_letter(self, job_id: str) -> dict[str, Any]:
+        """Requeue a dead letter (operators; owners for their store)."""
+        args = _args({"job_id": job_id})
+        return cast(dict[str, Any], self._scalar("console_requeue_dead_letter", args))
+
+    def console_purge_dead_letters(self, job_ids: Sequence[str]) -> int:
+        """Delete dead letters (operators only); returns how many."""
+        args = _args({"job_ids": list(job_ids)})
+        return cast(int, self._scalar("console_purge_dead_letters", args))
+
+    # -- console, worker side (service role) ------------------------------------------------
+
+    def load_reply_context(self, reply_id: str) -> dict[str, Any] | None:
+        """The reply and its store, for the send_reply handler."""
+        context = self._scalar("load_reply_context", _args({"reply_id": reply_id}))
+        if context is None:
+            return None
+        return {key: normalize_row(value) for key, value in dict(context).items()}
+
+    def add_store_member(self, store_id: str, email: str, role: str) -> dict[str, Any]:
+        """Link a person (by email) to a store as owner or agent."""
+        args = _args({"store_id": store_id, "email": email, "role": role})
+        return cast(dict[str, Any], self._scalar("add_store_member", args))
+
 
 def connect(settings: Settings, *, min_size: int = 1, max_size: int | None = None) -> Database:
     """A Database over the backend Settings names: DATABASE_URL -> psycopg, else PostgREST."""
@@ -467,6 +578,7 @@ def connect(settings: Settings, *, min_size: int = 1, max_size: int | None = Non
                 settings.supabase_url,
                 settings.supabase_key,
                 timeout_seconds=settings.db_timeout_seconds,
+                anon_key=settings.supabase_anon_key,
             )
         )
     raise ConfigError("no database configured: set DATABASE_URL, or SUPABASE_URL and key")

@@ -7,6 +7,7 @@ query text per function stays stable enough for psycopg to prepare it.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from collections.abc import Iterator, Mapping
@@ -50,6 +51,13 @@ order by p.oid, a.position
 """
 
 Signature = dict[str, str]
+
+# The roles a person's call may take (PostgREST's `role` claim); never service_role.
+PERSON_ROLES = frozenset({"authenticated"})
+# What PostgREST runs before a request's query (role and claims local to the transaction).
+_AS_PERSON_SQL = (
+    "select set_config('role', %s, true), set_config('request.jwt.claims', %s, true)"
+)
 
 
 class UuidTextLoader(Loader):
@@ -192,23 +200,53 @@ class PgTransport:
     def call(self, fn: str, args: Mapping[str, Any], shape: Shape) -> Any:
         """Run public.<fn>(named args) in its own transaction and shape the result."""
         with translate_errors(fn):
+            # Resolved before taking a connection: a cache miss reads pg_proc on its own one.
             signature = self._signature(fn, args)
-            key = (fn, tuple(args), shape)
-            query = self._queries.get(key)
-            params = {name: adapt(value, signature[name]) for name, value in args.items()}
-            with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-                if query is None:
-                    query = build_call(fn, signature, args, shape).as_bytes(conn)
-                    self._queries[key] = query
-                cur.execute(query, params)
-                if shape == "void":
-                    return None
-                if shape == "rows":
-                    return cur.fetchall()
-                row = cur.fetchone()
-                if shape == "row":
-                    return row
-                return None if row is None else next(iter(row.values()))
+            with self._pool.connection() as conn:
+                return self._execute(conn, fn, signature, args, shape)
+
+    def call_as(
+        self, claims: Mapping[str, Any], fn: str, args: Mapping[str, Any], shape: Shape
+    ) -> Any:
+        """Run public.<fn> as the person of `claims`, exactly as PostgREST runs a request: one
+        transaction, `role` set locally to the claims' role, `request.jwt.claims` set locally."""
+        role = str(claims.get("role") or "")
+        if role not in PERSON_ROLES:
+            raise DatabaseConstraintError(f"{fn}: refusing to run as role {role!r}", code="42501")
+        with translate_errors(fn):
+            signature = self._signature(fn, args)
+            with self._pool.connection() as conn, conn.transaction():
+                conn.execute(_AS_PERSON_SQL, (role, json.dumps(dict(claims))))
+                return self._execute(conn, fn, signature, args, shape)
+
+    def for_person(self, access_token: str, claims: Mapping[str, Any]) -> PersonPgTransport:
+        """A transport whose calls run as this person (the pool is shared)."""
+        return PersonPgTransport(self, claims)
+
+    def _execute(
+        self,
+        conn: psycopg.Connection[Any],
+        fn: str,
+        signature: Signature,
+        args: Mapping[str, Any],
+        shape: Shape,
+    ) -> Any:
+        key = (fn, tuple(args), shape)
+        query = self._queries.get(key)
+        params = {name: adapt(value, signature[name]) for name, value in args.items()}
+        with conn.cursor(row_factory=dict_row) as cur:
+            if query is None:
+                query = build_call(fn, signature, args, shape).as_bytes(conn)
+                self._queries[key] = query
+            cur.execute(query, params)
+            if shape == "void":
+                return None
+            if shape == "rows":
+                return cur.fetchall()
+            row = cur.fetchone()
+            if shape == "row":
+                return row
+            return None if row is None else next(iter(row.values()))
 
     def ping(self) -> None:
         """Raise DatabaseError unless a pooled connection answers `select 1`."""
@@ -254,3 +292,24 @@ class PgTransport:
                 (SCHEMA, fn),
             ).fetchone()
         return [{}] if found else []
+
+
+class PersonPgTransport:
+    """The psycopg transport for one signed-in person: every call runs as them."""
+
+    returns_common_types = True
+
+    def __init__(self, base: PgTransport, claims: Mapping[str, Any]) -> None:
+        self._base = base
+        self._claims = dict(claims)
+
+    def call(self, fn: str, args: Mapping[str, Any], shape: Shape) -> Any:
+        """Run public.<fn> in a transaction as the person."""
+        return self._base.call_as(self._claims, fn, args, shape)
+
+    def ping(self) -> None:
+        """The shared pool's readiness."""
+        self._base.ping()
+
+    def close(self) -> None:
+        """Nothing to release: the pool belongs to the base transport."""

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+from postgrest import SyncPostgrestClient
 from postgrest.exceptions import APIError
 
 from supabase import Client, ClientOptions, create_client
@@ -114,8 +115,10 @@ class RestTransport:
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
         max_connections: int = 20,
         page_rows: int = PAGE_ROWS,
+        anon_key: str | None = None,
     ) -> None:
         self._page_rows = page_rows
+        self._anon_key = anon_key
         self._last = _LastResponse()
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout_seconds),
@@ -182,3 +185,39 @@ class RestTransport:
     def close(self) -> None:
         """Close the HTTP connections."""
         self._http.close()
+
+    def for_person(self, access_token: str, claims: Mapping[str, Any]) -> PersonRestTransport:
+        """A transport whose calls carry the person's access token: PostgREST then runs them as
+        the token's role with its claims, and RLS decides. The API key is the anon key when one
+        is configured (what a browser would send); the HTTP connections are shared."""
+        headers = dict(self._headers)
+        if self._anon_key:
+            headers["apikey"] = self._anon_key
+        headers["Authorization"] = f"Bearer {access_token}"
+        client = SyncPostgrestClient(
+            self._rest_url, schema=SCHEMA, headers=headers, http_client=self._http,
+            retry_enabled=False,
+        )
+        return PersonRestTransport(client, self._last, self)
+
+
+class PersonRestTransport:
+    """The PostgREST transport for one signed-in person."""
+
+    def __init__(self, client: SyncPostgrestClient, last: _LastResponse, base: RestTransport):
+        self._client = client
+        self._last = last
+        self._base = base
+
+    def call(self, fn: str, args: Mapping[str, Any], shape: Shape) -> Any:
+        """POST /rest/v1/rpc/<fn> with the person's token."""
+        with translate_errors(fn, self._last):
+            response = self._client.rpc(fn, dict(args)).execute()
+        return shape_result(response.data, shape)
+
+    def ping(self) -> None:
+        """The base transport's readiness."""
+        self._base.ping()
+
+    def close(self) -> None:
+        """Nothing to release: the HTTP client belongs to the base transport."""

@@ -2,7 +2,8 @@
 production.
 
 Real servers on loopback (Dovecot, an aiosmtpd SMTP sink), HTTP fakes of the Anthropic and
-Shopify APIs, a PostgREST-compatible RPC gateway and a throwaway CA. The container image and the
+Shopify APIs, a PostgREST-compatible RPC gateway, a Supabase Auth (GoTrue) stand-in and a
+throwaway CA. The container image and the
 wheel leave this package out; the editable install (`pip install -e '.[dev]'`) has it, and its
 modules may import the dev extra's dependencies (aiosmtpd, pyjwt).
 """
