@@ -86,9 +86,14 @@ def _indent(text: str, prefix: str = "      | ") -> str:
     return "\n".join(prefix + line for line in lines)
 
 
-def email_lines(rows: Sequence[Mapping[str, Any]], sent_bodies: Mapping[str, str]) -> list[str]:
+def email_lines(
+    rows: Sequence[Mapping[str, Any]],
+    sent_bodies: Mapping[str, str],
+    console_url: str | None = None,
+) -> list[str]:
     """One block per email: sender and subject, outcome, and the reply text when there is one."""
     lines: list[str] = []
+    console_base = console_url.removesuffix("/login") if console_url else None
     for number, row in enumerate(rows, 1):
         outcome = outcome_of(row)
         lines.append(f"{number:>2}. {_sender(row)}")
@@ -104,6 +109,11 @@ def email_lines(rows: Sequence[Mapping[str, Any]], sent_bodies: Mapping[str, str
         elif outcome.kind == HELD:
             lines.append("    Draft waiting for a person (not sent):")
             lines.append(_indent(str(body)))
+            if console_base and row.get("conversation_id"):
+                lines.append(
+                    "    Waiting in the console: "
+                    f"{console_base}/console/conversations/{row['conversation_id']}"
+                )
         else:
             lines.append(f"    Reply drafted (reply status: {row.get('reply_status')}):")
             lines.append(_indent(str(body)))
@@ -163,6 +173,8 @@ class ReportInputs:
     queue_stats: Mapping[str, Any]
     dlq_output: Sequence[str]  # what `scripts/requeue.py list` printed
     database_url: str
+    console_url: str | None = None  # the support console's sign-in page
+    console_logins: Sequence[tuple[str, str, str]] = ()  # (who, email, password)
 
 
 def report_data(inputs: ReportInputs) -> dict[str, Any]:
@@ -188,7 +200,7 @@ def report_lines(inputs: ReportInputs) -> list[str]:
         f"DEMO REPORT - store {inputs.store_name} <{inputs.store_email}>, "
         f"responder: {inputs.responder}",
         rule,
-        *email_lines(inputs.rows, inputs.sent_bodies),
+        *email_lines(inputs.rows, inputs.sent_bodies, inputs.console_url),
         "",
         f"Outcomes: {counts_line(report_data(inputs))}",
     ]
@@ -215,6 +227,13 @@ def report_lines(inputs: ReportInputs) -> list[str]:
         "  (requeue one after fixing its cause: scripts/requeue.py requeue JOB_ID; "
         f"DATABASE_URL={inputs.database_url})"
     )
+    if inputs.console_url:
+        lines += ["", f"Support console: {inputs.console_url}"]
+        held = sum(1 for row in inputs.rows if outcome_of(row).kind == HELD)
+        lines.append(f"  {held} held repl{'y' if held == 1 else 'ies'} waiting for a person "
+                     "under 'Needs a person'; send, edit or discard them there")
+        for who, address, password in inputs.console_logins:
+            lines.append(f"  {who}: {address} / {password}")
     return lines
 
 

@@ -12,6 +12,7 @@ import contextlib
 import email
 import email.policy
 import os
+import secrets
 import shlex
 import subprocess
 import sys
@@ -32,7 +33,7 @@ POLL_INTERVAL = 1.0  # seconds between database polls
 DROP_POLL_INTERVAL = 2.0  # seconds between looks at the drop folder
 
 _ROWS_SQL = """
-select m.id, m.message_id, m.imap_uid, m.from_name, m.from_address, m.subject,
+select m.id, m.conversation_id, m.message_id, m.imap_uid, m.from_name, m.from_address, m.subject,
        m.skip_reason, q.status as job_status, q.result, q.last_error,
        q.attempt_count, r.status as reply_status, r.to_address,
        r.body_text as reply_body, r.hold_reason, r.language, r.intent, r.model,
@@ -74,6 +75,7 @@ class Scenario:
         self.last_cron_run = 0
         self.kick_request_id = 0
         self.scheduled_answers: list[int] = []
+        self.console_logins: list[tuple[str, str, str]] = []  # (who, email, password)
 
     def connect(self) -> psycopg.Connection[dict[str, Any]]:
         # Diagnostics run after the clean-up closed the connection: open a new one then.
@@ -114,24 +116,46 @@ class Scenario:
         )
         self.run_cli(["-m", "worker", "stores", "check", self.store_id], "stores check")
 
+    def create_console_people(self) -> None:
+        """A store owner and an operator, made with the documented CLI (Auth admin API)."""
+        step("creating the console's people: a store owner and an operator")
+        people = (
+            ("store owner", seed.CONSOLE_OWNER_EMAIL, []),
+            ("operator", seed.CONSOLE_OPERATOR_EMAIL, ["--operator"]),
+        )
+        for who, address, flags in people:
+            password = secrets.token_urlsafe(12)
+            self.run_cli(["-m", "worker", "users", "add", "--email", address, *flags],
+                         f"users add ({who})", extra_env={"CONSOLE_USER_PASSWORD": password})
+            self.console_logins.append((who, address, password))
+        self.run_cli(["-m", "worker", "stores", "members", "add", self.store_id,
+                      "--email", seed.CONSOLE_OWNER_EMAIL, "--role", "owner"], "members add")
+        say(f"    console: {self.stack.console_url}")
+        for who, address, password in self.console_logins:
+            say(f"    {who}: {address} / {password}")
+
     def cli_env(self) -> dict[str, str]:
         env = {**self.stack.worker_env(), "STORE_IMAP_PASSWORD": self.stack.mail_password}
         env["STORE_SMTP_PASSWORD"] = self.stack.mail_password
         env["STORE_SHOPIFY_TOKEN"] = self.stack.shop_token
         return env
 
-    def _python(self, args: list[str]) -> subprocess.CompletedProcess[str]:
+    def _python(
+        self, args: list[str], extra_env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(  # noqa: S603 - the venv's python, fixed arguments
             [sys.executable, *args],
             cwd=ROOT,
-            env=self.cli_env(),
+            env={**self.cli_env(), **(extra_env or {})},
             capture_output=True,
             text=True,
             timeout=120,
         )
 
-    def run_cli(self, args: list[str], what: str) -> str:
-        result = self._python(args)
+    def run_cli(
+        self, args: list[str], what: str, extra_env: Mapping[str, str] | None = None
+    ) -> str:
+        result = self._python(args, extra_env)
         for line in result.stdout.rstrip().splitlines():
             say(f"    {line}")
         if result.returncode != 0:
@@ -363,6 +387,8 @@ class Scenario:
             queue_stats=stats_row["stats"] if stats_row else {},
             dlq_output=self.dlq_output(),
             database_url=self.stack.database_url,
+            console_url=self.stack.console_url,
+            console_logins=tuple(self.console_logins),
         )
 
     # -- keep running --------------------------------------------------------------------------

@@ -22,6 +22,9 @@ STORE_EMAIL = "support@lojaexemplo.com.br"
 STORE_SHOP_DOMAIN = "loja-exemplo.myshopify.com"
 STORE_SIGNATURE = "Equipe Loja Exemplo"
 STORE_CREDITS = 20
+# The support console's people (their passwords are made up per run).
+CONSOLE_OWNER_EMAIL = "dona@lojaexemplo.com.br"
+CONSOLE_OPERATOR_EMAIL = "operator@support-worker.example"
 # The SMTP sink refuses this recipient with 550, so the reply to it ends in the dead-letter queue.
 REFUSED_RECIPIENT = "olivia.brown@example.net"
 

@@ -1,9 +1,9 @@
 """The servers the demo starts around the database scripts/demo prepared.
 
 Dovecot and an SMTP sink sharing a throwaway CA, the fake Shopify with the demo catalogue (unless
-a real shop is configured) and the worker under gunicorn, as the Dockerfile runs it, all on
-loopback. The servers come from worker.devstack; everything started here is stopped when the
-stack's ExitStack closes.
+a real shop is configured), the Supabase Auth stand-in for the console's sign-in, and the worker
+under gunicorn, as the Dockerfile runs it, all on loopback. The servers come from
+worker.devstack; everything started here is stopped when the stack's ExitStack closes.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import seed
 
+from worker.devstack.auth import AuthServer, anon_key
 from worker.devstack.dovecot import DovecotServer
 from worker.devstack.fake_shopify import FakeShopify, demo_catalogue
 from worker.devstack.smtp_sink import SmtpSink
@@ -88,6 +89,22 @@ class Stack:
         self.shop_domain = os.environ.get("DEMO_SHOPIFY_DOMAIN") or seed.STORE_SHOP_DOMAIN
         self.real_shop = bool(os.environ.get("DEMO_SHOPIFY_DOMAIN"))
         self.anthropic_key = os.environ.get("ANTHROPIC_API_KEY") or None
+        # The console's project JWT secret: new for every demo run, never a fixed value.
+        self.jwt_secret = secrets.token_urlsafe(48)
+        self.auth: AuthServer | None = None
+
+    @property
+    def console_url(self) -> str:
+        """Where a person signs in to the support console."""
+        return f"http://127.0.0.1:{self.worker_port}/login"
+
+    def start_auth(self) -> None:
+        step("starting the Supabase Auth stand-in (sign-in for the support console)")
+        auth = AuthServer(self.database_url, self.jwt_secret)
+        auth.start()
+        self.exits.callback(auth.stop)
+        self.auth = auth
+        say(f"    {auth.url}  (people in auth.users, like Supabase Auth)")
 
     def start_mail(self) -> None:
         step("starting Dovecot (IMAP) and an SMTP sink with a throwaway CA")
@@ -135,6 +152,10 @@ class Stack:
             "PORT": str(self.worker_port),
             "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
         }
+        if self.auth is not None:
+            env["SUPABASE_AUTH_URL"] = self.auth.url
+            env["SUPABASE_ANON_KEY"] = anon_key(self.jwt_secret)
+            env["SUPABASE_JWT_SECRET"] = self.jwt_secret
         if self.shopify_base_url:
             env["SHOPIFY_BASE_URL"] = self.shopify_base_url
         if self.anthropic_key:
