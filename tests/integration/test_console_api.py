@@ -441,3 +441,12 @@ def test_the_rest_backend_runs_as_the_person_too(world: World, gateway: GatewayH
         assert again.value.code == "PT409"
     finally:
         rest.close()
+
+
+def test_a_person_database_refuses_any_role_but_authenticated(world: World) -> None:
+    # Claims that would make a call run as the service role never reach the database.
+    claims = dict(verify_access_token(world.tokens("owner").access_token, TEST_JWT_SECRET).claims)
+    claims["role"] = "service_role"
+    with pytest.raises(DatabaseConstraintError) as refused:
+        world.services.db.as_person("unused", claims).console_stores()
+    assert refused.value.code == "42501"

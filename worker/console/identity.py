@@ -95,8 +95,11 @@ def csrf_matches(secret: str, session_id: str, presented: str | None) -> bool:
 
 def is_loopback_host(host: str) -> bool:
     """Whether a Host header names this machine (cookies then go without Secure)."""
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    name = name.strip("[]").lower()
+    if host.startswith("["):  # [::1]:8080
+        name = host[1 : host.find("]")] if "]" in host else host[1:]
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    name = name.lower()
     if name == "localhost":
         return True
     try:
