@@ -8,7 +8,7 @@ from html import escape
 
 WIDTH = 320
 HEIGHT = 120
-PAD_LEFT = 36
+PAD_LEFT = 48
 PAD_BOTTOM = 18
 PAD_TOP = 8
 

@@ -205,7 +205,7 @@ def health() -> BaseResponse:
             ("Jobs completed", "completed", ""),
             ("Retries scheduled", "retried", ""),
             ("Dead-lettered", "dead_lettered", ""),
-            ("p95 duration", "p95_ms", " ms"),
+            ("p95 duration, ms", "p95_ms", ""),
             ("Queue depth", "depth", ""),
         ]
         chart_svgs = [
