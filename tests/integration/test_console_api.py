@@ -450,3 +450,54 @@ def test_a_person_database_refuses_any_role_but_authenticated(world: World) -> N
     with pytest.raises(DatabaseConstraintError) as refused:
         world.services.db.as_person("unused", claims).console_stores()
     assert refused.value.code == "42501"
+
+
+def test_a_refused_approved_reply_is_refunded_and_can_be_rewritten(
+    pipeline: Pipeline, auth_server: AuthServer, database_url: str
+) -> None:
+    pipeline.update_store(reply_mode="draft_only")
+    customer = "bruna.refused@example.com.br"
+    job_id = pipeline.one(make_email(customer, "Meu pedido", "Onde está meu pedido?"))
+    pipeline.run()
+    reply = pipeline.reply(job_id)
+    assert reply is not None and reply["status"] == "held"
+    credits_held = pipeline.credits()  # the draft's credit is taken
+
+    auth = AuthClient(auth_server.url, anon_key(TEST_JWT_SECRET))
+    people = create_people(auth, uuid.uuid4().hex[:8])
+    auth.close()
+    pipeline.sql.execute("update public.stores set owner_id = %s where id = %s",
+                         (people["owner"].user_id, pipeline.store_id))
+    app, services = console_app(console_settings(database_url, auth_server.url))
+    try:
+        tokens = AuthClient(auth_server.url, anon_key(TEST_JWT_SECRET)).sign_in(
+            people["owner"].email, PASSWORD)
+        client = bearer_client(app, tokens)
+        assert client.post(f"/api/replies/{reply['id']}/send", json={}).status_code == 202
+        send_job = pipeline.sql.execute(
+            "select id::text from public.job_queue where job_type = 'send_reply'"
+            " and payload ->> 'reply_id' = %s", (str(reply["id"]),)).fetchone()
+        assert send_job is not None
+
+        pipeline.sink.refuse(customer, 550)
+        ran = run_send_job(pipeline, send_job["id"])
+        assert ran["outcomes"] == {"failed_permanent": 1}, ran
+        assert pipeline.job(send_job["id"])["status"] == "dead_letter"
+        assert pipeline.credits() == credits_held + 1  # refunded once, by the draft's charge
+        view = client.get(f"/api/conversations/{reply['conversation_id']}").get_json()
+        assert view["conversation"]["status"] == "failed"
+        assert view["thread"][-1]["status"] == "failed"
+
+        # The person writes a new reply: it never went out, so it is drafted again and charged.
+        pipeline.sink.reset()
+        written = client.post(f"/api/conversations/{reply['conversation_id']}/reply",
+                              json={"body": "Olá Bruna, seu pedido sai hoje."})
+        assert written.status_code == 202, written.data
+        assert pipeline.credits() == credits_held
+        ran = run_send_job(pipeline, written.get_json()["job_id"])
+        assert ran["outcomes"] == {"replied": 1}, ran
+        (delivered,) = pipeline.sent_to(customer)
+        assert delivered.message().get_content().strip() == "Olá Bruna, seu pedido sai hoje."
+        assert delivered.message()["In-Reply-To"] == reply["in_reply_to"]
+    finally:
+        services.close()
