@@ -1314,7 +1314,8 @@ CREATE FUNCTION public.console_stores() RETURNS jsonb
     AS $$
   select coalesce(jsonb_agg(jsonb_build_object(
     'id', s.id, 'name', s.name, 'support_email', s.support_email, 'active', s.active,
-    'credits', s.credits, 'reply_mode', s.reply_mode,
+    'credits', s.credits, 'reply_mode', s.reply_mode, 'reply_tone', s.reply_tone,
+    'reply_signature', s.reply_signature, 'reply_language', s.reply_language,
     'role', public.console_role_in(s.id),
     'waiting', (select count(*) from public.conversations c
                 where c.store_id = s.id and c.status = 'waiting'),
@@ -1329,6 +1330,62 @@ CREATE FUNCTION public.console_stores() RETURNS jsonb
 $$;
 
 ALTER FUNCTION public.console_stores() OWNER TO postgres;
+
+--
+-- Name: console_update_store(uuid, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_update_store(p_store_id uuid, p_changes jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+  v_allowed constant text[] := array['reply_tone', 'reply_signature', 'reply_language',
+                                     'reply_mode'];
+  v_unknown text[];
+  v_store public.stores;
+begin
+  if auth.uid() is null then
+    raise exception 'not signed in' using errcode = '42501';
+  end if;
+  if not exists (select 1 from public.stores where id = p_store_id) then
+    raise exception 'store % not found', p_store_id using errcode = 'PT404';
+  end if;
+  if coalesce(public.console_role_in(p_store_id), '') not in ('owner', 'operator') then
+    raise exception 'only the store''s owners change its settings' using errcode = '42501';
+  end if;
+  if jsonb_typeof(p_changes) is distinct from 'object' then
+    raise exception 'changes must be a JSON object' using errcode = 'PT400';
+  end if;
+  select array_agg(k) into v_unknown
+  from jsonb_object_keys(p_changes) k where not k = any (v_allowed);
+  if v_unknown is not null then
+    raise exception 'these settings cannot be changed here: %', array_to_string(v_unknown, ', ')
+      using errcode = 'PT400';
+  end if;
+  update public.stores
+  set reply_tone = case when p_changes ? 'reply_tone' then btrim(p_changes ->> 'reply_tone')
+                        else reply_tone end,
+      reply_signature = case when p_changes ? 'reply_signature'
+                             then nullif(btrim(p_changes ->> 'reply_signature'), '')
+                             else reply_signature end,
+      reply_language = case when p_changes ? 'reply_language'
+                            then btrim(p_changes ->> 'reply_language') else reply_language end,
+      reply_mode = case when p_changes ? 'reply_mode' then p_changes ->> 'reply_mode'
+                        else reply_mode end
+  where id = p_store_id
+  returning * into v_store;
+  insert into public.events (store_id, event_type, detail)
+  values (p_store_id, 'console.store_updated',
+          jsonb_build_object('changes', p_changes, 'by', public.console_actor()));
+  return jsonb_build_object('id', v_store.id, 'reply_tone', v_store.reply_tone,
+                            'reply_signature', v_store.reply_signature,
+                            'reply_language', v_store.reply_language,
+                            'reply_mode', v_store.reply_mode);
+end;
+$$;
+
+ALTER FUNCTION public.console_update_store(p_store_id uuid, p_changes jsonb) OWNER TO postgres;
 
 --
 -- Name: console_write_reply(uuid, text); Type: FUNCTION; Schema: public; Owner: postgres
@@ -4280,6 +4337,13 @@ GRANT ALL ON FUNCTION public.console_store_of(p_kind text, p_id uuid) TO authent
 
 REVOKE ALL ON FUNCTION public.console_stores() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.console_stores() TO authenticated;
+
+--
+-- Name: FUNCTION console_update_store(p_store_id uuid, p_changes jsonb); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_update_store(p_store_id uuid, p_changes jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.console_update_store(p_store_id uuid, p_changes jsonb) TO authenticated;
 
 --
 -- Name: FUNCTION console_write_reply(p_conversation_id uuid, p_body text); Type: ACL; Schema: public; Owner: postgres

@@ -361,7 +361,8 @@ set search_path = ''
 as $$
   select coalesce(jsonb_agg(jsonb_build_object(
     'id', s.id, 'name', s.name, 'support_email', s.support_email, 'active', s.active,
-    'credits', s.credits, 'reply_mode', s.reply_mode,
+    'credits', s.credits, 'reply_mode', s.reply_mode, 'reply_tone', s.reply_tone,
+    'reply_signature', s.reply_signature, 'reply_language', s.reply_language,
     'role', public.console_role_in(s.id),
     'waiting', (select count(*) from public.conversations c
                 where c.store_id = s.id and c.status = 'waiting'),
@@ -859,6 +860,60 @@ begin
 end;
 $$;
 
+-- A store's voice (tone, signature, language, auto-send or draft-only): owners and operators.
+-- The table's own checks validate the values (23514 answers 400); other keys are refused.
+create or replace function public.console_update_store(p_store_id uuid, p_changes jsonb)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_allowed constant text[] := array['reply_tone', 'reply_signature', 'reply_language',
+                                     'reply_mode'];
+  v_unknown text[];
+  v_store public.stores;
+begin
+  if auth.uid() is null then
+    raise exception 'not signed in' using errcode = '42501';
+  end if;
+  if not exists (select 1 from public.stores where id = p_store_id) then
+    raise exception 'store % not found', p_store_id using errcode = 'PT404';
+  end if;
+  if coalesce(public.console_role_in(p_store_id), '') not in ('owner', 'operator') then
+    raise exception 'only the store''s owners change its settings' using errcode = '42501';
+  end if;
+  if jsonb_typeof(p_changes) is distinct from 'object' then
+    raise exception 'changes must be a JSON object' using errcode = 'PT400';
+  end if;
+  select array_agg(k) into v_unknown
+  from jsonb_object_keys(p_changes) k where not k = any (v_allowed);
+  if v_unknown is not null then
+    raise exception 'these settings cannot be changed here: %', array_to_string(v_unknown, ', ')
+      using errcode = 'PT400';
+  end if;
+  update public.stores
+  set reply_tone = case when p_changes ? 'reply_tone' then btrim(p_changes ->> 'reply_tone')
+                        else reply_tone end,
+      reply_signature = case when p_changes ? 'reply_signature'
+                             then nullif(btrim(p_changes ->> 'reply_signature'), '')
+                             else reply_signature end,
+      reply_language = case when p_changes ? 'reply_language'
+                            then btrim(p_changes ->> 'reply_language') else reply_language end,
+      reply_mode = case when p_changes ? 'reply_mode' then p_changes ->> 'reply_mode'
+                        else reply_mode end
+  where id = p_store_id
+  returning * into v_store;
+  insert into public.events (store_id, event_type, detail)
+  values (p_store_id, 'console.store_updated',
+          jsonb_build_object('changes', p_changes, 'by', public.console_actor()));
+  return jsonb_build_object('id', v_store.id, 'reply_tone', v_store.reply_tone,
+                            'reply_signature', v_store.reply_signature,
+                            'reply_language', v_store.reply_language,
+                            'reply_mode', v_store.reply_mode);
+end;
+$$;
+
 -- The worker's send_reply handler: the reply and its store (service_role only).
 create or replace function public.load_reply_context(p_reply_id uuid)
 returns jsonb
@@ -919,6 +974,7 @@ begin
     'public.console_send_reply(uuid, text)', 'public.console_write_reply(uuid, text)',
     'public.console_discard_reply(uuid, text)', 'public.console_close_conversation(uuid, text)',
     'public.console_requeue_dead_letter(uuid)', 'public.console_purge_dead_letters(uuid[])',
+    'public.console_update_store(uuid, jsonb)',
     'public.load_reply_context(uuid)', 'public.add_store_member(uuid, text, text)'
   ] loop
     execute format('revoke all on function %s from public, anon, authenticated, service_role',
@@ -933,7 +989,8 @@ begin
     'public.console_dead_letters(uuid, int)', 'public.console_queue_metrics(int)',
     'public.console_send_reply(uuid, text)', 'public.console_write_reply(uuid, text)',
     'public.console_discard_reply(uuid, text)', 'public.console_close_conversation(uuid, text)',
-    'public.console_requeue_dead_letter(uuid)', 'public.console_purge_dead_letters(uuid[])'
+    'public.console_requeue_dead_letter(uuid)', 'public.console_purge_dead_letters(uuid[])',
+    'public.console_update_store(uuid, jsonb)'
   ] loop
     execute format('grant execute on function %s to authenticated', v_sig);
   end loop;

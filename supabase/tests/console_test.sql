@@ -1,7 +1,7 @@
 -- The support console (issue 11): membership RLS, the console's reads and actions, who may do
 -- what, conversation status, and that a held reply approved twice is sent once.
 begin;
-select plan(72);
+select plan(79);
 
 -- People: owner and agent of store A, owner of store B, a stranger, an operator.
 insert into auth.users (id, email) values
@@ -228,6 +228,36 @@ select is((select count(*)::int from public.events where event_type like 'consol
           'every action recorded who did it');
 select is((select status from public.conversations
            where id = '20000000-0000-4000-8000-0000000000a3'), 'closed', 'A3 is closed');
+
+-- Store settings: the owner changes its store's voice; agents and strangers cannot.
+set local role authenticated;
+set local request.jwt.claims to
+  '{"sub": "00000000-0000-4000-8000-0000000000a1", "role": "authenticated"}';
+select is(public.console_update_store('10000000-0000-4000-8000-00000000000a',
+            '{"reply_mode": "draft_only", "reply_tone": "formal"}') ->> 'reply_mode',
+          'draft_only', 'the owner switches its store to draft-only');
+select throws_ok($$select public.console_update_store('10000000-0000-4000-8000-00000000000a',
+                     '{"reply_mode": "sometimes"}')$$, '23514', null,
+                 'the table''s checks refuse a bad value');
+select throws_ok($$select public.console_update_store('10000000-0000-4000-8000-00000000000a',
+                     '{"credits": 1000}')$$, 'PT400', null,
+                 'credits are not a setting a person changes');
+select throws_ok($$select public.console_update_store('10000000-0000-4000-8000-00000000000b',
+                     '{"reply_tone": "rude"}')$$, '42501', null,
+                 'nor another store''s settings');
+reset role;
+set local role authenticated;
+set local request.jwt.claims to
+  '{"sub": "00000000-0000-4000-8000-0000000000a2", "role": "authenticated"}';
+select throws_ok($$select public.console_update_store('10000000-0000-4000-8000-00000000000a',
+                     '{"reply_tone": "casual"}')$$, '42501', null,
+                 'an agent cannot change the store''s settings');
+reset role;
+select results_eq($$select reply_mode, reply_tone, credits from public.stores where name = 'A'$$,
+                  $$values ('draft_only', 'formal', 9)$$, 'only the owner''s change landed');
+select is((select detail -> 'by' ->> 'user_id' from public.events
+           where event_type = 'console.store_updated'),
+          '00000000-0000-4000-8000-0000000000a1', 'the change records who made it');
 
 -- The owner of store B writes a reply from scratch over its held draft.
 set local role authenticated;

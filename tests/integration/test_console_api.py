@@ -501,3 +501,25 @@ def test_a_refused_approved_reply_is_refunded_and_can_be_rewritten(
         assert delivered.message()["In-Reply-To"] == reply["in_reply_to"]
     finally:
         services.close()
+
+
+def test_owners_change_their_stores_voice_and_nobody_else(world: World) -> None:
+    url = f"/api/stores/{world.store_a}/settings"
+    owner, agent = world.client("owner"), world.client("agent")
+    assert agent.post(url, json={"reply_tone": "casual"}).status_code == 403
+    assert world.client("stranger").post(url, json={"reply_tone": "casual"}).status_code == 403
+    assert owner.post(url, json={"credits": 1000}).status_code == 400
+    assert owner.post(url, json={"reply_mode": "sometimes"}).status_code == 400
+    changed = owner.post(url, json={"reply_mode": "draft_only", "reply_tone": "formal",
+                                    "reply_signature": "Equipe A"})
+    assert changed.status_code == 200, changed.data
+    assert changed.get_json()["reply_mode"] == "draft_only"
+    row = world.sql.execute(
+        "select reply_mode, reply_tone, reply_signature from public.stores where id = %s",
+        (world.store_a,)).fetchone()
+    assert row == {"reply_mode": "draft_only", "reply_tone": "formal",
+                   "reply_signature": "Equipe A"}
+    page = owner.get("/console/stores")
+    assert page.status_code == 200 and b"Equipe A" in page.data
+    agent_page = agent.get("/console/stores")
+    assert b"the store's owners change these" in agent_page.data

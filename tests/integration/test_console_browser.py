@@ -152,6 +152,10 @@ def test_a_person_approves_an_edited_draft_and_an_operator_requeues(
             page.locator("ol.list .status", has_text="answered by a person").first.wait_for()
             page.screenshot(path=str(shots / "05-conversations.png"), full_page=True)
 
+            page.goto(f"{console_url}/console/stores")
+            page.get_by_role("button", name="Save").first.wait_for()
+            page.screenshot(path=str(shots / "09-stores.png"), full_page=True)
+
             phone = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
             phone.add_cookies(owner.cookies())
             phone_page = phone.new_page()
@@ -191,5 +195,5 @@ def test_a_person_approves_an_edited_draft_and_an_operator_requeues(
     assert sorted(p.name for p in shots.iterdir()) == [
         "01-login.png", "02-needs-a-person.png", "03-conversation-held.png",
         "04-conversation-answered.png", "05-conversations.png", "06-phone-conversation.png",
-        "07-dead-letters.png", "08-health.png",
+        "07-dead-letters.png", "08-health.png", "09-stores.png",
     ]

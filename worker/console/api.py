@@ -79,6 +79,27 @@ def stores() -> tuple[Response, int]:
     return _call(lambda db, _person: db.console_stores())
 
 
+STORE_SETTINGS = ("reply_tone", "reply_signature", "reply_language", "reply_mode")
+
+
+@bp.post("/stores/<uuid:store_id>/settings")
+def update_store(store_id: UUID) -> tuple[Response, int]:
+    """Change the store's voice: any of reply_tone, reply_signature, reply_language, reply_mode
+    (owners and operators)."""
+
+    def update(db: Database, _person: Person) -> Any:
+        fields = session.form_or_json()
+        changes = {key: fields[key] for key in STORE_SETTINGS if key in fields}
+        unknown = sorted(set(fields) - set(STORE_SETTINGS))
+        if unknown:
+            raise ConsoleError(400, f"these settings cannot be changed here: {', '.join(unknown)}")
+        if not changes:
+            raise ConsoleError(400, f"give at least one of {', '.join(STORE_SETTINGS)}")
+        return db.console_update_store(str(store_id), changes)
+
+    return _call(update)
+
+
 @bp.get("/conversations")
 def conversations() -> tuple[Response, int]:
     """A page of conversations: ?store=&status=&q=&limit=&before_at=&before_id=."""

@@ -177,6 +177,16 @@ def conversation(conversation_id: UUID) -> BaseResponse:
     return _page("conversation.html", load)
 
 
+@bp.get("/console/stores")
+def stores() -> BaseResponse:
+    """The person's stores, with the voice settings owners may change."""
+
+    def load(db: Database, _person: Person) -> dict[str, Any]:
+        return {"stores": db.console_stores()}
+
+    return _page("stores.html", load)
+
+
 @bp.get("/console/dead-letters")
 def dead_letters() -> BaseResponse:
     """Dead letters with requeue (and purge for operators)."""

@@ -540,6 +540,11 @@ class Database:
         args = _args({"job_ids": list(job_ids)})
         return cast(int, self._scalar("console_purge_dead_letters", args))
 
+    def console_update_store(self, store_id: str, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Change a store's voice (tone, signature, language, reply mode): owners, operators."""
+        args = _args({"store_id": store_id, "changes": dict(changes)})
+        return cast(dict[str, Any], self._scalar("console_update_store", args))
+
     # -- console, worker side (service role) ------------------------------------------------
 
     def load_reply_context(self, reply_id: str) -> dict[str, Any] | None:
