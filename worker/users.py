@@ -2,7 +2,7 @@
 Supabase Auth admin API (never by writing auth.users ourselves).
 
 The password comes from CONSOLE_USER_PASSWORD or, on a terminal, a prompt. The admin key is
-SUPABASE_SERVICE_ROLE_KEY when set; with the psycopg backend it is minted from
+SUPABASE_SECRET_KEY (or SUPABASE_SERVICE_ROLE_KEY) when set; otherwise it is minted from
 SUPABASE_JWT_SECRET, which is exactly what the platform's service_role key is.
 """
 

@@ -135,7 +135,9 @@ def admin_key(settings: Settings) -> str:
     if settings.supabase_key:
         return settings.supabase_key
     if not settings.supabase_jwt_secret:
-        raise ConfigError(["set SUPABASE_SERVICE_ROLE_KEY or SUPABASE_JWT_SECRET"])
+        raise ConfigError(
+            ["set SUPABASE_SECRET_KEY, SUPABASE_SERVICE_ROLE_KEY or SUPABASE_JWT_SECRET"]
+        )
     now = int(time.time())
     claims = {"role": "service_role", "iss": "support-worker", "iat": now,
               "exp": now + ADMIN_KEY_SECONDS}
