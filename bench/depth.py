@@ -4,8 +4,8 @@
                                     [--connections 4] [--batch 10] [--quick] [--json F]
 
 For each history depth: the table is emptied, filled with that many completed jobs (8 days old,
-so retention may delete them) and their three events each, and vacuumed, as autovacuum leaves a
-settled table. Then, --rounds
+so retention may delete them) and their two events each (enqueued, completed), and vacuumed,
+as autovacuum leaves a settled table. Then, --rounds
 times, --due jobs (each with its own conversation) are enqueued and drained by --connections
 threads through worker.db.Database (dequeue_jobs + complete_jobs); every claim-and-complete pair
 is timed. Last, on the deepest table, purge_completed_jobs runs while claimers keep draining, and
@@ -85,13 +85,13 @@ def fill_history(url: str, depth: int, shared: bool) -> None:
                 " lateral (select now() - interval '8 days' - n * interval '1 ms' as t) x",
                 (JOB_TYPE, count),
             )
-        # A finished job comes with its audit trail (enqueued, claimed, completed), and every
+        # A finished job comes with its audit trail (enqueued, completed), and every
         # transition inserts into the same events indexes, so the history carries it too.
         conn.execute(
             "insert into public.events (job_id, conversation_id, event_type, detail, created_at)"
             " select q.id, q.conversation_id, e.event_type, '{}', q.completed_at"
             " from public.job_queue q"
-            " cross join (values ('job.enqueued'), ('job.claimed'), ('job.completed'))"
+            " cross join (values ('job.enqueued'), ('job.completed'))"
             " as e (event_type)"
             " where q.job_type = %s and q.status = 'completed'",
             (JOB_TYPE,),

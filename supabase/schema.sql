@@ -1625,7 +1625,16 @@ CREATE FUNCTION public.dequeue_jobs(p_worker_id text, p_batch_size integer DEFAU
     SET enable_bitmapscan TO 'off'
     AS $$
 declare
+    -- Stores visited per claim at least (more when the batch is larger): enough that a claim of
+    -- one job still sees every busy store of a typical deployment.
+    FAIR_STORES constant int := 32;
+    -- A store's in-flight jobs are counted up to this many: past it, its turn is last anyway.
+    INFLIGHT_CAP constant int := 1000;
     v_ids uuid[];
+    v_stores uuid[];
+    v_found uuid[];
+    v_start uuid;
+    v_share int;
 begin
     if p_worker_id is null or p_worker_id = '' then
         raise exception 'dequeue_jobs: p_worker_id is required' using errcode = '22023';
@@ -1671,13 +1680,61 @@ begin
         select 'job.dead_lettered' where m.status = 'dead_letter'
     ) ev;
 
-    -- 1. candidates, one per conversation, each conversation advisory-locked
-    with candidates as materialized (
-        select q.id, q.conversation_id, q.priority, q.next_retry_at
+    -- 1. stores with pending jobs: a loose index scan (one descent per store, however many jobs
+    -- it has), from a random store id to the end, then from the start, at most FAIR_STORES (or
+    -- the batch size) stores. Store-less queues (the benchmarks) find none at once.
+    v_start := pg_catalog.gen_random_uuid();
+    v_stores := '{}';
+    foreach v_found slice 1 in array array[
+        array[v_start, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid],
+        array['00000000-0000-0000-0000-000000000000'::uuid, v_start]]
+    loop
+        exit when cardinality(v_stores) >= greatest(p_batch_size, FAIR_STORES);
+        with recursive busy as (
+            (select q.store_id from public.job_queue q
+             where q.status = 'pending' and q.store_id >= v_found[1] and q.store_id <= v_found[2]
+             order by q.store_id
+             limit 1)
+            union all
+            select (select q.store_id from public.job_queue q
+                    where q.status = 'pending' and q.store_id > b.store_id
+                      and q.store_id <= v_found[2]
+                    order by q.store_id
+                    limit 1)
+            from busy b
+            where b.store_id is not null
+        )
+        select v_stores || coalesce(array_agg(b.store_id), '{}') into v_stores
+        from (select b.store_id from busy b
+              where b.store_id is not null and b.store_id <> all (v_stores)
+              limit greatest(p_batch_size, FAIR_STORES) - cardinality(v_stores)) b;
+    end loop;
+    v_share := ceil(p_batch_size::numeric / greatest(cardinality(v_stores), 1));
+
+    -- 2. candidates: each store's share and the global head; the batch in turns; one per
+    -- conversation, each conversation advisory-locked
+    with fair as materialized (
+        select h.id, h.store_id, h.conversation_id, h.priority, h.next_retry_at
+        from unnest(v_stores) s (store_id)
+        cross join lateral (
+            select q.id, q.store_id, q.conversation_id, q.priority, q.next_retry_at
+            from public.job_queue q
+            where q.store_id = s.store_id and q.status = 'pending' and q.next_retry_at <= now()
+              and (p_job_types is null or q.job_type = any (p_job_types))
+              and (q.conversation_id is null or not exists (
+                  select 1 from public.job_queue f
+                  where f.conversation_id = q.conversation_id and f.status = 'processing'
+              ))
+            order by q.next_retry_at, q.id
+            limit v_share
+            for update skip locked
+        ) h
+    ), head as materialized (
+        select q.id, q.store_id, q.conversation_id, q.priority, q.next_retry_at
         from public.job_queue q
         where q.status = 'pending' and q.next_retry_at <= now()
           and (p_job_types is null or q.job_type = any (p_job_types))
-          -- cheap pre-filter on this (possibly stale) snapshot; statement 2 decides. The OR keeps
+          -- cheap pre-filter on this (possibly stale) snapshot; statement 3 decides. The OR keeps
           -- it a subplan: as an anti-join the planner scanned the whole in-flight index, dead
           -- entries included, under a nested loop
           and (q.conversation_id is null or not exists (
@@ -1687,11 +1744,35 @@ begin
         order by q.priority desc, q.next_retry_at, q.id
         limit p_batch_size
         for update skip locked
+    ), candidates as (
+        -- a job in both lists is one candidate (our own row locks do not make SKIP LOCKED skip)
+        select * from fair
+        union
+        select * from head
+    ), inflight as materialized (
+        select s.store_id,
+               (select count(*) from (
+                    select 1 from public.job_queue f
+                    where f.store_id = s.store_id and f.status = 'processing'
+                    limit INFLIGHT_CAP) n) as n
+        from (select distinct c.store_id from candidates c where c.store_id is not null) s
+    ), picked as materialized (
+        select t.id, t.conversation_id, t.priority, t.next_retry_at
+        from (
+            select c.*,
+                   coalesce(i.n, 0) + row_number() over (
+                       partition by c.store_id
+                       order by c.priority desc, c.next_retry_at, c.id) as turn
+            from candidates c
+            left join inflight i on i.store_id = c.store_id
+        ) t
+        order by t.priority desc, t.turn, t.next_retry_at, t.id
+        limit p_batch_size
     ), ranked as materialized (
-        select c.id, c.conversation_id,
-               row_number() over (partition by c.conversation_id
-                                  order by c.priority desc, c.next_retry_at, c.id) as rn
-        from candidates c
+        select p.id, p.conversation_id,
+               row_number() over (partition by p.conversation_id
+                                  order by p.priority desc, p.next_retry_at, p.id) as rn
+        from picked p
     )
     select array_agg(r.id) into v_ids
     from ranked r
@@ -1706,7 +1787,8 @@ begin
         return;
     end if;
 
-    -- 2. claim, re-checking exclusivity in a snapshot taken after the locks are held
+    -- 3. claim, re-checking exclusivity in a snapshot taken after the locks are held; the row
+    -- itself records the claim (no event)
     return query
     with claimed as (
         update public.job_queue q
@@ -1716,7 +1798,7 @@ begin
             started_at = now(),
             attempt_count = q.attempt_count + 1,
             updated_at = now()
-        -- no status test: statement 1 locked these rows as pending and we hold the locks, so
+        -- no status test: statement 2 locked these rows as pending and we hold the locks, so
         -- they still are; a status test would let the planner scan job_queue_due_idx instead
         -- of the primary key
         where q.id = any (v_ids)
@@ -1725,12 +1807,6 @@ begin
               where f.conversation_id = q.conversation_id and f.status = 'processing'
           ))
         returning q.*
-    ), logged as (
-        insert into public.events (store_id, job_id, conversation_id, event_type, detail)
-        select c.store_id, c.id, c.conversation_id, 'job.claimed',
-               jsonb_build_object('worker_id', p_worker_id, 'attempt', c.attempt_count,
-                                  'lease_seconds', p_lease_seconds)
-        from claimed c
     )
     select c.* from claimed c order by c.priority desc, c.next_retry_at, c.id;
 end;
@@ -3704,10 +3780,22 @@ CREATE UNIQUE INDEX job_queue_idempotency_key_idx ON public.job_queue USING btre
 CREATE INDEX job_queue_inflight_conversation_idx ON public.job_queue USING btree (conversation_id) WHERE (status = 'processing'::text);
 
 --
+-- Name: job_queue_inflight_store_idx; Type: INDEX; Schema: public; Owner: postgres
+--
+
+CREATE INDEX job_queue_inflight_store_idx ON public.job_queue USING btree (store_id) WHERE ((status = 'processing'::text) AND (store_id IS NOT NULL));
+
+--
 -- Name: job_queue_lease_idx; Type: INDEX; Schema: public; Owner: postgres
 --
 
 CREATE INDEX job_queue_lease_idx ON public.job_queue USING btree (locked_until) WHERE (status = 'processing'::text);
+
+--
+-- Name: job_queue_store_due_idx; Type: INDEX; Schema: public; Owner: postgres
+--
+
+CREATE INDEX job_queue_store_due_idx ON public.job_queue USING btree (store_id, next_retry_at, id) WHERE ((status = 'pending'::text) AND (store_id IS NOT NULL));
 
 --
 -- Name: job_queue_store_idx; Type: INDEX; Schema: public; Owner: postgres

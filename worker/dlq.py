@@ -177,6 +177,10 @@ def job_details(job: Mapping[str, Any], events: Sequence[Mapping[str, Any]], now
         ("store", str(job.get("store_id") or "-")),
         ("conversation", str(job.get("conversation_id") or "-")),
         ("attempts", f"{job.get('attempt_count', 0)} of {job.get('max_attempts', 0)}"),
+        # The claim is recorded on the row, not as an event: when the current (last) attempt
+        # began, and who holds it while it runs; each attempt's worker is on its outcome event.
+        ("last claimed", _when(job.get("started_at"), now)),
+        ("held by", str(job.get("locked_by") or "-")),
         ("priority", str(job.get("priority", 0))),
         ("idempotency key", str(job.get("idempotency_key") or "-")),
         ("created", _when(job.get("created_at"), now)),

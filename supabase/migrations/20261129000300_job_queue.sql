@@ -3,7 +3,9 @@
 --
 -- Statuses: pending -> processing -> completed | pending (retry, defer, expired lease)
 --           | dead_letter (attempts used up, permanent error) ; dead_letter -> pending (requeue).
--- Every transition appends an event to public.events (set-based inserts, never row by row).
+-- Every outcome appends an event to public.events (set-based inserts, never row by row); the
+-- claim itself is recorded on the job row (locked_by, started_at, attempt_count), which is the
+-- claim's only write besides the row lock.
 -- store_id and conversation_id are keys, not foreign keys: the queue stays generic and deleting a
 -- store never blocks on its job history.
 -- Every queue function runs with `set search_path = ''` and is executable by service_role only.
@@ -22,6 +24,9 @@ create table public.job_queue (
   max_attempts int not null default 5 check (max_attempts >= 1),
   -- when the job is next due: the requested run_at, then each retry or deferral time
   next_retry_at timestamptz not null default now(),
+  -- The claim is recorded here, not as an event (issue 14): who holds (or last held) the job,
+  -- until when, and when its current attempt (attempt_count) was claimed. Each earlier attempt's
+  -- worker and number are on its outcome event (retried, deferred, lease expired, ...).
   locked_by text,
   locked_until timestamptz,
   started_at timestamptz,
@@ -63,6 +68,15 @@ create index job_queue_lease_idx on public.job_queue (locked_until)
 -- conversation exclusivity check: "is a job of this conversation in flight?"
 create index job_queue_inflight_conversation_idx on public.job_queue (conversation_id)
   where status = 'processing';
+-- Fair claims across stores (dequeue_jobs, issue 16): each store's due jobs in due order, so the
+-- claim takes a share from every store with work without walking another store's backlog, and
+-- the number of a store's jobs in flight, which decides whose turn it is. Store-less jobs
+-- (maintenance) are in neither: they are claimed from job_queue_due_idx, and the bench's
+-- store-less jobs pay no extra index writes.
+create index job_queue_store_due_idx on public.job_queue (store_id, next_retry_at, id)
+  where status = 'pending' and store_id is not null;
+create index job_queue_inflight_store_idx on public.job_queue (store_id)
+  where status = 'processing' and store_id is not null;
 create unique index job_queue_idempotency_key_idx on public.job_queue (idempotency_key)
   where idempotency_key is not null;
 -- DLQ listing (newest first) and retention batches.

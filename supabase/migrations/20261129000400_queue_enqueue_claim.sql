@@ -169,21 +169,42 @@ begin
 end;
 $$;
 
--- Claim protocol, three statements, each with its own snapshot (READ COMMITTED):
+-- Claim protocol, four statements, each with its own snapshot (READ COMMITTED):
 --  0. expired leases: processing jobs whose lease ran out go back to pending (lease_expired) or,
 --     when they have used every attempt, to dead_letter, so a job that kills its worker every
 --     time cannot loop forever;
---  1. pick due candidates FOR UPDATE SKIP LOCKED (concurrent claimers never see the same row),
---     keep one per conversation and take a transaction-scoped advisory lock on each
---     conversation (try_lock_conversation), dropping candidates whose lock is taken;
---  2. re-check, in a snapshot taken only after those locks are held, that no other job of the
+--  1. the stores with pending jobs (a bounded skip scan, below);
+--  2. pick due candidates FOR UPDATE SKIP LOCKED (concurrent claimers never see the same row),
+--     fairly across stores, keep one per conversation and take a transaction-scoped advisory
+--     lock on each conversation (try_lock_conversation), dropping candidates whose lock is taken;
+--  3. re-check, in a snapshot taken only after those locks are held, that no other job of the
 --     conversation is processing, and claim.
--- Statement 2 must be separate: within one statement the snapshot is fixed before the lock is
+-- Statement 3 must be separate: within one statement the snapshot is fixed before the lock is
 -- acquired, so a peer that claimed a job of the same conversation and committed (releasing its
 -- lock) just before we locked would be invisible, and both jobs would run at once.
 --
--- Plan settings: the claim must walk job_queue_due_idx in order and stop after the batch, and
--- statement 2 must fetch its rows by primary key, whatever the statistics say. A burst after a
+-- Fairness (issue 16): oldest first across all stores let one store's 2,000-email backlog hold
+-- every slot while another store's replies waited 26, 57, 86, 117 s. The candidates are now
+-- (a) the head of each store that has pending jobs, its fair share of the batch
+--     (ceil(batch / stores)), read from job_queue_store_due_idx, and
+-- (b) the head of the global due order as before (priority, then age), which fills the batch
+--     when few stores have work and is where store-less jobs come from;
+-- and the batch is taken from them in turns: a candidate's turn is its store's jobs already in
+-- flight plus its rank among its store's candidates, so a store with nothing running goes before
+-- a store whose backlog holds the slots, even in a claim of one job (the runner claims as many
+-- jobs as it has free slots, often one). Priority still comes first. Every read is bounded: at
+-- most FAIR_STORES stores (or the batch size, if larger) are visited per claim, starting at a
+-- random store id so that beyond that number every store gets its turn; a store's head is read
+-- only up to its share; its in-flight count is read from an index of processing jobs, so it
+-- costs at most the slots that store holds (capped). A big store's due set is never walked.
+-- Candidates that are not taken are locked only until the claim commits.
+--
+-- The claim writes no event (issue 14): the job row records it (locked_by, locked_until,
+-- started_at, attempt_count), and events record outcomes. A claim event per job cost 6 us of
+-- the server's 39 per job (bench/README.md).
+--
+-- Plan settings: the claim must walk its indexes in order and stop after the batch, and
+-- statement 3 must fetch its rows by primary key, whatever the statistics say. A burst after a
 -- quiet period (or a freshly truncated table) leaves statistics that describe an empty queue;
 -- with them the planner chose a bitmap scan of the whole due set plus a sort, and an update
 -- that walked the whole due index, 15-25x slower per claim (bench/README.md). With sequential
@@ -203,7 +224,16 @@ set enable_seqscan = off
 set enable_bitmapscan = off
 as $$
 declare
+    -- Stores visited per claim at least (more when the batch is larger): enough that a claim of
+    -- one job still sees every busy store of a typical deployment.
+    FAIR_STORES constant int := 32;
+    -- A store's in-flight jobs are counted up to this many: past it, its turn is last anyway.
+    INFLIGHT_CAP constant int := 1000;
     v_ids uuid[];
+    v_stores uuid[];
+    v_found uuid[];
+    v_start uuid;
+    v_share int;
 begin
     if p_worker_id is null or p_worker_id = '' then
         raise exception 'dequeue_jobs: p_worker_id is required' using errcode = '22023';
@@ -249,13 +279,61 @@ begin
         select 'job.dead_lettered' where m.status = 'dead_letter'
     ) ev;
 
-    -- 1. candidates, one per conversation, each conversation advisory-locked
-    with candidates as materialized (
-        select q.id, q.conversation_id, q.priority, q.next_retry_at
+    -- 1. stores with pending jobs: a loose index scan (one descent per store, however many jobs
+    -- it has), from a random store id to the end, then from the start, at most FAIR_STORES (or
+    -- the batch size) stores. Store-less queues (the benchmarks) find none at once.
+    v_start := pg_catalog.gen_random_uuid();
+    v_stores := '{}';
+    foreach v_found slice 1 in array array[
+        array[v_start, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid],
+        array['00000000-0000-0000-0000-000000000000'::uuid, v_start]]
+    loop
+        exit when cardinality(v_stores) >= greatest(p_batch_size, FAIR_STORES);
+        with recursive busy as (
+            (select q.store_id from public.job_queue q
+             where q.status = 'pending' and q.store_id >= v_found[1] and q.store_id <= v_found[2]
+             order by q.store_id
+             limit 1)
+            union all
+            select (select q.store_id from public.job_queue q
+                    where q.status = 'pending' and q.store_id > b.store_id
+                      and q.store_id <= v_found[2]
+                    order by q.store_id
+                    limit 1)
+            from busy b
+            where b.store_id is not null
+        )
+        select v_stores || coalesce(array_agg(b.store_id), '{}') into v_stores
+        from (select b.store_id from busy b
+              where b.store_id is not null and b.store_id <> all (v_stores)
+              limit greatest(p_batch_size, FAIR_STORES) - cardinality(v_stores)) b;
+    end loop;
+    v_share := ceil(p_batch_size::numeric / greatest(cardinality(v_stores), 1));
+
+    -- 2. candidates: each store's share and the global head; the batch in turns; one per
+    -- conversation, each conversation advisory-locked
+    with fair as materialized (
+        select h.id, h.store_id, h.conversation_id, h.priority, h.next_retry_at
+        from unnest(v_stores) s (store_id)
+        cross join lateral (
+            select q.id, q.store_id, q.conversation_id, q.priority, q.next_retry_at
+            from public.job_queue q
+            where q.store_id = s.store_id and q.status = 'pending' and q.next_retry_at <= now()
+              and (p_job_types is null or q.job_type = any (p_job_types))
+              and (q.conversation_id is null or not exists (
+                  select 1 from public.job_queue f
+                  where f.conversation_id = q.conversation_id and f.status = 'processing'
+              ))
+            order by q.next_retry_at, q.id
+            limit v_share
+            for update skip locked
+        ) h
+    ), head as materialized (
+        select q.id, q.store_id, q.conversation_id, q.priority, q.next_retry_at
         from public.job_queue q
         where q.status = 'pending' and q.next_retry_at <= now()
           and (p_job_types is null or q.job_type = any (p_job_types))
-          -- cheap pre-filter on this (possibly stale) snapshot; statement 2 decides. The OR keeps
+          -- cheap pre-filter on this (possibly stale) snapshot; statement 3 decides. The OR keeps
           -- it a subplan: as an anti-join the planner scanned the whole in-flight index, dead
           -- entries included, under a nested loop
           and (q.conversation_id is null or not exists (
@@ -265,11 +343,35 @@ begin
         order by q.priority desc, q.next_retry_at, q.id
         limit p_batch_size
         for update skip locked
+    ), candidates as (
+        -- a job in both lists is one candidate (our own row locks do not make SKIP LOCKED skip)
+        select * from fair
+        union
+        select * from head
+    ), inflight as materialized (
+        select s.store_id,
+               (select count(*) from (
+                    select 1 from public.job_queue f
+                    where f.store_id = s.store_id and f.status = 'processing'
+                    limit INFLIGHT_CAP) n) as n
+        from (select distinct c.store_id from candidates c where c.store_id is not null) s
+    ), picked as materialized (
+        select t.id, t.conversation_id, t.priority, t.next_retry_at
+        from (
+            select c.*,
+                   coalesce(i.n, 0) + row_number() over (
+                       partition by c.store_id
+                       order by c.priority desc, c.next_retry_at, c.id) as turn
+            from candidates c
+            left join inflight i on i.store_id = c.store_id
+        ) t
+        order by t.priority desc, t.turn, t.next_retry_at, t.id
+        limit p_batch_size
     ), ranked as materialized (
-        select c.id, c.conversation_id,
-               row_number() over (partition by c.conversation_id
-                                  order by c.priority desc, c.next_retry_at, c.id) as rn
-        from candidates c
+        select p.id, p.conversation_id,
+               row_number() over (partition by p.conversation_id
+                                  order by p.priority desc, p.next_retry_at, p.id) as rn
+        from picked p
     )
     select array_agg(r.id) into v_ids
     from ranked r
@@ -284,7 +386,8 @@ begin
         return;
     end if;
 
-    -- 2. claim, re-checking exclusivity in a snapshot taken after the locks are held
+    -- 3. claim, re-checking exclusivity in a snapshot taken after the locks are held; the row
+    -- itself records the claim (no event)
     return query
     with claimed as (
         update public.job_queue q
@@ -294,7 +397,7 @@ begin
             started_at = now(),
             attempt_count = q.attempt_count + 1,
             updated_at = now()
-        -- no status test: statement 1 locked these rows as pending and we hold the locks, so
+        -- no status test: statement 2 locked these rows as pending and we hold the locks, so
         -- they still are; a status test would let the planner scan job_queue_due_idx instead
         -- of the primary key
         where q.id = any (v_ids)
@@ -303,12 +406,6 @@ begin
               where f.conversation_id = q.conversation_id and f.status = 'processing'
           ))
         returning q.*
-    ), logged as (
-        insert into public.events (store_id, job_id, conversation_id, event_type, detail)
-        select c.store_id, c.id, c.conversation_id, 'job.claimed',
-               jsonb_build_object('worker_id', p_worker_id, 'attempt', c.attempt_count,
-                                  'lease_seconds', p_lease_seconds)
-        from claimed c
     )
     select c.* from claimed c order by c.priority desc, c.next_retry_at, c.id;
 end;

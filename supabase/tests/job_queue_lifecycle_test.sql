@@ -56,10 +56,8 @@ select is((pg_temp.job('f-1')).locked_by, 'w1', 'locked_by is the worker');
 select is((pg_temp.job('f-1')).locked_until, now() + interval '120 seconds', 'lease length');
 select is((pg_temp.job('f-1')).started_at, now(), 'started_at set');
 select is((pg_temp.job('f-1')).attempt_count, 1, 'a claim spends an attempt');
-select is(pg_temp.events_of('f-1'), array['job.enqueued', 'job.claimed'], 'job.claimed event');
-select is((select e.detail ->> 'worker_id' from public.events e
-           where e.job_id = (pg_temp.job('f-1')).id and e.event_type = 'job.claimed'),
-          'w1', 'the claim event names the worker');
+select is(pg_temp.events_of('f-1'), array['job.enqueued'],
+          'the claim writes no event: the row records it (who, when, which attempt)');
 select throws_ok($$ select * from public.dequeue_jobs('', 1) $$, '22023', null,
                  'a worker id is required');
 
@@ -107,7 +105,7 @@ select is(public.complete_job((pg_temp.job('done-1')).id, 'w1', '{"ok": true}'),
 select is((pg_temp.job('done-1')).status, 'completed', 'status completed');
 select is((pg_temp.job('done-1')).result, '{"ok": true}'::jsonb, 'result stored');
 select is((pg_temp.job('done-1')).completed_at, now(), 'completed_at set');
-select is(pg_temp.events_of('done-1'), array['job.enqueued', 'job.claimed', 'job.completed'],
+select is(pg_temp.events_of('done-1'), array['job.enqueued', 'job.completed'],
           'job.completed event');
 select is(public.complete_job((pg_temp.job('done-1')).id, 'w1'), false,
           'completing twice returns false');
@@ -145,7 +143,7 @@ select is(((pg_temp.job('fail-1')).last_error, (pg_temp.job('fail-1')).last_erro
            (pg_temp.job('fail-1')).last_error_at, (pg_temp.job('fail-1')).locked_by),
           ('timeout'::text, 'transient'::text, now(), null::text), 'error recorded, lock released');
 select is(pg_temp.events_of('fail-1'),
-          array['job.enqueued', 'job.claimed', 'job.retry_scheduled'], 'job.retry_scheduled event');
+          array['job.enqueued', 'job.retry_scheduled'], 'job.retry_scheduled event');
 reset role;
 update public.job_queue set next_retry_at = now() where idempotency_key = 'fail-1';
 set local role service_role;
@@ -164,9 +162,15 @@ select is(public.fail_job((pg_temp.job('fail-1')).id, 'w1', 'still failing'), 'd
 select is(((pg_temp.job('fail-1')).status, (pg_temp.job('fail-1')).dead_lettered_at),
           ('dead_letter'::text, now()), 'dead-lettered now');
 select is(pg_temp.events_of('fail-1'),
-          array['job.enqueued', 'job.claimed', 'job.retry_scheduled', 'job.claimed',
-                'job.retry_scheduled', 'job.claimed', 'job.dead_lettered'],
+          array['job.enqueued', 'job.retry_scheduled', 'job.retry_scheduled',
+                'job.dead_lettered'],
           'the full history is in events');
+select is((select array_agg((e.detail ->> 'worker_id') || ':' || (e.detail ->> 'attempt')
+                            order by e.id)
+           from public.events e
+           where e.job_id = (pg_temp.job('fail-1')).id and e.event_type <> 'job.enqueued'),
+          array['w1:1', 'w1:2', 'w1:3'],
+          'each attempt''s worker and number are on its outcome event');
 
 select public.enqueue_job('t_fail', '{}', 'fail-perm');
 select public.dequeue_jobs('w1', 1, 60, array['t_fail']);
@@ -222,8 +226,8 @@ select is(public.complete_job((pg_temp.job('exp-1')).id, 'w1'), false,
 select is(((pg_temp.job('exp-1')).status, (pg_temp.job('exp-1')).locked_by),
           ('processing'::text, 'w2'::text), 'and changed nothing');
 select is(pg_temp.events_of('exp-1'),
-          array['job.enqueued', 'job.claimed', 'job.lease_expired', 'job.claimed'],
-          'job.lease_expired event');
+          array['job.enqueued', 'job.lease_expired'],
+          'job.lease_expired event (the new claim is on the row)');
 
 select public.enqueue_job('t_expire', '{}', 'exp-last', null, null, 0, now(), 1);
 select public.dequeue_jobs('w1', 1, 60, array['t_expire']);
@@ -235,7 +239,7 @@ select is(array(select q.id from public.dequeue_jobs('w2', 5, 60, array['t_expir
           'an expired job with no attempts left is not handed out again');
 select is((pg_temp.job('exp-last')).status, 'dead_letter', 'it goes to the dead-letter queue');
 select is(pg_temp.events_of('exp-last'),
-          array['job.enqueued', 'job.claimed', 'job.lease_expired', 'job.dead_lettered'],
+          array['job.enqueued', 'job.lease_expired', 'job.dead_lettered'],
           'lease_expired then dead_lettered events');
 
 select * from finish();

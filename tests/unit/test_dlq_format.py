@@ -32,6 +32,8 @@ def dead_job(**overrides: object) -> dict[str, object]:
         "last_error_type": "permanent",
         "last_error_at": NOW - timedelta(hours=26),
         "dead_lettered_at": NOW - timedelta(hours=26, minutes=5),
+        "started_at": NOW - timedelta(hours=26, minutes=6),
+        "locked_by": None,
     }
     job.update(overrides)
     return job
@@ -134,6 +136,9 @@ def test_job_details_shows_fields_payload_error_and_history() -> None:
     assert f"id               {JOB_ID}" in text
     assert "attempts         5 of 5" in text
     assert "dead-lettered    2026-03-03T09:55:00+00:00 (1d 2h ago)" in text
+    # the claim is on the row: when the last attempt began, nobody holds it now
+    assert "last claimed     2026-03-03T09:54:00+00:00 (1d 2h ago)" in text
+    assert "held by          -" in text
     assert "  smtp: rcpt: SMTP 550: mailbox\n     unavailable" in text
     assert '  {\n    "message_id": "m-1"\n  }' in text
     assert "history (2 events):" in text
