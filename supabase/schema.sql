@@ -1628,11 +1628,12 @@ declare
     -- Stores visited per claim at least (more when the batch is larger): enough that a claim of
     -- one job still sees every busy store of a typical deployment.
     FAIR_STORES constant int := 32;
+    -- Stores looked at per direction at most, due or not: bounds the scan when many stores wait.
+    FAIR_VISITS constant int := 256;
     -- A store's in-flight jobs are counted up to this many: past it, its turn is last anyway.
     INFLIGHT_CAP constant int := 1000;
     v_ids uuid[];
     v_stores uuid[];
-    v_found uuid[];
     v_start uuid;
     v_share int;
 begin
@@ -1680,35 +1681,55 @@ begin
         select 'job.dead_lettered' where m.status = 'dead_letter'
     ) ev;
 
-    -- 1. stores with pending jobs: a loose index scan (one descent per store, however many jobs
-    -- it has), from a random store id to the end, then from the start, at most FAIR_STORES (or
-    -- the batch size) stores. Store-less queues (the benchmarks) find none at once.
+    -- 1. stores with due jobs: a loose index scan over job_queue_store_due_idx, one descent per
+    -- store however many jobs it has, which also reads the store's earliest due time (so a
+    -- store whose jobs all wait for a retry or an open breaker is passed over, not counted).
+    -- From a random store id to the end, then from the start; at most FAIR_STORES (or the batch
+    -- size) due stores, and at most FAIR_VISITS stores looked at in each direction. Store-less
+    -- queues (the benchmarks) find none at once.
     v_start := pg_catalog.gen_random_uuid();
-    v_stores := '{}';
-    foreach v_found slice 1 in array array[
-        array[v_start, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid],
-        array['00000000-0000-0000-0000-000000000000'::uuid, v_start]]
-    loop
-        exit when cardinality(v_stores) >= greatest(p_batch_size, FAIR_STORES);
-        with recursive busy as (
-            (select q.store_id from public.job_queue q
-             where q.status = 'pending' and q.store_id >= v_found[1] and q.store_id <= v_found[2]
-             order by q.store_id
-             limit 1)
-            union all
-            select (select q.store_id from public.job_queue q
-                    where q.status = 'pending' and q.store_id > b.store_id
-                      and q.store_id <= v_found[2]
-                    order by q.store_id
-                    limit 1)
-            from busy b
-            where b.store_id is not null
-        )
-        select v_stores || coalesce(array_agg(b.store_id), '{}') into v_stores
-        from (select b.store_id from busy b
-              where b.store_id is not null and b.store_id <> all (v_stores)
-              limit greatest(p_batch_size, FAIR_STORES) - cardinality(v_stores)) b;
-    end loop;
+    with recursive after_start as (
+        (select q.store_id, q.next_retry_at, 1 as visits
+         from public.job_queue q
+         where q.status = 'pending' and q.store_id >= v_start
+         order by q.store_id, q.next_retry_at, q.id
+         limit 1)
+        union all
+        select n.store_id, n.next_retry_at, b.visits + 1
+        from after_start b
+        cross join lateral (
+            select q.store_id, q.next_retry_at
+            from public.job_queue q
+            where q.status = 'pending' and q.store_id > b.store_id
+            order by q.store_id, q.next_retry_at, q.id
+            limit 1
+        ) n
+        where b.visits < FAIR_VISITS
+    ), before_start as (
+        (select q.store_id, q.next_retry_at, 1 as visits
+         from public.job_queue q
+         where q.status = 'pending' and q.store_id < v_start
+         order by q.store_id, q.next_retry_at, q.id
+         limit 1)
+        union all
+        select n.store_id, n.next_retry_at, b.visits + 1
+        from before_start b
+        cross join lateral (
+            select q.store_id, q.next_retry_at
+            from public.job_queue q
+            where q.status = 'pending' and q.store_id > b.store_id and q.store_id < v_start
+            order by q.store_id, q.next_retry_at, q.id
+            limit 1
+        ) n
+        where b.visits < FAIR_VISITS
+    )
+    -- evaluated lazily: before_start is read only when after_start had too few due stores
+    select coalesce(array_agg(d.store_id), '{}') into v_stores
+    from (select b.store_id from (select * from after_start
+                                  union all
+                                  select * from before_start) b
+          where b.next_retry_at <= now()
+          limit greatest(p_batch_size, FAIR_STORES)) d;
     v_share := ceil(p_batch_size::numeric / greatest(cardinality(v_stores), 1));
 
     -- 2. candidates: each store's share and the global head; the batch in turns; one per

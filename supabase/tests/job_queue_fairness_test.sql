@@ -3,7 +3,7 @@
 -- while batches stay full, priority comes first, a conversation still has one job in flight, and
 -- the fairness reads stay bounded under statistics that describe an empty queue.
 begin;
-select plan(16);
+select plan(17);
 
 set local role postgres;
 truncate public.job_queue;
@@ -80,6 +80,16 @@ create temporary table shared2 on commit drop as
 select * from public.dequeue_jobs('fair-5', 20, 300, array['fair_test']);
 select ok((select count(*) from shared2 where store_id = pg_temp.store('C')) between 3 and 17,
           'once both hold slots, A and C share the batch');
+
+-- Stores whose jobs all wait (a retry, an open breaker) are passed over, not counted: 40 of
+-- them do not crowd out a store with a due job.
+select count(public.enqueue_job('fair_test', '{"tag": "waiting"}', null, gen_random_uuid(),
+                                gen_random_uuid(), 0, now() + interval '1 hour'))
+from generate_series(1, 40);
+select public.enqueue_job('fair_test', '{"tag": "due"}', null,
+                          '00000000-0000-0000-0000-0000000000dd', gen_random_uuid());
+select is((select payload ->> 'tag' from public.dequeue_jobs('fair-9', 1, 300, array['fair_test'])),
+          'due', 'a store with a due job is found among 40 stores whose jobs wait');
 
 -- Priority still comes first.
 select pg_temp.enqueue('A', 1, 'urgent', 5);
