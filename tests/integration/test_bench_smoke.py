@@ -1,5 +1,5 @@
-"""Tiny runs of bench/queue.py, bench/depth.py, bench/server_cost.py and bench/hostile_parse.py
-so they cannot rot.
+"""Tiny runs of bench/queue.py, bench/depth.py, bench/server_cost.py, bench/hostile_parse.py and
+bench/fairness.py so they cannot rot.
 
 They run as the README says (the real CLI, as a subprocess) against the test database, told it
 is shared so they touch only their own job types. Nothing here looks at timings.
@@ -165,3 +165,23 @@ def test_hostile_parse_bench_reports_every_case(tmp_path: Path) -> None:
         "largest_child",
         "all_processes",
     }
+
+
+def test_fairness_bench_measures_the_quiet_store_alone_and_beside_a_backlog(
+    dsn: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "fairness.json"
+    # Only this checkout's claim: the oldest-first comparison replaces the claim function for a
+    # while, which a shared database must not see.
+    done = run_bench("fairness.py", "--url", dsn, "--quick", "--claims", "fair", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    [phase] = json.loads(out.read_text())["phases"]
+    assert phase["claim"] == "fair"
+    assert len(phase["unloaded"]) == len(phase["loaded"]) == 3
+    assert "beside backlog p50 s" in done.stdout
+    with psycopg.connect(dsn) as conn:
+        left = conn.execute(
+            "select count(*) from public.job_queue"
+            " where job_type = 'bench_fair' and status <> 'completed'"
+        ).fetchone()
+    assert left == (0,)
