@@ -113,6 +113,9 @@ def test_listings_longer_than_max_rows_arrive_whole(
         job_id = pg_db.enqueue_job(job_type, {"n": n})
         [job] = pg_db.dequeue_jobs(WORKER, batch_size=1, job_types=[job_type])
         assert pg_db.fail_job(job["id"], WORKER, "bad", error_type="permanent") == "dead_letter"
+    # A history longer than the cap: the claim writes no event (it is on the job row), so the
+    # last job also gets a step event, as a handler's steps write them.
+    assert pg_db.record_events([{"job_id": job_id, "event_type": "process.validated"}]) == 1
     dead = secret_key_db.list_dead_letter_jobs(job_type=job_type)
     direct_dead = pg_db.list_dead_letter_jobs(job_type=job_type)
     assert [j["id"] for j in dead] == [j["id"] for j in direct_dead]
