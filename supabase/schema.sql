@@ -1625,7 +1625,7 @@ CREATE FUNCTION public.dequeue_jobs(p_worker_id text, p_batch_size integer DEFAU
     SET enable_bitmapscan TO 'off'
     AS $$
 declare
-    -- Stores visited per claim at least (more when the batch is larger): enough that a claim of
+    -- Stores with due jobs taken per claim (the batch size when larger): enough that a claim of
     -- one job still sees every busy store of a typical deployment.
     FAIR_STORES constant int := 32;
     -- Stores looked at per direction at most, due or not: bounds the scan when many stores wait.

@@ -173,7 +173,7 @@ $$;
 --  0. expired leases: processing jobs whose lease ran out go back to pending (lease_expired) or,
 --     when they have used every attempt, to dead_letter, so a job that kills its worker every
 --     time cannot loop forever;
---  1. the stores with pending jobs (a bounded skip scan, below);
+--  1. the stores with due jobs (a bounded skip scan, below);
 --  2. pick due candidates FOR UPDATE SKIP LOCKED (concurrent claimers never see the same row),
 --     fairly across stores, keep one per conversation and take a transaction-scoped advisory
 --     lock on each conversation (try_lock_conversation), dropping candidates whose lock is taken;
@@ -185,7 +185,7 @@ $$;
 --
 -- Fairness (issue 16): oldest first across all stores let one store's 2,000-email backlog hold
 -- every slot while another store's replies waited 26, 57, 86, 117 s. The candidates are now
--- (a) the head of each store that has pending jobs, its fair share of the batch
+-- (a) the head of each store that has due jobs, its fair share of the batch
 --     (ceil(batch / stores)), read from job_queue_store_due_idx, and
 -- (b) the head of the global due order as before (priority, then age), which fills the batch
 --     when few stores have work and is where store-less jobs come from;
@@ -195,9 +195,9 @@ $$;
 -- jobs as it has free slots, often one). Priority still comes first. Every read is bounded: at
 -- most FAIR_STORES stores with due jobs (or the batch size, if larger) are taken per claim, and
 -- at most FAIR_VISITS looked at, starting at a random store id so that beyond those numbers
--- every store gets its turn over successive claims; a store's head is read
--- only up to its share; its in-flight count is read from an index of processing jobs, so it
--- costs at most the slots that store holds (capped). A big store's due set is never walked.
+-- every store gets its turn over successive claims; a store's head is read only up to its
+-- share; its in-flight count is read from an index of processing jobs, so it costs at most the
+-- slots that store holds (capped). A big store's due set is never walked.
 -- Candidates that are not taken are locked only until the claim commits.
 --
 -- The claim writes no event (issue 14): the job row records it (locked_by, locked_until,
@@ -225,7 +225,7 @@ set enable_seqscan = off
 set enable_bitmapscan = off
 as $$
 declare
-    -- Stores visited per claim at least (more when the batch is larger): enough that a claim of
+    -- Stores with due jobs taken per claim (the batch size when larger): enough that a claim of
     -- one job still sees every busy store of a typical deployment.
     FAIR_STORES constant int := 32;
     -- Stores looked at per direction at most, due or not: bounds the scan when many stores wait.
