@@ -61,6 +61,14 @@ select is(array[(pg_temp.job('rp-b1')).max_attempts, (pg_temp.job('rp-b2')).max_
           array[2, 4, 5], 'enqueue_jobs: the same per element');
 
 -- fail_job retries by the job type's policy ----------------------------------------------------
+-- Jobs enqueued in one transaction share next_retry_at and may share a UUIDv7 millisecond, so
+-- their claim order would be a coin toss: each job below is made due first in its turn.
+reset role;
+update public.job_queue set next_retry_at = now() - interval '10 minutes'
+where idempotency_key = 'rp-1';
+update public.job_queue set next_retry_at = now() - interval '5 minutes'
+where idempotency_key in ('rp-2', 'rp-3');
+set local role service_role;
 select public.dequeue_jobs('w1', 1, 60, array['t_fast']);
 select is(public.fail_job((pg_temp.job('rp-1')).id, 'w1', 'busy'), 'pending',
           'a transient failure with attempts left is retried');
@@ -71,7 +79,8 @@ select ok((select (e.detail ->> 'delay_seconds')::numeric between 10 and 11 from
            where e.job_id = (pg_temp.job('rp-1')).id and e.event_type = 'job.retry_scheduled'),
           'the retry event carries that delay');
 reset role;
-update public.job_queue set next_retry_at = now() where idempotency_key = 'rp-1';
+update public.job_queue set next_retry_at = now() - interval '10 minutes'
+where idempotency_key = 'rp-1';
 set local role service_role;
 select public.dequeue_jobs('w1', 1, 60, array['t_fast']);
 select is(public.fail_job((pg_temp.job('rp-1')).id, 'w1', 'busy'), 'dead_letter',
