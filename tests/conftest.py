@@ -3,6 +3,7 @@ themselves (Dovecot, SMTP sink, fakes, gateway) live in worker/devstack."""
 
 pytest_plugins = [
     "tests.support.postgres",
+    "tests.support.pgbouncer",
     "tests.support.mail_servers",
     "tests.support.fakes",
     "tests.support.gateway",

@@ -18,6 +18,7 @@ from worker.errors import ConfigError
 
 Responder = Literal["claude", "offline"]
 DatabaseBackend = Literal["postgres", "supabase"]
+PreparedStatements = Literal["auto", "on", "off"]
 
 MIN_WORKER_SECRET_CHARS = 16
 # Supabase's secret API keys (the replacement of the service_role JWT) look like sb_secret_...
@@ -74,6 +75,12 @@ class Settings:
     parse_memory_mb: int = 320
     # h6-hostile (issue 13): replies one store may reserve per hour, whoever the senders are.
     store_replies_per_hour: int = 120
+    # Connection pooling (h3-localstack, issue 17). Supabase's transaction pooler (Supavisor on
+    # port 6543, or pgbouncer in transaction mode) cannot keep prepared statements or session
+    # settings: 'auto' treats port 6543 as that pooler, 'off' forces pooler mode, 'on' never.
+    # The pool stays within the smallest Supabase plans' pooler size (15 server connections).
+    database_prepared_statements: PreparedStatements = "auto"
+    db_pool_max: int = 15
 
     @property
     def supabase_key(self) -> str | None:
@@ -220,6 +227,13 @@ def _parse_database_url(text: str) -> str | None:
     return text
 
 
+_PREPARED_STATEMENTS: dict[str, PreparedStatements] = {"auto": "auto", "on": "on", "off": "off"}
+
+
+def _parse_prepared_statements(text: str) -> PreparedStatements | None:
+    return _PREPARED_STATEMENTS.get(text.lower())
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None, *, require_worker_secret: bool = True
 ) -> Settings:
@@ -339,6 +353,14 @@ def load_settings(
         supabase_auth_url=auth_url,
         supabase_anon_key=env.raw("SUPABASE_ANON_KEY"),
         supabase_jwt_secret=jwt_secret,
+        # Connection pooling (h3-localstack, issue 17).
+        database_prepared_statements=env.parsed(
+            "DATABASE_PREPARED_STATEMENTS",
+            DEFAULTS.database_prepared_statements,
+            _parse_prepared_statements,
+            "one of auto, on, off",
+        ),
+        db_pool_max=env.positive_int("db_pool_max"),
     )
     if problems:
         raise ConfigError(problems)

@@ -10,6 +10,8 @@ LOCAL_DB_PACKAGES=(
   postgresql-plpython3-15
   # The console's browser test drives Debian's Chromium (Playwright never downloads one).
   chromium
+  # Supabase's transaction pooler stand-in: the tests run the psycopg backend through it.
+  pgbouncer
 )
 
 # Prints the packages of "$@" that dpkg does not report as installed.

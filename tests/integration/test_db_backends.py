@@ -36,13 +36,23 @@ def pg_db(database_url: str) -> Iterator[Database]:
 
 
 @pytest.fixture(scope="module")
+def pooled_db(pgbouncer_url: str) -> Iterator[Database]:
+    """psycopg through pgbouncer in transaction mode on port 6543, prepared statements on auto."""
+    transport = PgTransport(pgbouncer_url, timeout_seconds=10, max_size=4)
+    assert transport.transaction_pooler
+    db = Database(transport)
+    yield db
+    db.close()
+
+
+@pytest.fixture(scope="module")
 def rest_db(gateway: GatewayHandle) -> Iterator[Database]:
     db = Database(RestTransport(gateway.base_url, gateway.service_role_jwt, timeout_seconds=10))
     yield db
     db.close()
 
 
-@pytest.fixture(params=["pg", "rest"])
+@pytest.fixture(params=["pg", "pooled", "rest"])
 def db(request: pytest.FixtureRequest) -> Database:
     return request.getfixturevalue(f"{request.param}_db")
 

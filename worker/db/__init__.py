@@ -34,11 +34,6 @@ ReplyReservation = Literal[
 ]
 SendGate = Literal["ok", "already_sent", "in_doubt", "held", "failed"]
 
-# A call holds its connection for about a millisecond while a job spends seconds on Claude and
-# Shopify, so a few dozen connections serve hundreds of concurrent jobs. One per job would pass
-# Postgres's max_connections (100 by default, less on small Supabase plans) at high concurrency.
-POOL_MAX_CONNECTIONS = 32
-
 # Nested rows inside load_job_context's jsonb, normalised like rows so callers see one type per
 # column whichever function returned it.
 _CONTEXT_ROWS = ("job", "message", "store", "conversation", "reply")
@@ -565,14 +560,18 @@ def connect(settings: Settings, *, min_size: int = 1, max_size: int | None = Non
     if settings.database_url:
         from worker.db.pg import PgTransport
 
+        # A call holds its connection for about a millisecond while a job spends seconds on
+        # Claude and Shopify, so a few connections serve many concurrent jobs; DB_POOL_MAX keeps
+        # the pool inside the plan's limit (max_connections, or the pooler's pool size).
         wanted = max(settings.process_concurrency, settings.fetch_concurrency) + 2
-        pool_max = max_size or min(wanted, POOL_MAX_CONNECTIONS)
+        pool_max = max_size or min(wanted, settings.db_pool_max)
         return Database(
             PgTransport(
                 settings.database_url,
                 timeout_seconds=settings.db_timeout_seconds,
                 min_size=min(min_size, pool_max),
                 max_size=pool_max,
+                prepared_statements=settings.database_prepared_statements,
             )
         )
     if settings.supabase_url and settings.supabase_key:

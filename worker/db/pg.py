@@ -3,6 +3,11 @@
 Each argument is cast to the type the function declares (read once from pg_proc), so Python
 lists reach uuid[] parameters and ints reach bigint ones without per-call type hints, and the
 query text per function stays stable enough for psycopg to prepare it.
+
+Behind a transaction pooler (Supabase's Supavisor on port 6543, pgbouncer in transaction mode)
+consecutive transactions of one client connection run on different server connections, so
+nothing may outlive a transaction: no prepared statements and no session settings. There the
+timeout and time zone are set per transaction instead of as startup options.
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.adapt import Buffer, Loader
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg.types.datetime import TimestampLoader
 from psycopg.types.json import Json, Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from worker.config import PreparedStatements
 from worker.db.types import Shape, error_for_code
 from worker.errors import DatabaseConstraintError, DatabaseError
 
@@ -35,6 +42,14 @@ DEFAULT_TIMEOUT_SECONDS = 10.0
 DEFAULT_PREPARE_THRESHOLD: int | None = 5
 # libpq rejects connect_timeout values below 2 seconds (it silently raises them to 2).
 MIN_CONNECT_TIMEOUT_SECONDS = 2
+# Supabase's transaction pooler port (Supavisor); 5432 on the pooler host is its session mode.
+TRANSACTION_POOLER_PORT = 6543
+
+# Behind a transaction pooler: the call's settings, local to its transaction (SET LOCAL).
+_TRANSACTION_SETTINGS_SQL = (
+    b"select set_config('statement_timeout', %(timeout)s, true),"
+    b" set_config('TimeZone', 'UTC', true)"
+)
 
 # Input arguments of every overload of a function, with their declared types, in order.
 _SIGNATURE_SQL = """
@@ -86,6 +101,18 @@ class UtcTimestampLoader(TimestampLoader):
 
     def load(self, data: Buffer) -> datetime:
         return super().load(data).replace(tzinfo=UTC)
+
+
+def uses_transaction_pooler(conninfo: str, mode: PreparedStatements = "auto") -> bool:
+    """Whether calls must leave no state on the connection: 'off', or 'auto' on port 6543."""
+    if mode != "auto":
+        return mode == "off"
+    try:
+        ports = conninfo_to_dict(conninfo).get("port")
+    except psycopg.ProgrammingError:
+        return False
+    # libpq takes one port per host, comma-separated; any of them may be the pooler.
+    return str(TRANSACTION_POOLER_PORT) in str(ports or "").split(",")
 
 
 def configure_connection(conn: psycopg.Connection[Any]) -> None:
@@ -164,23 +191,30 @@ class PgTransport:
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
         min_size: int = 1,
         max_size: int = 10,
-        prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD,
+        prepared_statements: PreparedStatements = "auto",
         application_name: str = "support-worker",
     ) -> None:
         statement_ms = max(1, int(timeout_seconds * 1000))
+        self.transaction_pooler = uses_transaction_pooler(conninfo, prepared_statements)
+        self._statement_timeout = f"{statement_ms}ms"
         kwargs: dict[str, Any] = {
             "connect_timeout": max(MIN_CONNECT_TIMEOUT_SECONDS, math.ceil(timeout_seconds)),
-            # Startup options cost no round trip; the statement timeout bounds every call so a
-            # stuck query cannot hold a worker thread past its run budget.
-            # TimeZone=UTC (Supabase's default): psycopg then returns timestamps in
-            # datetime.UTC, the common type, with no conversion per value.
-            "options": f"-c statement_timeout={statement_ms} -c TimeZone=UTC",
             "application_name": application_name,
-            "prepare_threshold": prepare_threshold,
+            # psycopg prepares a statement after DEFAULT_PREPARE_THRESHOLD executions; a
+            # transaction pooler then runs EXECUTE on a server connection that never saw the
+            # PREPARE ("prepared statement _pg3_0 does not exist"), or a different one.
+            "prepare_threshold": None if self.transaction_pooler else DEFAULT_PREPARE_THRESHOLD,
             # Every call is one statement, which Postgres runs as its own transaction anyway;
             # without autocommit psycopg sends BEGIN and COMMIT as two more round trips each.
             "autocommit": True,
         }
+        if not self.transaction_pooler:
+            # Startup options cost no round trip; the statement timeout bounds every call so a
+            # stuck query cannot hold a worker thread past its run budget.
+            # TimeZone=UTC (Supabase's default): psycopg then returns timestamps in
+            # datetime.UTC, the common type, with no conversion per value. pgbouncer refuses
+            # the `options` startup parameter, and would not keep it per client anyway.
+            kwargs["options"] = f"-c statement_timeout={statement_ms} -c TimeZone=UTC"
         self._signatures: dict[str, list[Signature]] = {}
         self._signatures_lock = threading.Lock()
         # Rendered query text per (function, argument names, shape): composing it with
@@ -202,7 +236,7 @@ class PgTransport:
         with translate_errors(fn):
             # Resolved before taking a connection: a cache miss reads pg_proc on its own one.
             signature = self._signature(fn, args)
-            with self._pool.connection() as conn:
+            with self._pool.connection() as conn, self._transaction(conn):
                 return self._execute(conn, fn, signature, args, shape)
 
     def call_as(
@@ -216,6 +250,7 @@ class PgTransport:
         with translate_errors(fn):
             signature = self._signature(fn, args)
             with self._pool.connection() as conn, conn.transaction():
+                self._set_call_settings(conn)
                 conn.execute(_AS_PERSON_SQL, (role, json.dumps(dict(claims))))
                 return self._execute(conn, fn, signature, args, shape)
 
@@ -247,6 +282,23 @@ class PgTransport:
             if shape == "row":
                 return row
             return None if row is None else next(iter(row.values()))
+
+    @contextmanager
+    def _transaction(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
+        # Directly connected, the startup options already hold; behind a transaction pooler
+        # the call runs in a transaction that sets them first (BEGIN, the settings and COMMIT:
+        # three more round trips).
+        if not self.transaction_pooler:
+            yield
+            return
+        with conn.transaction():
+            self._set_call_settings(conn)
+            yield
+
+    def _set_call_settings(self, conn: psycopg.Connection[Any]) -> None:
+        # Inside a transaction: behind a transaction pooler, what the startup options would set.
+        if self.transaction_pooler:
+            conn.execute(_TRANSACTION_SETTINGS_SQL, {"timeout": self._statement_timeout})
 
     def ping(self) -> None:
         """Raise DatabaseError unless a pooled connection answers `select 1`."""

@@ -25,7 +25,11 @@ Row = dict[str, Any]
 # 58 system error, XX internal error (poolers report "tenant not found" and the like as XX000).
 TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58", "XX"})
 # 55P03 lock_not_available and 55006 object_in_use clear once the other holder is done.
-TRANSIENT_SQLSTATES = frozenset({"55P03", "55006"})
+# 26000 invalid_sql_statement_name ("prepared statement ... does not exist") and 42P05
+# duplicate_prepared_statement: our SQL never PREPAREs, so these come from the driver's prepared
+# statements meeting a transaction pooler's shared server connections, never from the email.
+# (The poolers' own errors are 08P01 (pgbouncer) and XX000 (Supavisor), covered by class.)
+TRANSIENT_SQLSTATES = frozenset({"55P03", "55006", "26000", "42P05"})
 # PostgREST's own codes for "cannot reach the database right now": PGRST000 connection,
 # PGRST001 internal connection error, PGRST002 schema cache not loaded, PGRST003 pool timeout.
 TRANSIENT_PGRST_CODES = frozenset({"PGRST000", "PGRST001", "PGRST002", "PGRST003"})
