@@ -1,7 +1,10 @@
 -- Supabase platform pieces that a plain Debian Postgres lacks. Applied by scripts/local-db to
--- every database it prepares (idempotent); never part of supabase/migrations, because on Supabase
--- the platform already provides them. Modelled on supabase/postgres' initial schema and the
--- GoTrue auth schema, reduced to what our migrations and tests touch.
+-- every database it prepares (idempotent), as the platform superuser supabase_admin; never part
+-- of supabase/migrations, because on Supabase the platform already provides them. Modelled on
+-- supabase/postgres (migrations/db/init-scripts/00000000000000-initial-schema.sql,
+-- migrations/db/migrations/10000000000000_demote-postgres.sql) and the GoTrue auth schema,
+-- reduced to what our migrations and tests touch. `postgres` is not a superuser here: what it
+-- may do comes from the grants below, as on Supabase.
 
 -- API roles. Like Supabase: NOLOGIN, NOINHERIT; only service_role bypasses RLS; PostgREST logs
 -- in as authenticator and SET ROLEs to one of the three.
@@ -148,10 +151,42 @@ $$;
 grant execute on function auth.uid(), auth.role(), auth.email(), auth.jwt()
   to anon, authenticated, service_role;
 
--- What `supabase db push` records for every applied migration.
-create schema if not exists supabase_migrations;
-create table if not exists supabase_migrations.schema_migrations (
-  version text primary key,
-  statements text[],
-  name text
-);
+-- Objects the platform superuser creates in public reach postgres and the API roles too.
+alter default privileges for role supabase_admin in schema public
+  grant all on tables to postgres, anon, authenticated, service_role;
+alter default privileges for role supabase_admin in schema public
+  grant all on sequences to postgres, anon, authenticated, service_role;
+alter default privileges for role supabase_admin in schema public
+  grant all on functions to postgres, anon, authenticated, service_role;
+
+-- postgres acts as the API roles (the SQL editor, supabase_test_helpers and our tests
+-- `set role service_role`), as on Supabase.
+grant anon, authenticated, service_role to postgres;
+
+-- Extensions: on Supabase postgres cannot create most of them itself; supautils creates the
+-- "privileged extensions" with superuser rights on its behalf. Here the platform creates the
+-- ones our migrations and `supabase test db` ask for in advance, so their
+-- `create extension if not exists` is a no-op, and anything else postgres tries to create needs
+-- a superuser and fails, as it would without supautils' list.
+create extension if not exists supabase_vault version '0.3.1-definer';
+create extension if not exists pgtap with schema extensions;
+create extension if not exists plpgsql_check with schema extensions;
+-- As Supabase creates it (Database -> Extensions, and `supabase db diff`'s
+-- `create extension ... with schema extensions`): the extension is registered in `extensions`,
+-- its objects live in `net`. The version is named: see pg_net.control.
+create extension if not exists pg_net with schema extensions version '0.14.0-async';
+
+-- The grants of supabase/postgres' demote-postgres migration: postgres may use (not own) the
+-- platform's schemas.
+grant all on schema auth, extensions to postgres;
+grant all on all tables in schema auth, extensions to postgres;
+grant all on all sequences in schema auth, extensions to postgres;
+grant all on all routines in schema auth, extensions to postgres;
+
+-- Vault: postgres stores and reads secrets (the SQL editor's `select vault.create_secret(...)`,
+-- and our security definer functions, owned by postgres, read vault.decrypted_secrets).
+grant usage on schema vault to postgres with grant option;
+grant select, delete on vault.secrets to postgres with grant option;
+grant select on vault.decrypted_secrets to postgres with grant option;
+grant execute on function vault.create_secret(text, text, text, uuid),
+  vault.update_secret(uuid, text, text, text, uuid) to postgres with grant option;

@@ -97,9 +97,19 @@ def cron_command(db: psycopg.Connection[Any], jobname: str) -> str:
 
 
 def response_of(db: psycopg.Connection[Any], request_id: int) -> dict[str, Any]:
-    row = db.execute("select * from net._http_response where id = %s", (request_id,)).fetchone()
-    assert row is not None, "pg_net recorded no response"
-    return dict(row)
+    """The response pg_net's worker records once the calling transaction has committed."""
+    found: dict[str, Any] = {}
+
+    def recorded() -> bool:
+        row = db.execute(
+            "select * from net._http_response where id = %s", (request_id,)
+        ).fetchone()
+        if row is not None:
+            found.update(row)
+        return row is not None
+
+    assert wait_for(recorded), "pg_net recorded no response"
+    return found
 
 
 def wait_for(predicate: Any, timeout: float = 10.0) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -225,10 +226,20 @@ def http_server() -> Iterator[HttpRecorder]:
         server.server_close()
 
 
+# pg_net sends after commit, from its worker: callers poll for the response by request id.
+PG_NET_WAIT_LIMIT = 15.0  # seconds; a guard against hanging, not a timing assertion
+
+
 def _response(db: Conn, request_id: int) -> dict[str, Any]:
-    row = db.execute("select * from net._http_response where id = %s", (request_id,)).fetchone()
-    assert row is not None, f"no response recorded for request {request_id}"
-    return dict(row)
+    deadline = time.monotonic() + PG_NET_WAIT_LIMIT
+    while True:
+        row = db.execute(
+            "select * from net._http_response where id = %s", (request_id,)
+        ).fetchone()
+        if row is not None:
+            return dict(row)
+        assert time.monotonic() < deadline, f"no response recorded for request {request_id}"
+        time.sleep(0.05)
 
 
 def test_pg_net_extension_is_created_by_its_real_name(db: Conn) -> None:
@@ -250,6 +261,7 @@ def test_pg_net_http_post_really_posts_and_records_the_response(
     assert row is not None
     request_id = row["id"]
 
+    response = _response(db, request_id)
     assert len(http_server.requests) == 1
     sent = http_server.requests[0]
     assert sent["method"] == "POST"
@@ -258,7 +270,6 @@ def test_pg_net_http_post_really_posts_and_records_the_response(
     assert sent["headers"]["x-worker-secret"] == "t0k"
     assert sent["headers"]["content-type"] == "application/json"
 
-    response = _response(db, request_id)
     assert response["status_code"] == 201
     assert response["timed_out"] is False
     assert response["error_msg"] is None
@@ -274,8 +285,10 @@ def test_pg_net_http_post_defaults_the_json_content_type(
     db: Conn, http_server: HttpRecorder
 ) -> None:
     db.execute("create extension if not exists pg_net")
-    db.execute("select net.http_post(%s, headers => '{\"X-A\": \"1\"}')",
-               (f"{http_server.url}/defaults",))
+    row = db.execute("select net.http_post(%s, headers => '{\"X-A\": \"1\"}') as id",
+                     (f"{http_server.url}/defaults",)).fetchone()
+    assert row is not None
+    _response(db, row["id"])
     sent = http_server.requests[0]
     assert sent["headers"]["content-type"] == "application/json"
     assert sent["body"] == "{}"
@@ -286,18 +299,62 @@ def test_pg_net_http_get_records_the_response(db: Conn, http_server: HttpRecorde
     row = db.execute("select net.http_get(%s, params => '{\"q\": \"a b\"}') as id",
                      (f"{http_server.url}/health",)).fetchone()
     assert row is not None
+    assert _response(db, row["id"])["status_code"] == 200
     assert http_server.requests[0]["method"] == "GET"
     assert http_server.requests[0]["path"] == "/health?q=a+b"
-    assert _response(db, row["id"])["status_code"] == 200
+
+
+class RollBack(Exception):
+    """Raised inside a transaction block to roll it back."""
+
+
+def test_pg_net_sends_only_after_commit_and_never_for_a_rollback(
+    db: Conn, http_server: HttpRecorder
+) -> None:
+    db.execute("create extension if not exists pg_net")
+    with pytest.raises(RollBack), db.transaction():
+        db.execute("select net.http_get(%s)", (f"{http_server.url}/rolled-back",))
+        raise RollBack
+    with db.transaction():
+        row = db.execute("select net.http_get(%s) as id", (f"{http_server.url}/committed",))
+        request = row.fetchone()
+        assert request is not None
+        # Inside the caller's transaction the request is only queued.
+        time.sleep(0.5)
+        assert http_server.requests == []
+        assert db.execute("select count(*) as n from net._http_response where id = %s",
+                          (request["id"],)).fetchone() == {"n": 0}
+    assert _response(db, request["id"])["status_code"] == 200
+    # The rolled-back request was queued before the committed one, so it would be gone by now.
+    assert [r["path"] for r in http_server.requests] == ["/committed"]
+
+
+def test_pg_net_worker_deletes_responses_older_than_its_ttl(db: Conn) -> None:
+    db.execute("create extension if not exists pg_net")
+    # Negative ids: pg_net's request ids count up from 1, so these belong to no request.
+    old, recent = (-(uuid.uuid4().int % 10**12) - 1 for _ in range(2))
+    db.execute(
+        "insert into net._http_response (id, status_code, created) values"
+        " (%s, 200, now() - interval '6 hours 1 minute'), (%s, 200, now() - interval '5 hours')",
+        (old, recent),
+    )
+    deadline = time.monotonic() + PG_NET_WAIT_LIMIT
+    while db.execute("select count(*) as n from net._http_response where id = %s",
+                     (old,)).fetchone() != {"n": 0}:
+        assert time.monotonic() < deadline, "the response past pg_net.ttl (6 hours) was kept"
+        time.sleep(0.05)
+    assert db.execute("select count(*) as n from net._http_response where id = %s",
+                      (recent,)).fetchone() == {"n": 1}
+    db.execute("delete from net._http_response where id = %s", (recent,))
 
 
 def test_pg_net_records_a_timeout(db: Conn, http_server: HttpRecorder) -> None:
     db.execute("create extension if not exists pg_net")
     row = db.execute("select net.http_post(%s, timeout_milliseconds => 300) as id",
                      (f"{http_server.url}/slow",)).fetchone()
-    http_server.release_slow.set()
     assert row is not None
     response = _response(db, row["id"])
+    http_server.release_slow.set()
     assert response["timed_out"] is True
     assert response["status_code"] is None
     assert "Timeout of 300 ms" in response["error_msg"]
@@ -339,7 +396,11 @@ class Scratch:
 @pytest.fixture
 def scratch(database_url: str, db: Conn, tmp_path: Path) -> Iterator[Scratch]:
     params = conninfo_to_dict(database_url)
-    cron_row = db.execute("select current_setting('cron.database_name', true) as d").fetchone()
+    # cron.database_name is readable by superusers only (postgres is not one); the launcher's
+    # session shows the same database to everyone.
+    cron_row = db.execute(
+        "select datname as d from pg_stat_activity where backend_type = 'pg_cron launcher'"
+    ).fetchone()
     name = f"h1_scratch_{uuid.uuid4().hex[:12]}"
     migrations = tmp_path / "migrations"
     migrations.mkdir()

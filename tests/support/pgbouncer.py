@@ -66,7 +66,7 @@ class PgBouncer:
 
     def __enter__(self) -> PgBouncer:
         if not os.path.exists(PGBOUNCER):
-            raise RuntimeError(f"{PGBOUNCER} is missing: scripts/test installs the pgbouncer package")
+            raise RuntimeError(f"{PGBOUNCER} is missing: scripts/test installs pgbouncer")
         # pgbouncer refuses to run as root; started as root it drops to the postgres user, which
         # must read the config, so it lives in a world-readable directory of its own.
         self._dir = Path(tempfile.mkdtemp(prefix="pgbouncer-"))

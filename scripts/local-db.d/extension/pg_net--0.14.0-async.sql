@@ -1,12 +1,15 @@
--- Local stand-in for pg_net 0.14 (see supabase/pg_net): the same net.http_get/http_post/
--- http_delete signatures and the same net.http_request_queue and net._http_response tables.
+-- Local stand-in for pg_net 0.14 (see supabase/pg_net sql/pg_net.sql): the same net.http_get/
+-- http_post/http_delete signatures and the same net.http_request_queue and net._http_response
+-- tables, with pg_net's semantics: a call only queues the request in the caller's transaction;
+-- a worker sends what has been committed and records the response in net._http_response, so a
+-- rolled-back caller sends nothing and callers poll for the response by request id. Responses
+-- older than pg_net.ttl (default 6 hours) are deleted by the worker, as pg_net's does.
 --
--- How it differs from the real extension: pg_net queues the request and a background worker
--- sends it after the calling transaction commits (a rolled-back caller sends nothing). This
--- stand-in sends it synchronously inside the call, so the request goes out even if the caller
--- later rolls back, the caller waits up to timeout_milliseconds, and the response row is part of
--- the caller's transaction (visible immediately, gone on rollback). Code that relies on pg_net's
--- fire-after-commit behaviour must not be tested only against this stand-in.
+-- The worker: real pg_net runs a background worker (a C extension, preloaded). Here it is the
+-- procedure net._run_worker(), which scripts/local-db keeps running in a session of its own
+-- (application_name 'pg_net worker') in the cluster's main database. Differences: it sends one
+-- request at a time (pg_net sends a batch concurrently through libcurl), in plpython3u's urllib.
+\echo Use "CREATE EXTENSION pg_net" to load this file. \quit
 \echo Use "CREATE EXTENSION pg_net" to load this file. \quit
 
 CREATE SCHEMA IF NOT EXISTS net;
@@ -147,7 +150,7 @@ plpy.execute(plpy.prepare(
     "delete from net.http_request_queue where id = $1", ["bigint"]), [request_id])
 $$;
 
--- Queues one request and sends it at once (the stand-in's synchronous difference from pg_net).
+-- Queues one request in the caller's transaction; the worker sends it once that commits.
 CREATE FUNCTION net._request(
   method text, url text, headers jsonb, body bytea, timeout_milliseconds int
 )
@@ -162,10 +165,35 @@ BEGIN
   INSERT INTO net.http_request_queue (method, url, headers, body, timeout_milliseconds)
   VALUES (method, url, headers, body, timeout_milliseconds)
   RETURNING id INTO request_id;
-  PERFORM net._send(request_id);
   RETURN request_id;
 END
 $$;
+
+-- The worker's loop: each committed request is sent and answered in a transaction of its own;
+-- between batches, responses past pg_net.ttl are deleted. Runs until its session ends.
+-- No SET search_path: a procedure with SET clauses cannot COMMIT; every name is qualified.
+CREATE PROCEDURE net._run_worker(poll_interval_seconds float8 DEFAULT 0.1)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  request_id bigint;
+  ttl interval;
+BEGIN
+  LOOP
+    -- Only committed requests are visible here: a rolled-back caller's never are.
+    SELECT q.id INTO request_id FROM net.http_request_queue q ORDER BY q.id LIMIT 1;
+    IF request_id IS NOT NULL THEN
+      PERFORM net._send(request_id);
+    ELSE
+      ttl := coalesce(nullif(current_setting('pg_net.ttl', true), ''), '6 hours')::interval;
+      DELETE FROM net._http_response r WHERE r.created < now() - ttl;
+      PERFORM pg_catalog.pg_sleep(poll_interval_seconds);
+    END IF;
+    COMMIT;
+  END LOOP;
+END
+$$;
+REVOKE ALL ON PROCEDURE net._run_worker(float8) FROM PUBLIC;
 
 CREATE FUNCTION net.http_get(
   url text,
@@ -249,3 +277,6 @@ GRANT EXECUTE ON FUNCTION net.http_get(text, jsonb, jsonb, int),
   net.http_post(text, jsonb, jsonb, jsonb, int),
   net.http_delete(text, jsonb, jsonb, int) TO postgres, service_role;
 GRANT SELECT ON net._http_response TO postgres, service_role;
+-- As pg_net's own script: postgres may read and clean up both tables.
+GRANT ALL ON SCHEMA net TO postgres;
+GRANT ALL ON ALL TABLES IN SCHEMA net TO postgres;

@@ -1,6 +1,7 @@
 -- Local stand-in for supabase_vault 0.3.1 (see supabase/vault): same table, view and function
--- signatures. Differences: secrets are encrypted with pgcrypto (pgp_sym_encrypt, AES-256) under a
--- random per-database key kept in vault._root_key, which only the extension owner can read; the
+-- signatures, and create_secret/update_secret are security definer as in the real one.
+-- Differences: secrets are encrypted with pgcrypto (pgp_sym_encrypt, AES-256) under a random
+-- per-database key kept in vault._root_key, which only the extension owner can read; the
 -- real Vault derives its key from a root key held outside the database by libsodium. pgcrypto is
 -- expected in schema `extensions`, where scripts/local-db installs it (as Supabase does).
 \echo Use "CREATE EXTENSION supabase_vault" to load this file. \quit
@@ -64,6 +65,9 @@ CREATE FUNCTION vault.create_secret(
   new_key_id uuid = NULL
 )
 RETURNS uuid
+-- As the real one (supabase/vault sql/supabase_vault--0.2.8--0.3.0.sql): callers need EXECUTE
+-- only, never a privilege on vault.secrets.
+SECURITY DEFINER
 LANGUAGE plpgsql
 SET search_path = ''
 AS $$
@@ -86,6 +90,7 @@ CREATE FUNCTION vault.update_secret(
   new_key_id uuid = NULL
 )
 RETURNS void
+SECURITY DEFINER
 LANGUAGE plpgsql
 SET search_path = ''
 AS $$
