@@ -30,6 +30,10 @@ SETTLE_TIMEOUT = float(os.environ.get("DEMO_TIMEOUT", "300"))  # seconds, for ev
 SCHEDULER_TIMEOUT = 30.0  # seconds, for pg_cron's launcher to show up
 CRON_RUN_TIMEOUT = 90.0  # seconds; process-queue is scheduled every minute
 POLL_INTERVAL = 1.0  # seconds between database polls
+# pg_net sends after the caller commits, from its worker; call_worker's requests time out after
+# 5 s, so an answer is recorded well within this.
+PG_NET_ANSWER_TIMEOUT = 15.0  # seconds
+PG_NET_POLL_INTERVAL = 0.1  # seconds
 DROP_POLL_INTERVAL = 2.0  # seconds between looks at the drop folder
 
 _ROWS_SQL = """
@@ -232,6 +236,17 @@ class Scenario:
             self.last_cron_run = max(self.last_cron_run, int(run["runid"]))
         return runs
 
+    def wait_for_pg_net(self) -> None:
+        """Until pg_net's worker has sent every committed request (it answers each in turn)."""
+        deadline = time.monotonic() + PG_NET_ANSWER_TIMEOUT
+        db = self.connect()
+        while db.execute("select exists (select from net.http_request_queue)").fetchone() != {
+            "exists": False
+        }:
+            if time.monotonic() > deadline:
+                raise DemoError(f"pg_net sent nothing in {PG_NET_ANSWER_TIMEOUT:.0f} s")
+            time.sleep(PG_NET_POLL_INTERVAL)
+
     def wait_for_scheduled_run(self) -> None:
         """In --once mode: prove the schedule itself drives the worker before exiting."""
         step(
@@ -248,6 +263,7 @@ class Scenario:
             if time.monotonic() > deadline:
                 raise DemoError(f"pg_cron ran no process-queue job in {CRON_RUN_TIMEOUT:.0f} s")
             time.sleep(POLL_INTERVAL)
+        self.wait_for_pg_net()
         answers = (
             self.connect()
             .execute(
@@ -276,6 +292,7 @@ class Scenario:
         result = db.execute(command).fetchone()
         request_id = next(iter(result.values())) if result else None
         self.kick_request_id = max(self.kick_request_id, int(request_id or 0))
+        self.wait_for_pg_net()
         response = db.execute(
             "select status_code, content, error_msg from net._http_response where id = %s",
             (request_id,),
