@@ -10,14 +10,17 @@ of test_db_backends.py also run through the pooler (their `pooled` parameter).
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC
 
+import psycopg
 import pytest
 
 from worker.db import Database
 from worker.db.pg import PgTransport
+from worker.errors import DatabaseError
 
 pytestmark = pytest.mark.integration
 
@@ -75,3 +78,26 @@ def test_a_burst_of_calls_through_the_transaction_pooler_has_no_errors(pooled: D
         pooled.complete_jobs("drain", [job["id"] for job in rest])
         completed.extend(job["id"] for job in rest)
     assert len(completed) == len(set(completed)) == THREADS * ROUNDS * 2
+
+
+def test_the_statement_timeout_still_bounds_a_call_behind_the_pooler(
+    pgbouncer_url: str, database_url: str
+) -> None:
+    # Behind the pooler the timeout is set per transaction, not as a startup option: a call
+    # stuck on a row lock must still end with a transient timeout instead of hanging.
+    db = Database(PgTransport(pgbouncer_url, timeout_seconds=1, max_size=1))
+    try:
+        job_type = f"pooler-{uuid.uuid4().hex[:12]}"
+        job_id = db.enqueue_job(job_type, {})
+        [claimed] = db.dequeue_jobs("holder-test", batch_size=1, job_types=[job_type])
+        assert claimed["id"] == job_id
+        with psycopg.connect(database_url) as holder:
+            holder.execute("select 1 from public.job_queue where id = %s for update", (job_id,))
+            started = time.monotonic()
+            with pytest.raises(DatabaseError) as raised:
+                db.complete_job(job_id, "holder-test")
+            assert time.monotonic() - started < 5
+        assert raised.value.code == "57014"
+        assert db.complete_job(job_id, "holder-test") is True
+    finally:
+        db.close()
