@@ -490,6 +490,48 @@ def test_failed_migration_leaves_no_trace_and_stops_the_run(scratch: Scratch) ->
         assert versions == ["20990101000001"]
 
 
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "create extension if not exists dblink",  # not one the platform provides
+        "alter role postgres superuser",
+        "create event trigger t on ddl_command_end execute function pg_catalog.now()",
+        "copy (select 1) to program 'true'",
+    ],
+)
+def test_a_migration_needing_a_superuser_fails_as_on_supabase(
+    scratch: Scratch, statement: str
+) -> None:
+    # Supabase applies migrations as postgres, which is not a superuser (supabase/postgres'
+    # demote-postgres migration); the local stack must refuse the same statements.
+    (scratch.migrations / "20990101000001_superuser.sql").write_text(statement + ";\n")
+    with pytest.raises(RuntimeError, match=r"20990101000001_superuser\.sql"):
+        scratch.run()
+
+
+def test_postgres_has_supabases_attributes_not_a_superusers(db: Conn) -> None:
+    row = db.execute(
+        "select current_user as u, rolsuper, rolcreaterole, rolcreatedb, rolreplication,"
+        " rolbypassrls, rolcanlogin from pg_roles where rolname = current_user"
+    ).fetchone()
+    assert row == {
+        "u": "postgres", "rolsuper": False, "rolcreaterole": True, "rolcreatedb": True,
+        "rolreplication": True, "rolbypassrls": True, "rolcanlogin": True,
+    }
+    rows = db.execute(
+        "select extname, extowner::regrole::text as owner from pg_extension"
+        " where extname in ('pg_net', 'supabase_vault', 'pgtap')"
+    ).fetchall()
+    owners = {r["extname"]: r["owner"] for r in rows}
+    # Created by the platform, as supautils does for postgres on Supabase.
+    assert owners == dict.fromkeys(("pg_net", "supabase_vault", "pgtap"), "supabase_admin")
+    row = db.execute(
+        "select n.nspname from pg_extension e join pg_namespace n on n.oid = e.extnamespace"
+        " where e.extname = 'pg_net'"
+    ).fetchone()
+    assert row == {"nspname": "extensions"}  # as Supabase creates it; its objects are in net
+
+
 def test_fresh_recreates_the_database(scratch: Scratch) -> None:
     (scratch.migrations / "20990101000001_t.sql").write_text("create table t (id int);")
     url = scratch.run()
