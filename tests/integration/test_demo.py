@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # Not the demo's default (54329) nor the suite's: a demo left running by hand is untouched.
 # DEMO_PGPORT overrides it; by default the suite's port + 100 (54430 for 54330), so suites running
 # side by side on their own TEST_PGPORT never share the demo's cluster.
-DEMO_PGPORT = os.environ.get("DEMO_PGPORT") or str(int(os.environ.get("TEST_PGPORT", "54330")) + 100)
+SUITE_PGPORT = int(os.environ.get("TEST_PGPORT", "54330"))
+DEMO_PGPORT = os.environ.get("DEMO_PGPORT") or str(SUITE_PGPORT + 100)
 # Bounds a hung run (package checks, a new cluster, servers, the wait); never asserted on.
 RUN_TIMEOUT = 900  # seconds
 
