@@ -183,7 +183,15 @@ BEGIN
     -- Only committed requests are visible here: a rolled-back caller's never are.
     SELECT q.id INTO request_id FROM net.http_request_queue q ORDER BY q.id LIMIT 1;
     IF request_id IS NOT NULL THEN
-      PERFORM net._send(request_id);
+      BEGIN
+        PERFORM net._send(request_id);
+      EXCEPTION WHEN OTHERS THEN
+        -- A request the sender itself cannot handle is answered with the error, never retried
+        -- forever at the head of the queue.
+        INSERT INTO net._http_response (id, timed_out, error_msg)
+        VALUES (request_id, false, SQLERRM);
+        DELETE FROM net.http_request_queue q WHERE q.id = request_id;
+      END;
     ELSE
       ttl := coalesce(nullif(current_setting('pg_net.ttl', true), ''), '6 hours')::interval;
       DELETE FROM net._http_response r WHERE r.created < now() - ttl;
