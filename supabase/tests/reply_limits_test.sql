@@ -3,7 +3,7 @@
 -- row's lock, so concurrent jobs of one sender cannot all pass. Runs as service_role except the
 -- concurrency part, which commits fixtures through dblink and removes them at the end.
 begin;
-select plan(27);
+select plan(24);
 
 -- sender_key --------------------------------------------------------------------------------
 select is(public.sender_key('Ana.Souza+loja@GMail.com'), 'anasouza@gmail.com',
@@ -82,59 +82,9 @@ select ok(has_function_privilege('service_role',
             'public.reserve_reply(uuid,uuid,text,integer,integer,integer)', 'EXECUTE'),
           'service_role may');
 
--- Concurrency: sessions of one sender at once; only the cap is reserved. -------------------
-create extension if not exists dblink with schema extensions;
-create function pg_temp.open(p_name text) returns void language plpgsql as $$
-begin
-  perform extensions.dblink_connect(p_name, format(
-    'host=%s port=%s dbname=%s user=%s', split_part(current_setting('unix_socket_directories'),
-    ',', 1), current_setting('port'), current_database(), current_user));
-end;
-$$;
-select pg_temp.open(s) from unnest(array['setup', 'a', 'b', 'c', 'd']) s;
-select extensions.dblink_exec('setup', $q$
-  delete from public.stores where id = '10000000-0000-4000-8000-0000000000a2';
-  insert into public.stores (id, name, support_email, imap_host, imap_port, imap_user, smtp_host,
-                             smtp_port, smtp_user, credits)
-  values ('10000000-0000-4000-8000-0000000000a2', 'Corrida', 'help@corrida.test', 'imap.c.test',
-          993, 'help', 'smtp.c.test', 587, 'help', 50)
-$q$);
-select extensions.dblink_exec(s, 'set role service_role')
-from unnest(array['a', 'b', 'c', 'd']) s;
--- Session a holds the store lock with the first reservation uncommitted while b, c and d ask.
-select extensions.dblink_exec('a', 'begin');
-select is((select r from extensions.dblink('a', $q$select public.reserve_reply(
-             '10000000-0000-4000-8000-0000000000a2', '50000000-0000-4000-8000-0000000000e1',
-             'mallory@example.com', 2, 24, null)$q$) as t(r text)),
-          'reserved', 'session a reserves (uncommitted)');
-select extensions.dblink_send_query(s, format(
-         'select public.reserve_reply(%L, %L, %L, 2, 24, null)',
-         '10000000-0000-4000-8000-0000000000a2', '50000000-0000-4000-8000-0000000000e' || (n + 1),
-         'Mallory+' || s || '@Example.com'))
-from unnest(array['b', 'c', 'd']) with ordinality as t(s, n);
-select pg_sleep(0.2);
-select extensions.dblink_exec('a', 'commit');
-create function pg_temp.result(p_name text) returns text language plpgsql as $$
-declare
-  v text;
-begin
-  select r into v from extensions.dblink_get_result(p_name) as t(r text);
-  perform * from extensions.dblink_get_result(p_name) as t(r text);
-  return v;
-end;
-$$;
-select is((select array_agg(r order by r) from unnest(array['b', 'c', 'd']) s,
-                 lateral pg_temp.result(s) r),
-          array['reply_cap', 'reply_cap', 'reserved'],
-          'of four concurrent reservations for one sender, exactly the cap of 2 succeed');
-select is((select n from extensions.dblink('setup', $q$select count(*)::int from
-             public.credit_ledger where store_id = '10000000-0000-4000-8000-0000000000a2'$q$)
-           as t(n int)),
-          2, 'two charges in the ledger');
-select extensions.dblink_exec('setup', $q$
-  delete from public.events where store_id = '10000000-0000-4000-8000-0000000000a2';
-  delete from public.stores where id = '10000000-0000-4000-8000-0000000000a2';
-$q$);
+-- Concurrency (sessions of one sender at once) needs several sessions, which pgTAP under
+-- `supabase test db` (as postgres, not a superuser: no passwordless dblink) cannot open: see
+-- tests/integration/test_pipeline_concurrency.py.
 
 select * from finish();
 rollback;

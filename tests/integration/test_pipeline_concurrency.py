@@ -1,7 +1,8 @@
 """Concurrency of the pipeline's SQL: reserve_credit never overdraws and stays idempotent per job,
-and two fetch runs storing the same message produce one message and one job.
+two fetch runs storing the same message produce one message and one job, and one sender's
+concurrent reservations never pass the reply cap.
 
-These need several sessions at once. They were a pgTAP file driving sessions through dblink,
+These need several sessions at once. They were pgTAP files driving sessions through dblink,
 which only a superuser may open without a password; Supabase runs `supabase test db` as
 `postgres`, not a superuser, so they live here. The second session is observed waiting on the
 first (pg_stat_activity) before the first commits, so the race is really exercised.
@@ -175,3 +176,44 @@ def test_two_fetch_runs_store_the_same_message_once(
         )
         == 1
     )
+
+
+def test_one_sender_in_four_sessions_gets_exactly_the_reply_cap(
+    db: psycopg.Connection[Any], sessions: list[psycopg.Connection[Any]], store_id: str
+) -> None:
+    # Moved from supabase/tests/reply_limits_test.sql (it needed dblink): the cap is checked
+    # where the credit is reserved, by normalised address, so concurrent reservations for one
+    # sender under different spellings cannot pass it together.
+    db.execute("update public.stores set credits = 50 where id = %s", (store_id,))
+    a, *others = sessions
+
+    def reserve_reply(conn: psycopg.Connection[Any], address: str) -> str:
+        row = conn.execute(
+            "select public.reserve_reply(%s, %s, %s, 2, 24, null)",
+            (store_id, str(uuid.uuid4()), address),
+        ).fetchone()
+        assert row is not None
+        conn.commit()
+        return str(row[0])
+
+    first = a.execute(
+        "select public.reserve_reply(%s, %s, 'mallory@example.com', 2, 24, null)",
+        (store_id, str(uuid.uuid4())),
+    ).fetchone()
+    assert first == ("reserved",)  # uncommitted: a holds the store while the others ask
+    with ThreadPoolExecutor(max_workers=len(others)) as pool:
+        pending = [
+            pool.submit(reserve_reply, conn, f"Mallory+{n}@Example.com")
+            for n, conn in enumerate(others)
+        ]
+        try:
+            for conn in others:
+                assert blocked(db, conn.info.backend_pid), "a session did not wait for a"
+        finally:
+            a.commit()
+        results = sorted(p.result(timeout=BLOCKED_WAIT_LIMIT) for p in pending)
+    assert results == ["reply_cap", "reply_cap", "reserved"]
+    row = db.execute(
+        "select count(*) as n from public.credit_ledger where store_id = %s", (store_id,)
+    ).fetchone()
+    assert row == {"n": 2}
