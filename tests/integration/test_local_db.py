@@ -226,6 +226,8 @@ def http_server() -> Iterator[HttpRecorder]:
         server.server_close()
 
 
+SCRATCH_DROP_WAIT_LIMIT = 10.0  # seconds
+
 # pg_net sends after commit, from its worker: callers poll for the response by request id.
 PG_NET_WAIT_LIMIT = 15.0  # seconds; a guard against hanging, not a timing assertion
 
@@ -418,8 +420,18 @@ def scratch(database_url: str, db: Conn, tmp_path: Path) -> Iterator[Scratch]:
     try:
         yield Scratch(env=env, migrations=migrations)
     finally:
-        db.execute(sql.SQL("drop database if exists {} with (force)").format(
-            sql.Identifier(name)))
+        drop = sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+        # postgres (not a superuser) may not end another role's session: a session of the
+        # platform superuser that local-db just closed can still be exiting, so wait it out.
+        deadline = time.monotonic() + SCRATCH_DROP_WAIT_LIMIT
+        while True:
+            try:
+                db.execute(drop)
+                break
+            except psycopg.errors.InsufficientPrivilege:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
 
 def _connect(url: str) -> Conn:
