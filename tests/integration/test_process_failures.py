@@ -9,6 +9,7 @@ faked at the HTTP layer so the real SDK and client code run).
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from typing import Any
 
@@ -224,23 +225,35 @@ def test_an_open_breaker_defers_the_job_without_spending_an_attempt(
 # -- exactly one reply ----------------------------------------------------------------------------
 
 
-def crash_after_send(pipeline: Pipeline) -> None:
-    """The next finish_send raises as if the worker died right after the SMTP hand-off."""
+def failing_finish_send(pipeline: Pipeline, times: int | None) -> list[int]:
+    """finish_send raises DatabaseError `times` times (None: until restored), as in an outage
+    right after the SMTP hand-off; returns the list the calls are counted in."""
     db = pipeline.db
     real = db.finish_send
+    calls: list[int] = []
 
-    def dying(*args: Any, **kwargs: Any) -> bool:
-        db.finish_send = real  # type: ignore[method-assign]
+    def failing(*args: Any, **kwargs: Any) -> bool:
+        calls.append(1)
+        if times is not None and len(calls) > times:
+            return real(*args, **kwargs)
         raise DatabaseError("connection lost after the send")
 
-    db.finish_send = dying  # type: ignore[method-assign]
+    db.finish_send = failing  # type: ignore[method-assign]
+    return calls
+
+
+def restore_finish_send(pipeline: Pipeline) -> None:
+    del pipeline.db.finish_send  # the instance attribute hid the method
 
 
 def test_a_crash_between_send_and_completion_never_sends_twice(pipeline: Pipeline) -> None:
     job_id = john_asks(pipeline)
-    crash_after_send(pipeline)
-
-    assert pipeline.run()["outcomes"] == {"failed_transient": 1}
+    # The database stays unreachable for the whole (short) lease, as when the worker dies.
+    failing_finish_send(pipeline, times=None)
+    try:
+        assert pipeline.run(lease_seconds=2)["outcomes"] == {"failed_transient": 1}
+    finally:
+        restore_finish_send(pipeline)
     assert len(pipeline.sink.messages) == 1
     reply = pipeline.reply(job_id)
     assert reply is not None and reply["status"] == "sending"
@@ -303,3 +316,70 @@ def test_a_job_run_again_after_its_reply_was_sent_completes_without_sending(
     assert len(pipeline.sink.messages) == 1
     assert pipeline.job(job_id)["result"]["already_sent"] is True
     assert pipeline.ledger(job_id) == [("reply", -1)]
+
+
+# -- the database fails right after SMTP accepted the reply ---------------------------------------
+
+
+def test_a_database_blip_after_the_send_is_ridden_out_and_the_reply_recorded_as_sent(
+    pipeline: Pipeline,
+) -> None:
+    job_id = john_asks(pipeline)
+    calls = failing_finish_send(pipeline, times=3)
+    try:
+        assert pipeline.run()["outcomes"] == {"replied": 1}
+    finally:
+        restore_finish_send(pipeline)
+
+    assert len(calls) == 4
+    assert len(pipeline.sink.messages) == 1
+    reply = pipeline.reply(job_id)
+    assert reply is not None and reply["status"] == "sent" and reply["hold_reason"] is None
+    assert pipeline.job(job_id)["status"] == "completed"
+    assert "process.held" not in pipeline.event_types(job_id)
+    assert pipeline.ledger(job_id) == [("reply", -1)]
+
+
+def kill_worker_connections(pipeline: Pipeline) -> int:
+    """Terminate every pooled worker connection, as a Postgres restart does to them."""
+    rows = pipeline.sql.execute(
+        "select pg_terminate_backend(pid) from pg_stat_activity"
+        " where application_name = 'support-worker' and pid <> pg_backend_pid()"
+    ).fetchall()
+    return len(rows)
+
+
+def test_pooled_connections_killed_by_a_restart_are_replaced_before_use(
+    pipeline: Pipeline,
+) -> None:
+    pipeline.db.ping()
+    assert kill_worker_connections(pipeline) >= 1
+
+    # The first call after the restart gets a live connection: the pool checks before use.
+    pipeline.db.ping()
+
+
+def test_connections_lost_right_after_the_send_still_end_with_the_reply_sent(
+    pipeline: Pipeline,
+) -> None:
+    job_id = john_asks(pipeline)
+    mail = pipeline.proc.mail
+    killed: list[int] = []
+
+    def send_then_lose_the_database(*args: Any, **kwargs: Any) -> object:
+        result = mail.send(*args, **kwargs)
+        killed.append(kill_worker_connections(pipeline))
+        return result
+
+    pipeline.proc.mail = dataclasses.replace(mail, send=send_then_lose_the_database)
+    try:
+        assert pipeline.run()["outcomes"] == {"replied": 1}
+    finally:
+        pipeline.proc.mail = mail
+
+    assert killed and killed[0] >= 1
+    assert len(pipeline.sink.messages) == 1
+    reply = pipeline.reply(job_id)
+    assert reply is not None and reply["status"] == "sent"
+    assert pipeline.job(job_id)["status"] == "completed"
+    assert "process.held" not in pipeline.event_types(job_id)

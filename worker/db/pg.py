@@ -228,6 +228,9 @@ class PgTransport:
             timeout=timeout_seconds,
             name="worker-db",
             configure=configure_connection,
+            # After a database restart every pooled connection is dead; checking one before
+            # handing it out (a cheap round trip) replaces it instead of failing the caller.
+            check=ConnectionPool.check_connection,
             open=True,
         )
 

@@ -11,19 +11,29 @@ replies.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from email.errors import HeaderParseError
 from email.message import EmailMessage
 from typing import Any
 
 from worker import compose, smtp
-from worker.errors import CircuitOpenError, PermanentError, WorkerError
+from worker.errors import CircuitOpenError, DatabaseError, PermanentError, WorkerError
 from worker.models import MailAccount
 from worker.pipeline.context import JobContext, JobDone
 from worker.queue.trace import finish
 from worker.smtp import SendInDoubtError
 
 log = logging.getLogger(__name__)
+
+# Recording a send that SMTP accepted is retried through a database blip (finish_send is
+# idempotent): waits double from the first to the longest, until the job's lease ends (then
+# another worker may take the job over), and for at least the minimum even when the lease is
+# nearly spent, so a blip at the end of a lease is still ridden out.
+RECORD_SENT_FIRST_WAIT_SECONDS = 0.2
+RECORD_SENT_LONGEST_WAIT_SECONDS = 5.0
+RECORD_SENT_MIN_SECONDS = 5.0
 
 
 def resume_reply(ctx: JobContext) -> None:
@@ -86,7 +96,7 @@ def resume_reply(ctx: JobContext) -> None:
         raise
     services.breakers.record(smtp_service, True)
     summary = finish(ctx.trace, "replied", **result)
-    if not db.finish_send(reply_id, ctx.job_id, ctx.run.worker_id, summary):
+    if not record_sent(ctx, reply_id, summary):
         log.warning(
             "job %s: reply sent but the lease was lost; the reply is recorded as sent", ctx.job_id
         )
@@ -127,8 +137,43 @@ def resolve_in_doubt(
     if found:
         ctx.trace.event("process.in_doubt_resolved", found_in="sent_folder")
         summary = finish(ctx.trace, "replied", in_doubt_resolved="sent_folder", **result)
-        ctx.db.finish_send(reply_id, ctx.job_id, ctx.run.worker_id, summary)
+        record_sent(ctx, reply_id, summary)
         ctx.settled = summary
         return
     ctx.db.reset_reply(reply_id, "held", "delivery_in_doubt")
     raise JobDone("held", hold_reason="delivery_in_doubt", **result)
+
+
+def record_sent(ctx: JobContext, reply_id: str, summary: dict[str, Any]) -> bool:
+    """finish_send, retried on a transient database error until the job's lease ends.
+
+    The customer has the reply once SMTP accepted it; giving up here would leave it `sending`
+    and the next attempt would hold it as in doubt. Returns finish_send's answer (False: the
+    lease was lost, the reply is recorded as sent all the same).
+    """
+    deadline = time.monotonic() + max(lease_left_seconds(ctx.job), RECORD_SENT_MIN_SECONDS)
+    wait = RECORD_SENT_FIRST_WAIT_SECONDS
+    retries = 0
+    while True:
+        try:
+            recorded = ctx.db.finish_send(reply_id, ctx.job_id, ctx.run.worker_id, summary)
+        except DatabaseError as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            retries += 1
+            log.warning("job %s: recording the sent reply failed (%s); retrying", ctx.job_id, exc)
+            time.sleep(min(wait, left))
+            wait = min(wait * 2, RECORD_SENT_LONGEST_WAIT_SECONDS)
+            continue
+        if retries:
+            log.info("job %s: sent reply recorded after %d retries", ctx.job_id, retries)
+        return bool(recorded)
+
+
+def lease_left_seconds(job: Mapping[str, Any]) -> float:
+    """Seconds left of the lease the claim gave the job (0 when the row does not say)."""
+    locked_until = job.get("locked_until")
+    if not isinstance(locked_until, datetime):
+        return 0.0
+    return (locked_until - datetime.now(UTC)).total_seconds()
