@@ -221,11 +221,19 @@ as $$
             dead_lettered_at = null, locked_by = null, locked_until = null, updated_at = now()
         where q.id = p_job_id and q.status = 'dead_letter'
         returning q.id, q.store_id, q.conversation_id, q.attempt_count
+    ), revived as (
+        -- The draft that dead-lettering failed (settle_dead_lettered_job) may be sent again.
+        update public.replies p
+        set status = 'drafted', error = null
+        from requeued r
+        where p.job_id = r.id and p.status = 'failed' and p.error like 'dead_lettered:%'
+        returning p.id
     ), logged as (
         insert into public.events (store_id, job_id, conversation_id, event_type, detail)
         select r.store_id, r.id, r.conversation_id, 'job.requeued',
                jsonb_build_object('reset_attempts', p_reset_attempts,
-                                  'attempt_count', r.attempt_count)
+                                  'attempt_count', r.attempt_count,
+                                  'reply_revived', exists (select 1 from revived))
         from requeued r
     )
     select exists (select 1 from requeued);

@@ -314,6 +314,95 @@ begin
 end;
 $$;
 
+-- Every path into the dead-letter queue (fail_job; dequeue_jobs dead-lettering a job whose lease
+-- expired with no attempts left; an operator's update) settles what the job leaves behind, in
+-- this one place and in the same transaction. It is keyed on what the job owns (its charge in
+-- credit_ledger, its reply row by job_id), not on its type, so any job type that charges or
+-- drafts is covered. What happens to the reply:
+--   none, drafted, failed: nothing reached the customer: the reply (if any) ends 'failed'
+--                          and the credit is refunded;
+--   sending:               it may have reached the customer: it stays charged and becomes
+--                          held 'delivery_in_doubt', visible to a person (as the worker does
+--                          when the Sent folder cannot prove delivery);
+--   held, sent:            left as they are and charged (a person owns a held draft).
+-- Returns what was done (also recorded as a 'job.dead_letter_settled' event with the reason),
+-- or null when the job had neither a charge nor a reply.
+create or replace function public.settle_dead_lettered_job(p_job public.job_queue)
+returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_reply public.replies;
+  v_after text;
+  v_store_id uuid;
+  v_refunded boolean := false;
+  v_detail jsonb;
+begin
+  select * into v_reply from public.replies r where r.job_id = p_job.id for update;
+  v_after := v_reply.status;
+  if v_reply.status = 'sending' then
+    v_after := 'held';
+    update public.replies
+    set status = 'held', hold_reason = 'delivery_in_doubt'
+    where id = v_reply.id;
+  elsif v_reply.status = 'drafted' then
+    v_after := 'failed';
+    update public.replies
+    set status = 'failed', error = 'dead_lettered: ' || coalesce(p_job.last_error, 'unknown')
+    where id = v_reply.id;
+  end if;
+
+  if v_reply.id is null or v_reply.status in ('drafted', 'failed') then
+    select l.store_id into v_store_id
+    from public.credit_ledger l
+    where l.job_id = p_job.id and l.reason = 'reply'
+    limit 1;
+    if v_store_id is not null then
+      v_refunded := public.release_credit(v_store_id, p_job.id, 'dead_lettered');
+    end if;
+  end if;
+  if v_reply.id is null and v_store_id is null then
+    -- Neither charged nor drafted: nothing to settle (job.dead_lettered already says why).
+    return null;
+  end if;
+
+  v_detail := jsonb_build_object(
+    'reply_id', v_reply.id, 'reply_status_before', v_reply.status, 'reply_status', v_after,
+    'refunded', v_refunded, 'error', p_job.last_error, 'error_type', p_job.last_error_type,
+    'attempt', p_job.attempt_count);
+  insert into public.events (store_id, job_id, conversation_id, message_id, event_type, detail)
+  values (p_job.store_id, p_job.id, p_job.conversation_id, v_reply.message_id,
+          'job.dead_letter_settled', v_detail);
+  return v_detail;
+end;
+$$;
+
+create or replace function public.job_queue_dead_lettered()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform public.settle_dead_lettered_job(new);
+  return null;
+exception when others then
+  -- Settling must never stop a job from being dead-lettered, nor the claim that dead-letters
+  -- expired leases: the failure is recorded for a person instead.
+  insert into public.events (store_id, job_id, conversation_id, event_type, detail)
+  values (new.store_id, new.id, new.conversation_id, 'job.dead_letter_settle_failed',
+          jsonb_build_object('error', sqlerrm, 'sqlstate', sqlstate));
+  return null;
+end;
+$$;
+
+-- Fires on the transition into dead_letter only, so claims and completions pay nothing.
+create trigger job_queue_dead_lettered
+  after update of status on public.job_queue
+  for each row
+  when (new.status = 'dead_letter' and old.status is distinct from 'dead_letter')
+  execute function public.job_queue_dead_lettered();
+
 -- Privileges: these routines are for the worker (service_role) only. Supabase grants EXECUTE
 -- to anon and authenticated by default, hence the explicit revoke before each grant.
 revoke all on function public.record_events(jsonb) from public, anon, authenticated;
@@ -332,3 +421,7 @@ revoke all on function public.finish_send(uuid, uuid, text, jsonb) from public, 
 grant execute on function public.finish_send(uuid, uuid, text, jsonb) to service_role;
 revoke all on function public.reset_reply(uuid, text, text) from public, anon, authenticated;
 grant execute on function public.reset_reply(uuid, text, text) to service_role;
+revoke all on function public.settle_dead_lettered_job(public.job_queue)
+  from public, anon, authenticated;
+grant execute on function public.settle_dead_lettered_job(public.job_queue) to service_role;
+revoke all on function public.job_queue_dead_lettered() from public, anon, authenticated;

@@ -383,3 +383,32 @@ def test_connections_lost_right_after_the_send_still_end_with_the_reply_sent(
     assert reply is not None and reply["status"] == "sent"
     assert pipeline.job(job_id)["status"] == "completed"
     assert "process.held" not in pipeline.event_types(job_id)
+
+
+# -- a poison job: its worker died on every attempt -----------------------------------------------
+
+
+def test_a_job_whose_worker_died_on_its_last_attempt_gives_its_credit_back(
+    pipeline: Pipeline,
+) -> None:
+    job_id = john_asks(pipeline)
+    # A worker claims the job on its last attempt, takes the credit and dies (no settle).
+    pipeline.sql.execute("update public.job_queue set max_attempts = 1 where id = %s", (job_id,))
+    (claimed,) = pipeline.db.dequeue_jobs("dead-worker", 1, 1, [pipeline.job_type])
+    assert str(claimed["id"]) == job_id
+    assert pipeline.db.reserve_credit(pipeline.store_id, job_id) == "reserved"
+    pipeline.sql.execute(
+        "update public.job_queue set locked_until = now() - interval '1 second' where id = %s",
+        (job_id,),
+    )
+
+    # The next claim finds the lease expired with no attempts left: dead-lettered in SQL.
+    assert pipeline.run()["claimed"] == 0
+
+    assert pipeline.job(job_id)["status"] == "dead_letter"
+    assert pipeline.ledger(job_id) == [("reply", -1), ("refund", 1)]
+    assert pipeline.credits() == 10
+    settled = [e for e in pipeline.events(job_id) if e["event_type"] == "job.dead_letter_settled"]
+    assert len(settled) == 1 and settled[0]["detail"]["refunded"] is True
+    assert settled[0]["detail"]["error"].startswith("lease expired")
+    assert pipeline.sink.messages == []
