@@ -566,6 +566,26 @@ $$;
 ALTER FUNCTION public.circuit_record(p_service text, p_success boolean) OWNER TO postgres;
 
 --
+-- Name: circuit_wait_seconds(text); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.circuit_wait_seconds(p_service text) RETURNS integer
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+    select greatest(1, coalesce(ceil(extract(epoch from
+               case b.state
+                   when 'open' then b.open_until - now()
+                   when 'half_open' then b.probe_started_at
+                                         + make_interval(secs => b.probe_timeout_seconds) - now()
+               end))::int, 1))
+    from (select 1) one
+    left join public.circuit_breakers b on b.service = p_service;
+$$;
+
+ALTER FUNCTION public.circuit_wait_seconds(p_service text) OWNER TO postgres;
+
+--
 -- Name: complete_job(uuid, text, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -4267,6 +4287,13 @@ GRANT ALL ON FUNCTION public.circuit_allow(p_service text) TO service_role;
 
 REVOKE ALL ON FUNCTION public.circuit_record(p_service text, p_success boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.circuit_record(p_service text, p_success boolean) TO service_role;
+
+--
+-- Name: FUNCTION circuit_wait_seconds(p_service text); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.circuit_wait_seconds(p_service text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.circuit_wait_seconds(p_service text) TO service_role;
 
 --
 -- Name: FUNCTION complete_job(p_job_id uuid, p_worker_id text, p_result jsonb); Type: ACL; Schema: public; Owner: postgres

@@ -131,9 +131,31 @@ begin
 end;
 $$;
 
+-- Seconds until the breaker lets a call through again: what a job deferred by it waits, so the
+-- deferral follows the breaker's own cool-down (growing with each reopen) rather than a fixed
+-- guess. Open: until open_until; half-open: until the probe in flight frees its slot; at least
+-- 1 (closed or unknown: 1, the caller just raced a closing breaker).
+create or replace function public.circuit_wait_seconds(p_service text)
+returns int
+language sql
+stable
+set search_path = ''
+as $$
+    select greatest(1, coalesce(ceil(extract(epoch from
+               case b.state
+                   when 'open' then b.open_until - now()
+                   when 'half_open' then b.probe_started_at
+                                         + make_interval(secs => b.probe_timeout_seconds) - now()
+               end))::int, 1))
+    from (select 1) one
+    left join public.circuit_breakers b on b.service = p_service;
+$$;
+
 -- Privileges: these routines are for the worker (service_role) only. Supabase grants EXECUTE
 -- to anon and authenticated by default, hence the explicit revoke before each grant.
 revoke all on function public.circuit_allow(text) from public, anon, authenticated;
 grant execute on function public.circuit_allow(text) to service_role;
 revoke all on function public.circuit_record(text, boolean) from public, anon, authenticated;
 grant execute on function public.circuit_record(text, boolean) to service_role;
+revoke all on function public.circuit_wait_seconds(text) from public, anon, authenticated;
+grant execute on function public.circuit_wait_seconds(text) to service_role;

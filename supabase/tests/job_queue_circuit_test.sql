@@ -1,7 +1,7 @@
 -- Circuit breakers: closed -> open -> half-open (one probe) -> closed or open with a longer
 -- cool-down. now() is fixed in the transaction; cool-downs are expired by moving open_until back.
 begin;
-select plan(30);
+select plan(36);
 
 create function pg_temp.breaker(p_service text) returns public.circuit_breakers language sql as $$
     select b.* from public.circuit_breakers b where b.service = p_service
@@ -26,6 +26,7 @@ select is(array(select public.circuit_record('t_svc', false) from generate_serie
 select is((pg_temp.breaker('t_svc')).open_until, now() + interval '30 seconds',
           'first cool-down is 30 s');
 select ok(not public.circuit_allow('t_svc'), 'open refuses');
+select is(public.circuit_wait_seconds('t_svc'), 30, 'a deferred job waits the cool-down');
 select is((select e.detail ->> 'cooldown_seconds' from public.events e
            where e.event_type = 'circuit.opened' and e.detail ->> 'service' = 't_svc'),
           '30', 'circuit.opened event');
@@ -39,6 +40,7 @@ set local role service_role;
 select ok(public.circuit_allow('t_svc'), 'after the cool-down one probe is let through');
 select is((pg_temp.breaker('t_svc')).state, 'half_open', 'state half_open');
 select ok(not public.circuit_allow('t_svc'), 'a second caller is refused while the probe runs');
+select is(public.circuit_wait_seconds('t_svc'), 60, '...and waits until the probe frees its slot');
 reset role;
 update public.circuit_breakers set probe_started_at = now() - interval '61 seconds'
 where service = 't_svc';
@@ -75,6 +77,21 @@ select is(((pg_temp.breaker('t_svc')).state, (pg_temp.breaker('t_svc')).consecut
 select is((select count(*)::int from public.events e
            where e.event_type = 'circuit.closed' and e.detail ->> 'service' = 't_svc'),
           1, 'circuit.closed event');
+
+
+-- circuit_wait_seconds follows the breaker's own reopen time, never less than a second
+select is(public.circuit_wait_seconds('t_unknown'), 1, 'an unknown service: 1 s');
+select is(public.circuit_wait_seconds('t_svc'), 1, 'a closed breaker: 1 s');
+reset role;
+update public.circuit_breakers set state = 'open', open_until = now() + interval '120.2 seconds'
+where service = 't_svc';
+set local role service_role;
+select is(public.circuit_wait_seconds('t_svc'), 121, 'a longer cool-down, rounded up');
+reset role;
+update public.circuit_breakers set open_until = now() - interval '5 seconds'
+where service = 't_svc';
+set local role service_role;
+select is(public.circuit_wait_seconds('t_svc'), 1, 'a cool-down already over: 1 s');
 
 select * from finish();
 rollback;

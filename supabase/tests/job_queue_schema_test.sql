@@ -38,6 +38,7 @@ select is(
        and p.proname in ('enqueue_job', 'enqueue_jobs', 'dequeue_jobs', 'extend_lease',
                          'complete_job', 'complete_jobs', 'fail_job', 'defer_job',
                          'requeue_dlq_job', 'try_lock_conversation', 'circuit_allow', 'circuit_record',
+                         'circuit_wait_seconds',
                          'aggregate_queue_metrics', 'list_dead_letter_jobs', 'get_job',
                          'get_job_events', 'purge_dead_letter_jobs', 'queue_stats',
                          'uuid_generate_v7')
@@ -61,6 +62,7 @@ insert into routines values
     ('public.try_lock_conversation(uuid)'),
     ('public.circuit_allow(text)'),
     ('public.circuit_record(text, boolean)'),
+    ('public.circuit_wait_seconds(text)'),
     ('public.aggregate_queue_metrics()'),
     ('public.list_dead_letter_jobs(uuid, text, text, int, int)'),
     ('public.get_job(uuid)'),
@@ -70,7 +72,7 @@ insert into routines values
     ('public.uuid_generate_v7()'),
     ('public.purge_completed_jobs(interval, int)');
 
-select is((select count(*)::int from routines), 20, 'all 20 routines are listed');
+select is((select count(*)::int from routines), 21, 'all 21 routines are listed');
 select is(
     (select array_agg(r.sig order by r.sig) from routines r
      where not has_function_privilege('service_role', r.sig::regprocedure, 'execute')),

@@ -134,6 +134,9 @@ class FakeDatabase:
         self.circuit.append((service, success))
         return "closed"
 
+    def circuit_wait_seconds(self, service: str) -> int:
+        return 30
+
     def get_store_secrets(self, store_id: str) -> dict[str, Any]:
         return {"imap_password": "pw"}
 

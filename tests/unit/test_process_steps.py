@@ -11,6 +11,7 @@ import pytest
 
 from worker.errors import (
     CircuitOpenError,
+    DatabaseError,
     PermanentError,
     TransientError,
     classify_http_status,
@@ -18,6 +19,7 @@ from worker.errors import (
 from worker.pipeline import steps
 from worker.queue import breakers
 from worker.queue.breakers import Breakers, guarded
+from worker.queue.outcome import DEFAULT_DEFER_SECONDS, Defer, for_error
 from worker.queue.trace import JobTrace, finish
 from worker.responder import Classification, OrderFacts
 
@@ -200,10 +202,11 @@ def test_timed_steps_land_in_the_summary_and_none_values_are_dropped() -> None:
 
 
 class BreakerDb:
-    """The two breaker calls of Database, recorded."""
+    """The breaker calls of Database, recorded."""
 
-    def __init__(self, allow: bool = True) -> None:
+    def __init__(self, allow: bool = True, wait: int = 1) -> None:
         self.allow = allow
+        self.wait = wait
         self.recorded: list[tuple[str, bool]] = []
 
     def circuit_allow(self, service: str) -> bool:
@@ -212,6 +215,11 @@ class BreakerDb:
     def circuit_record(self, service: str, success: bool) -> str:
         self.recorded.append((service, success))
         return "closed"
+
+    def circuit_wait_seconds(self, service: str) -> int:
+        if self.wait < 0:
+            raise DatabaseError("circuit_wait_seconds: connection refused")
+        return self.wait
 
 
 def services_with(db: BreakerDb) -> Breakers:
@@ -223,6 +231,21 @@ def test_an_open_breaker_stops_the_call_before_it_is_made() -> None:
     with pytest.raises(CircuitOpenError):
         guarded(services_with(BreakerDb(allow=False)), "claude", lambda: calls.append(1))
     assert calls == []
+
+
+def test_a_job_stopped_by_an_open_breaker_waits_the_breakers_own_reopen_time() -> None:
+    with pytest.raises(CircuitOpenError) as raised:
+        guarded(services_with(BreakerDb(allow=False, wait=240)), "claude", lambda: 42)
+    assert raised.value.retry_after_seconds == 240
+    assert for_error(raised.value) == Defer(240, "claude: circuit open for claude")
+
+
+def test_when_the_reopen_time_cannot_be_read_the_default_deferral_applies() -> None:
+    with pytest.raises(CircuitOpenError) as raised:
+        guarded(services_with(BreakerDb(allow=False, wait=-1)), "claude", lambda: 42)
+    assert raised.value.retry_after_seconds is None
+    reason = "claude: circuit open for claude"
+    assert for_error(raised.value) == Defer(DEFAULT_DEFER_SECONDS, reason)
 
 
 def test_outages_count_against_the_breaker_and_bad_requests_do_not() -> None:

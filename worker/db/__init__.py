@@ -236,6 +236,10 @@ class Database:
         args = _args({"service": service, "success": success})
         return cast(str, self._scalar("circuit_record", args))
 
+    def circuit_wait_seconds(self, service: str) -> int:
+        """Seconds until the service's breaker lets a call through again (at least 1)."""
+        return int(self._scalar("circuit_wait_seconds", _args({"service": service})))
+
     def aggregate_queue_metrics(self) -> None:
         """Write this window's queue_metrics rows."""
         self._void("aggregate_queue_metrics", {})

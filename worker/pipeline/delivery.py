@@ -19,7 +19,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from worker import compose, smtp
-from worker.errors import CircuitOpenError, DatabaseError, PermanentError, WorkerError
+from worker.errors import DatabaseError, PermanentError, WorkerError
 from worker.models import MailAccount
 from worker.pipeline.context import JobContext, JobDone
 from worker.queue.trace import finish
@@ -67,7 +67,7 @@ def resume_reply(ctx: JobContext) -> None:
     # could only end as in doubt.
     message = build_checked(ctx, reply)
     if not services.breakers.allow(smtp_service):
-        raise CircuitOpenError(smtp_service)
+        raise services.breakers.open_error(smtp_service)
     gate = db.begin_send(reply_id)
     if gate == "already_sent":
         raise JobDone("replied", already_sent=True, **result)

@@ -6,11 +6,14 @@ the database on every call while a breaker is known closed.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from worker.errors import CircuitOpenError, PermanentError, TransientError
+from worker.errors import CircuitOpenError, PermanentError, TransientError, WorkerError
+
+log = logging.getLogger(__name__)
 
 # How long a breaker this process saw closed is trusted without asking the database. Our own
 # failures drop the entry at once; another container's failures or a breaker it opened are seen
@@ -23,6 +26,7 @@ class BreakerStore(Protocol):
 
     def circuit_allow(self, service: str) -> bool: ...
     def circuit_record(self, service: str, success: bool) -> str: ...
+    def circuit_wait_seconds(self, service: str) -> int: ...
 
 
 class Breakers:
@@ -42,6 +46,16 @@ class Breakers:
             return True
         return self.db.circuit_allow(service)
 
+    def open_error(self, service: str) -> CircuitOpenError:
+        """The error that defers a job until the open breaker lets calls through again."""
+        try:
+            wait: float | None = self.db.circuit_wait_seconds(service)
+        except WorkerError:
+            # The deferral then falls back to the runner's default wait.
+            log.warning("could not read how long %s's breaker stays open", service)
+            wait = None
+        return CircuitOpenError(service, retry_after=wait)
+
     def record(self, service: str, success: bool) -> None:
         """Count a call's outcome; a success on a breaker we just saw clean costs nothing."""
         if success and self._recently_closed(service):
@@ -56,7 +70,7 @@ class Breakers:
 def guarded(breakers: Breakers, service: str, call: Callable[[], Any]) -> Any:
     """Run one call to an outside service behind its circuit breaker."""
     if not breakers.allow(service):
-        raise CircuitOpenError(service)
+        raise breakers.open_error(service)
     try:
         result = call()
     except TransientError:
