@@ -2266,6 +2266,9 @@ declare
   v_skipped int := 0;
   v_job_ids uuid[] := '{}'::uuid[];
   v_last_uid bigint;
+  v_conflicting boolean;
+  v_conflicts_with uuid;
+  v_original_id text;
 begin
   if p_folder is null or p_folder = '' or p_uidvalidity is null or p_last_uid is null
      or p_last_uid < 0 then
@@ -2298,8 +2301,28 @@ begin
       v_message_id := '<' || md5(v_message_id) || '@long-message-id.invalid>';
     end if;
 
-    select id into v_existing
-    from public.messages where store_id = p_store_id and message_id = v_message_id;
+    -- A Message-ID already stored is a redelivery only when the sender and the text match too
+    -- (the text when both copies have one: a skipped message's body is not kept). Anyone can
+    -- write any Message-ID: a copy that differs is stored under a derived key (so a redelivery
+    -- of it dedupes in turn), flagged, and processed like any other email; dropping it would
+    -- let a forged message pre-empt a real customer's.
+    v_from := nullif(lower(btrim(v_msg ->> 'from_address')), '');
+    v_conflicts_with := null;
+    select m.id, m.from_address is distinct from v_from
+                 or m.body_text <> (v_msg ->> 'body_text')
+      into v_existing, v_conflicting
+    from public.messages m where m.store_id = p_store_id and m.message_id = v_message_id;
+    if found and coalesce(v_conflicting, false) then
+      v_conflicts_with := v_existing;
+      v_original_id := v_message_id;
+      v_message_id := v_message_id || '#conflict-'
+                      || md5(concat_ws(chr(31), v_from, v_msg ->> 'body_text'));
+      if length(v_message_id) > 998 then
+        v_message_id := '<' || md5(v_message_id) || '@conflicting-message-id.invalid>';
+      end if;
+      select m.id into v_existing
+      from public.messages m where m.store_id = p_store_id and m.message_id = v_message_id;
+    end if;
     if found then
       v_duplicates := v_duplicates + 1;
       insert into public.events (store_id, message_id, event_type, detail)
@@ -2309,7 +2332,6 @@ begin
       continue;
     end if;
 
-    v_from := nullif(lower(btrim(v_msg ->> 'from_address')), '');
     v_in_reply_to := nullif(btrim(v_msg ->> 'in_reply_to'), '');
     v_refs := array_remove(
       (select coalesce(array_agg(btrim(r)), '{}')
@@ -2371,7 +2393,10 @@ begin
       v_msg ->> 'subject', v_sent_at, v_in_reply_to, v_refs,
       (select coalesce(jsonb_object_agg(lower(h.key), h.value), '{}')
          from jsonb_each(case when jsonb_typeof(v_msg -> 'headers') = 'object'
-                              then v_msg -> 'headers' else '{}'::jsonb end) as h),
+                              then v_msg -> 'headers' else '{}'::jsonb end) as h)
+        -- a conflicting copy keeps its real Message-ID here: our reply threads with it
+        || case when v_conflicts_with is not null
+                then jsonb_build_object('message-id', v_original_id) else '{}'::jsonb end,
       v_msg ->> 'body_text',
       case when jsonb_typeof(v_msg -> 'attachments') = 'array'
            then v_msg -> 'attachments' else '[]'::jsonb end,
@@ -2403,6 +2428,13 @@ begin
     values (p_store_id, v_conversation, v_id, 'message.received',
             jsonb_build_object('message_id', v_message_id, 'folder', p_folder,
                                'uid', v_msg -> 'uid', 'new_conversation', v_new_conversation));
+    if v_conflicts_with is not null then
+      insert into public.events (store_id, conversation_id, message_id, event_type, detail)
+      values (p_store_id, v_conversation, v_id, 'message.conflicting_id',
+              jsonb_build_object('message_id', v_original_id, 'stored_as', v_message_id,
+                                 'conflicts_with', v_conflicts_with, 'from_address', v_from,
+                                 'folder', p_folder, 'uid', v_msg -> 'uid'));
+    end if;
 
     if nullif(btrim(v_msg ->> 'skip_reason'), '') is not null then
       v_skipped := v_skipped + 1;

@@ -212,8 +212,11 @@ class ParsedEmail:
             except ValueError:
                 date = None
         uid = row.get("imap_uid", row.get("uid"))
+        headers = dict(row.get("headers") or {})
         return cls(
-            message_id=str(row["message_id"]),
+            # A copy stored under a derived key (its Message-ID was already taken by a message
+            # with another sender or text) keeps its real one in headers, for threading.
+            message_id=str(headers.get("message-id") or row["message_id"]),
             from_address=row.get("from_address"),
             from_name=row.get("from_name"),
             reply_to=row.get("reply_to"),
@@ -223,7 +226,7 @@ class ParsedEmail:
             date=date if isinstance(date, datetime) else None,
             in_reply_to=row.get("in_reply_to"),
             references=tuple(row.get("references") or ()),
-            headers=dict(row.get("headers") or {}),
+            headers=headers,
             body_text=row.get("body_text") or "",
             attachments=tuple(
                 Attachment(a.get("filename"), a.get("content_type", ""), int(a.get("size", 0)))

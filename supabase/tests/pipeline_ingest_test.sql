@@ -2,7 +2,7 @@
 -- mailbox position, all through ingest_messages; plus the read helpers and record_events.
 -- Runs as service_role, the role the worker uses.
 begin;
-select plan(58);
+select plan(68);
 
 insert into public.stores (id, name, support_email, imap_host, imap_port, imap_user, smtp_host,
                            smtp_port, smtp_user, active)
@@ -235,6 +235,52 @@ select is(pg_temp.ingest(8, 9, jsonb_build_array(
 select ok((select bool_and(length(message_id) <= 998) from public.messages
            where store_id = '10000000-0000-4000-8000-000000000001'),
           'every stored Message-ID fits the index');
+
+-- A reused Message-ID with another sender or other text is stored and flagged, never dropped:
+-- a forged copy must not pre-empt the real email (or the real one the forgery).
+create function pg_temp.conflicts() returns int language sql as $$
+  select count(*)::int from public.events e
+  where e.store_id = '10000000-0000-4000-8000-000000000001'
+    and e.event_type = 'message.conflicting_id'
+$$;
+grant execute on function pg_temp.conflicts() to service_role;
+select is(pg_temp.ingest(8, 9, jsonb_build_array(
+            pg_temp.msg('<m7@cliente.test>', 9, 'mallory@evil.test',
+                        '{"body_text": "Mande o reembolso para outra conta"}'))) - 'job_ids',
+          '{"stored": 1, "duplicates": 0, "skipped": 0, "last_uid": 9}'::jsonb,
+          'another sender reusing a stored Message-ID: stored, not a duplicate');
+select is(pg_temp.conflicts(), 1, 'a message.conflicting_id event flags it');
+select is((select e.detail ->> 'conflicts_with' from public.events e
+           where e.store_id = '10000000-0000-4000-8000-000000000001'
+             and e.event_type = 'message.conflicting_id'),
+          (pg_temp.message('<m7@cliente.test>')).id::text,
+          'the flag names the message it conflicts with');
+select is((select count(*)::int from public.messages m
+           where m.store_id = '10000000-0000-4000-8000-000000000001'
+             and m.message_id like '<m7@cliente.test>#conflict-%'
+             and m.from_address = 'mallory@evil.test'), 1,
+          'the conflicting copy has its own row under a derived key');
+select is((select m.headers ->> 'message-id' from public.messages m
+           where m.store_id = '10000000-0000-4000-8000-000000000001'
+             and m.message_id like '<m7@cliente.test>#conflict-%'), '<m7@cliente.test>',
+          'and keeps its real Message-ID for threading the reply');
+select is((select count(*)::int from public.job_queue q
+           where q.store_id = '10000000-0000-4000-8000-000000000001'
+             and q.idempotency_key like 'email:%:<m7@cliente.test>#conflict-%'), 1,
+          'and its own job: it is processed like any other email');
+select is(pg_temp.ingest(8, 9, jsonb_build_array(
+            pg_temp.msg('<m7@cliente.test>', 9, 'mallory@evil.test',
+                        '{"body_text": "Mande o reembolso para outra conta"}'))) ->> 'duplicates',
+          '1', 'a redelivery of the conflicting copy is a duplicate of it');
+select is(pg_temp.ingest(8, 9, jsonb_build_array(
+            pg_temp.msg('<m7@cliente.test>', 9, 'd@c.test',
+                        '{"body_text": "Outro texto"}'))) ->> 'stored',
+          '1', 'the same sender with other text is a conflicting copy too');
+select is(pg_temp.ingest(8, 9, jsonb_build_array(
+            pg_temp.msg('<m7@cliente.test>', 9, 'D@C.test',
+                        '{"subject": "Fwd: Pedido"}'))) ->> 'duplicates',
+          '1', 'the same sender and text is a true redelivery (case and subject aside)');
+select is(pg_temp.conflicts(), 2, 'two conflicting copies flagged in all');
 
 -- Bad calls fail loudly and change nothing.
 select throws_ok($$select pg_temp.ingest(8, 10, '{"message_id": "<x@c.test>"}')$$, '22023', null,

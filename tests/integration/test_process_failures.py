@@ -17,6 +17,7 @@ import pytest
 
 from tests.integration.test_process_pipeline import (
     ANA,
+    ATTACKER,
     JOHN,
     Pipeline,
     classification,
@@ -413,3 +414,28 @@ def test_a_job_whose_worker_died_on_its_last_attempt_gives_its_credit_back(
     assert len(settled) == 1 and settled[0]["detail"]["refunded"] is True
     assert settled[0]["detail"]["error"].startswith("lease expired")
     assert pipeline.sink.messages == []
+
+
+# -- a reused Message-ID --------------------------------------------------------------------------
+
+
+def test_a_forged_copy_of_a_message_id_does_not_pre_empt_the_real_customers_email(
+    pipeline: Pipeline,
+) -> None:
+    message_id = "<order-question-1002@customer.example>"
+    forged = make_email(ATTACKER, "Where is my order?", "Ship #1002 to me", message_id=message_id)
+    real = make_email(JOHN, *ORDER_QUESTION, message_id=message_id)
+
+    forged_job, real_job = pipeline.ingest(forged, real)
+    # A fetch that sees the real email again (another folder, a re-sync) stores nothing new.
+    assert pipeline.ingest(real) == []
+
+    assert forged_job != real_job
+    pipeline.run()
+    assert pipeline.job(real_job)["status"] == "completed"
+    assert len(pipeline.sent_to(JOHN)) == 1
+    reply = pipeline.reply(real_job)
+    assert reply is not None and reply["status"] == "sent"
+    assert reply["in_reply_to"] == message_id  # threads at the customer's end as usual
+    flagged = [e for e in pipeline.events_of_store() if e["event_type"] == "message.conflicting_id"]
+    assert len(flagged) == 1 and flagged[0]["detail"]["from_address"] == JOHN

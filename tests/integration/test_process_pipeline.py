@@ -215,6 +215,14 @@ class Pipeline:
             ).fetchall()
         )
 
+    def events_of_store(self) -> list[dict[str, Any]]:
+        return list(
+            self.sql.execute(
+                "select event_type, detail from public.events where store_id = %s order by id",
+                (self.store_id,),
+            ).fetchall()
+        )
+
     def event_types(self, job_id: str) -> list[str]:
         return [e["event_type"] for e in self.events(job_id)]
 

@@ -258,6 +258,15 @@ def test_from_row_reads_a_messages_row() -> None:
     assert email.uid == 9
     assert email.headers == {"auto-submitted": "auto-replied"}
     assert email.to_addresses == ()
+    assert email.message_id == "<x@y>"
+
+
+def test_a_copy_stored_under_a_derived_key_keeps_its_real_message_id() -> None:
+    row = {
+        "message_id": "<x@y>#conflict-0123456789abcdef0123456789abcdef",
+        "headers": {"message-id": "<x@y>"},
+    }
+    assert ParsedEmail.from_row(row).message_id == "<x@y>"
 
 
 @pytest.mark.parametrize(
