@@ -60,7 +60,10 @@ class Settings:
     max_message_bytes: int = 26_214_400
     run_budget_seconds: float = 110.0
     process_concurrency: int = 16
-    lease_seconds: int = 300
+    # A SIGKILLed worker's jobs wait out the lease before another worker takes them. The runner
+    # renews leases every third of it, so 30 s recovers in about half a minute and still rides
+    # out one missed heartbeat.
+    lease_seconds: int = 30
     reply_cap_per_customer: int = 3
     reply_cap_window_hours: int = 24
     extra_ca_file: str | None = None

@@ -10,6 +10,11 @@ faked at the HTTP layer so the real SDK and client code run).
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -26,7 +31,7 @@ from tests.integration.test_process_pipeline import (
     pipeline_dsn,  # noqa: F401  (a fixture)
     sql,  # noqa: F401  (a fixture)
 )
-from worker.devstack.fake_claude import error_reply, tool_use_reply
+from worker.devstack.fake_claude import TEST_API_KEY, error_reply, tool_use_reply
 from worker.errors import DatabaseError
 
 pytestmark = pytest.mark.integration
@@ -439,3 +444,79 @@ def test_a_forged_copy_of_a_message_id_does_not_pre_empt_the_real_customers_emai
     assert reply["in_reply_to"] == message_id  # threads at the customer's end as usual
     flagged = [e for e in pipeline.events_of_store() if e["event_type"] == "message.conflicting_id"]
     assert len(flagged) == 1 and flagged[0]["detail"]["from_address"] == JOHN
+
+
+# -- a worker SIGKILLed mid-job ------------------------------------------------------------------
+
+WORKER_SCRIPT = """
+import dataclasses, os, sys
+from worker import process, services
+from worker.config import load_settings
+from worker.runs import Budget
+settings = load_settings(os.environ)
+built = services.build_services(settings)
+options = dataclasses.replace(services.process_options(settings), job_types=(sys.argv[1],))
+process.run_process(built.process_services, Budget(600), options=options)
+"""
+
+
+def test_a_sigkilled_workers_job_is_taken_over_once_its_default_lease_expires(
+    pipeline: Pipeline, pipeline_dsn: str
+) -> None:
+    job_id = john_asks(pipeline)
+    # The worker hangs in the classification request until it is killed.
+    pipeline.claude.script(
+        tool_use_reply("record_classification", classification(intent="order_status"), delay=600)
+    )
+    env = {
+        **os.environ,
+        "DATABASE_URL": pipeline_dsn,
+        "WORKER_SECRET": "test-worker-secret-0123456789",
+        "ANTHROPIC_API_KEY": TEST_API_KEY,
+        "ANTHROPIC_BASE_URL": pipeline.claude.base_url,
+        "SHOPIFY_BASE_URL": pipeline.shopify.base_url,
+        "EXTRA_CA_FILE": str(pipeline.sink.ca.ca_file),
+        "LOG_LEVEL": "WARNING",
+    }
+    env.pop("LEASE_SECONDS", None)  # the default lease is what is measured
+    worker = subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, pipeline.job_type], env=env)
+    try:
+        job = wait_for(lambda: in_flight(pipeline, job_id, worker.pid), timeout=60)
+        assert wait_for(lambda: len(pipeline.claude.messages) >= 1, timeout=60)
+    finally:
+        worker.kill()
+        worker.wait(timeout=30)
+    killed_at = time.monotonic()
+
+    lease = job["locked_until"] - job["started_at"]
+    assert lease <= timedelta(seconds=60), f"default lease {lease} (recovery waits this long)"
+
+    # Another worker's runs take the job over once the lease has expired, and answer it.
+    def taken_over() -> bool:
+        pipeline.run()
+        return pipeline.job(job_id)["status"] == "completed"
+
+    assert wait_for(taken_over, timeout=lease.total_seconds() + 120, every=1.0)
+    recovery = time.monotonic() - killed_at
+    print(
+        f"\nMEASURED SIGKILL recovery: job completed {recovery:.1f} s after the kill "
+        f"(lease {lease.total_seconds():.0f} s)"
+    )
+    assert len(pipeline.sent_to(JOHN)) == 1
+    assert "job.lease_expired" in pipeline.event_types(job_id)
+
+
+def in_flight(pipeline: Pipeline, job_id: str, pid: int) -> dict[str, Any] | None:
+    job = pipeline.job(job_id)
+    held = job["status"] == "processing" and f":{pid}:" in str(job["locked_by"])
+    return job if held else None
+
+
+def wait_for(check: Callable[[], Any], *, timeout: float, every: float = 0.2) -> Any:
+    """Poll `check` until it returns something truthy (returned) or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(every)

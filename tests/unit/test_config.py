@@ -33,7 +33,7 @@ def test_defaults_match_the_design() -> None:
     assert settings.max_message_bytes == 26_214_400
     assert settings.run_budget_seconds == 110.0
     assert settings.process_concurrency == 16
-    assert settings.lease_seconds == 300
+    assert settings.lease_seconds == 30
     assert (settings.reply_cap_per_customer, settings.reply_cap_window_hours) == (3, 24)
     assert settings.db_timeout_seconds == 10.0
     assert (settings.log_level, settings.port) == ("INFO", 8080)
