@@ -146,8 +146,7 @@ def start_worker(stack: Stack) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "worker", "process", "--budget", str(RUN_BUDGET_SECONDS)],
         env=stack.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,  # the run summary; the ledger reads the database instead
     )
 
 
