@@ -2506,6 +2506,29 @@ $$;
 ALTER FUNCTION public.is_loopback_host(p_host text) OWNER TO postgres;
 
 --
+-- Name: job_queue_dead_lettered(); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.job_queue_dead_lettered() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+begin
+  perform public.settle_dead_lettered_job(new);
+  return null;
+exception when others then
+  -- Settling must never stop a job from being dead-lettered, nor the claim that dead-letters
+  -- expired leases: the failure is recorded for a person instead.
+  insert into public.events (store_id, job_id, conversation_id, event_type, detail)
+  values (new.store_id, new.id, new.conversation_id, 'job.dead_letter_settle_failed',
+          jsonb_build_object('error', sqlerrm, 'sqlstate', sqlstate));
+  return null;
+end;
+$$;
+
+ALTER FUNCTION public.job_queue_dead_lettered() OWNER TO postgres;
+
+--
 -- Name: job_retry_policies; Type: TABLE; Schema: public; Owner: postgres
 --
 
@@ -2886,11 +2909,19 @@ CREATE FUNCTION public.requeue_dlq_job(p_job_id uuid, p_reset_attempts boolean D
             dead_lettered_at = null, locked_by = null, locked_until = null, updated_at = now()
         where q.id = p_job_id and q.status = 'dead_letter'
         returning q.id, q.store_id, q.conversation_id, q.attempt_count
+    ), revived as (
+        -- The draft that dead-lettering failed (settle_dead_lettered_job) may be sent again.
+        update public.replies p
+        set status = 'drafted', error = null
+        from requeued r
+        where p.job_id = r.id and p.status = 'failed' and p.error like 'dead_lettered:%'
+        returning p.id
     ), logged as (
         insert into public.events (store_id, job_id, conversation_id, event_type, detail)
         select r.store_id, r.id, r.conversation_id, 'job.requeued',
                jsonb_build_object('reset_attempts', p_reset_attempts,
-                                  'attempt_count', r.attempt_count)
+                                  'attempt_count', r.attempt_count,
+                                  'reply_revived', exists (select 1 from revived))
         from requeued r
     )
     select exists (select 1 from requeued);
@@ -3161,6 +3192,62 @@ end;
 $$;
 
 ALTER FUNCTION public.set_updated_at() OWNER TO postgres;
+
+--
+-- Name: settle_dead_lettered_job(public.job_queue); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.settle_dead_lettered_job(p_job public.job_queue) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  v_reply public.replies;
+  v_after text;
+  v_store_id uuid;
+  v_refunded boolean := false;
+  v_detail jsonb;
+begin
+  select * into v_reply from public.replies r where r.job_id = p_job.id for update;
+  v_after := v_reply.status;
+  if v_reply.status = 'sending' then
+    v_after := 'held';
+    update public.replies
+    set status = 'held', hold_reason = 'delivery_in_doubt'
+    where id = v_reply.id;
+  elsif v_reply.status = 'drafted' then
+    v_after := 'failed';
+    update public.replies
+    set status = 'failed', error = 'dead_lettered: ' || coalesce(p_job.last_error, 'unknown')
+    where id = v_reply.id;
+  end if;
+
+  if v_reply.id is null or v_reply.status in ('drafted', 'failed') then
+    select l.store_id into v_store_id
+    from public.credit_ledger l
+    where l.job_id = p_job.id and l.reason = 'reply'
+    limit 1;
+    if v_store_id is not null then
+      v_refunded := public.release_credit(v_store_id, p_job.id, 'dead_lettered');
+    end if;
+  end if;
+  if v_reply.id is null and v_store_id is null then
+    -- Neither charged nor drafted: nothing to settle (job.dead_lettered already says why).
+    return null;
+  end if;
+
+  v_detail := jsonb_build_object(
+    'reply_id', v_reply.id, 'reply_status_before', v_reply.status, 'reply_status', v_after,
+    'refunded', v_refunded, 'error', p_job.last_error, 'error_type', p_job.last_error_type,
+    'attempt', p_job.attempt_count);
+  insert into public.events (store_id, job_id, conversation_id, message_id, event_type, detail)
+  values (p_job.store_id, p_job.id, p_job.conversation_id, v_reply.message_id,
+          'job.dead_letter_settled', v_detail);
+  return v_detail;
+end;
+$$;
+
+ALTER FUNCTION public.settle_dead_lettered_job(p_job public.job_queue) OWNER TO postgres;
 
 --
 -- Name: store_apply_settings(public.stores, jsonb, text[]); Type: FUNCTION; Schema: public; Owner: postgres
@@ -3937,6 +4024,12 @@ CREATE TRIGGER events_append_only BEFORE UPDATE ON public.events FOR EACH ROW EX
 CREATE TRIGGER events_conversation_status AFTER INSERT ON public.events FOR EACH ROW WHEN (((new.event_type = ANY (ARRAY['process.spam'::text, 'process.skipped'::text, 'job.dead_lettered'::text])) AND (new.conversation_id IS NOT NULL))) EXECUTE FUNCTION public.console_status_from_event();
 
 --
+-- Name: job_queue job_queue_dead_lettered; Type: TRIGGER; Schema: public; Owner: postgres
+--
+
+CREATE TRIGGER job_queue_dead_lettered AFTER UPDATE OF status ON public.job_queue FOR EACH ROW WHEN (((new.status = 'dead_letter'::text) AND (old.status IS DISTINCT FROM 'dead_letter'::text))) EXECUTE FUNCTION public.job_queue_dead_lettered();
+
+--
 -- Name: mailbox_state mailbox_state_set_updated_at; Type: TRIGGER; Schema: public; Owner: postgres
 --
 
@@ -4659,6 +4752,13 @@ GRANT ALL ON FUNCTION public.ingest_messages(p_store_id uuid, p_folder text, p_u
 REVOKE ALL ON FUNCTION public.is_loopback_host(p_host text) FROM PUBLIC;
 
 --
+-- Name: FUNCTION job_queue_dead_lettered(); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.job_queue_dead_lettered() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.job_queue_dead_lettered() TO service_role;
+
+--
 -- Name: TABLE job_retry_policies; Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -4808,6 +4908,13 @@ GRANT ALL ON FUNCTION public.sender_key(p_address text) TO service_role;
 --
 
 REVOKE ALL ON FUNCTION public.set_updated_at() FROM PUBLIC;
+
+--
+-- Name: FUNCTION settle_dead_lettered_job(p_job public.job_queue); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.settle_dead_lettered_job(p_job public.job_queue) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.settle_dead_lettered_job(p_job public.job_queue) TO service_role;
 
 --
 -- Name: FUNCTION store_apply_settings(p_base public.stores, p_changes jsonb, p_allowed text[]); Type: ACL; Schema: public; Owner: postgres
