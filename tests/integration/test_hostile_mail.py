@@ -193,7 +193,10 @@ def test_a_reply_that_cannot_be_built_never_enters_sending_and_is_refunded(
     assert job["status"] == "dead_letter"
     assert "reply cannot be built" in str(job["last_error"])
     reply = pipeline.reply(job_id)
-    assert reply is not None and reply["status"] == "drafted"  # never `sending`
+    # Never `sending`; dead-lettering settled the unsent draft as failed (issue 16).
+    assert reply is not None and reply["status"] == "failed"
+    assert str(reply["error"]).startswith("dead_lettered: ")
+    assert "reply.sending" not in pipeline.event_types(job_id)
     assert pipeline.ledger(job_id) == [("reply", -1), ("refund", 1)]
     assert pipeline.credits() == 10
     assert pipeline.sink.messages == []
