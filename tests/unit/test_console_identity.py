@@ -124,3 +124,11 @@ def test_line_chart_draws_points_and_escapes_its_title() -> None:
 
 def test_line_chart_without_data_says_so() -> None:
     assert "no data in this window" in charts.line_chart("Depth", [], [])
+
+
+def test_line_chart_names_the_day_when_the_window_crosses_midnight() -> None:
+    end = datetime(2026, 12, 1, 16, 27, tzinfo=UTC)
+    svg = charts.line_chart("Depth", [end - timedelta(hours=23), end], [1, 2])
+    assert ">30 Nov 17:27<" in svg and ">16:27 UTC<" in svg
+    same_day = charts.line_chart("Depth", [end - timedelta(hours=2), end], [1, 2])
+    assert ">14:27<" in same_day

@@ -13,6 +13,12 @@ PAD_BOTTOM = 18
 PAD_TOP = 8
 
 
+def _time_label(first: datetime, last: datetime) -> str:
+    """The left end of the time axis; with the day when the window crosses midnight, so that
+    yesterday's 17:27 is not read as later than today's 16:27."""
+    return f"{first:%d %b %H:%M}" if first.date() != last.date() else f"{first:%H:%M}"
+
+
 def _label(value: float) -> str:
     return f"{value:,.0f}" if value >= 10 or value == int(value) else f"{value:.1f}"
 
@@ -40,8 +46,8 @@ def line_chart(
             head + axis + f'<text x="{WIDTH / 2}" y="{HEIGHT / 2}" text-anchor="middle" '
             'class="empty">no data in this window</text></svg>'
         )
-    start = min(t for t, _ in points).timestamp()
-    end = max(t for t, _ in points).timestamp()
+    first, last = min(t for t, _ in points), max(t for t, _ in points)
+    start, end = first.timestamp(), last.timestamp()
     span = max(end - start, 1.0)
     top = max(max(v for _, v in points), 1.0)
 
@@ -58,8 +64,7 @@ def line_chart(
     labels = (
         f'<text x="{PAD_LEFT - 4}" y="{PAD_TOP + 8}" text-anchor="end">{_label(top)}{unit}</text>'
         f'<text x="{PAD_LEFT - 4}" y="{PAD_TOP + plot_h}" text-anchor="end">0</text>'
-        f'<text x="{PAD_LEFT}" y="{HEIGHT - 4}">{min(t for t, _ in points):%H:%M}</text>'
-        f'<text x="{WIDTH - 4}" y="{HEIGHT - 4}" text-anchor="end">'
-        f"{max(t for t, _ in points):%H:%M} UTC</text>"
+        f'<text x="{PAD_LEFT}" y="{HEIGHT - 4}">{_time_label(first, last)}</text>'
+        f'<text x="{WIDTH - 4}" y="{HEIGHT - 4}" text-anchor="end">{last:%H:%M} UTC</text>'
     )
     return head + axis + labels + f'<polyline points="{line}" class="line"/>' + dots + "</svg>"
