@@ -348,9 +348,12 @@ def test_a_database_blip_after_the_send_is_ridden_out_and_the_reply_recorded_as_
 
 
 def kill_worker_connections(pipeline: Pipeline) -> int:
-    """Terminate every pooled worker connection, as a Postgres restart does to them."""
+    """Terminate every pooled worker connection, as a Postgres restart does to them.
+
+    Waits (up to 5 s) until each backend has exited, as a restart has before it accepts again.
+    """
     rows = pipeline.sql.execute(
-        "select pg_terminate_backend(pid) from pg_stat_activity"
+        "select pg_terminate_backend(pid, 5000) from pg_stat_activity"
         " where application_name = 'support-worker' and pid <> pg_backend_pid()"
     ).fetchall()
     return len(rows)

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 import math
+import select
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
+from time import monotonic
 from typing import Any
 
 import psycopg
@@ -44,6 +46,9 @@ DEFAULT_PREPARE_THRESHOLD: int | None = 5
 MIN_CONNECT_TIMEOUT_SECONDS = 2
 # Supabase's transaction pooler port (Supavisor); 5432 on the pooler host is its session mode.
 TRANSACTION_POOLER_PORT = 6543
+# A pooled connection idle for longer than this is checked with a round trip before use; one
+# returned more recently is only checked for input the server sent meanwhile (no round trip).
+CHECK_AFTER_IDLE_SECONDS = 1.0
 
 # Behind a transaction pooler: the call's settings, local to its transaction (SET LOCAL).
 _TRANSACTION_SETTINGS_SQL = (
@@ -115,11 +120,41 @@ def uses_transaction_pooler(conninfo: str, mode: PreparedStatements = "auto") ->
     return str(TRANSACTION_POOLER_PORT) in str(ports or "").split(",")
 
 
-def configure_connection(conn: psycopg.Connection[Any]) -> None:
+class PooledConnection(psycopg.Connection[Any]):
+    """A pooled connection that knows since when it has been idle in the pool."""
+
+    idle_since: float = 0.0  # time.monotonic(); 0 until the pool first holds it
+
+
+def configure_connection(conn: PooledConnection) -> None:
     """Per-connection set-up run by the pool: load values as the common types (worker.db)."""
     conn.adapters.register_loader("uuid", UuidTextLoader)
     conn.adapters.register_loader("numeric", NumericLoader)
     conn.adapters.register_loader("timestamp", UtcTimestampLoader)
+    conn.idle_since = monotonic()
+
+
+def mark_idle(conn: PooledConnection) -> None:
+    """The pool's reset callback: the connection goes back to the pool now."""
+    conn.idle_since = monotonic()
+
+
+def check_pooled_connection(conn: PooledConnection) -> None:
+    """The pool's check before handing a connection out; raises if the connection is dead.
+
+    A round trip (`ConnectionPool.check_connection`) on every call doubled the cost of a short
+    call. A connection back from a call less than CHECK_AFTER_IDLE_SECONDS ago is checked
+    without one: an idle connection receives nothing unless the server ended it (a restart or
+    pg_terminate_backend sends a FATAL message and closes the socket), so input waiting on its
+    socket means it needs the real check. A connection that still dies on use (the network
+    dropped in that second) fails its call, which callers treat as a transient error.
+    """
+    if conn.closed or monotonic() - conn.idle_since >= CHECK_AFTER_IDLE_SECONDS:
+        ConnectionPool.check_connection(conn)
+        return
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable:
+        ConnectionPool.check_connection(conn)
 
 
 @contextmanager
@@ -222,6 +257,7 @@ class PgTransport:
         self._queries: dict[tuple[str, tuple[str, ...], Shape], bytes] = {}
         self._pool = ConnectionPool(
             conninfo,
+            connection_class=PooledConnection,
             min_size=min_size,
             max_size=max_size,
             kwargs=kwargs,
@@ -229,8 +265,10 @@ class PgTransport:
             name="worker-db",
             configure=configure_connection,
             # After a database restart every pooled connection is dead; checking one before
-            # handing it out (a cheap round trip) replaces it instead of failing the caller.
-            check=ConnectionPool.check_connection,
+            # handing it out replaces it instead of failing the caller (a round trip only for
+            # a connection idle longer than CHECK_AFTER_IDLE_SECONDS).
+            check=check_pooled_connection,
+            reset=mark_idle,
             open=True,
         )
 
