@@ -3207,8 +3207,15 @@ declare
   v_store_id uuid;
   v_refunded boolean := false;
   v_detail jsonb;
+  v_charge_job uuid := p_job.id;
 begin
-  select * into v_reply from public.replies r where r.job_id = p_job.id for update;
+  if p_job.job_type = 'send_reply' then
+    select * into v_reply from public.replies r
+    where r.id = (p_job.payload ->> 'reply_id')::uuid for update;
+    v_charge_job := v_reply.job_id;
+  else
+    select * into v_reply from public.replies r where r.job_id = p_job.id for update;
+  end if;
   v_after := v_reply.status;
   if v_reply.status = 'sending' then
     v_after := 'held';
@@ -3225,10 +3232,10 @@ begin
   if v_reply.id is null or v_reply.status in ('drafted', 'failed') then
     select l.store_id into v_store_id
     from public.credit_ledger l
-    where l.job_id = p_job.id and l.reason = 'reply'
+    where l.job_id = v_charge_job and l.reason = 'reply'
     limit 1;
     if v_store_id is not null then
-      v_refunded := public.release_credit(v_store_id, p_job.id, 'dead_lettered');
+      v_refunded := public.release_credit(v_store_id, v_charge_job, 'dead_lettered');
     end if;
   end if;
   if v_reply.id is null and v_store_id is null then

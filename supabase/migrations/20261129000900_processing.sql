@@ -318,7 +318,10 @@ $$;
 -- expired with no attempts left; an operator's update) settles what the job leaves behind, in
 -- this one place and in the same transaction. It is keyed on what the job owns (its charge in
 -- credit_ledger, its reply row by job_id), not on its type, so any job type that charges or
--- drafts is covered. What happens to the reply:
+-- drafts is covered. A send_reply job (the console's approved or written reply) neither drafted
+-- nor charged under its own id: its reply is the payload's reply_id and the charge is the one
+-- keyed by that reply's job_id (the pipeline job that drafted it, or the console's own charge
+-- id), exactly as the console took it. What happens to the reply:
 --   none, drafted, failed: nothing reached the customer: the reply (if any) ends 'failed'
 --                          and the credit is refunded;
 --   sending:               it may have reached the customer: it stays charged and becomes
@@ -338,8 +341,15 @@ declare
   v_store_id uuid;
   v_refunded boolean := false;
   v_detail jsonb;
+  v_charge_job uuid := p_job.id;
 begin
-  select * into v_reply from public.replies r where r.job_id = p_job.id for update;
+  if p_job.job_type = 'send_reply' then
+    select * into v_reply from public.replies r
+    where r.id = (p_job.payload ->> 'reply_id')::uuid for update;
+    v_charge_job := v_reply.job_id;
+  else
+    select * into v_reply from public.replies r where r.job_id = p_job.id for update;
+  end if;
   v_after := v_reply.status;
   if v_reply.status = 'sending' then
     v_after := 'held';
@@ -356,10 +366,10 @@ begin
   if v_reply.id is null or v_reply.status in ('drafted', 'failed') then
     select l.store_id into v_store_id
     from public.credit_ledger l
-    where l.job_id = p_job.id and l.reason = 'reply'
+    where l.job_id = v_charge_job and l.reason = 'reply'
     limit 1;
     if v_store_id is not null then
-      v_refunded := public.release_credit(v_store_id, p_job.id, 'dead_lettered');
+      v_refunded := public.release_credit(v_store_id, v_charge_job, 'dead_lettered');
     end if;
   end if;
   if v_reply.id is null and v_store_id is null then

@@ -2,9 +2,11 @@
 -- (settle_dead_lettered_job, fired by the job_queue_dead_lettered trigger): the credit of a
 -- reply that never left is refunded, the reply row ends in an explicit state, and an event says
 -- why. Paths: fail_job (permanent, and out of attempts), dequeue_jobs dead-lettering an expired
--- lease with no attempts left, and a direct update. Runs as service_role.
+-- lease with no attempts left, and a direct update; and both of the first two for a send_reply
+-- job (the console's approved reply), whose reply and charge are not keyed by its own id.
+-- Runs as service_role.
 begin;
-select plan(34);
+select plan(50);
 
 insert into public.stores (id, name, support_email, imap_host, imap_port, imap_user, smtp_host,
                            smtp_port, smtp_user, credits)
@@ -151,6 +153,78 @@ select is(public.requeue_dlq_job(pg_temp.job(1)), true, 'job 1 is requeued');
 select is(pg_temp.reply_status(1), 'drafted', 'its reply is a draft again, ready to send');
 
 select is(pg_temp.credits(), 7, 'refunded: jobs 1, 2, 6 and 8; charged: 3, 4 and 5');
+
+-- send_reply: a reply a person approved --------------------------------------------------------
+-- Its reply is the payload's reply_id and its charge the one keyed by the reply's job_id (here
+-- the email job that drafted it, as console_send_reply keeps it), not the send job's own id.
+reset role;
+create function pg_temp.reply_id(p_uid int) returns uuid language sql as $$
+  select r.id from public.replies r where r.job_id = pg_temp.job(p_uid)
+$$;
+create function pg_temp.send_job(p_uid int) returns uuid language sql as $$
+  select q.id from public.job_queue q
+  where q.job_type = 'send_reply' and q.payload ->> 'reply_id' = pg_temp.reply_id(p_uid)::text
+$$;
+create function pg_temp.send_settled(p_uid int) returns jsonb language sql as $$
+  select e.detail from public.events e
+  where e.job_id = pg_temp.send_job(p_uid) and e.event_type = 'job.dead_letter_settled'
+  order by e.id desc limit 1
+$$;
+grant execute on function pg_temp.reply_id(int), pg_temp.send_job(int),
+                         pg_temp.send_settled(int) to service_role;
+set local role service_role;
+
+select lives_ok($$select public.ingest_messages(
+  '10000000-0000-4000-8000-0000000000d1', 'INBOX', 1, 10,
+  jsonb_build_array(pg_temp.msg(9), pg_temp.msg(10)))$$,
+  'two more customer emails are ingested');
+reset role;
+update public.job_queue
+set status = 'processing', locked_by = 'w1', locked_until = now() + interval '5 minutes',
+    attempt_count = 1, max_attempts = 3, started_at = now(), job_type = 'dl_test'
+where id in (pg_temp.job(9), pg_temp.job(10));
+set local role service_role;
+select pg_temp.prepare(9, 'held'), pg_temp.prepare(10, 'held');
+select is(pg_temp.credits(), 5, 'the email jobs 9 and 10 charged their held drafts');
+select is(public.complete_job(pg_temp.job(9), 'w1'), true, 'email job 9 is done (held)');
+select is(public.complete_job(pg_temp.job(10), 'w1'), true, 'email job 10 is done (held)');
+-- What console_send_reply does once a person approves: drafted again, one send_reply job.
+reset role;
+update public.replies set status = 'drafted', hold_reason = null
+where id in (pg_temp.reply_id(9), pg_temp.reply_id(10));
+select public.console_enqueue_send(r, r.job_id) from public.replies r
+where r.id in (pg_temp.reply_id(9), pg_temp.reply_id(10));
+update public.job_queue
+set status = 'processing', locked_by = 'w1', locked_until = now() + interval '5 minutes',
+    attempt_count = 1, max_attempts = 3, started_at = now()
+where id in (pg_temp.send_job(9), pg_temp.send_job(10));
+set local role service_role;
+
+-- fail_job, permanent
+select is(public.fail_job(pg_temp.send_job(9), 'w1', 'smtp 550', 'permanent'), 'dead_letter',
+          'a permanent send failure dead-letters the send_reply job');
+select is(pg_temp.reply_status(9), 'failed', 'the approved reply that never left ends failed');
+select is((select error from public.replies where id = pg_temp.reply_id(9)),
+          'dead_lettered: smtp 550', 'the reply says why');
+select is(pg_temp.refunds(9), 1, 'the charge of the email job that drafted it is refunded');
+select is((pg_temp.send_settled(9) ->> 'reply_id')::uuid, pg_temp.reply_id(9),
+          'the settle event of the send job names the reply');
+select is((pg_temp.send_settled(9) ->> 'refunded')::boolean, true, 'and that it refunded');
+
+-- dequeue_jobs: the send job's lease expired on its last attempt (the worker died every time)
+update public.job_queue
+set attempt_count = max_attempts, locked_until = now() - interval '1 second'
+where id = pg_temp.send_job(10);
+select is_empty($$select * from public.dequeue_jobs('w2', 10, 60, array['send_reply'])$$,
+                'the claim finds no send job to run, only an expired lease to settle');
+select is((select status from public.job_queue where id = pg_temp.send_job(10)), 'dead_letter',
+          'the claim dead-lettered the expired send job');
+select is(pg_temp.reply_status(10), 'failed', 'its approved reply ends failed');
+select is(pg_temp.refunds(10), 1, 'the poison send job gives the credit back');
+select alike(pg_temp.send_settled(10) ->> 'error', 'lease expired%',
+             'the event says the lease expired');
+
+select is(pg_temp.credits(), 7, 'both approved replies that never left were refunded');
 
 select * from finish();
 rollback;

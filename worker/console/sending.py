@@ -5,12 +5,12 @@ never sent twice).
 
 The console's SQL action drafted the reply and enqueued this job in one transaction; the credit
 was taken then (or when the pipeline drafted it), keyed by the reply's `job_id`, so a permanent
-failure or a dead letter refunds that charge.
+failure refunds that charge here and a dead letter has it refunded by the database
+(settle_dead_lettered_job).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,8 +20,6 @@ from worker.pipeline.context import JobContext, JobDone, PipelineOptions, Servic
 from worker.queue.handlers import JobRun
 from worker.queue.outcome import Complete, Outcome, Settled
 from worker.queue.trace import finish
-
-log = logging.getLogger(__name__)
 
 JOB_TYPE = "send_reply"
 
@@ -56,15 +54,13 @@ class SendReplyHandler:
         return Settled(ctx.settled)
 
     def dead_lettered(self, job: Mapping[str, Any]) -> None:
-        """Refund a reply that never left when its send job will not be retried."""
-        reply_id = str((job.get("payload") or {}).get("reply_id") or "")
-        try:
-            loaded = self.services.db.load_reply_context(reply_id) if reply_id else None
-            if loaded is None or loaded["reply"].get("status") in ("sending", "sent"):
-                return
-            self._refund(loaded["reply"], loaded["store"], "dead_lettered")
-        except WorkerError:
-            log.exception("send_reply %s: could not refund its credit", job.get("id"))
+        """Nothing to undo here: the database settles a dead-lettered send_reply job itself.
+
+        The trigger job_queue_dead_lettered (settle_dead_lettered_job) finds the reply by the
+        payload's reply_id and refunds the charge keyed by the reply's job_id on every path into
+        the dead-letter queue, including the claim's dead-lettering of an expired lease, which
+        never reaches Python.
+        """
 
     def _refund(self, reply: Mapping[str, Any], store: Mapping[str, Any], reason: str) -> None:
         if reply.get("job_id"):
