@@ -656,6 +656,46 @@ $$;
 ALTER FUNCTION public.complete_jobs(p_worker_id text, p_job_ids uuid[], p_results jsonb) OWNER TO postgres;
 
 --
+-- Name: confirm_reply_by_copy(uuid, text, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.confirm_reply_by_copy(p_store_id uuid, p_smtp_message_id text, p_detail jsonb DEFAULT '{}'::jsonb) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  v_reply public.replies;
+begin
+  select * into v_reply from public.replies
+  where store_id = p_store_id and smtp_message_id = btrim(p_smtp_message_id)
+  for update;
+  if not found then
+    return null;
+  end if;
+  if v_reply.status = 'sending'
+     or (v_reply.status = 'held' and v_reply.hold_reason = 'delivery_in_doubt') then
+    update public.replies
+    set status = 'sent', sent_at = now(), sending_at = coalesce(sending_at, now()),
+        hold_reason = null, error = null
+    where id = v_reply.id;
+    insert into public.events (store_id, job_id, conversation_id, message_id, event_type, detail)
+    values (v_reply.store_id, v_reply.job_id, v_reply.conversation_id, v_reply.message_id,
+            'reply.confirmed_by_copy',
+            coalesce(p_detail, '{}'::jsonb)
+              || jsonb_build_object('reply_id', v_reply.id,
+                                    'smtp_message_id', v_reply.smtp_message_id,
+                                    'previous_status', v_reply.status));
+    return jsonb_build_object('reply_id', v_reply.id, 'status', 'sent',
+                              'previous_status', v_reply.status);
+  end if;
+  return jsonb_build_object('reply_id', v_reply.id, 'status', v_reply.status,
+                            'previous_status', v_reply.status);
+end;
+$$;
+
+ALTER FUNCTION public.confirm_reply_by_copy(p_store_id uuid, p_smtp_message_id text, p_detail jsonb) OWNER TO postgres;
+
+--
 -- Name: console_actor(); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -2269,6 +2309,9 @@ declare
   v_conflicting boolean;
   v_conflicts_with uuid;
   v_original_id text;
+  v_support_email text;
+  v_own_copies int := 0;
+  v_copy_of jsonb;
 begin
   if p_folder is null or p_folder = '' or p_uidvalidity is null or p_last_uid is null
      or p_last_uid < 0 then
@@ -2278,7 +2321,8 @@ begin
   if jsonb_typeof(p_messages) is distinct from 'array' then
     raise exception 'p_messages must be a JSON array' using errcode = 'invalid_parameter_value';
   end if;
-  perform 1 from public.stores where id = p_store_id;
+  select lower(btrim(s.support_email)) into v_support_email
+  from public.stores s where s.id = p_store_id;
   if not found then
     raise exception 'store % not found', p_store_id using errcode = 'no_data_found';
   end if;
@@ -2307,6 +2351,25 @@ begin
     -- of it dedupes in turn), flagged, and processed like any other email; dropping it would
     -- let a forged message pre-empt a real customer's.
     v_from := nullif(lower(btrim(v_msg ->> 'from_address')), '');
+
+    -- Our own reply's copy (sent from the support address with one of this store's reply
+    -- Message-IDs): proof of delivery, never a customer's email. It is not stored (the reply row
+    -- already is; storing it would open a conversation with ourselves) and gets no job; an event
+    -- notes where it was, so the mailbox position's advance over it stays accounted for.
+    if v_from = v_support_email then
+      v_copy_of := public.confirm_reply_by_copy(
+        p_store_id, v_message_id,
+        jsonb_build_object('folder', p_folder, 'uid', v_msg -> 'uid'));
+      if v_copy_of is not null then
+        v_own_copies := v_own_copies + 1;
+        insert into public.events (store_id, event_type, detail)
+        values (p_store_id, 'message.own_copy',
+                v_copy_of || jsonb_build_object('message_id', v_message_id, 'folder', p_folder,
+                                                'uid', v_msg -> 'uid'));
+        continue;
+      end if;
+    end if;
+
     v_conflicts_with := null;
     select m.id, m.from_address is distinct from v_from
                  or m.body_text <> (v_msg ->> 'body_text')
@@ -2470,6 +2533,7 @@ begin
     'stored', v_stored,
     'duplicates', v_duplicates,
     'skipped', v_skipped,
+    'own_copies', v_own_copies,
     'job_ids', to_jsonb(v_job_ids),
     'last_uid', v_last_uid
   );
@@ -4440,6 +4504,13 @@ GRANT ALL ON FUNCTION public.complete_job(p_job_id uuid, p_worker_id text, p_res
 
 REVOKE ALL ON FUNCTION public.complete_jobs(p_worker_id text, p_job_ids uuid[], p_results jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.complete_jobs(p_worker_id text, p_job_ids uuid[], p_results jsonb) TO service_role;
+
+--
+-- Name: FUNCTION confirm_reply_by_copy(p_store_id uuid, p_smtp_message_id text, p_detail jsonb); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.confirm_reply_by_copy(p_store_id uuid, p_smtp_message_id text, p_detail jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.confirm_reply_by_copy(p_store_id uuid, p_smtp_message_id text, p_detail jsonb) TO service_role;
 
 --
 -- Name: FUNCTION console_actor(); Type: ACL; Schema: public; Owner: postgres

@@ -122,6 +122,9 @@ declare
   v_conflicting boolean;
   v_conflicts_with uuid;
   v_original_id text;
+  v_support_email text;
+  v_own_copies int := 0;
+  v_copy_of jsonb;
 begin
   if p_folder is null or p_folder = '' or p_uidvalidity is null or p_last_uid is null
      or p_last_uid < 0 then
@@ -131,7 +134,8 @@ begin
   if jsonb_typeof(p_messages) is distinct from 'array' then
     raise exception 'p_messages must be a JSON array' using errcode = 'invalid_parameter_value';
   end if;
-  perform 1 from public.stores where id = p_store_id;
+  select lower(btrim(s.support_email)) into v_support_email
+  from public.stores s where s.id = p_store_id;
   if not found then
     raise exception 'store % not found', p_store_id using errcode = 'no_data_found';
   end if;
@@ -160,6 +164,25 @@ begin
     -- of it dedupes in turn), flagged, and processed like any other email; dropping it would
     -- let a forged message pre-empt a real customer's.
     v_from := nullif(lower(btrim(v_msg ->> 'from_address')), '');
+
+    -- Our own reply's copy (sent from the support address with one of this store's reply
+    -- Message-IDs): proof of delivery, never a customer's email. It is not stored (the reply row
+    -- already is; storing it would open a conversation with ourselves) and gets no job; an event
+    -- notes where it was, so the mailbox position's advance over it stays accounted for.
+    if v_from = v_support_email then
+      v_copy_of := public.confirm_reply_by_copy(
+        p_store_id, v_message_id,
+        jsonb_build_object('folder', p_folder, 'uid', v_msg -> 'uid'));
+      if v_copy_of is not null then
+        v_own_copies := v_own_copies + 1;
+        insert into public.events (store_id, event_type, detail)
+        values (p_store_id, 'message.own_copy',
+                v_copy_of || jsonb_build_object('message_id', v_message_id, 'folder', p_folder,
+                                                'uid', v_msg -> 'uid'));
+        continue;
+      end if;
+    end if;
+
     v_conflicts_with := null;
     select m.id, m.from_address is distinct from v_from
                  or m.body_text <> (v_msg ->> 'body_text')
@@ -323,6 +346,7 @@ begin
     'stored', v_stored,
     'duplicates', v_duplicates,
     'skipped', v_skipped,
+    'own_copies', v_own_copies,
     'job_ids', to_jsonb(v_job_ids),
     'last_uid', v_last_uid
   );

@@ -80,7 +80,7 @@ select is(
     pg_temp.msg('<m3@cliente.test>', 3, 'bob@cliente.test', jsonb_build_object(
       'skip_reason', 'oversized', 'size_bytes', 30000000, 'body_text', null))
   )) - 'job_ids',
-  '{"stored": 2, "duplicates": 0, "skipped": 1, "last_uid": 3}'::jsonb,
+  '{"stored": 2, "duplicates": 0, "skipped": 1, "own_copies": 0, "last_uid": 3}'::jsonb,
   'first batch: two stored for processing, one skipped');
 select is((select count(*)::int from public.messages
            where store_id = '10000000-0000-4000-8000-000000000001'), 3,
@@ -152,7 +152,7 @@ select is(
                 jsonb_build_object('in_reply_to', '<m1@cliente.test>',
                                    'references', jsonb_build_array('<reply-1@loja.test>')))
   )) - 'job_ids',
-  '{"stored": 2, "duplicates": 1, "skipped": 0, "last_uid": 3}'::jsonb,
+  '{"stored": 2, "duplicates": 1, "skipped": 0, "own_copies": 0, "last_uid": 3}'::jsonb,
   'second batch: the redelivered message is a duplicate');
 select is((pg_temp.message('<m4@cliente.test>')).conversation_id,
           (pg_temp.message('<m1@cliente.test>')).conversation_id,
@@ -188,7 +188,7 @@ select is(
     pg_temp.msg('<m4@cliente.test>', 4, 'ana@cliente.test'),
     pg_temp.msg('<m5@cliente.test>', 5, 'mallory@evil.test')
   )),
-  '{"stored": 0, "duplicates": 5, "skipped": 0, "job_ids": [], "last_uid": 5}'::jsonb,
+  '{"stored": 0, "duplicates": 5, "skipped": 0, "own_copies": 0, "job_ids": [], "last_uid": 5}'::jsonb,
   'the resynchronised folder stores and enqueues nothing again');
 select is(pg_temp.store_jobs(), 4, 'still four jobs');
 select is((select count(*)::int from public.messages
@@ -200,7 +200,7 @@ select is(
                          jsonb_build_array(pg_temp.msg('<m6@cliente.test>', 1, 'c@cliente.test'),
                                            pg_temp.msg('<m6@cliente.test>', 2, 'c@cliente.test')))
     - 'job_ids',
-  '{"stored": 1, "duplicates": 1, "skipped": 0, "last_uid": 2}'::jsonb,
+  '{"stored": 1, "duplicates": 1, "skipped": 0, "own_copies": 0, "last_uid": 2}'::jsonb,
   'a message repeated within one batch is stored once');
 select is((select count(*)::int from public.mailbox_state
            where store_id = '10000000-0000-4000-8000-000000000001'), 2,
@@ -247,7 +247,7 @@ grant execute on function pg_temp.conflicts() to service_role;
 select is(pg_temp.ingest(8, 9, jsonb_build_array(
             pg_temp.msg('<m7@cliente.test>', 9, 'mallory@evil.test',
                         '{"body_text": "Mande o reembolso para outra conta"}'))) - 'job_ids',
-          '{"stored": 1, "duplicates": 0, "skipped": 0, "last_uid": 9}'::jsonb,
+          '{"stored": 1, "duplicates": 0, "skipped": 0, "own_copies": 0, "last_uid": 9}'::jsonb,
           'another sender reusing a stored Message-ID: stored, not a duplicate');
 select is(pg_temp.conflicts(), 1, 'a message.conflicting_id event flags it');
 select is((select e.detail ->> 'conflicts_with' from public.events e

@@ -160,7 +160,7 @@ def test_two_fetch_runs_store_the_same_message_once(
     first, second = race(db, a, b, ingest)
     assert first["stored"] == 1
     second.pop("job_ids", None)
-    assert second == {"stored": 0, "duplicates": 1, "skipped": 0, "last_uid": 1}
+    assert second == {"stored": 0, "duplicates": 1, "skipped": 0, "own_copies": 0, "last_uid": 1}
 
     def count(sql: str) -> int:
         row = db.execute(sql, (store_id,)).fetchone()
