@@ -89,12 +89,12 @@ def _order(email: str) -> OrderFacts:
     )
 
 
-def _no_send(message: EmailMessage, account: MailAccount) -> None:
+def _no_send(message: EmailMessage, account: MailAccount, copy_to: str | None) -> None:
     return None
 
 
-def _never_in_sent(account: MailAccount, message_id: str) -> bool:
-    return False
+def _never_in_sent(account: MailAccount, message_id: str, inbox: str) -> str | None:
+    return None
 
 
 def customer_email(n: int, tag: str) -> bytes:
@@ -167,7 +167,7 @@ def measure(database_url: str, emails: int, concurrency: int) -> CostResult:
         services = Services(
             db=db,
             responder=OfflineResponder(),
-            mail=MailIO(send=_no_send, sent_folder_has=_never_in_sent),
+            mail=MailIO(send=_no_send, find_sent=_never_in_sent),
             shop_for=lambda store, secrets: MemoryShop(),
         )
         # No hourly reply rate: every email of the run is to be answered, at once.

@@ -91,6 +91,7 @@ class StoreOutcome:
     stored: int = 0
     duplicates: int = 0
     skipped: int = 0
+    own_copies: int = 0  # our replies' own copies: proof of delivery, never stored (0017)
     uidvalidity_changed: bool = False
     left_alone: int = 0  # old mail skipped by a first fetch or a resync
     error: str | None = None
@@ -311,7 +312,7 @@ def fetch_store(
                 pending = []
         if ingested:
             _record_window(db, store_id, folder, batch, known_uidvalidity)
-        handled = outcome.stored + outcome.skipped + outcome.duplicates
+        handled = outcome.stored + outcome.skipped + outcome.duplicates + outcome.own_copies
         if handled < len(messages):
             if stop_event is not None and stop_event.is_set():
                 # Nothing lost: the UID stays at the last stored message for the next run.
@@ -400,6 +401,7 @@ def _count(outcome: StoreOutcome, result: dict[str, Any]) -> None:
     outcome.stored += int(result.get("stored", 0))
     outcome.duplicates += int(result.get("duplicates", 0))
     outcome.skipped += int(result.get("skipped", 0))
+    outcome.own_copies += int(result.get("own_copies", 0))
     outcome.job_ids.extend(str(j) for j in result.get("job_ids") or [])
 
 
@@ -571,6 +573,7 @@ def summarize(outcomes: list[StoreOutcome]) -> dict[str, Any]:
         "fetched": sum(o.fetched for o in outcomes),
         "stored": sum(o.stored for o in outcomes),
         "duplicates": sum(o.duplicates for o in outcomes),
+        "own_copies": sum(o.own_copies for o in outcomes),
         "skipped": sum(o.skipped for o in outcomes),
         "left_alone": sum(o.left_alone for o in outcomes),
         "jobs_enqueued": sum(len(o.job_ids) for o in outcomes),

@@ -43,9 +43,10 @@ def build_responder(settings: Settings) -> Responder:
 
 
 def mail_io(settings: Settings) -> MailIO:
-    """SMTP delivery and the Sent-folder lookup, with the configured timeouts and CA."""
+    """SMTP delivery and the lookup of a sent reply (Sent folder, then the copy in INBOX), with
+    the configured timeouts and CA."""
 
-    def send(message: EmailMessage, account: MailAccount) -> object:
+    def send(message: EmailMessage, account: MailAccount, copy_to: str | None) -> object:
         return smtp.send_message(
             message,
             account.host,
@@ -55,9 +56,10 @@ def mail_io(settings: Settings) -> MailIO:
             account.password,
             timeout_seconds=settings.smtp_timeout_seconds,
             ca_file=settings.extra_ca_file,
+            copy_to=copy_to,
         )
 
-    def sent_folder_has(account: MailAccount, message_id: str) -> bool:
+    def find_sent(account: MailAccount, message_id: str, inbox: str) -> str | None:
         with imap.open_mailbox(
             account.host,
             account.port,
@@ -68,9 +70,14 @@ def mail_io(settings: Settings) -> MailIO:
             ca_file=settings.extra_ca_file,
         ) as client:
             folder = imap.sent_folder(client)
-            return folder is not None and imap.find_message_id(client, folder, message_id)
+            if folder is not None and imap.find_message_id(client, folder, message_id):
+                return "sent_folder"
+            # The reply's own copy (an extra envelope recipient) may already be in the inbox.
+            if imap.find_message_id(client, inbox, message_id):
+                return "inbox"
+            return None
 
-    return MailIO(send=send, sent_folder_has=sent_folder_has)
+    return MailIO(send=send, find_sent=find_sent)
 
 
 @dataclass

@@ -39,6 +39,10 @@ class SendResult:
     message_id: str | None
     recipients: tuple[str, ...]
     response: str
+    # The trace copy's envelope recipient, and the server's answer when it refused it (the
+    # customer's delivery went ahead without the copy).
+    copy_to: str | None = None
+    copy_refused: str | None = None
 
 
 def message_bytes(message: EmailMessage) -> bytes:
@@ -176,9 +180,13 @@ def send_message(
     *,
     timeout_seconds: float,
     ca_file: str | None = None,
+    copy_to: str | None = None,
 ) -> SendResult:
     """Send over SMTP with TLS ('ssl' or 'starttls'; 'plain' only to loopback) and AUTH.
 
+    copy_to is an extra envelope recipient only (never in the headers, so the customer sees
+    nothing): the store's own mailbox gets the same message in the same transaction, a trace of
+    delivery that survives a crash. Its refusal is not fatal; it is reported in the result.
     Raises SendInDoubtError when the connection fails after the body went out.
     """
     # Checked before the message is built, so a bad setting is reported as such.
@@ -191,11 +199,19 @@ def send_message(
     ) as conn:
         if username:
             login(conn, username, password or "")
-        return _transfer(conn, sender, recipients, data, message.get("Message-ID"))
+        return _transfer(
+            conn, sender, recipients, data, message.get("Message-ID"), copy_to=copy_to or None
+        )
 
 
 def _transfer(
-    conn: smtplib.SMTP, sender: str, recipients: list[str], data: bytes, message_id: str | None
+    conn: smtplib.SMTP,
+    sender: str,
+    recipients: list[str],
+    data: bytes,
+    message_id: str | None,
+    *,
+    copy_to: str | None = None,
 ) -> SendResult:
     with _smtp_errors("mail"):
         code, reply = conn.mail(sender)
@@ -213,6 +229,12 @@ def _transfer(
         if not accepted:
             conn.rset()
             raise smtplib.SMTPRecipientsRefused(refused)
+        copy_refused = None
+        if copy_to and copy_to.lower() not in (r.lower() for r in recipients):
+            # After the customer's recipients, so a refusal here never changes their outcome.
+            code, reply = conn.rcpt(copy_to)
+            if code not in (250, 251):
+                copy_refused = f"{code} {_text(reply)}".strip()
     with _smtp_errors("data"):
         code, reply = conn.docmd("DATA")
         if code != 354:
@@ -230,7 +252,11 @@ def _transfer(
         with _smtp_errors("data"):
             raise smtplib.SMTPDataError(code, reply)
     return SendResult(
-        message_id=message_id, recipients=tuple(accepted), response=f"{code} {_text(reply)}"
+        message_id=message_id,
+        recipients=tuple(accepted),
+        response=f"{code} {_text(reply)}",
+        copy_to=copy_to if copy_to and copy_refused is None else None,
+        copy_refused=copy_refused,
     )
 
 

@@ -31,7 +31,9 @@ from tests.integration.test_process_pipeline import (
     pipeline_dsn,  # noqa: F401  (a fixture)
     sql,  # noqa: F401  (a fixture)
 )
+from worker import fetch, imap, services
 from worker.devstack.fake_claude import TEST_API_KEY, error_reply, tool_use_reply
+from worker.devstack.smtp_sink import ReceivedMessage
 from worker.errors import DatabaseError
 
 pytestmark = pytest.mark.integration
@@ -304,6 +306,139 @@ def test_an_in_doubt_send_found_in_the_sent_folder_is_recorded_as_sent(
     job = pipeline.job(job_id)
     assert job["status"] == "completed"
     assert job["result"]["in_doubt_resolved"] == "sent_folder"
+
+
+# -- the reply's own copy in the store's mailbox (issue 16 item 2, decision 0017) ---------------
+
+
+def send_in_doubt(pipeline: Pipeline) -> tuple[str, ReceivedMessage]:
+    """John's reply goes out, but the connection dies before the server's 250: in doubt."""
+    job_id = john_asks(pipeline)
+    pipeline.sink.drop_after_data()
+    assert pipeline.run()["outcomes"] == {"failed_transient": 1}
+    (sent,) = pipeline.sink.messages
+    assert sent.dropped_connection
+    reply = pipeline.reply(job_id)
+    assert reply is not None and reply["status"] == "sending"
+    return job_id, sent
+
+
+def deliver_the_copy(pipeline: Pipeline, sent: ReceivedMessage) -> None:
+    """What the store's server does with the extra envelope recipient: files it in the inbox."""
+    assert sent.rcpt_tos == (JOHN, pipeline.support_email)
+    message = sent.message()
+    # The customer sees nothing: the copy's address is in no recipient header.
+    assert [a.addr_spec for a in message["To"].addresses] == [JOHN]
+    assert message["Cc"] is None and message["Bcc"] is None
+    pipeline.dovecot.deliver(pipeline.mail_user.name, [sent.data])
+
+
+def fetch_mailbox(pipeline: Pipeline) -> fetch.StoreOutcome:
+    store = pipeline.db.get_store(pipeline.store_id)
+    assert store is not None
+    options = services.fetch_options(pipeline.worker.settings)
+    return fetch.fetch_store(
+        pipeline.db, store, imap.open_mailbox, options, deadline=time.monotonic() + 60
+    )
+
+
+def assert_the_copy_was_never_taken_for_mail(pipeline: Pipeline, sent: ReceivedMessage) -> None:
+    message_id = sent.message()["Message-ID"]
+    stored = pipeline.sql.execute(
+        "select count(*) as n from public.messages where store_id = %s"
+        " and (message_id = %s or from_address = %s)",
+        (pipeline.store_id, message_id, pipeline.support_email),
+    ).fetchone()
+    assert stored is not None and stored["n"] == 0
+    convs = pipeline.sql.execute(
+        "select count(*) as n from public.conversations where store_id = %s"
+        " and customer_email = %s",
+        (pipeline.store_id, pipeline.support_email),
+    ).fetchone()
+    assert convs is not None and convs["n"] == 0
+    assert len(pipeline.sent_to(pipeline.support_email)) == 1  # only the copy itself
+
+
+def test_an_in_doubt_reply_whose_copy_is_fetched_ends_sent_and_its_job_completes(
+    pipeline: Pipeline,
+) -> None:
+    job_id, sent = send_in_doubt(pipeline)
+    deliver_the_copy(pipeline, sent)
+
+    outcome = fetch_mailbox(pipeline)
+
+    assert outcome.status == "ok" and outcome.own_copies == 1
+    assert outcome.stored == 0 and outcome.job_ids == []
+    reply = pipeline.reply(job_id)
+    assert reply is not None and reply["status"] == "sent" and reply["hold_reason"] is None
+    assert "reply.confirmed_by_copy" in pipeline.event_types(job_id)
+    own = [e for e in pipeline.events_of_store() if e["event_type"] == "message.own_copy"]
+    assert len(own) == 1 and own[0]["detail"]["previous_status"] == "sending"
+    # The job, still waiting for its retry, completes without sending again.
+    pipeline.make_due(job_id)
+    assert pipeline.run()["outcomes"] == {"replied": 1}
+    assert pipeline.job(job_id)["status"] == "completed"
+    assert len(pipeline.sent_to(JOHN)) == 1
+    assert pipeline.ledger(job_id) == [("reply", -1)]
+    assert_the_copy_was_never_taken_for_mail(pipeline, sent)
+
+
+def test_an_in_doubt_reply_whose_copy_is_already_in_the_inbox_is_resolved_by_the_retry(
+    pipeline: Pipeline,
+) -> None:
+    job_id, sent = send_in_doubt(pipeline)
+    deliver_the_copy(pipeline, sent)
+
+    pipeline.make_due(job_id)
+    assert pipeline.run()["outcomes"] == {"replied": 1}
+
+    reply = pipeline.reply(job_id)
+    assert reply is not None and reply["status"] == "sent"
+    assert pipeline.job(job_id)["result"]["in_doubt_resolved"] == "inbox"
+    assert "process.held" not in pipeline.event_types(job_id)
+    assert len(pipeline.sent_to(JOHN)) == 1
+    # Fetching the copy afterwards changes nothing and answers nothing.
+    outcome = fetch_mailbox(pipeline)
+    assert outcome.stored == 0 and outcome.job_ids == []
+    assert_the_copy_was_never_taken_for_mail(pipeline, sent)
+
+
+def test_an_in_doubt_reply_without_a_copy_stays_held_until_the_copy_arrives(
+    pipeline: Pipeline,
+) -> None:
+    job_id, sent = send_in_doubt(pipeline)
+
+    pipeline.make_due(job_id)
+    assert pipeline.run()["outcomes"] == {"held": 1}
+    reply = pipeline.reply(job_id)
+    assert reply is not None
+    assert reply["status"] == "held" and reply["hold_reason"] == "delivery_in_doubt"
+    assert len(pipeline.sent_to(JOHN)) == 1
+
+    # The copy arrives late (a slow local delivery): the held reply becomes sent, no person.
+    deliver_the_copy(pipeline, sent)
+    outcome = fetch_mailbox(pipeline)
+    assert outcome.stored == 0 and outcome.job_ids == []
+    reply = pipeline.reply(job_id)
+    assert reply is not None and reply["status"] == "sent" and reply["hold_reason"] is None
+    confirmed = [e for e in pipeline.events(job_id) if e["event_type"] == "reply.confirmed_by_copy"]
+    assert len(confirmed) == 1 and confirmed[0]["detail"]["previous_status"] == "held"
+    assert len(pipeline.sent_to(JOHN)) == 1
+    assert_the_copy_was_never_taken_for_mail(pipeline, sent)
+
+
+def test_a_refused_copy_recipient_does_not_stop_the_customers_reply(pipeline: Pipeline) -> None:
+    pipeline.sink.refuse(pipeline.support_email)
+    job_id = john_asks(pipeline)
+
+    assert pipeline.run()["outcomes"] == {"replied": 1}
+
+    (sent,) = pipeline.sink.messages
+    assert sent.rcpt_tos == (JOHN,)
+    reply = pipeline.reply(job_id)
+    assert reply is not None and reply["status"] == "sent"
+    refused = [e for e in pipeline.events(job_id) if e["event_type"] == "reply.copy_refused"]
+    assert len(refused) == 1 and refused[0]["detail"]["response"].startswith("550")
 
 
 def test_a_job_run_again_after_its_reply_was_sent_completes_without_sending(

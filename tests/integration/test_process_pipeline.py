@@ -367,7 +367,7 @@ def test_pt_br_order_question_gets_one_threaded_reply_with_the_customers_trackin
 
     assert summary["outcomes"] == {"replied": 1}
     (sent,) = pipeline.sink.messages
-    assert sent.rcpt_tos == (ANA,)
+    assert sent.rcpt_tos == (ANA, pipeline.support_email)  # the trace copy: envelope only
     assert sent.tls and sent.authenticated_as == pipeline.sink.username
     msg = sent.message()
     assert msg["Subject"] == "Re: Onde está meu pedido #1001?"
@@ -691,7 +691,7 @@ def test_forged_from_with_an_attackers_reply_to_gets_the_attacker_no_order_data(
 
     assert pipeline.sent_to(ATTACKER) == []
     (sent,) = pipeline.sink.messages
-    assert sent.rcpt_tos == (ANA,)
+    assert sent.rcpt_tos == (ANA, pipeline.support_email)  # the trace copy: envelope only
     assert "BR123456789BR" in sent.message().get_content()
     reply = pipeline.reply(job_id)
     assert reply is not None and reply["to_address"] == ANA
@@ -708,7 +708,7 @@ def test_reply_to_is_honoured_when_the_reply_carries_no_order_data(pipeline: Pip
     )
     assert pipeline.run()["outcomes"] == {"replied": 1}
     (sent,) = pipeline.sink.messages
-    assert sent.rcpt_tos == ("john.work@example.com",)
+    assert sent.rcpt_tos == ("john.work@example.com", pipeline.support_email)
 
 
 INJECTION = (
@@ -739,7 +739,7 @@ def test_a_prompt_injection_changes_nothing_the_system_does(pipeline: Pipeline) 
     # Whatever the model said: one reply, to the sender, at the price of one credit.
     assert summary["outcomes"] == {"replied": 1}
     (sent,) = pipeline.sink.messages
-    assert sent.rcpt_tos == (JOHN,)
+    assert sent.rcpt_tos == (JOHN, pipeline.support_email)
     assert pipeline.credits() == 9
     # Only John's own order reached the drafting prompt; Ana's never left Shopify's answer.
     draft_request = next(r for r in pipeline.claude.messages if r.tool_name == "record_reply")

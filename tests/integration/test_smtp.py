@@ -43,6 +43,7 @@ def send(
     *,
     password: str | None = None,
     ca_file: str | Path | None = "sink",
+    copy_to: str | None = None,
 ) -> smtp.SendResult:
     return smtp.send_message(
         message,
@@ -53,7 +54,39 @@ def send(
         sink.password if password is None else password,
         timeout_seconds=TIMEOUT,
         ca_file=str(sink.ca.ca_file) if ca_file == "sink" else (str(ca_file) if ca_file else None),
+        copy_to=copy_to,
     )
+
+
+def test_the_trace_copy_is_an_envelope_recipient_only(smtp_sink: SmtpSink) -> None:
+    result = send(smtp_sink, reply(), copy_to="support@shop.test")
+
+    assert result.recipients == ("customer@example.com",)
+    assert result.copy_to == "support@shop.test" and result.copy_refused is None
+    [received] = smtp_sink.messages
+    assert received.rcpt_tos == ("customer@example.com", "support@shop.test")
+    assert "support@shop.test" not in received.data.decode()
+
+
+def test_a_refused_trace_copy_still_delivers_to_the_customer(smtp_sink: SmtpSink) -> None:
+    smtp_sink.refuse("support@shop.test")
+
+    result = send(smtp_sink, reply(), copy_to="support@shop.test")
+
+    assert result.recipients == ("customer@example.com",)
+    assert result.copy_to is None and (result.copy_refused or "").startswith("550")
+    [received] = smtp_sink.messages
+    assert received.rcpt_tos == ("customer@example.com",)
+
+
+def test_a_refused_customer_fails_even_when_the_copy_would_be_accepted(
+    smtp_sink: SmtpSink,
+) -> None:
+    smtp_sink.refuse("customer@example.com")
+
+    with pytest.raises(PermanentError):
+        send(smtp_sink, reply(), copy_to="support@shop.test")
+    assert smtp_sink.messages == []
 
 
 @pytest.mark.parametrize("mode", ["starttls", "ssl"])

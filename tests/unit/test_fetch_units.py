@@ -273,6 +273,7 @@ def test_summarize_totals_and_lists_only_stores_with_errors() -> None:
         "fetched": 4,
         "stored": 2,
         "duplicates": 1,
+        "own_copies": 0,
         "skipped": 1,
         "left_alone": 200,
         "jobs_enqueued": 2,

@@ -32,10 +32,13 @@ class OrderLookup(Protocol):
 
 @dataclass(frozen=True)
 class MailIO:
-    """The store-facing mail edges: SMTP delivery and the Sent-folder lookup."""
+    """The store-facing mail edges: SMTP delivery and the lookup of a sent reply's trace."""
 
-    send: Callable[[EmailMessage, MailAccount], object]
-    sent_folder_has: Callable[[MailAccount, str], bool]  # (IMAP account, Message-ID)
+    # (message, SMTP account, copy_to: the store's own address as an extra envelope recipient)
+    send: Callable[[EmailMessage, MailAccount, str | None], object]
+    # (IMAP account, Message-ID, the folder fetch reads) -> where the reply was found
+    # ('sent_folder', 'inbox': its own copy) or None
+    find_sent: Callable[[MailAccount, str, str], str | None]
 
 
 @dataclass

@@ -3,9 +3,10 @@
 A job that finds its reply `sent` completes without sending; one found `sending` was interrupted
 between the SMTP hand-off and the bookkeeping, so we cannot know whether the customer got it. We
 then look for our deterministic Message-ID in the store's Sent folder (providers such as Gmail
-and Microsoft 365 file SMTP-submitted mail there): found means sent; not found means the reply
-is held for a person to review. We never send in doubt, so a customer never receives two
-replies.
+and Microsoft 365 file SMTP-submitted mail there) and in the store's inbox (every reply carries
+the store's own address as an extra envelope recipient, so its copy lands there): found means
+sent; not found means the reply is held for a person, until fetch reads the copy. We never
+send in doubt, so a customer never receives two replies.
 """
 
 from __future__ import annotations
@@ -81,7 +82,11 @@ def resume_reply(ctx: JobContext) -> None:
 
     try:
         with ctx.trace.timed("smtp"):
-            services.mail.send(message, MailAccount.smtp(store, secrets.get("smtp_password")))
+            sent = services.mail.send(
+                message,
+                MailAccount.smtp(store, secrets.get("smtp_password")),
+                str(store.get("support_email") or "") or None,
+            )
     except WorkerError as exc:
         services.breakers.record(smtp_service, exc.error_type == "permanent")
         if isinstance(exc, SendInDoubtError):
@@ -95,6 +100,11 @@ def resume_reply(ctx: JobContext) -> None:
             db.reset_reply(reply_id, "drafted", str(exc))
         raise
     services.breakers.record(smtp_service, True)
+    copy_refused = getattr(sent, "copy_refused", None)
+    if copy_refused:
+        # The customer has the reply; only the trace is missing, so an in-doubt retry of this
+        # reply could not be resolved by its copy. Recorded for the store's operator.
+        ctx.trace.event("reply.copy_refused", reply_id=reply_id, response=copy_refused)
     summary = finish(ctx.trace, "replied", **result)
     if not record_sent(ctx, reply_id, summary):
         log.warning(
@@ -130,13 +140,16 @@ def resolve_in_doubt(
     secrets: Mapping[str, Any],
     result: dict[str, Any],
 ) -> None:
-    """A reply left `sending` by a dead worker: sent if the Sent folder has it, else held."""
+    """A reply left `sending` by a dead worker: sent if the Sent folder or its own copy in the
+    store's inbox has it, else held (a later fetch of the copy turns it `sent`, see 0017)."""
     reply_id = str(reply["id"])
     mailbox = MailAccount.imap(ctx.store, secrets.get("imap_password"))
-    found = ctx.services.mail.sent_folder_has(mailbox, str(reply["smtp_message_id"]))
+    found = ctx.services.mail.find_sent(
+        mailbox, str(reply["smtp_message_id"]), str(ctx.store.get("imap_folder") or "INBOX")
+    )
     if found:
-        ctx.trace.event("process.in_doubt_resolved", found_in="sent_folder")
-        summary = finish(ctx.trace, "replied", in_doubt_resolved="sent_folder", **result)
+        ctx.trace.event("process.in_doubt_resolved", found_in=found)
+        summary = finish(ctx.trace, "replied", in_doubt_resolved=found, **result)
         record_sent(ctx, reply_id, summary)
         ctx.settled = summary
         return
