@@ -12,11 +12,19 @@ the worker until every job has settled (completed or dead-lettered):
   sigkill     the worker SIGKILLed once a fifth are sent; later runs take its jobs over
   poison      every job has one attempt; the worker is SIGKILLed mid-run, so its in-flight
               jobs die on their last attempt and are dead-lettered by the next claim
+  smtp-cut    the SMTP sink keeps the next 10 messages but cuts the connection before its 250
+              (opt-in: --only smtp-cut); each reply is in doubt and, without a copy, held.
+              The cuts open the store's SMTP breaker, so the rest wait out its cool-down and
+              may not settle within SETTLE_TIMEOUT_SECONDS (counted as "lost": unsettled)
 
 The ledger: emails; job outcomes; lost (a job not settled when the scenario gave up);
 duplicates (a customer email answered more than once at the sink); in doubt (replies held
 'delivery_in_doubt'); credits charged net of refunds vs replies sent (held replies stay charged);
-seconds from the fault to the last settle. Never part of the test run.
+seconds from the fault to the last settle. Then the store's server delivers each reply's trace
+copy (the store's own address, an extra envelope recipient, decision 0017) to its Dovecot
+mailbox and one `python -m worker fetch` reads them: "held" is the replies held as in doubt before
+that fetch, "in doubt" after it, "by copy" the replies the copies confirmed. Never part of the test
+run.
 """
 
 from __future__ import annotations
@@ -59,6 +67,7 @@ WORKER_SECRET = "bench-faults-secret-0123456789"  # throwaway, loopback only
 CUSTOMER = "john.miller@example.com"  # order #1002 in the demo catalogue
 RUN_BUDGET_SECONDS = 20.0  # one worker run; a scenario runs the worker until all settle
 SETTLE_TIMEOUT_SECONDS = 300.0  # a scenario gives up (and counts the rest as lost) after this
+SMTP_CUTS = 10  # smtp-cut: this many sends lose their connection after DATA (kept, unanswered)
 FAULT_AT_FRACTION = 0.2  # the fault is injected once this share of replies reached the sink
 POLL_SECONDS = 0.2
 
@@ -70,7 +79,9 @@ class Ledger:
     outcomes: dict[str, int]
     lost: int
     duplicates: int
+    held_before_copies: int
     in_doubt: int
+    confirmed_by_copy: int
     replies_sent: int
     credits_charged: int
     credits_refunded: int
@@ -150,6 +161,30 @@ def start_worker(stack: Stack) -> subprocess.Popen[bytes]:
     )
 
 
+def in_doubt(stack: Stack, store_id: str) -> int:
+    row = stack.sql.execute(
+        "select count(*) as n from public.replies where store_id = %s"
+        " and hold_reason = 'delivery_in_doubt'",
+        (store_id,),
+    ).fetchone()
+    return int(row["n"]) if row else 0
+
+
+def deliver_copies_and_fetch(stack: Stack, tag: str) -> None:
+    """What the store's server does with the trace copies, then the fetch that reads them."""
+    user = f"{tag}@shop.test"
+    copies = [m.data for m in stack.sink.messages if user in m.rcpt_tos]
+    if copies:
+        stack.dovecot.deliver(user, copies)
+    fetch = subprocess.Popen(
+        [sys.executable, "-m", "worker", "fetch", "--budget", str(RUN_BUDGET_SECONDS)],
+        # One fetch reads every copy (cron's later runs would read the rest over time).
+        env={**stack.env, "FETCH_MAX_PER_STORE": str(max(50, len(copies)))},
+        stdout=subprocess.DEVNULL,
+    )
+    fetch.wait(timeout=RUN_BUDGET_SECONDS + 120)
+
+
 def sent_for(stack: Stack, tag: str) -> int:
     return sum(1 for m in stack.sink.messages if f"({tag} " in m.data.decode(errors="replace"))
 
@@ -202,17 +237,27 @@ def scenario(stack: Stack, name: str, emails: int, fault: str) -> Ledger:
     wait_until(lambda: sent_for(stack, tag) >= emails * FAULT_AT_FRACTION, timeout=120)
     if fault == "pg-restart":
         pg_restart(stack)
+    elif fault == "smtp-cut":
+        stack.sink.drop_after_data(times=SMTP_CUTS)
     else:
         worker.send_signal(signal.SIGKILL)
     faulted_at = time.monotonic()
     worker.wait(timeout=RUN_BUDGET_SECONDS + 120)
     settled = settle(stack, job_ids)
     settle_seconds = time.monotonic() - faulted_at if settled else float("nan")
-    return ledger(stack, name, tag, store_id, job_ids, settle_seconds)
+    held = in_doubt(stack, store_id)
+    deliver_copies_and_fetch(stack, tag)
+    return ledger(stack, name, tag, store_id, job_ids, settle_seconds, held)
 
 
 def ledger(
-    stack: Stack, name: str, tag: str, store_id: str, job_ids: list[str], settle_seconds: float
+    stack: Stack,
+    name: str,
+    tag: str,
+    store_id: str,
+    job_ids: list[str],
+    settle_seconds: float,
+    held_before_copies: int,
 ) -> Ledger:
     jobs = stack.sql.execute(
         "select status, result ->> 'outcome' as outcome from public.job_queue"
@@ -232,6 +277,11 @@ def ledger(
         (store_id,),
     ).fetchone()
     assert credits is not None
+    confirmed = stack.sql.execute(
+        "select count(*) as n from public.events where store_id = %s"
+        " and event_type = 'reply.confirmed_by_copy'",
+        (store_id,),
+    ).fetchone()
     per_email = Counter(
         m.message().get("In-Reply-To")
         for m in stack.sink.messages
@@ -243,7 +293,9 @@ def ledger(
         outcomes=dict(sorted(outcomes.items())),
         lost=unsettled(stack, job_ids),
         duplicates=sum(n - 1 for n in per_email.values() if n > 1),
+        held_before_copies=held_before_copies,
         in_doubt=sum(1 for r in replies if r["hold_reason"] == "delivery_in_doubt"),
+        confirmed_by_copy=int(confirmed["n"]) if confirmed else 0,
         replies_sent=sum(1 for r in replies if r["status"] == "sent"),
         credits_charged=int(credits["charged"]),
         credits_refunded=int(credits["refunded"]),
@@ -292,7 +344,9 @@ def main(argv: list[str] | None = None) -> None:
         "outcomes",
         "lost",
         "dup",
+        "held",
         "in doubt",
+        "by copy",
         "sent",
         "charged",
         "refunded",
@@ -305,7 +359,9 @@ def main(argv: list[str] | None = None) -> None:
             " ".join(f"{k}={v}" for k, v in row.outcomes.items()),
             row.lost,
             row.duplicates,
+            row.held_before_copies,
             row.in_doubt,
+            row.confirmed_by_copy,
             row.replies_sent,
             row.credits_charged,
             row.credits_refunded,
