@@ -17,7 +17,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -116,12 +116,6 @@ def imap_service(store_id: str) -> str:
     return f"imap:{store_id}"
 
 
-def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    """Consecutive slices of at most `size` items."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def as_datetime(value: object) -> datetime | None:
     """A timestamp column as an aware datetime (psycopg gives datetimes, PostgREST ISO text)."""
     if isinstance(value, datetime):
@@ -150,17 +144,6 @@ def resync_since(state: dict[str, Any] | None) -> datetime | None:
     """Where a resync after a UIDVALIDITY change starts: a day before the last ingest."""
     updated = as_datetime(state.get("updated_at")) if state else None
     return updated - RESYNC_OVERLAP if updated is not None else None
-
-
-def chunk_positions(uids: Sequence[int], size: int, highest_uid: int) -> list[int]:
-    """The last UID each ingest chunk of `uids` (ascending) covers.
-
-    A chunk covers everything below the next chunk's first UID, so mail the fetch left alone
-    between two chunks (too old, or expunged) is never picked up by a later run; the last chunk
-    covers the whole batch.
-    """
-    starts = [uids[i] for i in range(0, len(uids), size)]
-    return [next_start - 1 for next_start in starts[1:]] + ([highest_uid] if starts else [])
 
 
 Parse = Callable[[bytes, int, int], dict[str, Any]]

@@ -208,12 +208,6 @@ def fetch_one(
 # -- pure helpers ----------------------------------------------------------------------------
 
 
-def test_chunks_are_consecutive_and_bounded() -> None:
-    assert [list(c) for c in fetch.chunks(list(range(7)), 3)] == [[0, 1, 2], [3, 4, 5], [6]]
-    assert [list(c) for c in fetch.chunks(list(range(6)), 3)] == [[0, 1, 2], [3, 4, 5]]
-    assert list(fetch.chunks([], 3)) == []
-
-
 def test_imap_service_names_the_store() -> None:
     assert fetch.imap_service("abc") == "imap:abc"
 
@@ -283,13 +277,6 @@ def test_summarize_totals_and_lists_only_stores_with_errors() -> None:
             {"store_id": "g", "error": "run stopped", "error_type": "transient"},
         ],
     }
-
-
-def test_chunk_positions_cover_the_gap_up_to_the_next_chunk() -> None:
-    # Chunks of 2: [1, 2], [9, 10], [30]; UIDs 3..8 and 11..29 were left alone.
-    assert fetch.chunk_positions([1, 2, 9, 10, 30], 2, 40) == [8, 29, 40]
-    assert fetch.chunk_positions([5], 50, 5) == [5]
-    assert fetch.chunk_positions([], 50, 12) == []
 
 
 def test_as_datetime_reads_both_backends_timestamps() -> None:
