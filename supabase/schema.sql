@@ -3001,32 +3001,11 @@ CREATE FUNCTION public.reserve_credit(p_store_id uuid, p_job_id uuid) RETURNS te
     LANGUAGE plpgsql
     SET search_path TO ''
     AS $$
-declare
-  v_credits int;
 begin
   if p_job_id is null then
     raise exception 'reserve_credit needs a job id' using errcode = 'invalid_parameter_value';
   end if;
-  select credits into v_credits from public.stores where id = p_store_id for update;
-  if not found then
-    raise exception 'store % not found', p_store_id using errcode = 'no_data_found';
-  end if;
-
-  perform 1 from public.credit_ledger where job_id = p_job_id and reason = 'reply';
-  if found then
-    return 'already_reserved';
-  end if;
-  if v_credits < 1 then
-    return 'no_credits';
-  end if;
-
-  update public.stores set credits = credits - 1 where id = p_store_id;
-  insert into public.credit_ledger (store_id, job_id, delta, reason)
-  values (p_store_id, p_job_id, -1, 'reply');
-  insert into public.events (store_id, job_id, event_type, detail)
-  values (p_store_id, p_job_id, 'credit.charged',
-          jsonb_build_object('delta', -1, 'balance', v_credits - 1));
-  return 'reserved';
+  return public.reserve_reply(p_store_id, p_job_id, null, null, null, null);
 end;
 $$;
 

@@ -99,40 +99,20 @@ begin
 end;
 $$;
 
--- One credit per job, taken atomically. The store row lock serialises concurrent reservations,
--- so the balance can never be overdrawn; the ledger row makes a retry of the same job free.
--- A job whose charge was refunded is not charged again (one charge per job, ever).
+-- One credit per job, taken atomically: reserve_reply (the reply-limits migration) without a
+-- sender or limits, so there is one charging path. The store row lock serialises concurrent
+-- reservations, so the balance can never be overdrawn; the ledger row makes a retry of the same
+-- job free. A job whose charge was refunded is not charged again (one charge per job, ever).
 create or replace function public.reserve_credit(p_store_id uuid, p_job_id uuid)
 returns text
 language plpgsql
 set search_path = ''
 as $$
-declare
-  v_credits int;
 begin
   if p_job_id is null then
     raise exception 'reserve_credit needs a job id' using errcode = 'invalid_parameter_value';
   end if;
-  select credits into v_credits from public.stores where id = p_store_id for update;
-  if not found then
-    raise exception 'store % not found', p_store_id using errcode = 'no_data_found';
-  end if;
-
-  perform 1 from public.credit_ledger where job_id = p_job_id and reason = 'reply';
-  if found then
-    return 'already_reserved';
-  end if;
-  if v_credits < 1 then
-    return 'no_credits';
-  end if;
-
-  update public.stores set credits = credits - 1 where id = p_store_id;
-  insert into public.credit_ledger (store_id, job_id, delta, reason)
-  values (p_store_id, p_job_id, -1, 'reply');
-  insert into public.events (store_id, job_id, event_type, detail)
-  values (p_store_id, p_job_id, 'credit.charged',
-          jsonb_build_object('delta', -1, 'balance', v_credits - 1));
-  return 'reserved';
+  return public.reserve_reply(p_store_id, p_job_id, null, null, null, null);
 end;
 $$;
 
