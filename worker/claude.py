@@ -19,7 +19,7 @@ from worker.responder import (
     Draft,
     EmailFacts,
     InvalidModelOutputError,
-    OrderFacts,
+    ReplyContext,
     StoreVoice,
     reply_language,
     validate_classification,
@@ -79,11 +79,11 @@ class ClaudeResponder:
         self,
         email: EmailFacts,
         classification: Classification,
-        orders: list[OrderFacts],
-        store: StoreVoice,
+        context: ReplyContext,
     ) -> Draft:
         """Draft the reply with a forced `record_reply` tool call; the signature is ours."""
-        request = prompts.draft_request(email, classification, orders, store)
+        store = context.store
+        request = prompts.draft_request(email, classification, context)
         fallback_language = reply_language(classification, store)
 
         def validate(data: Mapping[str, Any]) -> Draft:

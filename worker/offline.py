@@ -19,8 +19,8 @@ from worker.responder import (
     EmailFacts,
     Intent,
     OrderFacts,
+    ReplyContext,
     Sentiment,
-    StoreVoice,
     reply_language,
 )
 
@@ -226,10 +226,10 @@ class OfflineResponder:
         self,
         email: EmailFacts,
         classification: Classification,
-        orders: list[OrderFacts],
-        store: StoreVoice,
+        context: ReplyContext,
     ) -> Draft:
         """A templated reply in pt or en, stating only the given order facts."""
+        store, orders = context.store, context.orders
         language = reply_language(classification, store)
         body = compose_reply(classification.intent, orders, language, store.tone)
         return Draft(

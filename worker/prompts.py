@@ -16,7 +16,7 @@ from worker.responder import (
     SENTIMENTS,
     Classification,
     EmailFacts,
-    OrderFacts,
+    ReplyContext,
     StoreVoice,
     reply_language,
 )
@@ -180,10 +180,10 @@ def draft_system_prompt() -> str:
 def draft_messages(
     email: EmailFacts,
     classification: Classification,
-    orders: list[OrderFacts],
-    store: StoreVoice,
+    reply_context: ReplyContext,
 ) -> list[dict[str, Any]]:
     """The user turn for drafting: the email and the reply context, each as a data block."""
+    store = reply_context.store
     context = {
         "reply_language": reply_language(classification, store),
         "store": {"name": store.name, "tone": store.tone},
@@ -192,7 +192,7 @@ def draft_messages(
             "sentiment": classification.sentiment,
             "order_numbers_mentioned": list(classification.order_numbers),
         },
-        "orders": [order.as_prompt_data() for order in orders],
+        **reply_context.grounding_data(),
     }
     text = (
         "Write the reply to the customer email below, using only the reply context. "
@@ -218,13 +218,12 @@ def classify_request(email: EmailFacts) -> dict[str, Any]:
 def draft_request(
     email: EmailFacts,
     classification: Classification,
-    orders: list[OrderFacts],
-    store: StoreVoice,
+    context: ReplyContext,
 ) -> dict[str, Any]:
     """Keyword arguments for `messages.create` (minus model) that force the reply tool."""
     return {
         "system": draft_system_prompt(),
-        "messages": draft_messages(email, classification, orders, store),
+        "messages": draft_messages(email, classification, context),
         "tools": [DRAFT_TOOL],
         "tool_choice": {"type": "tool", "name": DRAFT_TOOL_NAME},
         "max_tokens": DRAFT_MAX_TOKENS,

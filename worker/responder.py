@@ -145,6 +145,77 @@ class StoreVoice:
 
 
 @dataclass(frozen=True)
+class ThreadMessage:
+    """One earlier message of the conversation (quoted history and signature already stripped)."""
+
+    author: Literal["customer", "store"]  # "store": our replies, automatic or a person's
+    sent_at: str | None
+    text: str
+
+    def as_prompt_data(self) -> dict[str, Any]:
+        return {"from": self.author, "sent_at": self.sent_at, "text": self.text}
+
+
+@dataclass(frozen=True)
+class KnowledgeEntry:
+    """One of the store's own policies or answers (shipping, returns, payment, hours, FAQ)."""
+
+    topic: str
+    title: str
+    body: str
+
+    def as_prompt_data(self) -> dict[str, Any]:
+        return {"topic": self.topic, "title": self.title, "text": self.body}
+
+
+@dataclass(frozen=True)
+class ProductFacts:
+    """One catalogue product (public data, the same for every sender)."""
+
+    title: str
+    url: str | None = None
+    available: bool | None = None
+    price: str | None = None  # with its currency, as the shop shows it
+    variants: list[str] = field(default_factory=list)
+
+    def as_prompt_data(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "url": self.url,
+            "available": self.available,
+            "price": self.price,
+            "variants": list(self.variants),
+        }
+
+
+@dataclass(frozen=True)
+class ReplyContext:
+    """Everything a reply may be grounded in besides the email itself.
+
+    Built by the pipeline only from what the rules allow (orders already filtered by `privacy`,
+    the conversation's own messages, the store's own knowledge and catalogue); a responder sees
+    nothing else. Empty parts are left out of the prompt.
+    """
+
+    store: StoreVoice
+    orders: list[OrderFacts] = field(default_factory=list)
+    thread: list[ThreadMessage] = field(default_factory=list)
+    knowledge: list[KnowledgeEntry] = field(default_factory=list)
+    products: list[ProductFacts] = field(default_factory=list)
+
+    def grounding_data(self) -> dict[str, Any]:
+        """The facts as plain JSON-able data: orders always, the other parts when present."""
+        data: dict[str, Any] = {"orders": [order.as_prompt_data() for order in self.orders]}
+        if self.thread:
+            data["earlier_messages"] = [m.as_prompt_data() for m in self.thread]
+        if self.knowledge:
+            data["store_knowledge"] = [k.as_prompt_data() for k in self.knowledge]
+        if self.products:
+            data["products"] = [p.as_prompt_data() for p in self.products]
+        return data
+
+
+@dataclass(frozen=True)
 class Draft:
     """A reply body ready to send, or to keep for a person when `hold_reason` is set."""
 
@@ -170,10 +241,9 @@ class Responder(Protocol):
         self,
         email: EmailFacts,
         classification: Classification,
-        orders: list[OrderFacts],
-        store: StoreVoice,
+        context: ReplyContext,
     ) -> Draft:
-        """The reply, grounded only in `orders` (already filtered by `privacy`)."""
+        """The reply, grounded only in `context` (orders already filtered by `privacy`)."""
         ...
 
 

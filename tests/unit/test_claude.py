@@ -17,6 +17,7 @@ from worker.responder import (
     Classification,
     EmailFacts,
     InvalidModelOutputError,
+    ReplyContext,
     StoreVoice,
     validate_classification,
 )
@@ -70,7 +71,7 @@ def test_draft_appends_signature_and_keeps_language(
         {"body_text": "Olá! Seu pedido está a caminho.", "language": "pt-BR", "needs_human": False},
     )
     classification = validate_classification(GOOD)
-    draft = responder.draft(EMAIL, classification, [], STORE)
+    draft = responder.draft(EMAIL, classification, ReplyContext(STORE, []))
     assert draft.body_text == "Olá! Seu pedido está a caminho.\n\nEquipe Loja Demo"
     assert (draft.language, draft.model, draft.hold_reason) == ("pt-BR", "claude-haiku-4-5", None)
 
@@ -85,7 +86,7 @@ def test_draft_needing_a_human_is_held(fake_claude: FakeClaude, responder: Claud
             "human_reason": "customer threatens a chargeback",
         },
     )
-    draft = responder.draft(EMAIL, validate_classification(GOOD), [], STORE)
+    draft = responder.draft(EMAIL, validate_classification(GOOD), ReplyContext(STORE, []))
     assert draft.hold_reason == "needs_human: customer threatens a chargeback"
 
 
@@ -94,7 +95,7 @@ def test_unscripted_requests_get_plausible_answers(responder: ClaudeResponder) -
     classification = responder.classify(EMAIL)
     assert classification.language == "pt-BR"
     assert classification.order_numbers == ["1001"]
-    draft = responder.draft(EMAIL, classification, [], STORE)
+    draft = responder.draft(EMAIL, classification, ReplyContext(STORE, []))
     assert "Não conseguimos localizar um pedido" in draft.body_text
 
 
@@ -217,7 +218,7 @@ def test_empty_draft_body_is_invalid(fake_claude: FakeClaude, responder: ClaudeR
             prompts.DRAFT_TOOL_NAME, {"body_text": "  ", "language": "en", "needs_human": False}
         )
     with pytest.raises(InvalidModelOutputError, match="empty reply body"):
-        responder.draft(EMAIL, validate_classification(GOOD), [], STORE)
+        responder.draft(EMAIL, validate_classification(GOOD), ReplyContext(STORE, []))
 
 
 @pytest.mark.parametrize(

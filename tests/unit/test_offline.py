@@ -11,6 +11,7 @@ from worker.responder import (
     EmailFacts,
     FulfillmentFacts,
     OrderFacts,
+    ReplyContext,
     StoreVoice,
     TrackingFacts,
 )
@@ -147,7 +148,7 @@ def classification(intent: str, language: str, needs_human: bool = False) -> Cla
 def test_portuguese_reply_states_the_order_facts() -> None:
     email = EmailFacts("ana@example.com.br", "Rastreio", "Cadê meu pedido #1001?")
     draft = offline.OfflineResponder().draft(
-        email, classification("order_status", "pt-BR"), [ORDER], STORE
+        email, classification("order_status", "pt-BR"), ReplyContext(STORE, [ORDER])
     )
     assert draft.model == "offline-responder"
     assert draft.language == "pt-BR"
@@ -165,8 +166,7 @@ def test_english_reply_and_formal_tone() -> None:
     draft = offline.OfflineResponder().draft(
         EmailFacts("a@example.com", "Late", "Where is it?"),
         classification("shipping_delay", "en"),
-        [ORDER],
-        store,
+        ReplyContext(store, [ORDER]),
     )
     assert draft.body_text.startswith("Dear customer,")
     assert "Order #1001 (placed on Sep 28, 2025)" in draft.body_text
@@ -180,8 +180,7 @@ def test_no_order_reply_is_identical_whatever_number_was_asked() -> None:
         responder.draft(
             EmailFacts("m@example.com", "Pedido", f"Status do pedido {n}?"),
             classification("order_status", "pt-BR"),
-            [],
-            STORE,
+            ReplyContext(STORE, []),
         ).body_text
         for n in ("#1001", "#9999", "")
     }
@@ -195,7 +194,9 @@ def test_no_order_reply_is_identical_whatever_number_was_asked() -> None:
 @pytest.mark.parametrize("intent", ["return_refund", "cancellation"])
 def test_never_promises_refunds_or_cancellations(intent: str, language: str) -> None:
     draft = offline.OfflineResponder().draft(
-        EmailFacts("a@example.com", "x", "y"), classification(intent, language), [ORDER], STORE
+        EmailFacts("a@example.com", "x", "y"),
+        classification(intent, language),
+        ReplyContext(STORE, [ORDER]),
     )
     text = draft.body_text.lower()
     for promise in (
@@ -215,8 +216,7 @@ def test_needs_human_holds_the_draft() -> None:
     draft = offline.OfflineResponder().draft(
         EmailFacts("a@example.com", "x", "y"),
         classification("complaint", "en", needs_human=True),
-        [],
-        STORE,
+        ReplyContext(STORE, []),
     )
     assert draft.hold_reason == HOLD_NEEDS_HUMAN
 
@@ -224,7 +224,9 @@ def test_needs_human_holds_the_draft() -> None:
 def test_store_language_overrides_customer_language() -> None:
     store = StoreVoice("Shop", reply_language="en")
     draft = offline.OfflineResponder().draft(
-        EmailFacts("a@example.com", "x", "y"), classification("other", "pt-BR"), [], store
+        EmailFacts("a@example.com", "x", "y"),
+        classification("other", "pt-BR"),
+        ReplyContext(store, []),
     )
     assert draft.language == "en"
     assert "We have received your message" in draft.body_text

@@ -16,7 +16,16 @@ from worker.models import MailAccount
 from worker.queue.breakers import Breakers
 from worker.queue.handlers import JobRun
 from worker.queue.trace import JobTrace
-from worker.responder import Classification, Draft, EmailFacts, OrderFacts, Responder
+from worker.responder import (
+    Classification,
+    Draft,
+    EmailFacts,
+    KnowledgeEntry,
+    OrderFacts,
+    ProductFacts,
+    Responder,
+    ThreadMessage,
+)
 
 SECRETS_TTL_SECONDS = 60.0  # a run re-reads a store's secrets at most this often
 
@@ -117,6 +126,11 @@ class JobContext:
     to_address: str = ""
     unauthenticated: str | None = None  # why the receiving server failed the sender, if it did
     orders: list[OrderFacts] = field(default_factory=list)
+    # The rest of the reply context (worker.responder.ReplyContext), filled by the steps that
+    # find them; empty parts never reach the prompt.
+    thread: list[ThreadMessage] = field(default_factory=list)
+    knowledge: list[KnowledgeEntry] = field(default_factory=list)
+    products: list[ProductFacts] = field(default_factory=list)
     credit: str | None = None
     draft_: Draft | None = None
     hold: str | None = None

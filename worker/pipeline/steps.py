@@ -26,7 +26,7 @@ from worker.errors import CircuitOpenError
 from worker.pipeline import delivery
 from worker.pipeline.context import JobContext, JobDone, OrderLookup
 from worker.queue.breakers import guarded
-from worker.responder import Classification, EmailFacts, OrderFacts, StoreVoice
+from worker.responder import Classification, EmailFacts, OrderFacts, ReplyContext, StoreVoice
 
 # Intents for which looking up orders helps the answer; others never touch Shopify.
 ORDER_INTENTS = frozenset(
@@ -254,14 +254,20 @@ def reserve_credit(ctx: JobContext) -> None:
 
 
 def draft(ctx: JobContext) -> None:
-    """The model's reply in the store's voice, grounded in the disclosable orders."""
+    """The model's reply in the store's voice, grounded in the reply context (worker.responder)."""
     services, facts, classification = ctx.services, ctx.facts, ctx.classification
-    voice = StoreVoice.from_store_row(ctx.store)
+    context = ReplyContext(
+        store=StoreVoice.from_store_row(ctx.store),
+        orders=ctx.orders,
+        thread=ctx.thread,
+        knowledge=ctx.knowledge,
+        products=ctx.products,
+    )
     with ctx.trace.timed("draft"):
         ctx.draft_ = guarded(
             services.breakers,
             "claude",
-            lambda: services.responder.draft(facts, classification, ctx.orders, voice),
+            lambda: services.responder.draft(facts, classification, context),
         )
 
 
