@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from worker.prompts import with_signature
 from worker.responder import (
@@ -18,6 +18,7 @@ from worker.responder import (
     Draft,
     EmailFacts,
     Intent,
+    KnowledgeEntry,
     OrderFacts,
     ReplyContext,
     Sentiment,
@@ -231,7 +232,9 @@ class OfflineResponder:
         """A templated reply in pt or en, stating only the given order facts."""
         store, orders = context.store, context.orders
         language = reply_language(classification, store)
-        body = compose_reply(classification.intent, orders, language, store.tone)
+        body = compose_reply(
+            classification.intent, orders, language, store.tone, knowledge=context.knowledge
+        )
         return Draft(
             body_text=with_signature(body, store),
             language=language,
@@ -273,6 +276,7 @@ _TEXT = {
         ),
         "other": "Recebemos sua mensagem. Nossa equipe vai analisar e responder em breve.",
         "closing": "Se precisar de mais alguma coisa, é só responder a este e-mail.",
+        "knowledge": "{title}:\n{text}",
         "order_line": "Pedido {name}",
         "placed": "feito em {date}",
         "payment": "Pagamento: {status}",
@@ -314,6 +318,7 @@ _TEXT = {
         ),
         "other": "We have received your message. Our team will review it and reply soon.",
         "closing": "If there is anything else, just reply to this email.",
+        "knowledge": "{title}:\n{text}",
         "order_line": "Order {name}",
         "placed": "placed on {date}",
         "payment": "Payment: {status}",
@@ -357,6 +362,16 @@ _STATUS = {
 _MONTHS_EN = ("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec").split()
 
 ORDER_INTENTS = frozenset({"order_status", "shipping_delay", "return_refund", "cancellation"})
+# The knowledge topics that answer an intent; an intent not listed takes the best entry of any
+# topic, one listed with an empty set never quotes one (a complaint is for a person).
+INTENT_TOPICS: dict[str, frozenset[str]] = {
+    "return_refund": frozenset({"returns"}),
+    "shipping_delay": frozenset({"shipping"}),
+    "order_status": frozenset({"shipping"}),
+    "cancellation": frozenset({"returns", "faq"}),
+    "complaint": frozenset(),
+    "spam": frozenset(),
+}
 
 
 def _lang_key(language: str) -> str:
@@ -419,8 +434,28 @@ def describe_order(order: OrderFacts, language: str) -> list[str]:
     return lines
 
 
-def compose_reply(intent: str, orders: list[OrderFacts], language: str, tone: str) -> str:
-    """The reply body (no signature) for an intent, in pt or en (pure)."""
+def matching_entry(intent: str, knowledge: Sequence[KnowledgeEntry]) -> KnowledgeEntry | None:
+    """The store's entry that answers this email: the best-ranked one (worker.knowledge ranks
+    them) when it is on the intent's topic, or any topic for a question the rules cannot place.
+    """
+    if not knowledge:
+        return None
+    best = knowledge[0]
+    topics = INTENT_TOPICS.get(intent)
+    if topics is None or best.topic in topics:
+        return best
+    return next((entry for entry in knowledge if entry.topic in topics), None)
+
+
+def compose_reply(
+    intent: str,
+    orders: list[OrderFacts],
+    language: str,
+    tone: str,
+    knowledge: Sequence[KnowledgeEntry] = (),
+) -> str:
+    """The reply body (no signature) for an intent, in pt or en (pure); the store's own answer
+    (a knowledge entry) quoted as it wrote it when one fits."""
     text = _TEXT[_lang_key(language)]
     formal = tone.strip().lower() in {"formal", "professional"}
     paragraphs = [text["greeting_formal" if formal else "greeting"], text["thanks"]]
@@ -431,6 +466,10 @@ def compose_reply(intent: str, orders: list[OrderFacts], language: str, tone: st
         paragraphs.append(text["delay"])
     elif intent not in ORDER_INTENTS:
         paragraphs.append(text["other"])
+
+    entry = matching_entry(intent, knowledge)
+    if entry is not None:
+        paragraphs.append(text["knowledge"].format(title=entry.title, text=entry.body.strip()))
 
     if orders:
         details = [text["orders_intro"]]

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from worker import knowledge_cli
 from worker.config import Settings, load_settings
 from worker.db import Database, connect
 from worker.dlq import Column, dumps, render_table
@@ -51,6 +52,7 @@ STORE_DEFAULTS: dict[str, Any] = {
 # SQLSTATEs of admin_* refusals: invalid settings, and a missing store.
 INVALID_PARAMETER = "22023"
 NO_DATA_FOUND = "P0002"
+BAD_VALUE = "PT400"  # the knowledge functions' answer to a bad entry
 
 
 @dataclass(frozen=True)
@@ -354,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     member_add.add_argument("store_id", type=_store_id, metavar="STORE_ID")
     member_add.add_argument("--email", required=True)
     member_add.add_argument("--role", choices=("owner", "agent"), required=True)
+    knowledge_cli.add_parser(sub, _store_id)
     return parser
 
 
@@ -608,6 +611,7 @@ COMMANDS: dict[str, Callable[[Context, argparse.Namespace], int]] = {
     "deactivate": cmd_toggle,
     "check": cmd_check,
     "members": cmd_members,
+    "knowledge": knowledge_cli.run,
 }
 
 
@@ -636,7 +640,7 @@ def main(
             secrets=SecretSource(env, prompt or _interactive_prompt()),
         )
         return COMMANDS[args.command](ctx, args)
-    except (UsageError, ConfigError) as exc:
+    except (UsageError, ConfigError, knowledge_cli.KnowledgeFileError) as exc:
         _say(f"stores {args.command}: {exc}")
         return EXIT_USAGE
     except LookupError as exc:
@@ -646,7 +650,7 @@ def main(
         _say(f"stores {args.command}: {exc}")
         if exc.code == NO_DATA_FOUND:
             return EXIT_FAILED
-        return EXIT_USAGE if exc.code == INVALID_PARAMETER else EXIT_FAILED
+        return EXIT_USAGE if exc.code in (INVALID_PARAMETER, BAD_VALUE) else EXIT_FAILED
     except WorkerError as exc:
         _say(f"stores {args.command}: {exc}")
         return EXIT_FAILED

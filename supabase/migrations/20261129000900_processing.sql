@@ -53,12 +53,15 @@ declare
   v_reply public.replies;
   v_recent int := 0;
   v_store_hour int := 0;
+  v_thread jsonb := '[]'::jsonb;
+  v_knowledge jsonb := '[]'::jsonb;
 begin
   select to_jsonb(j) into v_job from public.job_queue j where j.id = p_job_id;
   if v_job is null then
     return jsonb_build_object('job', null, 'message', null, 'store', null,
                               'conversation', null, 'reply', null, 'recent_replies', 0,
-                              'store_replies_last_hour', 0);
+                              'store_replies_last_hour', 0, 'thread', '[]'::jsonb,
+                              'knowledge', '[]'::jsonb);
   end if;
 
   if (v_job -> 'payload' ->> 'message_id') ~* '^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$' then
@@ -82,6 +85,41 @@ begin
       and l.created_at > now() - interval '1 hour'
       and not exists (select 1 from public.credit_ledger r
                       where r.job_id = l.job_id and r.reason = 'refund');
+    -- The conversation's earlier messages and the replies that went out (automatic or a
+    -- person's), newest 12, each cut to 3,000 characters: the worker strips quotes and trims
+    -- them to its budget (worker/thread.py). Only this conversation's, of this store.
+    select coalesce(jsonb_agg(t.item order by t.at, t.kind), '[]'::jsonb) into v_thread
+    from (
+      select e.at, e.kind, e.item from (
+        select m.received_at as at, 0 as kind,
+               jsonb_build_object('author', 'customer', 'at', m.received_at,
+                                  'text', left(m.body_text, 3000)) as item
+        from public.messages m
+        where m.conversation_id = v_message.conversation_id
+          and m.store_id = v_message.store_id
+          and m.id <> v_message.id
+          and m.skip_reason is null
+          and (m.received_at, m.id) < (v_message.received_at, v_message.id)
+        union all
+        select r.sent_at, 1,
+               jsonb_build_object('author', 'store', 'at', r.sent_at,
+                                  'text', left(r.body_text, 3000))
+        from public.replies r
+        where r.conversation_id = v_message.conversation_id
+          and r.store_id = v_message.store_id
+          and r.status = 'sent'
+          and r.message_id <> v_message.id
+        order by at desc, kind desc
+        limit 12
+      ) e
+    ) t;
+    -- The store's knowledge base, whole (at most 200 entries): worker/knowledge.py picks what is
+    -- relevant to this email, so the pick costs no extra round trip.
+    select coalesce(jsonb_agg(jsonb_build_object('id', k.id, 'topic', k.topic,
+                                                 'title', k.title, 'body', k.body)
+                              order by k.topic, k.title), '[]'::jsonb) into v_knowledge
+    from public.store_knowledge k
+    where k.store_id = v_message.store_id;
   else
     select * into v_store from public.stores where id = (v_job ->> 'store_id')::uuid;
   end if;
@@ -94,7 +132,9 @@ begin
       case when v_conversation.id is null then null else to_jsonb(v_conversation) end,
     'reply', case when v_reply.id is null then null else to_jsonb(v_reply) end,
     'recent_replies', v_recent,
-    'store_replies_last_hour', v_store_hour
+    'store_replies_last_hour', v_store_hour,
+    'thread', v_thread,
+    'knowledge', v_knowledge
   );
 end;
 $$;

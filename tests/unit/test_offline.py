@@ -10,6 +10,7 @@ from worker.responder import (
     Classification,
     EmailFacts,
     FulfillmentFacts,
+    KnowledgeEntry,
     OrderFacts,
     ReplyContext,
     StoreVoice,
@@ -230,3 +231,44 @@ def test_store_language_overrides_customer_language() -> None:
     )
     assert draft.language == "en"
     assert "We have received your message" in draft.body_text
+
+
+RETURNS_POLICY = KnowledgeEntry(
+    "returns",
+    "Trocas e devoluções",
+    "Você pode devolver ou trocar qualquer produto em até 30 dias corridos após o recebimento.",
+)
+GIFT_FAQ = KnowledgeEntry("faq", "Embalagem para presente", "Embalagem para presente: R$ 9,90.")
+
+
+def test_a_returns_question_is_answered_with_the_stores_own_policy() -> None:
+    email = EmailFacts("c@example.com", "Devolução", "Quero devolver o tênis, ficou apertado.")
+    responder = offline.OfflineResponder()
+    classification = responder.classify(email)
+    assert classification.intent == "return_refund"
+    context = ReplyContext(StoreVoice("Loja"), knowledge=[RETURNS_POLICY, GIFT_FAQ])
+    body = responder.draft(email, classification, context).body_text
+    assert "Trocas e devoluções:" in body
+    assert "em até 30 dias corridos" in body
+    assert "Embalagem para presente" not in body
+
+
+def test_an_entry_on_another_topic_is_not_quoted_for_a_returns_question() -> None:
+    body = offline.compose_reply("return_refund", [], "pt-BR", "friendly", knowledge=[GIFT_FAQ])
+    assert "Embalagem" not in body
+
+
+def test_a_complaint_never_quotes_a_policy() -> None:
+    body = offline.compose_reply("complaint", [], "pt-BR", "friendly", knowledge=[RETURNS_POLICY])
+    assert "30 dias" not in body
+
+
+def test_a_question_the_rules_cannot_place_gets_the_best_entry() -> None:
+    body = offline.compose_reply("other", [], "pt-BR", "friendly", knowledge=[GIFT_FAQ])
+    assert "Embalagem para presente: R$ 9,90." in body
+
+
+def test_without_knowledge_the_reply_is_the_template() -> None:
+    with_none = offline.compose_reply("return_refund", [], "pt-BR", "friendly", knowledge=[])
+    assert with_none == offline.compose_reply("return_refund", [], "pt-BR", "friendly")
+    assert "30 dias" not in with_none

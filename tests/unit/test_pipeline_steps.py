@@ -87,6 +87,8 @@ def test_the_steps_run_in_the_documented_order() -> None:
         "filter_spam",
         "classify",
         "find_orders",
+        "recall_thread",
+        "select_knowledge",
         "reserve_credit",
         "draft",
         "decide_hold",
@@ -177,3 +179,48 @@ def test_the_handler_completes_an_early_end_and_records_its_event() -> None:
     assert outcome.summary["outcome"] == "skipped"
     assert outcome.summary["reason"] == "store_inactive"
     assert [e["event_type"] for e in trace.events] == ["process.skipped"]
+
+
+def test_recall_thread_strips_quotes_and_keeps_the_order_newest_last() -> None:
+    loaded = {
+        "thread": [
+            {
+                "author": "customer",
+                "at": "2026-11-30T10:00:00Z",
+                "text": "Quero trocar a camiseta.",
+            },
+            {
+                "author": "store",
+                "at": "2026-11-30T11:00:00Z",
+                "text": "Olá! Pode trocar em até 30 dias.\n\nEquipe Loja",
+            },
+            {"author": "someone", "at": None, "text": "not a thread message"},
+        ]
+    }
+    ctx = context(loaded=loaded)
+    steps.recall_thread(ctx)
+    assert [(m.author, m.text.splitlines()[0]) for m in ctx.thread] == [
+        ("customer", "Quero trocar a camiseta."),
+        ("store", "Olá! Pode trocar em até 30 dias."),
+    ]
+
+
+def test_select_knowledge_picks_the_entries_the_email_needs_and_records_them() -> None:
+    loaded = {
+        "knowledge": [
+            {"topic": "returns", "title": "Trocas", "body": "Trocas em até 30 dias."},
+            {"topic": "payment", "title": "Pagamento", "body": "Pix e cartão."},
+            {"topic": "faq", "title": "Presente", "body": "Embalagem para presente."},
+        ]
+    }
+    ctx = context(loaded=loaded, facts_=steps.EmailFacts("a@x.test", "Troca", "Posso trocar?"))
+    steps.select_knowledge(ctx)
+    assert [entry.title for entry in ctx.knowledge] == ["Trocas"]
+    [event] = [e for e in ctx.trace.events if e["event_type"] == "process.context"]
+    assert event["detail"] == {"thread": 0, "knowledge": ["Trocas"], "knowledge_available": 3}
+
+
+def test_a_store_without_knowledge_gives_none() -> None:
+    ctx = context(loaded={}, facts_=steps.EmailFacts("a@x.test", "Troca", "Posso trocar?"))
+    steps.select_knowledge(ctx)
+    assert ctx.knowledge == []

@@ -100,6 +100,48 @@ def update_store(store_id: UUID) -> tuple[Response, int]:
     return _call(update)
 
 
+KNOWLEDGE_FIELDS = ("topic", "title", "body")
+
+
+@bp.get("/stores/<uuid:store_id>/knowledge")
+def knowledge(store_id: UUID) -> tuple[Response, int]:
+    """The store's knowledge entries (its people and operators)."""
+
+    def read(db: Database, _person: Person) -> Any:
+        found = db.console_knowledge(str(store_id))
+        if found is None:
+            raise ConsoleError(404, "store not found")
+        return found
+
+    return _call(read)
+
+
+@bp.post("/stores/<uuid:store_id>/knowledge")
+def save_knowledge(store_id: UUID) -> tuple[Response, int]:
+    """Add an entry (topic, title, body), or change the one given by `id` (owners, operators)."""
+
+    def save(db: Database, _person: Person) -> Any:
+        fields = session.form_or_json()
+        missing = [key for key in KNOWLEDGE_FIELDS if not str(fields.get(key) or "").strip()]
+        if missing:
+            raise ConsoleError(400, f"an entry needs {', '.join(missing)}")
+        entry = {key: fields[key] for key in KNOWLEDGE_FIELDS}
+        if fields.get("id"):
+            try:
+                entry["id"] = str(UUID(str(fields["id"])))
+            except ValueError as exc:
+                raise ConsoleError(400, "id must be an id") from exc
+        return db.console_save_knowledge(str(store_id), entry)
+
+    return _call(save)
+
+
+@bp.post("/knowledge/<uuid:entry_id>/delete")
+def delete_knowledge(entry_id: UUID) -> tuple[Response, int]:
+    """Remove an entry (owners, operators)."""
+    return _call(lambda db, _person: {"deleted": db.console_delete_knowledge(str(entry_id))})
+
+
 @bp.get("/conversations")
 def conversations() -> tuple[Response, int]:
     """A page of conversations: ?store=&status=&q=&limit=&before_at=&before_id=."""

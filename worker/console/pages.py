@@ -42,6 +42,16 @@ STATUS_LABELS = {
 }
 
 
+# The knowledge topics, as the page names them (the table's check has the same keys).
+KNOWLEDGE_TOPICS = {
+    "shipping": "Shipping times and costs",
+    "returns": "Returns and exchanges",
+    "payment": "Payment methods",
+    "contact": "Contact hours",
+    "faq": "FAQ",
+}
+
+
 def _safe_next(target: str | None) -> str:
     # Only a path on this site: never an open redirect to another host.
     if not target or not target.startswith("/") or target.startswith("//"):
@@ -185,6 +195,20 @@ def stores() -> BaseResponse:
         return {"stores": db.console_stores()}
 
     return _page("stores.html", load)
+
+
+@bp.get("/console/stores/<uuid:store_id>/knowledge")
+def knowledge(store_id: UUID) -> BaseResponse:
+    """The store's policies and answers that replies may use: list, and for owners add, edit
+    and delete."""
+
+    def load(db: Database, _person: Person) -> dict[str, Any]:
+        found = db.console_knowledge(str(store_id))
+        if found is None:
+            raise ConsoleError(404, "store not found")
+        return {"store": found["store"], "entries": found["entries"], "topics": KNOWLEDGE_TOPICS}
+
+    return _page("knowledge.html", load)
 
 
 @bp.get("/console/dead-letters")

@@ -442,6 +442,48 @@ class Database:
         args = _args({"store_id": store_id, "amount": amount}, {"reason": reason})
         return cast(int, self._scalar("admin_add_credits", args))
 
+    # -- the store's knowledge (issue 15) ----------------------------------------------------
+
+    def list_knowledge(self, store_id: str) -> list[dict[str, Any]]:
+        """A store's knowledge entries, by topic then title."""
+        return cast(
+            list[dict[str, Any]], self._scalar("list_knowledge", _args({"store_id": store_id}))
+        )
+
+    def save_knowledge(
+        self, store_id: str, entry: Mapping[str, Any], actor: Mapping[str, Any] | None = None
+    ) -> Row:
+        """Add an entry, replace the one of the same title, or change the one with entry['id']."""
+        args = _args(
+            {"store_id": store_id, "entry": dict(entry)},
+            {"actor": None if actor is None else dict(actor)},
+        )
+        return self._required_row("save_knowledge", args)
+
+    def remove_knowledge(
+        self, store_id: str, entry_id: str, actor: Mapping[str, Any] | None = None
+    ) -> bool:
+        """Remove one entry of the store; False when it has none with that id."""
+        args = _args(
+            {"store_id": store_id, "id": entry_id},
+            {"actor": None if actor is None else dict(actor)},
+        )
+        return bool(self._scalar("remove_knowledge", args))
+
+    def import_knowledge(
+        self,
+        store_id: str,
+        entries: Sequence[Mapping[str, Any]],
+        replace: bool = False,
+        actor: Mapping[str, Any] | None = None,
+    ) -> dict[str, int]:
+        """Save many entries in one transaction (replace: remove the others); {saved, removed}."""
+        args = _args(
+            {"store_id": store_id, "entries": [dict(e) for e in entries], "replace": replace},
+            {"actor": None if actor is None else dict(actor)},
+        )
+        return cast(dict[str, int], self._scalar("import_knowledge", args))
+
     # -- console (issue 11): called on a person's Database (see as_person) -----------------
 
     def as_person(self, access_token: str, claims: Mapping[str, Any]) -> Database:
@@ -543,6 +585,20 @@ class Database:
         """Change a store's voice (tone, signature, language, reply mode): owners, operators."""
         args = _args({"store_id": store_id, "changes": dict(changes)})
         return cast(dict[str, Any], self._scalar("console_update_store", args))
+
+    def console_knowledge(self, store_id: str) -> dict[str, Any] | None:
+        """A store's knowledge page (`store` with the caller's role, `entries`); None if unseen."""
+        args = _args({"store_id": store_id})
+        return cast(dict[str, Any] | None, self._scalar("console_knowledge", args))
+
+    def console_save_knowledge(self, store_id: str, entry: Mapping[str, Any]) -> dict[str, Any]:
+        """Add or change an entry (owners, operators)."""
+        args = _args({"store_id": store_id, "entry": dict(entry)})
+        return cast(dict[str, Any], self._scalar("console_save_knowledge", args))
+
+    def console_delete_knowledge(self, entry_id: str) -> bool:
+        """Remove an entry (owners, operators)."""
+        return bool(self._scalar("console_delete_knowledge", _args({"id": entry_id})))
 
     # -- console, worker side (service role) ------------------------------------------------
 

@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
 from worker import offline, prompts
-from worker.responder import FulfillmentFacts, OrderFacts, TrackingFacts
+from worker.responder import FulfillmentFacts, KnowledgeEntry, OrderFacts, TrackingFacts
 
 TEST_API_KEY = "sk-ant-test-fake-key"
 ANTHROPIC_VERSION_HEADER = "anthropic-version"
@@ -362,8 +362,12 @@ def plausible_tool_input(request: RecordedRequest) -> dict[str, Any] | None:
         intent = str((context.get("classification") or {}).get("intent") or "other")
         tone = str((context.get("store") or {}).get("tone") or "friendly")
         orders = [_order_from_prompt(o) for o in context.get("orders") or []]
+        knowledge = [
+            KnowledgeEntry(str(k.get("topic")), str(k.get("title")), str(k.get("text")))
+            for k in context.get("store_knowledge") or []
+        ]
         return {
-            "body_text": offline.compose_reply(intent, orders, language, tone),
+            "body_text": offline.compose_reply(intent, orders, language, tone, knowledge=knowledge),
             "language": language,
             "needs_human": False,
         }

@@ -14,12 +14,15 @@ from typing import Any
 
 from worker import (
     compose,
+    knowledge,
     loops,
     mime,
     privacy,
+    quotes,
     reply_guard,
     sender_auth,
     spam,
+    thread,
     validate,
 )
 from worker.errors import CircuitOpenError
@@ -180,7 +183,9 @@ def classify(ctx: JobContext) -> None:
     facts = EmailFacts(
         sender=email.from_address or "",
         subject=email.subject or "",
-        body=email.body_text or "",
+        # The model reads what the customer wrote now; the history comes as the thread. A body
+        # that is nothing but a quote (a bare forward) is kept whole.
+        body=quotes.own_text(email.body_text) or email.body_text or "",
     )
     ctx.facts_ = facts
     with ctx.trace.timed("classify"):
@@ -227,6 +232,30 @@ def find_orders(ctx: JobContext) -> None:
             ctx.trace.event("process.shopify_lookup", found=len(found), disclosed=len(orders))
     to_address, include_orders = privacy.reply_recipient(sender, email.reply_to, bool(orders))
     ctx.to_address, ctx.orders = to_address, orders if include_orders else []
+
+
+def recall_thread(ctx: JobContext) -> None:
+    """The conversation's earlier messages and our replies, stripped and trimmed (worker.thread).
+
+    Loaded with the job (load_job_context), so this costs no round trip.
+    """
+    ctx.thread = thread.thread_messages(ctx.loaded.get("thread") or [])
+
+
+def select_knowledge(ctx: JobContext) -> None:
+    """The store's knowledge entries this email needs (worker.knowledge), from its own words.
+
+    The store's entries came with the job (load_job_context); the pick depends only on the
+    email's text, so it can run before any model call.
+    """
+    entries = knowledge.entries_from_rows(ctx.loaded.get("knowledge") or [])
+    ctx.knowledge = knowledge.select(entries, ctx.facts.subject, ctx.facts.body)
+    ctx.trace.event(
+        "process.context",
+        thread=len(ctx.thread),
+        knowledge=[entry.title for entry in ctx.knowledge],
+        knowledge_available=len(entries),
+    )
 
 
 def reserve_credit(ctx: JobContext) -> None:
@@ -285,7 +314,15 @@ def decide_hold(ctx: JobContext) -> None:
             reply_draft.body_text,
             store_domains=store_domains(store),
             orders=ctx.orders,
-            store_text=f"{store.get('name') or ''} {store.get('reply_signature') or ''}",
+            # The store's own words: its name, signature and the knowledge the reply was given
+            # (a shipping price or phone number from there is the store's, not an injection).
+            store_text=" ".join(
+                [
+                    str(store.get("name") or ""),
+                    str(store.get("reply_signature") or ""),
+                    *(entry.body for entry in ctx.knowledge),
+                ]
+            ),
         )
     ctx.trace.event(
         "process.drafted", language=reply_draft.language, model=reply_draft.model, hold=ctx.hold
@@ -331,6 +368,8 @@ STEPS: tuple[Step, ...] = (
     filter_spam,
     classify,
     find_orders,
+    recall_thread,
+    select_knowledge,
     reserve_credit,
     draft,
     decide_hold,
