@@ -65,7 +65,8 @@ set local role service_role;
 -- load_job_context ----------------------------------------------------------------------------
 select is(public.load_job_context('50000000-0000-4000-8000-0000000000ff'),
           '{"job": null, "message": null, "store": null, "conversation": null, "reply": null,
-            "recent_replies": 0, "store_replies_last_hour": 0}'::jsonb,
+            "recent_replies": 0, "store_replies_last_hour": 0, "thread": [],
+            "knowledge": []}'::jsonb,
           'an unknown job has an empty context');
 select is(
   (select jsonb_build_array(c -> 'job' ->> 'id', c -> 'message' ->> 'id', c -> 'store' ->> 'id',
