@@ -4,7 +4,8 @@ The splitting is mail-parser-reply's (multi-language "On ... wrote:" / Outlook "
 signatures, "Sent from my" lines). It has no Portuguese, so this module registers Portuguese
 patterns in its language table, and it leaves bare "> " quoted lines in place, so those are
 dropped here. Input is bounded first: the library's patterns are regular expressions, and a
-hostile email must not make them slow (decision 0012).
+hostile email must not make them slow (decision 0012). Lines come back without their leading
+indentation (the library normalises them): the model needs the words, not the layout.
 """
 
 from __future__ import annotations
