@@ -11,6 +11,7 @@ Measured on a labelled set by bench/knowledge.py.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import unicodedata
@@ -27,6 +28,7 @@ MAX_ENTRIES = 3  # entries given to the model for one email
 BUDGET_CHARS = 4_000  # their text together (~1,000 tokens)
 TOPIC_BOOST = 2.0  # added to an entry's score when the email names its topic
 STEM_CHARS = 5
+MIN_SHARED_STEMS = 2  # words an entry must share with an email whose wording names no topic
 BM25_K1 = 1.2
 BM25_B = 0.75
 # An entry scoring below this share of the best one is noise, not a second answer.
@@ -39,7 +41,7 @@ TOPIC_WORDS: dict[str, tuple[str, ...]] = {
         "frete", "entrega", "entregas", "prazo", "envio", "enviar", "enviam", "chega", "chegar",
         "correios", "sedex", "transportadora", "rastreio", "rastreamento",
         "shipping", "ship", "ships", "delivery", "deliver", "arrive", "carrier", "postage",
-        "tracking", "how long",
+        "tracking", "how long", "shipped", "delay", "delayed", "late",
         "envios", "plazo", "llega", "llegar", "gastos de envio", "paqueteria",
     ),
     "returns": (
@@ -104,11 +106,15 @@ STOP_WORDS = frozenset(
 # fmt: on
 
 
-_PHRASES = {
-    phrase: re.compile(rf"(?<![a-z0-9]){re.escape(phrase)}(?![a-z0-9])")
-    for phrases in CONCEPTS.values()
-    for phrase in phrases
-}
+def _alternation(phrases: Iterable[str]) -> re.Pattern[str]:
+    # Longest first, so "gastos de envio" wins over a shorter phrase at the same place.
+    ordered = sorted(set(phrases), key=len, reverse=True)
+    return re.compile(r"(?<![a-z0-9])(" + "|".join(map(re.escape, ordered)) + r")(?![a-z0-9])")
+
+
+_CONCEPT_OF = {phrase: concept for concept, phrases in CONCEPTS.items() for phrase in phrases}
+_CONCEPT_PHRASES = _alternation(_CONCEPT_OF)
+_TOPIC_PHRASES = {topic: _alternation(words) for topic, words in TOPIC_WORDS.items()}
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,8 @@ class Scored:
 
     entry: KnowledgeEntry
     score: float
+    matched: int = 0  # distinct query stems found in the entry
+    boosted: bool = False  # the email names the entry's topic
 
 
 def fold(text: str) -> str:
@@ -134,22 +142,20 @@ def stems(text: str) -> list[str]:
         for word in re.findall(r"[a-z0-9]+", folded)
         if len(word) >= 3 and word not in STOP_WORDS
     ]
-    return words + [
-        concept
-        for concept, phrases in CONCEPTS.items()
-        for phrase in phrases
-        for _ in _PHRASES[phrase].finditer(folded)
-    ]
+    return words + [_CONCEPT_OF[m.group(1)] for m in _CONCEPT_PHRASES.finditer(folded)]
+
+
+@functools.lru_cache(maxsize=4096)
+def _entry_stems(entry: KnowledgeEntry) -> Counter[str]:
+    # The title counts twice: it names what the entry is about. Cached: a store's entries come
+    # back with every job, unchanged.
+    return Counter(stems(f"{entry.title} {entry.title} {entry.body}"))
 
 
 def topics_named(text: str) -> set[str]:
     """The topics whose words appear in the text (whole words or phrases, folded)."""
     folded = fold(text)
-    return {
-        topic
-        for topic, words in TOPIC_WORDS.items()
-        if any(re.search(rf"(?<![a-z0-9]){re.escape(w)}(?![a-z0-9])", folded) for w in words)
-    }
+    return {topic for topic, pattern in _TOPIC_PHRASES.items() if pattern.search(folded)}
 
 
 def entries_from_rows(rows: Iterable[Mapping[str, Any]]) -> list[KnowledgeEntry]:
@@ -172,7 +178,7 @@ def score(
     let bench/knowledge.py measure each signal alone)."""
     query_stems = set(stems(query))
     named = topics_named(query)
-    docs = [Counter(stems(f"{e.title} {e.title} {e.body}")) for e in entries]
+    docs = [_entry_stems(e) for e in entries]
     if not docs:
         return []
     average = sum(sum(d.values()) for d in docs) / len(docs) or 1.0
@@ -181,14 +187,16 @@ def score(
     for entry, doc in zip(entries, docs, strict=True):
         length = sum(doc.values())
         bm25 = 0.0
-        for stem in query_stems & doc.keys():
+        shared = query_stems & doc.keys()
+        for stem in shared:
             idf = math.log(1 + (len(docs) - frequency[stem] + 0.5) / (frequency[stem] + 0.5))
             tf = doc[stem]
             bm25 += (
                 idf * tf * (BM25_K1 + 1) / (tf + BM25_K1 * (1 - BM25_B + BM25_B * length / average))
             )
-        boost = topic_boost if entry.topic in named else 0.0
-        scored.append(Scored(entry, bm25_weight * bm25 + boost))
+        boosted = entry.topic in named and topic_boost > 0
+        score_ = bm25_weight * bm25 + (topic_boost if boosted else 0.0)
+        scored.append(Scored(entry, score_, len(shared) if bm25_weight else 0, boosted))
     return sorted(scored, key=lambda s: s.score, reverse=True)
 
 
@@ -204,10 +212,12 @@ def select(
 ) -> list[KnowledgeEntry]:
     """The entries the reply to this email needs, best first, within the budget."""
     query = f"{subject}\n{body}"
+    # One shared word is too often a coincidence ('present' and 'presente', 'moment' and
+    # 'momento'): an entry needs two, or its topic named by the email.
     ranked = [
         s
         for s in score(entries, query, topic_boost=topic_boost, bm25_weight=bm25_weight)
-        if s.score > 0
+        if s.score > 0 and (s.boosted or s.matched >= MIN_SHARED_STEMS)
     ]
     if not ranked:
         return []

@@ -362,12 +362,14 @@ _STATUS = {
 _MONTHS_EN = ("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec").split()
 
 ORDER_INTENTS = frozenset({"order_status", "shipping_delay", "return_refund", "cancellation"})
-# The knowledge topics that answer an intent; an intent not listed takes the best entry of any
-# topic, one listed with an empty set never quotes one (a complaint is for a person).
+# The knowledge topics that answer an intent; an intent not listed ('other': a question the
+# rules cannot place) takes the best entry of any topic, one listed with an empty set never
+# quotes one (an order's own facts answer its status; a complaint is for a person).
 INTENT_TOPICS: dict[str, frozenset[str]] = {
     "return_refund": frozenset({"returns"}),
     "shipping_delay": frozenset({"shipping"}),
-    "order_status": frozenset({"shipping"}),
+    "order_status": frozenset(),
+    "product_question": frozenset({"faq"}),
     "cancellation": frozenset({"returns", "faq"}),
     "complaint": frozenset(),
     "spam": frozenset(),
@@ -468,7 +470,10 @@ def compose_reply(
         paragraphs.append(text["other"])
 
     entry = matching_entry(intent, knowledge)
-    if entry is not None:
+    # Rules cannot translate: a policy written in another language than the reply's stays out.
+    if entry is not None and _lang_key(detect_language(f"{entry.title}\n{entry.body}")) == (
+        _lang_key(language)
+    ):
         paragraphs.append(text["knowledge"].format(title=entry.title, text=entry.body.strip()))
 
     if orders:

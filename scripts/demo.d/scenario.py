@@ -119,6 +119,11 @@ class Scenario:
             f"{seed.STORE_CREDITS} credits"
         )
         self.run_cli(["-m", "worker", "stores", "check", self.store_id], "stores check")
+        step("filling the store's knowledge base (shipping, returns, payment, hours, FAQ)")
+        self.run_cli(["-m", "worker", "stores", "knowledge", "import", self.store_id,
+                      str(seed.KNOWLEDGE_FILE)], "stores knowledge import")
+        say(f"    python -m worker stores knowledge import {self.store_id} "
+            f"{seed.KNOWLEDGE_FILE.relative_to(ROOT)}")
 
     def create_console_people(self) -> None:
         """A store owner and an operator, made with the documented CLI (Auth admin API)."""

@@ -16,6 +16,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "tests" / "unit" / "data"
+# The store's policies and answers (pt-BR): the returns question is answered from it.
+KNOWLEDGE_FILE = Path(__file__).resolve().parent / "knowledge.json"
 
 STORE_NAME = "Loja Exemplo"
 STORE_EMAIL = "support@lojaexemplo.com.br"

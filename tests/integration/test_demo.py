@@ -92,6 +92,10 @@ def test_demo_answers_portuguese_and_english_customers(
     assert "Reply as received by the SMTP sink (to ana.souza@example.com.br)" in out
     assert "Correios BR123456789BR" in out
     assert "Order #1002" in out
+    # The returns question is answered with the store's own returns policy (its knowledge).
+    refund_reply = out.split("(to carlos.lima@example.com.br)", 1)[1][:1500]
+    assert "Trocas e devoluções:" in refund_reply
+    assert "em até 30 dias corridos" in refund_reply
     assert "offline responder (no ANTHROPIC_API_KEY)" in out
 
 

@@ -272,3 +272,14 @@ def test_without_knowledge_the_reply_is_the_template() -> None:
     with_none = offline.compose_reply("return_refund", [], "pt-BR", "friendly", knowledge=[])
     assert with_none == offline.compose_reply("return_refund", [], "pt-BR", "friendly")
     assert "30 dias" not in with_none
+
+
+def test_a_policy_in_another_language_than_the_reply_is_not_quoted() -> None:
+    english = offline.compose_reply(
+        "return_refund", [], "en", "friendly", knowledge=[RETURNS_POLICY]
+    )
+    assert "30 dias" not in english
+    policy = KnowledgeEntry("returns", "Returns", "You can return any item within 30 days.")
+    assert "within 30 days" in offline.compose_reply(
+        "return_refund", [], "en", "friendly", knowledge=[policy]
+    )
