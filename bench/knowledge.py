@@ -11,10 +11,10 @@ a good answer needs) is asked of every method:
 
 For each: recall (needed entries given), precision (given entries needed), entries and characters
 given per email (what the prompt pays: ~4 characters a token), and the median time of one pick.
-`--scale N` pads the knowledge base with N generated FAQ entries about products, to see recall and
-time when a store's knowledge is large (the table's bound is 200 entries).
+`--scale N` pads the knowledge base with up to 96 generated FAQ entries about products, to see
+recall and time when a store's knowledge is large (the table's bound is 200 entries).
 
-    python -m bench.knowledge [--scale 186] [--repeat 200] [--json]
+    python -m bench.knowledge [--scale 96] [--repeat 50] [--json]
 """
 
 from __future__ import annotations
