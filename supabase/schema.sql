@@ -2392,7 +2392,7 @@ begin
     for v_id in
       select k.id from public.store_knowledge k
       where k.store_id = p_store_id
-        and k.title not in (select btrim(coalesce(e ->> 'title', ''))
+        and k.title not in (select btrim(coalesce(e ->> 'title', ''), E' \t\r\n')
                             from jsonb_array_elements(p_entries) e)
     loop
       if public.remove_knowledge(p_store_id, v_id, p_actor) then
@@ -3458,8 +3458,9 @@ declare
   v_max constant int := 200;
   v_id uuid;
   v_topic text := btrim(coalesce(p_entry ->> 'topic', ''));
-  v_title text := btrim(coalesce(p_entry ->> 'title', ''));
-  v_body text := btrim(coalesce(p_entry ->> 'body', ''));
+  -- Spaces, tabs and line breaks around a title or text are the editor's, not the store's.
+  v_title text := btrim(coalesce(p_entry ->> 'title', ''), E' \t\r\n');
+  v_body text := btrim(coalesce(p_entry ->> 'body', ''), E' \t\r\n');
   v_row public.store_knowledge;
 begin
   if jsonb_typeof(p_entry) is distinct from 'object' then
