@@ -3486,6 +3486,10 @@ begin
     exception when invalid_text_representation then
       raise exception 'id must be a uuid' using errcode = 'PT400';
     end;
+    if exists (select 1 from public.store_knowledge
+               where store_id = p_store_id and title = v_title and id <> v_id) then
+      raise exception 'another entry is already titled "%"', v_title using errcode = 'PT409';
+    end if;
     update public.store_knowledge
     set topic = v_topic, title = v_title, body = v_body, updated_at = now(),
         updated_by = p_actor ->> 'email'

@@ -48,9 +48,9 @@ create policy store_knowledge_owner_delete on public.store_knowledge
   using (public.console_role_in(store_id) in ('owner', 'operator'));
 
 -- Add or change one entry: {id?, topic, title, body}. With an id, that entry of this store is
--- changed (PT404 if the store has none such); without, the entry titled so is added or, if the
--- store has one, replaced (so importing a file twice changes nothing). PT400 for a bad value,
--- PT409 past the 200 entries a store may have. p_actor lands in the knowledge.saved event.
+-- changed (PT404 if the store has none such; PT409 if another entry has the new title);
+-- without, the entry titled so is added or, if the store has one, replaced (so importing a file
+-- twice changes nothing). PT400 for a bad value, PT409 past the 200 entries a store may have. p_actor lands in the knowledge.saved event.
 create or replace function public.save_knowledge(
   p_store_id uuid,
   p_entry jsonb,
@@ -92,6 +92,10 @@ begin
     exception when invalid_text_representation then
       raise exception 'id must be a uuid' using errcode = 'PT400';
     end;
+    if exists (select 1 from public.store_knowledge
+               where store_id = p_store_id and title = v_title and id <> v_id) then
+      raise exception 'another entry is already titled "%"', v_title using errcode = 'PT409';
+    end if;
     update public.store_knowledge
     set topic = v_topic, title = v_title, body = v_body, updated_at = now(),
         updated_by = p_actor ->> 'email'

@@ -3,7 +3,7 @@
 -- what load_job_context hands the worker: the conversation's thread and the store's entries,
 -- never another conversation's or another store's.
 begin;
-select plan(43);
+select plan(44);
 
 insert into auth.users (id, email) values
   ('00000000-0000-4000-8000-0000000000a1', 'owner-a@example.test'),
@@ -50,6 +50,12 @@ select throws_ok(format($$select public.save_knowledge('10000000-0000-4000-8000-
                    '{"id": "%s", "topic": "faq", "title": "Hijack", "body": "x"}')$$,
                         (select id from ids where name = 'b-returns')),
                  'PT404', null, 'an id of another store''s entry is not found in this one');
+select throws_ok(format($$select public.save_knowledge('10000000-0000-4000-8000-00000000000a',
+                   '{"id": "%s", "topic": "returns", "title": "Frete", "body": "x"}')$$,
+                        (select id from ids where name = 'a-returns')),
+                 'PT409', null, 'renaming an entry to another entry''s title is refused')
+from (select public.save_knowledge('10000000-0000-4000-8000-00000000000a',
+        '{"topic": "shipping", "title": "Frete", "body": "Frete grátis."}')) s;
 select throws_ok($$select public.save_knowledge('10000000-0000-4000-8000-0000000000ff',
                    '{"topic": "faq", "title": "x", "body": "y"}')$$,
                  'PT404', null, 'an unknown store is refused');

@@ -115,6 +115,11 @@ def test_the_api_lets_owners_edit_agents_read_and_strangers_see_nothing(
         json={"id": entry_id, "topic": "payment", "title": "Pagamento", "body": "Só Pix."},
     )
     assert changed.status_code == 200 and changed.get_json()["body"] == "Só Pix."
+    clash = owner.post(
+        f"/api/stores/{store_a}/knowledge",
+        json={"id": entry_id, "topic": "payment", "title": "Trocas", "body": "Só Pix."},
+    )
+    assert clash.status_code == 409 and "already titled" in clash.get_json()["message"]
     bad = owner.post(
         f"/api/stores/{store_a}/knowledge", json={"topic": "weather", "title": "x", "body": "y"}
     )
