@@ -7,6 +7,7 @@ the Transport (one `call` = one SQL function = one round trip); CPU is `time.pro
 this process across the run (all threads).
 
     python -m bench.cost --database-url postgresql://postgres:postgres@127.0.0.1:5450/postgres
+        [--knowledge scripts/demo.d/knowledge.json]   # the store with a knowledge base
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -125,8 +127,11 @@ class CostResult:
     emails_per_second: float
 
 
-def measure(database_url: str, emails: int, concurrency: int) -> CostResult:
-    """Ingest `emails` messages for a new store and process them all; returns the cost."""
+def measure(
+    database_url: str, emails: int, concurrency: int, knowledge: list[dict[str, str]] | None = None
+) -> CostResult:
+    """Ingest `emails` messages for a new store (with `knowledge` as its knowledge base) and
+    process them all; returns the cost."""
     transport = CountingTransport(PgTransport(database_url, min_size=1, max_size=concurrency + 2))
     db = Database(transport)
     tag = uuid.uuid4().hex[:8]
@@ -147,6 +152,8 @@ def measure(database_url: str, emails: int, concurrency: int) -> CostResult:
             },
             {"imap_password": "x", "smtp_password": "x", "shopify_token": "x"},
         )
+        if knowledge:
+            db.import_knowledge(store_id, knowledge)
         job_ids: list[str] = []
         raws = [customer_email(n, tag) for n in range(emails)]
         for start in range(0, emails, INGEST_CHUNK):
@@ -202,10 +209,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
     parser.add_argument("--emails", type=int, default=DEFAULT_EMAILS)
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
+    parser.add_argument(
+        "--knowledge",
+        type=Path,
+        metavar="FILE",
+        help="the store's knowledge base (JSON, as `stores knowledge import` reads)",
+    )
     args = parser.parse_args(argv)
     if not args.database_url:
         parser.error("--database-url or DATABASE_URL is required")
-    result = measure(args.database_url, args.emails, args.concurrency)
+    knowledge = json.loads(args.knowledge.read_text(encoding="utf-8")) if args.knowledge else None
+    result = measure(args.database_url, args.emails, args.concurrency, knowledge)
     print(json.dumps(result.__dict__, indent=2))
 
 
