@@ -213,7 +213,17 @@ insert into public.replies (store_id, conversation_id, message_id, status, to_ad
    '<r1@a.test>', now() - interval '2 hours', now() - interval '2 hours'),
   ('10000000-0000-4000-8000-00000000000a', '20000000-0000-4000-8000-0000000000a1',
    '30000000-0000-4000-8000-0000000000a3', 'held', 'ana@c.test', 'Held draft',
-   '<r3@a.test>', null, null);
+   '<r3@a.test>', null, null),
+  ('10000000-0000-4000-8000-00000000000a', '20000000-0000-4000-8000-0000000000a2',
+   '30000000-0000-4000-8000-0000000000a9', 'sent', 'ana@c.test', 'Other conversation reply',
+   '<r9@a.test>', now() - interval '90 minutes', now() - interval '90 minutes');
+-- A reply a person wrote in the console (to the skipped message) is part of the thread too.
+insert into public.replies (store_id, conversation_id, message_id, status, to_address, body_text,
+                            smtp_message_id, sending_at, sent_at, author_id, author_email) values
+  ('10000000-0000-4000-8000-00000000000a', '20000000-0000-4000-8000-0000000000a1',
+   '30000000-0000-4000-8000-0000000000a0', 'sent', 'ana@c.test', 'Written by a person.',
+   '<r0@a.test>', now() - interval '100 minutes', now() - interval '100 minutes',
+   '00000000-0000-4000-8000-0000000000a1', 'owner-a@example.test');
 insert into public.job_queue (id, job_type, store_id, conversation_id, payload) values
   ('40000000-0000-4000-8000-0000000000a2', 'process_email', '10000000-0000-4000-8000-00000000000a',
    '20000000-0000-4000-8000-0000000000a1',
@@ -224,9 +234,11 @@ select is(
   (select jsonb_agg(jsonb_build_array(t ->> 'author', t ->> 'text'))
    from jsonb_array_elements(public.load_job_context('40000000-0000-4000-8000-0000000000a2')
                              -> 'thread') t),
-  '[["customer", "Quero trocar a camiseta."], ["store", "A troca é grátis."]]'::jsonb,
-  'the thread: the earlier message and the reply that went out, oldest first; not the message '
-  'itself, a later one, a skipped one, a held draft, nor another conversation''s');
+  '[["customer", "Quero trocar a camiseta."], ["store", "A troca é grátis."],
+    ["store", "Written by a person."]]'::jsonb,
+  'the thread: the earlier message and the replies that went out (automatic and a person''s), '
+  'oldest first; not the message itself, a later one, a skipped one, a held draft, nor another '
+  'conversation''s message or reply');
 select is(
   (select jsonb_agg(k ->> 'title' order by k ->> 'title')
    from jsonb_array_elements(public.load_job_context('40000000-0000-4000-8000-0000000000a2')
