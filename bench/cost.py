@@ -33,7 +33,7 @@ from worker.db.pg import PgTransport
 from worker.models import MailAccount
 from worker.offline import OfflineResponder
 from worker.pipeline.context import MailIO, Services
-from worker.responder import FulfillmentFacts, OrderFacts, TrackingFacts
+from worker.responder import FulfillmentFacts, OrderFacts, ProductFacts, TrackingFacts
 from worker.runs import Budget
 
 DEFAULT_EMAILS = 200
@@ -70,6 +70,9 @@ class MemoryShop:
 
     def order_by_number(self, number: str) -> OrderFacts | None:
         return None
+
+    def search_products(self, search: str, limit: int = 5) -> list[ProductFacts]:
+        return []  # its emails are order questions; none is searched in the catalogue
 
 
 def _order(email: str) -> OrderFacts:

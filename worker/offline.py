@@ -1,8 +1,8 @@
-"""The offline responder: deterministic keyword classification and templated replies (pt, en).
+"""The offline responder: deterministic keyword classification and templated replies (pt, en, es).
 
 Used when no ANTHROPIC_API_KEY is configured (the local demo, tests, benchmarks). It is clearly
 labelled: every reply it drafts records the model name 'offline-responder'. Like the Claude
-responder it states only the order facts it is given and never promises an action.
+responder it states only the order and product facts it is given and never promises an action.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from worker.responder import (
     Intent,
     KnowledgeEntry,
     OrderFacts,
+    ProductFacts,
     ReplyContext,
     Sentiment,
     reply_language,
@@ -55,6 +56,7 @@ INTENT_KEYWORDS: tuple[tuple[Intent, tuple[str, ...]], ...] = (
         (
             "reembolso", "devolucao", "devolver", "estorno", "estornar", "troca", "trocar",
             "dinheiro de volta", "refund", "return", "returns", "exchange", "money back",
+            "devolucion", "cambiar", "cambio",
         ),
     ),
     (
@@ -63,6 +65,7 @@ INTENT_KEYWORDS: tuple[tuple[Intent, tuple[str, ...]], ...] = (
             "atraso", "atrasado", "atrasada", "nao chegou", "ainda nao recebi", "demorando",
             "demora", "prazo", "late", "delay", "delayed", "hasn't arrived", "has not arrived",
             "not arrived", "still waiting", "still hasn't", "never arrived", "overdue",
+            "retraso", "retrasado", "no ha llegado", "no me ha llegado", "todavia no",
         ),
     ),
     (
@@ -71,7 +74,7 @@ INTENT_KEYWORDS: tuple[tuple[Intent, tuple[str, ...]], ...] = (
             "rastreio", "rastrear", "rastreamento", "codigo de rastreio", "status do pedido",
             "onde esta", "cade", "entrega", "enviado", "quando chega", "meu pedido",
             "where is my order", "tracking", "track", "shipped", "order status", "my order",
-            "delivery", "when will",
+            "delivery", "when will", "donde esta", "mi pedido", "seguimiento", "cuando llega",
         ),
     ),
     (
@@ -80,6 +83,7 @@ INTENT_KEYWORDS: tuple[tuple[Intent, tuple[str, ...]], ...] = (
             "reclamacao", "pessimo", "horrivel", "absurdo", "decepcionado", "decepcionada",
             "quebrado", "defeito", "danificado", "reclame aqui", "procon", "terrible", "awful",
             "worst", "unacceptable", "disappointed", "broken", "defective", "damaged",
+            "queja", "roto", "rota", "defectuoso", "inaceptable",
         ),
     ),
     (
@@ -87,7 +91,8 @@ INTENT_KEYWORDS: tuple[tuple[Intent, tuple[str, ...]], ...] = (
         (
             "tamanho", "estoque", "voces tem", "tem disponivel", "disponivel", "material",
             "medidas", "cor", "size", "in stock", "do you have", "available", "colour", "color",
-            "does it", "which model",
+            "does it", "which model", "quanto custa", "preco", "how much", "price",
+            "tienen", "talla", "disponible", "precio", "cuanto cuesta",
         ),
     ),
 )
@@ -121,6 +126,12 @@ EN_MARKERS = frozenset(
     """the my order is where hello hi thanks thank please when still not have was it you and to
     of for with this that but did has arrived would like your what can could""".split()
 )
+# Words Spanish has and Portuguese does not ("pedido", "de", "que" are both's).
+ES_MARKERS = frozenset(
+    """el los las del y en un una con mi mis su sus hola gracias donde cuando tienen tiene tengo
+    quiero quisiera puedo usted ustedes muy pero hay todavia ya lo le les buenos buenas dias
+    tardes noches saludos cual esta estoy llegado compre talla precio""".split()
+)
 
 ORDER_NUMBER_PATTERNS = (
     re.compile(r"#\s?(\d{3,10})\b"),
@@ -146,20 +157,23 @@ def _matches(folded: str, phrases: Iterable[str]) -> int:
 
 
 def detect_language(text: str, hint: str | None = None) -> str:
-    """'pt-BR' or 'en' by counting common words; ties go to the hint, then to English."""
+    """'pt-BR', 'es' or 'en' by counting common words; ties go to the hint, then to English."""
     folded = fold(text)
     words = re.findall(r"[a-z']+", folded)
-    pt = sum(1 for w in words if w in PT_MARKERS)
+    pt = sum(1 for w in words if w in PT_MARKERS and w not in ES_MARKERS)
+    es = sum(1 for w in words if w in ES_MARKERS and w not in PT_MARKERS)
     en = sum(1 for w in words if w in EN_MARKERS)
-    # Portuguese-only letters are strong evidence even in a two-word email.
+    # Letters only one of the languages has are strong evidence even in a two-word email.
     pt += 2 * sum(1 for ch in text.lower() if ch in "ãõç")
-    if pt > en:
-        return "pt-BR"
-    if en > pt:
-        return "en"
-    if hint and hint.lower().startswith("pt"):
-        return "pt-BR"
-    return "en"
+    es += 2 * sum(1 for ch in text.lower() if ch in "ñ¿¡")
+    best = max(pt, es, en)
+    leaders = [lang for lang, count in (("pt-BR", pt), ("es", es), ("en", en)) if count == best]
+    if len(leaders) == 1:
+        return leaders[0]
+    for lang in leaders:
+        if hint and hint.lower().startswith(lang[:2]):
+            return lang
+    return "en" if "en" in leaders else leaders[0]
 
 
 def find_order_numbers(text: str) -> list[str]:
@@ -229,11 +243,16 @@ class OfflineResponder:
         classification: Classification,
         context: ReplyContext,
     ) -> Draft:
-        """A templated reply in pt or en, stating only the given order facts."""
+        """A templated reply in pt, en or es, stating only the given order and product facts."""
         store, orders = context.store, context.orders
         language = reply_language(classification, store)
         body = compose_reply(
-            classification.intent, orders, language, store.tone, knowledge=context.knowledge
+            classification.intent,
+            orders,
+            language,
+            store.tone,
+            products=context.products,
+            knowledge=context.knowledge,
         )
         return Draft(
             body_text=with_signature(body, store),
@@ -285,6 +304,14 @@ _TEXT = {
         "tracking": "Rastreio: {tracking}",
         "eta": "Previsão de entrega: {date}",
         "delivered": "Entregue em {date}",
+        "latest_event": "Última atualização ({date}): {status}",
+        "cancelled": "Pedido cancelado em {date}",
+        "refund": "Reembolso de {amount} em {date}",
+        "products_intro": "Encontramos em nosso catálogo:",
+        "product_available": "disponível",
+        "product_sold_out": "esgotado",
+        "variants": "Opções: {variants}",
+        "product_link": "Veja na loja: {url}",
     },
     "en": {
         "greeting_formal": "Dear customer,",
@@ -327,6 +354,64 @@ _TEXT = {
         "tracking": "Tracking: {tracking}",
         "eta": "Estimated delivery: {date}",
         "delivered": "Delivered on {date}",
+        "latest_event": "Latest update ({date}): {status}",
+        "cancelled": "Order cancelled on {date}",
+        "refund": "Refund of {amount} on {date}",
+        "products_intro": "Here is what we found in our catalogue:",
+        "product_available": "available",
+        "product_sold_out": "sold out",
+        "variants": "Options: {variants}",
+        "product_link": "See it in the shop: {url}",
+    },
+    "es": {
+        "greeting_formal": "Estimado/a cliente:",
+        "greeting": "¡Hola!",
+        "thanks": "Gracias por escribirnos.",
+        "orders_intro": "Esta es la información de tu pedido:",
+        "no_orders": (
+            "No hemos encontrado un pedido con los datos de este mensaje. Por favor, responde "
+            "desde el correo electrónico usado en la compra, indicando el número del pedido "
+            "(por ejemplo, #1001), y nuestro equipo lo revisará."
+        ),
+        "delay": (
+            "Sentimos mucho la espera. Si el plazo de entrega ya ha pasado, nuestro equipo lo "
+            "consultará con la transportista y te responderá."
+        ),
+        "return_refund": (
+            "Hemos recibido tu solicitud de cambio, devolución o reembolso. Nuestro equipo la "
+            "revisará y te responderá con los próximos pasos."
+        ),
+        "cancellation": (
+            "Hemos recibido tu solicitud de cancelación. Nuestro equipo la revisará y te "
+            "responderá por correo; hasta entonces, no se ha hecho ningún cambio en el pedido."
+        ),
+        "product_question": (
+            "Hemos recibido tu pregunta sobre nuestros productos. Nuestro equipo revisará los "
+            "detalles y te responderá pronto."
+        ),
+        "complaint": (
+            "Sentimos mucho tu experiencia. Tu mensaje ha pasado a nuestro equipo, que lo "
+            "revisará y te responderá personalmente."
+        ),
+        "other": "Hemos recibido tu mensaje. Nuestro equipo lo revisará y te responderá pronto.",
+        "closing": "Si necesitas algo más, solo tienes que responder a este correo.",
+        "order_line": "Pedido {name}",
+        "placed": "realizado el {date}",
+        "payment": "Pago: {status}",
+        "fulfillment": "Envío: {status}",
+        "items": "Artículos: {items}",
+        "tracking": "Seguimiento: {tracking}",
+        "eta": "Entrega prevista: {date}",
+        "delivered": "Entregado el {date}",
+        "latest_event": "Última actualización ({date}): {status}",
+        "cancelled": "Pedido cancelado el {date}",
+        "refund": "Reembolso de {amount} el {date}",
+        "knowledge": "{title}:\n{text}",
+        "products_intro": "Esto es lo que encontramos en nuestro catálogo:",
+        "product_available": "disponible",
+        "product_sold_out": "agotado",
+        "variants": "Opciones: {variants}",
+        "product_link": "Míralo en la tienda: {url}",
     },
 }
 
@@ -355,9 +440,50 @@ _STATUS = {
         "ATTEMPTED_DELIVERY": "tentativa de entrega",
         "LABEL_PRINTED": "etiqueta emitida",
         "CONFIRMED": "confirmado",
+        "READY_FOR_PICKUP": "pronto para retirada",
+        "PICKED_UP": "retirado",
+        "DELAYED": "atrasado",
+        "FAILURE": "problema na entrega",
+        "CARRIER_PICKED_UP": "coletado pela transportadora",
     },
     "en": {},
+    "es": {
+        "FULFILLED": "enviado",
+        "UNFULFILLED": "todavía no enviado",
+        "PARTIALLY_FULFILLED": "enviado en parte",
+        "IN_PROGRESS": "en preparación",
+        "PENDING_FULFILLMENT": "en preparación",
+        "OPEN": "todavía no enviado",
+        "ON_HOLD": "en espera",
+        "SCHEDULED": "programado",
+        "RESTOCKED": "cancelado",
+        "PAID": "confirmado",
+        "PENDING": "pendiente",
+        "AUTHORIZED": "autorizado",
+        "PARTIALLY_PAID": "pagado en parte",
+        "REFUNDED": "reembolsado",
+        "PARTIALLY_REFUNDED": "reembolsado en parte",
+        "VOIDED": "anulado",
+        "EXPIRED": "caducado",
+        "IN_TRANSIT": "en tránsito",
+        "OUT_FOR_DELIVERY": "en reparto",
+        "DELIVERED": "entregado",
+        "ATTEMPTED_DELIVERY": "intento de entrega",
+        "LABEL_PRINTED": "etiqueta creada",
+        "CONFIRMED": "confirmado",
+        "READY_FOR_PICKUP": "listo para recoger",
+        "PICKED_UP": "recogido",
+        "DELAYED": "con retraso",
+        "FAILURE": "problema en la entrega",
+        "CARRIER_PICKED_UP": "recogido por la transportista",
+    },
 }
+
+# Currency symbols for prices in a reply; any other currency is written by its code.
+_CURRENCY_SYMBOLS = {"BRL": "R$", "USD": "US$", "EUR": "€", "GBP": "£"}
+_PRICE = re.compile(
+    r"^(?P<low>\d+(?:\.\d+)?)(?:-(?P<high>\d+(?:\.\d+)?))?(?: (?P<code>[A-Z]{3}))?$"
+)
 
 _MONTHS_EN = ("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec").split()
 
@@ -377,7 +503,8 @@ INTENT_TOPICS: dict[str, frozenset[str]] = {
 
 
 def _lang_key(language: str) -> str:
-    return "pt" if language.lower().startswith("pt") else "en"
+    prefix = language.lower()[:2]
+    return prefix if prefix in ("pt", "es") else "en"
 
 
 def format_date(value: str | None, language: str) -> str | None:
@@ -390,9 +517,53 @@ def format_date(value: str | None, language: str) -> str | None:
     year, month, day = (int(part) for part in match.groups())
     if not 1 <= month <= 12:
         return value
-    if _lang_key(language) == "pt":
+    if _lang_key(language) in ("pt", "es"):
         return f"{day:02d}/{month:02d}/{year}"
     return f"{_MONTHS_EN[month - 1]} {day}, {year}"
+
+
+def format_price(price: str | None, language: str) -> str | None:
+    """'129.00 BRL' -> 'R$ 129,00' (pt, es) or 'R$ 129.00' (en); a range keeps both ends."""
+    if not price:
+        return None
+    match = _PRICE.match(price.strip())
+    if not match:
+        return price
+    code = match.group("code")
+    symbol = _CURRENCY_SYMBOLS.get(code or "", code or "")
+
+    def one(amount: str) -> str:
+        text = amount.replace(".", ",") if _lang_key(language) in ("pt", "es") else amount
+        return f"{symbol} {text}".strip()
+
+    low, high = match.group("low"), match.group("high")
+    return f"{one(low)} - {one(high)}" if high else one(low)
+
+
+def describe_product(product: ProductFacts, language: str) -> list[str]:
+    """The lines that describe one product: title, price, availability, options, link."""
+    text = _TEXT[_lang_key(language)]
+    parts = [product.title]
+    price = format_price(product.price, language)
+    if price:
+        parts.append(price)
+    if product.available is not None:
+        parts.append(text["product_available" if product.available else "product_sold_out"])
+    lines = [" - ".join(parts)]
+    options = []
+    for variant in product.variants:
+        label = variant.title
+        if variant.available is not None:
+            state = text["product_available" if variant.available else "product_sold_out"]
+            label = f"{label} ({state})"
+        if variant.price and variant.price != product.price:
+            label = f"{label} {format_price(variant.price, language)}"
+        options.append(label)
+    if options:
+        lines.append("  " + text["variants"].format(variants=", ".join(options)))
+    if product.url:
+        lines.append("  " + text["product_link"].format(url=product.url))
+    return lines
 
 
 def format_status(status: str | None, language: str) -> str | None:
@@ -430,9 +601,25 @@ def describe_order(order: OrderFacts, language: str) -> list[str]:
         delivered = format_date(fulfillment.delivered_at, language)
         if delivered:
             lines.append("  " + text["delivered"].format(date=delivered))
+        elif fulfillment.events:
+            latest = fulfillment.events[0]  # newest first
+            status = format_status(latest.status, language) or ""
+            if latest.message:
+                status = f"{status} - {latest.message}" if status else latest.message
+            when = format_date(latest.happened_at, language)
+            if status and when:
+                lines.append("  " + text["latest_event"].format(date=when, status=status))
     eta = format_date(order.estimated_delivery_at, language)
-    if eta and not any(f.delivered_at for f in order.fulfillments):
+    if eta and not any(f.delivered_at for f in order.fulfillments) and not order.cancelled_at:
         lines.append("  " + text["eta"].format(date=eta))
+    cancelled = format_date(order.cancelled_at, language)
+    if cancelled:
+        lines.append("  " + text["cancelled"].format(date=cancelled))
+    for refund in order.refunds:
+        amount = format_price(refund.amount, language)
+        when = format_date(refund.created_at, language)
+        if amount and when:
+            lines.append("  " + text["refund"].format(amount=amount, date=when))
     return lines
 
 
@@ -454,15 +641,23 @@ def compose_reply(
     orders: list[OrderFacts],
     language: str,
     tone: str,
+    products: Sequence[ProductFacts] = (),
     knowledge: Sequence[KnowledgeEntry] = (),
 ) -> str:
-    """The reply body (no signature) for an intent, in pt or en (pure); the store's own answer
-    (a knowledge entry) quoted as it wrote it when one fits."""
+    """The reply body (no signature) for an intent, in pt, en or es (pure); the store's own
+    answer (a knowledge entry) quoted as it wrote it when one fits."""
     text = _TEXT[_lang_key(language)]
     formal = tone.strip().lower() in {"formal", "professional"}
     paragraphs = [text["greeting_formal" if formal else "greeting"], text["thanks"]]
 
-    if intent in ("return_refund", "cancellation", "product_question", "complaint"):
+    if products:
+        details = [text["products_intro"]]
+        for product in products:
+            details.extend(describe_product(product, language))
+        paragraphs.append("\n".join(details))
+    if intent == "product_question" and products:
+        pass  # the catalogue facts are the answer, not "our team will check"
+    elif intent in ("return_refund", "cancellation", "product_question", "complaint"):
         paragraphs.append(text[intent])
     elif intent == "shipping_delay":
         paragraphs.append(text["delay"])

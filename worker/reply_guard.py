@@ -7,10 +7,10 @@ phishing relay, next to the customer's genuine order data. So:
 
 - the subject is neutralised: "Re: " plus the original, cleaned and shortened, or the store's
   neutral subject when the original carries a link, a domain or an address;
-- the body may link only to the store's own domains and to the tracking pages in the order
-  facts, and may not contain a payment request, or an amount, phone number or postal code that
-  is not in the facts or the store's own signature; otherwise the reply is held for a person
-  with the reason.
+- the body may link only to the store's own domains, the tracking pages in the order facts and
+  the product pages in the catalogue facts, and may not contain a payment request, or an
+  amount, phone number or postal code that is not in the facts (orders, products) or the store's
+  own signature; otherwise the reply is held for a person with the reason.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import asdict
 from typing import Final
 from urllib.parse import urlsplit
 
-from worker.responder import OrderFacts
+from worker.responder import OrderFacts, ProductFacts
 
 MAX_SUBJECT_CHARS = 80  # of the original's text; long attacker text is cut at a word
 
@@ -78,14 +78,20 @@ def safe_subject(original: str | None, store_name: str | None) -> str:
     return f"Re: {text}"
 
 
-def allowed_hosts(store_domains: Iterable[str | None], orders: Sequence[OrderFacts]) -> set[str]:
-    """Hosts a reply may link to: the store's own domains and its orders' tracking pages."""
+def allowed_hosts(
+    store_domains: Iterable[str | None],
+    orders: Sequence[OrderFacts],
+    products: Sequence[ProductFacts] = (),
+) -> set[str]:
+    """Hosts a reply may link to: the store's own domains, its orders' tracking pages and its
+    products' pages (the online store may live on a domain of its own)."""
     hosts = {_host(d) for d in store_domains if d}
     for order in orders:
         for fulfillment in order.fulfillments:
             for tracking in fulfillment.tracking:
                 if tracking.url:
                     hosts.add(_host(tracking.url))
+    hosts.update(_host(product.url) for product in products if product.url)
     return {h for h in hosts if h}
 
 
@@ -95,18 +101,24 @@ def check_reply(
     store_domains: Iterable[str | None],
     orders: Sequence[OrderFacts],
     store_text: str = "",
+    products: Sequence[ProductFacts] = (),
 ) -> str | None:
     """Why this reply must be held for a person (a reason above), or None to send it.
 
-    `store_text` is the store's own words (name, signature) whose numbers may appear.
+    `store_text` is the store's own words (name, signature) whose numbers may appear; the
+    products' prices may appear too.
     """
-    allowed = allowed_hosts(store_domains, orders)
+    allowed = allowed_hosts(store_domains, orders, products)
     for match in _URL.finditer(body):
         if not _host_allowed(_host(match.group(0)), allowed):
             return UNEXPECTED_LINK
     if _PAYMENT.search(body):
         return PAYMENT_REQUEST
-    known_digits = _numbers_in(repr([asdict(o) for o in orders]) + " " + store_text)
+    facts = [asdict(o) for o in orders] + [asdict(p) for p in products]
+    # A price range ("79.90-99.90 BRL") is two prices, either of which a reply may quote.
+    prices = [p.price for p in products] + [v.price for p in products for v in p.variants]
+    price_text = " ".join(price.replace("-", " ") for price in prices if price)
+    known_digits = _numbers_in(f"{facts!r} {price_text} {store_text}")
     for match in _AMOUNT.finditer(body):
         if _only_digits(match.group(0).rstrip(".,")) not in known_digits:
             return UNEXPECTED_AMOUNT

@@ -69,6 +69,18 @@ class TrackingFacts:
 
 
 @dataclass(frozen=True)
+class ShipmentEvent:
+    """One step of a shipment as the carrier or the store reported it (newest first)."""
+
+    status: str | None  # Shopify's FulfillmentEventStatus: IN_TRANSIT, OUT_FOR_DELIVERY, ...
+    happened_at: str | None
+    message: str | None = None
+
+    def as_prompt_data(self) -> dict[str, Any]:
+        return {"status": self.status, "happened_at": self.happened_at, "message": self.message}
+
+
+@dataclass(frozen=True)
 class FulfillmentFacts:
     """One shipment of an order."""
 
@@ -76,6 +88,18 @@ class FulfillmentFacts:
     estimated_delivery_at: str | None = None
     delivered_at: str | None = None
     tracking: list[TrackingFacts] = field(default_factory=list)
+    events: list[ShipmentEvent] = field(default_factory=list)  # newest first
+
+
+@dataclass(frozen=True)
+class RefundFacts:
+    """One refund issued on an order."""
+
+    created_at: str | None
+    amount: str | None  # with its currency, e.g. "89.90 BRL"
+
+    def as_prompt_data(self) -> dict[str, Any]:
+        return {"refunded_at": self.created_at, "amount": self.amount}
 
 
 @dataclass(frozen=True)
@@ -90,6 +114,8 @@ class OrderFacts:
     fulfillment_status: str | None
     line_items: list[str] = field(default_factory=list)
     fulfillments: list[FulfillmentFacts] = field(default_factory=list)
+    cancelled_at: str | None = None
+    refunds: list[RefundFacts] = field(default_factory=list)
 
     @property
     def estimated_delivery_at(self) -> str | None:
@@ -114,9 +140,12 @@ class OrderFacts:
                     "tracking": [
                         {"number": t.number, "url": t.url, "carrier": t.company} for t in f.tracking
                     ],
+                    **({"events": [e.as_prompt_data() for e in f.events]} if f.events else {}),
                 }
                 for f in self.fulfillments
             ],
+            **({"cancelled_at": self.cancelled_at} if self.cancelled_at else {}),
+            **({"refunds": [r.as_prompt_data() for r in self.refunds]} if self.refunds else {}),
         }
 
 
@@ -169,14 +198,30 @@ class KnowledgeEntry:
 
 
 @dataclass(frozen=True)
+class VariantFacts:
+    """One variant of a product (size, colour ...) as the storefront offers it."""
+
+    title: str
+    price: str | None = None  # amount and currency code, e.g. "89.90 BRL"
+    available: bool | None = None  # can be bought now (Shopify's availableForSale)
+
+    def as_prompt_data(self) -> dict[str, Any]:
+        return {"title": self.title, "price": self.price, "available": self.available}
+
+
+@dataclass(frozen=True)
 class ProductFacts:
-    """One catalogue product (public data, the same for every sender)."""
+    """One catalogue product (public data, the same for every sender).
+
+    Only active products published to the online store become ProductFacts (worker.shopify);
+    stock counts are never carried, only whether a variant can be bought.
+    """
 
     title: str
     url: str | None = None
-    available: bool | None = None
-    price: str | None = None  # with its currency, as the shop shows it
-    variants: list[str] = field(default_factory=list)
+    available: bool | None = None  # some variant can be bought now
+    price: str | None = None  # "89.90 BRL", or a range "89.90-99.90 BRL"
+    variants: list[VariantFacts] = field(default_factory=list)
 
     def as_prompt_data(self) -> dict[str, Any]:
         return {
@@ -184,7 +229,7 @@ class ProductFacts:
             "url": self.url,
             "available": self.available,
             "price": self.price,
-            "variants": list(self.variants),
+            "variants": [v.as_prompt_data() for v in self.variants],
         }
 
 

@@ -1,4 +1,4 @@
-"""Shopify Admin GraphQL client: a customer's recent orders and an order by number, as OrderFacts.
+"""Shopify Admin GraphQL client: a customer's orders (OrderFacts), catalogue search (ProductFacts).
 
 Honours Shopify's cost-based throttling: a THROTTLED error becomes a TransientError whose
 retry-after is the time the bucket needs to refill to the query's requested cost.
@@ -10,12 +10,21 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import httpx
 
 from worker import errors
-from worker.responder import FulfillmentFacts, OrderFacts, TrackingFacts
+from worker.responder import (
+    FulfillmentFacts,
+    OrderFacts,
+    ProductFacts,
+    RefundFacts,
+    ShipmentEvent,
+    TrackingFacts,
+    VariantFacts,
+)
 
 SERVICE = "shopify"
 DEFAULT_TIMEOUT_SECONDS = 15.0
@@ -23,6 +32,15 @@ MAX_LINE_ITEMS = 10
 MAX_FULFILLMENTS = 5
 MAX_TRACKING = 5
 MAX_ORDERS = 25
+MAX_EVENTS = 5  # the newest steps of each shipment
+MAX_REFUNDS = 5
+MAX_PRODUCTS = 5  # products a reply is grounded in
+PRODUCT_CANDIDATES = 10  # asked for, so unpublished ones can be dropped and MAX_PRODUCTS remain
+MAX_VARIANTS = 10
+# Shopify names the only variant of a product without options "Default Title"; not worth saying.
+DEFAULT_VARIANT_TITLE = "Default Title"
+# The scopes the worker's reads need; `stores check` reports the missing ones.
+REQUIRED_SCOPES = ("read_orders", "read_products")
 # Used when a THROTTLED answer lacks the cost extension Shopify normally includes.
 DEFAULT_THROTTLE_SECONDS = 2.0
 # GraphQL error codes that mean "Shopify had a problem", not "your query is wrong".
@@ -47,13 +65,42 @@ query SupportOrders($query: String!, $first: Int!) {{
         estimatedDeliveryAt
         deliveredAt
         trackingInfo(first: {MAX_TRACKING}) {{ number url company }}
+        events(first: {MAX_EVENTS}, sortKey: HAPPENED_AT, reverse: true) {{
+          nodes {{ status happenedAt message }}
+        }}
+      }}
+      cancelledAt
+      refunds(first: {MAX_REFUNDS}) {{
+        createdAt
+        totalRefundedSet {{ shopMoney {{ amount currencyCode }} }}
       }}
     }}
   }}
 }}
 """.strip()
 
+# Public catalogue data only: no inventory counts (they need read_inventory and are not what a
+# storefront shows), no drafts (asked for `status:active`, and checked again when parsed).
+PRODUCTS_QUERY = f"""
+query SupportProducts($query: String!, $first: Int!) {{
+  products(first: $first, query: $query, sortKey: RELEVANCE) {{
+    nodes {{
+      title
+      handle
+      status
+      onlineStoreUrl
+      priceRangeV2 {{
+        minVariantPrice {{ amount currencyCode }}
+        maxVariantPrice {{ amount currencyCode }}
+      }}
+      variants(first: {MAX_VARIANTS}) {{ nodes {{ title price availableForSale }} }}
+    }}
+  }}
+}}
+""".strip()
+
 SHOP_QUERY = "query SupportShop { shop { name myshopifyDomain } }"
+SCOPES_QUERY = "query SupportScopes { currentAppInstallation { accessScopes { handle } } }"
 
 _ORDER_NUMBER = re.compile(r"^#?\s*(\d{1,20})$")
 
@@ -97,8 +144,25 @@ def parse_order(node: Mapping[str, Any]) -> OrderFacts:
                 TrackingFacts(number=t.get("number"), url=t.get("url"), company=t.get("company"))
                 for t in f.get("trackingInfo") or []
             ],
+            events=[
+                ShipmentEvent(
+                    status=e.get("status"),
+                    happened_at=e.get("happenedAt"),
+                    message=_text(e.get("message")),
+                )
+                for e in (f.get("events") or {}).get("nodes") or []
+                if e
+            ][:MAX_EVENTS],
         )
         for f in node.get("fulfillments") or []
+    ]
+    refunds = [
+        RefundFacts(
+            created_at=r.get("createdAt"),
+            amount=money(((r.get("totalRefundedSet") or {}).get("shopMoney")) or {}),
+        )
+        for r in node.get("refunds") or []
+        if r
     ]
     return OrderFacts(
         name=str(node.get("name") or ""),
@@ -109,6 +173,79 @@ def parse_order(node: Mapping[str, Any]) -> OrderFacts:
         fulfillment_status=node.get("displayFulfillmentStatus"),
         line_items=items,
         fulfillments=fulfillments,
+        cancelled_at=node.get("cancelledAt"),
+        refunds=refunds,
+    )
+
+
+def _text(value: object) -> str | None:
+    text = " ".join(str(value).split()) if value is not None else ""
+    return text or None
+
+
+def amount_text(amount: object) -> str | None:
+    """A decimal amount with two places ('89.9' -> '89.90'); None when it is not a number."""
+    try:
+        value = Decimal(str(amount))
+    except (InvalidOperation, ValueError):
+        return None
+    if not value.is_finite():
+        return None
+    return f"{value.quantize(Decimal('0.01'))}"
+
+
+def money(node: Mapping[str, Any], currency: str | None = None) -> str | None:
+    """A MoneyV2 ({amount, currencyCode}) as '89.90 BRL'."""
+    amount = amount_text(node.get("amount"))
+    code = node.get("currencyCode") or currency
+    if amount is None:
+        return None
+    return f"{amount} {code}" if code else amount
+
+
+def is_public(node: Mapping[str, Any]) -> bool:
+    """An active product published to the online store: what any visitor of the shop can see."""
+    return str(node.get("status") or "").upper() == "ACTIVE" and bool(node.get("onlineStoreUrl"))
+
+
+def parse_product(node: Mapping[str, Any]) -> ProductFacts:
+    """One `products.nodes` item as ProductFacts (pure); callers keep only `is_public` ones."""
+    price_range = node.get("priceRangeV2") or {}
+    low = price_range.get("minVariantPrice") or {}
+    high = price_range.get("maxVariantPrice") or {}
+    currency = low.get("currencyCode") or high.get("currencyCode")
+    low_amount, high_amount = amount_text(low.get("amount")), amount_text(high.get("amount"))
+    if low_amount and high_amount and low_amount != high_amount:
+        price: str | None = f"{low_amount}-{high_amount}" + (f" {currency}" if currency else "")
+    else:
+        price = money(low) or money(high)
+    variants: list[VariantFacts] = []
+    buyable: list[object] = []
+    for variant in (node.get("variants") or {}).get("nodes") or []:
+        if not variant:
+            continue
+        flag = variant.get("availableForSale")
+        buyable.append(flag)
+        title = _text(variant.get("title"))
+        if not title or title == DEFAULT_VARIANT_TITLE:
+            continue
+        amount = amount_text(variant.get("price"))
+        variants.append(
+            VariantFacts(
+                title=title,
+                price=(f"{amount} {currency}" if currency else amount) if amount else None,
+                available=flag if isinstance(flag, bool) else None,
+            )
+        )
+    # Available when any variant can be bought; unknown when Shopify did not say for every one.
+    known = bool(buyable) and all(isinstance(flag, bool) for flag in buyable)
+    available = any(flag is True for flag in buyable) if known else None
+    return ProductFacts(
+        title=_text(node.get("title")) or "",
+        url=node.get("onlineStoreUrl"),
+        available=available,
+        price=price,
+        variants=variants,
     )
 
 
@@ -174,11 +311,34 @@ class ShopifyClient:
                 return order
         return None
 
+    def search_products(self, search: str, limit: int = MAX_PRODUCTS) -> list[ProductFacts]:
+        """The public products (active, on the online store) a search finds, best match first.
+
+        `search` is Shopify search syntax as worker.product_query builds it.
+        """
+        if not search.strip():
+            return []
+        first = max(limit, PRODUCT_CANDIDATES)
+        data = self._execute(PRODUCTS_QUERY, {"query": search, "first": first})
+        connection = data.get("products") or {}
+        nodes = [node for node in connection.get("nodes") or [] if node]
+        return [parse_product(node) for node in nodes if is_public(node)][: max(0, limit)]
+
     def shop_name(self) -> str:
         """The shop's name; a cheap call that proves the domain and token work."""
         data = self._execute(SHOP_QUERY, {})
         shop = data.get("shop") or {}
         return str(shop.get("name") or "")
+
+    def access_scopes(self) -> list[str]:
+        """The scopes the token was granted (needs none itself), for `stores check`."""
+        data = self._execute(SCOPES_QUERY, {})
+        installation = data.get("currentAppInstallation") or {}
+        return sorted(
+            str(scope.get("handle"))
+            for scope in installation.get("accessScopes") or []
+            if scope and scope.get("handle")
+        )
 
     def _orders(self, search: str, first: int) -> list[OrderFacts]:
         data = self._execute(ORDERS_QUERY, {"query": search, "first": first})

@@ -12,9 +12,13 @@ from worker.responder import (
     FulfillmentFacts,
     KnowledgeEntry,
     OrderFacts,
+    ProductFacts,
+    RefundFacts,
     ReplyContext,
+    ShipmentEvent,
     StoreVoice,
     TrackingFacts,
+    VariantFacts,
 )
 
 SAMPLES = [
@@ -283,3 +287,118 @@ def test_a_policy_in_another_language_than_the_reply_is_not_quoted() -> None:
     assert "within 30 days" in offline.compose_reply(
         "return_refund", [], "en", "friendly", knowledge=[policy]
     )
+
+
+# -- Spanish, products, shipment events, cancellation and refunds ----------------------------------
+
+SCARF = ProductFacts(
+    title="Wool Scarf",
+    url="https://lojaexemplo.com.br/products/wool-scarf",
+    available=True,
+    price="129.00 BRL",
+    variants=[
+        VariantFacts("Navy", "129.00 BRL", True),
+        VariantFacts("Burgundy", "129.00 BRL", False),
+    ],
+)
+
+
+def product_classification(language: str) -> Classification:
+    return Classification(
+        intent="product_question",
+        language=language,
+        sentiment="neutral",
+        needs_human=False,
+        confidence=0.85,
+    )
+
+
+@pytest.mark.parametrize(
+    ("language", "price", "available", "sold_out", "link"),
+    [
+        ("pt-BR", "R$ 129,00", "disponível", "esgotado", "Veja na loja"),
+        ("en", "R$ 129.00", "available", "sold out", "See it in the shop"),
+        ("es", "R$ 129,00", "disponible", "agotado", "Míralo en la tienda"),
+    ],
+)
+def test_a_product_question_is_answered_from_the_catalogue(
+    language: str, price: str, available: str, sold_out: str, link: str
+) -> None:
+    email = EmailFacts(sender="a@example.com", subject="Wool scarf?", body="Navy?")
+    draft = offline.OfflineResponder().draft(
+        email,
+        product_classification(language),
+        ReplyContext(store=StoreVoice(name="Loja"), products=[SCARF]),
+    )
+    body = draft.body_text
+    assert f"Wool Scarf - {price} - {available}" in body
+    assert f"Navy ({available})" in body and f"Burgundy ({sold_out})" in body
+    assert f"{link}: https://lojaexemplo.com.br/products/wool-scarf" in body
+    # The catalogue is the answer: no "our team will check" paragraph.
+    generic = offline._TEXT[offline._lang_key(language)]["product_question"]
+    assert generic not in body
+    assert draft.hold_reason is None and draft.language == language
+
+
+def test_a_product_question_without_catalogue_facts_keeps_the_honest_generic_answer() -> None:
+    body = offline.compose_reply("product_question", [], "es", "friendly")
+    assert offline._TEXT["es"]["product_question"] in body
+
+
+def test_spanish_is_recognised() -> None:
+    c = offline.classify_text("¿Tienen la bufanda en azul?", "Hola, ¿cuánto cuesta? Gracias")
+    assert c.language == "es" and c.intent == "product_question"
+    assert offline.classify_text("Mi pedido", "Hola, ¿dónde está mi pedido #1005?").language == "es"
+    assert offline.detect_language("Obrigada, quando chega meu pedido?") == "pt-BR"
+
+
+def test_an_order_reply_states_the_latest_shipment_event() -> None:
+    order = OrderFacts(
+        name="#1001",
+        created_at="2025-09-28T14:12:00Z",
+        email="a@example.com",
+        customer_email=None,
+        financial_status="PAID",
+        fulfillment_status="FULFILLED",
+        fulfillments=[
+            FulfillmentFacts(
+                status="IN_TRANSIT",
+                estimated_delivery_at="2025-10-06T23:59:00Z",
+                events=[
+                    ShipmentEvent("IN_TRANSIT", "2025-10-01T08:45:00Z", "Cajamar/SP para Curitiba"),
+                    ShipmentEvent("LABEL_PRINTED", "2025-09-29T10:00:00Z"),
+                ],
+            )
+        ],
+    )
+    pt = offline.compose_reply("order_status", [order], "pt-BR", "friendly")
+    assert "Última atualização (01/10/2025): em trânsito - Cajamar/SP para Curitiba" in pt
+    assert "Previsão de entrega: 06/10/2025" in pt
+    en = offline.compose_reply("order_status", [order], "en", "friendly")
+    assert "Latest update (Oct 1, 2025): in transit - Cajamar/SP para Curitiba" in en
+
+
+def test_a_cancelled_and_refunded_order_says_so_without_an_estimated_delivery() -> None:
+    order = OrderFacts(
+        name="#1005",
+        created_at="2025-09-25T16:30:00Z",
+        email="lucia@example.es",
+        customer_email=None,
+        financial_status="REFUNDED",
+        fulfillment_status="UNFULFILLED",
+        fulfillments=[FulfillmentFacts(status=None, estimated_delivery_at="2025-10-01T00:00:00Z")],
+        cancelled_at="2025-09-26T09:00:00Z",
+        refunds=[RefundFacts("2025-09-26T09:05:00Z", "45.00 BRL")],
+    )
+    body = offline.compose_reply("order_status", [order], "es", "friendly")
+    assert "Pedido cancelado el 26/09/2025" in body
+    assert "Reembolso de R$ 45,00 el 26/09/2025" in body
+    assert "Pago: reembolsado" in body
+    assert "Entrega prevista" not in body
+
+
+def test_prices_are_written_for_the_reply_language() -> None:
+    assert offline.format_price("79.90-99.90 BRL", "pt-BR") == "R$ 79,90 - R$ 99,90"
+    assert offline.format_price("12.50 CHF", "en") == "CHF 12.50"
+    assert offline.format_price("not a price", "en") == "not a price"
+    assert offline.format_price(None, "en") is None

@@ -13,6 +13,7 @@ from typing import Any, cast
 import pytest
 
 from worker.db import Database
+from worker.errors import TransientError
 from worker.mime import ParsedEmail
 from worker.pipeline import steps
 from worker.pipeline.context import JobContext, JobDone, PipelineOptions, Services
@@ -20,7 +21,7 @@ from worker.pipeline.handler import EmailHandler
 from worker.queue.handlers import JobRun
 from worker.queue.outcome import Complete
 from worker.queue.trace import JobTrace
-from worker.responder import Classification, Draft
+from worker.responder import Classification, Draft, ProductFacts, VariantFacts
 
 STORE = {"id": "s1", "support_email": "suporte@loja.test", "active": True}
 MESSAGE = {
@@ -89,6 +90,7 @@ def test_the_steps_run_in_the_documented_order() -> None:
         "find_orders",
         "recall_thread",
         "select_knowledge",
+        "find_products",
         "reserve_credit",
         "draft",
         "decide_hold",
@@ -224,3 +226,102 @@ def test_a_store_without_knowledge_gives_none() -> None:
     ctx = context(loaded={}, facts_=steps.EmailFacts("a@x.test", "Troca", "Posso trocar?"))
     steps.select_knowledge(ctx)
     assert ctx.knowledge == []
+
+
+# -- find_products -------------------------------------------------------------------------------
+
+SCARF = ProductFacts(
+    title="Wool Scarf",
+    url="https://shop.example/products/wool-scarf",
+    available=True,
+    price="129.00 BRL",
+    variants=[VariantFacts("Navy", "129.00 BRL", True)],
+)
+
+
+class CatalogueDb(LoadingDb):
+    """Breakers always closed, recorded; the store's secrets."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.recorded: list[tuple[str, bool]] = []
+
+    def circuit_allow(self, service: str) -> bool:
+        return True
+
+    def circuit_record(self, service: str, success: bool) -> str:
+        self.recorded.append((service, success))
+        return "closed"
+
+    def get_store_secrets(self, store_id: str) -> dict[str, Any]:
+        return {"shopify_token": "t"}
+
+
+class Catalogue:
+    """An OrderLookup whose catalogue search answers `found`, recording the searches."""
+
+    def __init__(self, *found: ProductFacts, error: Exception | None = None) -> None:
+        self.found, self.error = list(found), error
+        self.searches: list[str] = []
+
+    def search_products(self, search: str, limit: int = 5) -> list[ProductFacts]:
+        self.searches.append(search)
+        if self.error is not None:
+            raise self.error
+        return self.found[:limit]
+
+
+def catalogue_context(shop: Catalogue, message: Mapping[str, Any], **store: Any) -> JobContext:
+    ctx = context(store={**STORE, "shopify_domain": "loja.myshopify.com", **store}, message=message)
+    db = CatalogueDb()
+    ctx.services = Services(
+        db=cast(Database, db),
+        responder=None,  # type: ignore[arg-type]
+        mail=None,  # type: ignore[arg-type]
+        shop_for=lambda store, secrets: cast(Any, shop),
+    )
+    return ctx
+
+
+PRODUCT_MESSAGE = {
+    **MESSAGE,
+    "subject": "Is the wool scarf available in navy?",
+    "body_text": "Hello, do you have the wool scarf in navy?",
+}
+
+
+def test_a_product_question_fills_the_products_from_the_catalogue_search() -> None:
+    shop = Catalogue(SCARF)
+    ctx = catalogue_context(shop, PRODUCT_MESSAGE)
+    steps.find_products(ctx)
+    assert ctx.products == [SCARF]
+    [search] = shop.searches
+    assert search.startswith("status:active AND (") and "scarf*" in search and "wool*" in search
+    [event] = ctx.trace.events
+    assert event["event_type"] == "process.product_lookup"
+    assert event["detail"]["found"] == 1 and event["detail"]["products"] == ["Wool Scarf"]
+    db = cast(CatalogueDb, ctx.services.db)
+    assert db.recorded == [("shopify:s1", True)]
+
+
+def test_an_order_question_costs_no_catalogue_search() -> None:
+    shop = Catalogue(SCARF)
+    ctx = catalogue_context(shop, MESSAGE)  # "quando chega o pedido #1001?"
+    steps.find_products(ctx)
+    assert ctx.products == [] and shop.searches == [] and ctx.trace.events == []
+
+
+def test_a_store_without_a_shop_searches_nothing() -> None:
+    shop = Catalogue(SCARF)
+    ctx = catalogue_context(shop, PRODUCT_MESSAGE, shopify_domain=None)
+    steps.find_products(ctx)
+    assert ctx.products == [] and shop.searches == []
+
+
+def test_a_failed_catalogue_search_fails_the_job_and_counts_against_the_shops_breaker() -> None:
+    shop = Catalogue(error=TransientError("request timed out", service="shopify"))
+    ctx = catalogue_context(shop, PRODUCT_MESSAGE)
+    with pytest.raises(TransientError):
+        steps.find_products(ctx)
+    assert cast(CatalogueDb, ctx.services.db).recorded == [("shopify:s1", False)]
+    assert ctx.products == []

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from worker import reply_guard, sender_auth
-from worker.responder import FulfillmentFacts, OrderFacts, TrackingFacts
+from worker.responder import (
+    FulfillmentFacts,
+    OrderFacts,
+    ProductFacts,
+    TrackingFacts,
+    VariantFacts,
+)
 
 ORDER = OrderFacts(
     name="#1001",
@@ -117,3 +123,33 @@ def test_a_tracking_host_is_allowed_only_when_it_is_in_the_facts() -> None:
 )
 def test_sender_authentication_verdict(header: str, verdict: str | None) -> None:
     assert sender_auth.failure({"authentication-results": header} if header else {}) == verdict
+
+
+SCARF = ProductFacts(
+    title="Wool Scarf",
+    url="https://www.lojaexemplo-store.com/products/wool-scarf",
+    available=True,
+    price="79.90-99.90 BRL",
+    variants=[VariantFacts("Navy", "99.90 BRL", True)],
+)
+
+
+def test_a_product_page_and_its_prices_are_facts_a_reply_may_quote() -> None:
+    body = (
+        "The Wool Scarf costs from R$ 79,90 to R$ 99,90 (navy: R$ 99,90). "
+        "See https://lojaexemplo-store.com/products/wool-scarf"
+    )
+    assert check(body) == reply_guard.UNEXPECTED_LINK  # without the catalogue facts
+    allowed = reply_guard.check_reply(
+        body, store_domains=DOMAINS, orders=[], products=[SCARF]
+    )
+    assert allowed is None
+    # Another amount or another shop's page is still held.
+    for extra, reason in (
+        (" Today only R$ 49,90!", reply_guard.UNEXPECTED_AMOUNT),
+        (" Or https://evil.example/scarf", reply_guard.UNEXPECTED_LINK),
+    ):
+        held = reply_guard.check_reply(
+            body + extra, store_domains=DOMAINS, orders=[], products=[SCARF]
+        )
+        assert held == reason

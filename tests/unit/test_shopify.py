@@ -276,3 +276,218 @@ def test_fake_shop_rejects_a_wrong_token(fake_shopify: FakeShopify) -> None:
         shop = ShopifyClient(http, SHOP, "shpat_wrong", VERSION, base_url=fake_shopify.base_url)
         with pytest.raises(errors.PermanentError, match="HTTP 401"):
             shop.shop_name()
+
+
+# -- fuller orders: shipment events, cancellation, refunds --------------------------------------
+
+
+def test_orders_carry_shipment_events_newest_first_cancellation_and_refunds(
+    mock: respx.MockRouter, client: ShopifyClient
+) -> None:
+    fulfillment = {
+        **NODE["fulfillments"][0],  # type: ignore[index]
+        "events": {
+            "nodes": [
+                {"status": "OUT_FOR_DELIVERY", "happenedAt": "2025-10-05T08:00:00Z"},
+                {"status": "IN_TRANSIT", "happenedAt": "2025-10-01T08:00Z", "message": " Hub  SP "},
+            ]
+        },
+    }
+    node = {
+        **NODE,
+        "fulfillments": [fulfillment],
+        "cancelledAt": "2025-10-06T10:00:00Z",
+        "refunds": [
+            {
+                "createdAt": "2025-10-06T10:05:00Z",
+                "totalRefundedSet": {"shopMoney": {"amount": "89.9", "currencyCode": "BRL"}},
+            }
+        ],
+    }
+    route = mock.post(URL).mock(return_value=httpx.Response(200, json=orders_body(node)))
+    [order] = client.recent_orders_for_email("ana@example.com")
+
+    query = sent(route)["query"]
+    assert "events(first: 5, sortKey: HAPPENED_AT, reverse: true)" in query
+    assert "status happenedAt message" in query and "cancelledAt" in query
+    assert "totalRefundedSet" in query
+    events = order.fulfillments[0].events
+    assert [(e.status, e.happened_at, e.message) for e in events] == [
+        ("OUT_FOR_DELIVERY", "2025-10-05T08:00:00Z", None),
+        ("IN_TRANSIT", "2025-10-01T08:00Z", "Hub SP"),
+    ]
+    assert order.cancelled_at == "2025-10-06T10:00:00Z"
+    assert [(r.created_at, r.amount) for r in order.refunds] == [
+        ("2025-10-06T10:05:00Z", "89.90 BRL")
+    ]
+    data = order.as_prompt_data()
+    assert data["shipments"][0]["events"][0]["status"] == "OUT_FOR_DELIVERY"
+    assert data["cancelled_at"] == "2025-10-06T10:00:00Z"
+    assert data["refunds"] == [{"refunded_at": "2025-10-06T10:05:00Z", "amount": "89.90 BRL"}]
+
+
+def test_an_order_without_events_refunds_or_cancellation_says_nothing_of_them(
+    mock: respx.MockRouter, client: ShopifyClient
+) -> None:
+    mock.post(URL).mock(return_value=httpx.Response(200, json=orders_body(NODE)))
+    [order] = client.recent_orders_for_email("ana@example.com")
+    data = order.as_prompt_data()
+    assert "cancelled_at" not in data and "refunds" not in data
+    assert "events" not in data["shipments"][0]
+
+
+# -- the catalogue ---------------------------------------------------------------------------------
+
+
+def product_node(title: str, **overrides: object) -> dict:
+    node = {
+        "title": title,
+        "handle": title.lower().replace(" ", "-"),
+        "status": "ACTIVE",
+        "onlineStoreUrl": f"https://shop.example/products/{title.lower().replace(' ', '-')}",
+        "priceRangeV2": {
+            "minVariantPrice": {"amount": "129.0", "currencyCode": "BRL"},
+            "maxVariantPrice": {"amount": "129.0", "currencyCode": "BRL"},
+        },
+        "variants": {
+            "nodes": [
+                {"title": "Navy", "price": "129.00", "availableForSale": True},
+                {"title": "Burgundy", "price": "129.00", "availableForSale": False},
+            ]
+        },
+    }
+    node.update(overrides)
+    return node
+
+
+def products_body(*nodes: dict) -> dict:
+    return {"data": {"products": {"nodes": list(nodes)}}}
+
+
+def test_product_search_query_and_parsing(mock: respx.MockRouter, client: ShopifyClient) -> None:
+    route = mock.post(URL).mock(
+        return_value=httpx.Response(200, json=products_body(product_node("Wool Scarf")))
+    )
+    [scarf] = client.search_products('status:active AND (scarf* OR "wool scarf")')
+
+    body = sent(route)
+    assert body["variables"] == {"query": 'status:active AND (scarf* OR "wool scarf")', "first": 10}
+    query = body["query"]
+    for wanted in ("products(", "sortKey: RELEVANCE", "onlineStoreUrl", "priceRangeV2",
+                   "availableForSale", "status"):
+        assert wanted in query
+    # Stock counts are not public and need read_inventory: never asked for.
+    assert "inventoryQuantity" not in query and "totalInventory" not in query
+
+    assert scarf.title == "Wool Scarf"
+    assert scarf.url == "https://shop.example/products/wool-scarf"
+    assert scarf.price == "129.00 BRL"
+    assert scarf.available is True
+    assert [(v.title, v.price, v.available) for v in scarf.variants] == [
+        ("Navy", "129.00 BRL", True),
+        ("Burgundy", "129.00 BRL", False),
+    ]
+
+
+def test_drafts_archived_and_unpublished_products_are_dropped_even_when_shopify_returns_them(
+    mock: respx.MockRouter, client: ShopifyClient
+) -> None:
+    nodes = [
+        product_node("Draft Scarf", status="DRAFT"),
+        product_node("Archived Scarf", status="ARCHIVED"),
+        product_node("Hidden Scarf", onlineStoreUrl=None),
+        product_node("Wool Scarf"),
+    ]
+    mock.post(URL).mock(return_value=httpx.Response(200, json=products_body(*nodes)))
+    assert [p.title for p in client.search_products("scarf*")] == ["Wool Scarf"]
+
+
+def test_a_price_range_a_sold_out_product_and_the_default_variant(
+    mock: respx.MockRouter, client: ShopifyClient
+) -> None:
+    ranged = product_node(
+        "Tote",
+        priceRangeV2={
+            "minVariantPrice": {"amount": "59.9", "currencyCode": "USD"},
+            "maxVariantPrice": {"amount": "79.9", "currencyCode": "USD"},
+        },
+        variants={
+            "nodes": [{"title": "Default Title", "price": "59.90", "availableForSale": False}]
+        },
+    )
+    mock.post(URL).mock(return_value=httpx.Response(200, json=products_body(ranged)))
+    [tote] = client.search_products("tote*")
+    assert tote.price == "59.90-79.90 USD"
+    assert tote.available is False
+    assert tote.variants == []  # "Default Title" names no option
+
+
+def test_product_search_limits_and_empty_searches(
+    mock: respx.MockRouter, client: ShopifyClient
+) -> None:
+    nodes = [product_node(f"Scarf {n}") for n in range(8)]
+    route = mock.post(URL).mock(return_value=httpx.Response(200, json=products_body(*nodes)))
+    assert len(client.search_products("scarf*")) == 5
+    assert len(client.search_products("scarf*", limit=2)) == 2
+    calls = route.call_count
+    assert client.search_products("  ") == []
+    assert route.call_count == calls
+
+
+def test_product_search_errors_are_classified_like_the_order_lookup(
+    mock: respx.MockRouter, client: ShopifyClient
+) -> None:
+    denied = {
+        "errors": [
+            {
+                "message": "Access denied for products field. Required access: `read_products`",
+                "extensions": {"code": "ACCESS_DENIED"},
+            }
+        ]
+    }
+    route = mock.post(URL).mock(return_value=httpx.Response(200, json=denied))
+    with pytest.raises(errors.PermanentError, match="read_products") as caught:
+        client.search_products("scarf*")
+    assert caught.value.is_auth_failure and caught.value.service == "shopify"
+
+    route.mock(return_value=httpx.Response(200, json=throttled_body(252, 12, 50)))
+    with pytest.raises(errors.TransientError) as throttled:
+        client.search_products("scarf*")
+    assert throttled.value.retry_after == 5.0
+
+    route.mock(side_effect=httpx.ReadTimeout("t"))
+    with pytest.raises(errors.TransientError, match="timed out"):
+        client.search_products("scarf*")
+
+
+def test_fake_shop_serves_the_catalogue_and_shipment_events(
+    live: ShopifyClient, fake_shopify: FakeShopify
+) -> None:
+    found = live.search_products('status:active AND ("wool scarf" OR navy*)')
+    assert [p.title for p in found] == ["Wool Scarf"]  # draft, archived, unpublished left out
+    [scarf] = found
+    assert scarf.url == "https://lojaexemplo.com.br/products/wool-scarf"
+    assert {v.title: v.available for v in scarf.variants} == {
+        "Grey": True,
+        "Navy": True,
+        "Burgundy": False,
+    }
+    # Without status:active the fake returns drafts too, like Shopify; the client drops them.
+    assert [p.title for p in live.search_products("scarf*")] == ["Wool Scarf"]
+
+    [order] = live.recent_orders_for_email("ana.souza@example.com.br")
+    assert order.fulfillments[0].events[0].status == "IN_TRANSIT"
+    assert len(order.fulfillments[0].events) == 3
+    [refunded] = live.recent_orders_for_email("lucia.garcia@example.es")
+    assert refunded.cancelled_at and refunded.refunds[0].amount == "45.00 BRL"
+
+
+def test_fake_shop_denies_what_the_token_has_no_scope_for(
+    live: ShopifyClient, fake_shopify: FakeShopify
+) -> None:
+    assert live.access_scopes() == ["read_orders", "read_products"]
+    fake_shopify.scopes = {"read_orders"}
+    assert live.access_scopes() == ["read_orders"]
+    with pytest.raises(errors.PermanentError, match="read_products"):
+        live.search_products("scarf*")
+    assert live.recent_orders_for_email("john.miller@example.com")

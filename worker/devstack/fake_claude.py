@@ -24,7 +24,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
 from worker import offline, prompts
-from worker.responder import FulfillmentFacts, KnowledgeEntry, OrderFacts, TrackingFacts
+from worker.responder import (
+    FulfillmentFacts,
+    KnowledgeEntry,
+    OrderFacts,
+    ProductFacts,
+    RefundFacts,
+    ShipmentEvent,
+    TrackingFacts,
+    VariantFacts,
+)
 
 TEST_API_KEY = "sk-ant-test-fake-key"
 ANTHROPIC_VERSION_HEADER = "anthropic-version"
@@ -334,8 +343,29 @@ def _order_from_prompt(data: dict[str, Any]) -> OrderFacts:
                     TrackingFacts(t.get("number"), t.get("url"), t.get("carrier"))
                     for t in s.get("tracking") or []
                 ],
+                events=[
+                    ShipmentEvent(e.get("status"), e.get("happened_at"), e.get("message"))
+                    for e in s.get("events") or []
+                ],
             )
             for s in data.get("shipments") or []
+        ],
+        cancelled_at=data.get("cancelled_at"),
+        refunds=[
+            RefundFacts(r.get("refunded_at"), r.get("amount")) for r in data.get("refunds") or []
+        ],
+    )
+
+
+def _product_from_prompt(data: dict[str, Any]) -> ProductFacts:
+    return ProductFacts(
+        title=str(data.get("title") or ""),
+        url=data.get("url"),
+        available=data.get("available"),
+        price=data.get("price"),
+        variants=[
+            VariantFacts(str(v.get("title") or ""), v.get("price"), v.get("available"))
+            for v in data.get("variants") or []
         ],
     )
 
@@ -366,8 +396,11 @@ def plausible_tool_input(request: RecordedRequest) -> dict[str, Any] | None:
             KnowledgeEntry(str(k.get("topic")), str(k.get("title")), str(k.get("text")))
             for k in context.get("store_knowledge") or []
         ]
+        products = [_product_from_prompt(p) for p in context.get("products") or []]
         return {
-            "body_text": offline.compose_reply(intent, orders, language, tone, knowledge=knowledge),
+            "body_text": offline.compose_reply(
+                intent, orders, language, tone, products, knowledge=knowledge
+            ),
             "language": language,
             "needs_human": False,
         }

@@ -1,9 +1,13 @@
 """A local stand-in for the Shopify Admin GraphQL API, answering the queries `ShopifyClient` sends.
 
 Serves `POST /<shop>/admin/api/<version>/graphql.json` (the client's `base_url` form) from an
-in-memory catalogue of orders with fulfillments and tracking. It checks the access token like
-Shopify (401 with Shopify's body), reports query cost in `extensions.cost`, and can be scripted
-to answer THROTTLED, 429, 401, 5xx. Used by integration tests, the demo and benchmarks.
+in-memory catalogue of orders (fulfillments, tracking, shipment events, refunds, cancellation)
+and products (variants, prices, availability; active, draft, archived, and unpublished ones). It
+checks the access token like Shopify (401 with Shopify's body), answers ACCESS_DENIED for a
+field whose scope the token lacks, searches products with a subset of Shopify's search syntax
+(terms, prefixes, quoted phrases, `field:value`, AND/OR/NOT, parentheses; relevance = terms
+matched), reports query cost in `extensions.cost`, and can be scripted to answer THROTTLED,
+429, 401, 5xx. Used by integration tests, the demo and benchmarks.
 
 Run standalone: `python -m worker.devstack.fake_shopify --port 9000` (demo catalogue).
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import re
 import threading
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +29,8 @@ RESTORE_RATE = 100.0
 
 _PATH = re.compile(r"^/(?P<shop>[A-Za-z0-9.-]+)/admin/api/(?P<version>[^/]+)/graphql\.json$")
 _SEARCH = re.compile(r'^(?P<field>email|name):"(?P<value>(?:[^"\\]|\\.)*)"$')
+# Every scope the fake's data needs; a token may be given fewer (FakeShopify.scopes).
+ALL_SCOPES = ("read_orders", "read_products")
 
 
 @dataclass
@@ -34,11 +41,30 @@ class Tracking:
 
 
 @dataclass
+class Event:
+    """A fulfillment event: one step of a shipment (FulfillmentEvent)."""
+
+    status: str
+    happened_at: str
+    message: str | None = None
+
+
+@dataclass
 class Fulfillment:
     status: str = "IN_TRANSIT"
     estimated_delivery_at: str | None = None
     delivered_at: str | None = None
     tracking: list[Tracking] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    def events_node(self, first: int) -> dict[str, Any]:
+        newest_first = sorted(self.events, key=lambda e: e.happened_at, reverse=True)[:first]
+        return {
+            "nodes": [
+                {"status": e.status, "happenedAt": e.happened_at, "message": e.message}
+                for e in newest_first
+            ]
+        }
 
 
 @dataclass
@@ -53,6 +79,8 @@ class Order:
     line_items: list[tuple[str, int]] = field(default_factory=list)
     fulfillments: list[Fulfillment] = field(default_factory=list)
     customer_email: str | None = None
+    cancelled_at: str | None = None
+    refunds: list[tuple[str, str, str]] = field(default_factory=list)  # (at, amount, currency)
 
     def node(self) -> dict[str, Any]:
         """The order as an `orders.nodes` item of the client's query."""
@@ -73,18 +101,84 @@ class Order:
                     "trackingInfo": [
                         {"number": t.number, "url": t.url, "company": t.company} for t in f.tracking
                     ],
+                    "events": f.events_node(5),
                 }
                 for f in self.fulfillments
+            ],
+            "cancelledAt": self.cancelled_at,
+            "refunds": [
+                {
+                    "createdAt": at,
+                    "totalRefundedSet": {"shopMoney": {"amount": amount, "currencyCode": code}},
+                }
+                for at, amount, code in self.refunds
             ],
         }
 
 
 @dataclass
+class Variant:
+    """One variant of a product; its stock count is kept but never served (no read_inventory)."""
+
+    title: str
+    price: str
+    available: bool = True
+    inventory: int = 10
+
+
+@dataclass
+class Product:
+    """One product of the fake shop, in the fields the client's product query asks for."""
+
+    title: str
+    handle: str
+    variants: list[Variant]
+    status: str = "ACTIVE"  # ACTIVE | DRAFT | ARCHIVED
+    published: bool = True  # on the online store sales channel
+    product_type: str = ""
+    vendor: str = ""
+    tags: list[str] = field(default_factory=list)
+
+    def searchable(self) -> dict[str, str]:
+        """The text Shopify's default search looks in, by field name."""
+        return {
+            "title": self.title,
+            "product_type": self.product_type,
+            "vendor": self.vendor,
+            "tag": " ".join(self.tags),
+            "variant_title": " ".join(v.title for v in self.variants),
+        }
+
+    def node(self, storefront: str, currency: str) -> dict[str, Any]:
+        prices = [float(v.price) for v in self.variants] or [0.0]
+        on_store = self.published and self.status == "ACTIVE"
+        return {
+            "title": self.title,
+            "handle": self.handle,
+            "status": self.status,
+            "onlineStoreUrl": f"{storefront}/products/{self.handle}" if on_store else None,
+            "priceRangeV2": {
+                "minVariantPrice": {"amount": f"{min(prices)}", "currencyCode": currency},
+                "maxVariantPrice": {"amount": f"{max(prices)}", "currencyCode": currency},
+            },
+            "variants": {
+                "nodes": [
+                    {"title": v.title, "price": v.price, "availableForSale": v.available}
+                    for v in self.variants
+                ]
+            },
+        }
+
+
+@dataclass
 class Catalogue:
-    """The fake shop's orders."""
+    """The fake shop's orders and products."""
 
     shop_name: str = "Demo Shop"
     orders: list[Order] = field(default_factory=list)
+    products: list[Product] = field(default_factory=list)
+    storefront: str = "https://shop.example"  # the online store's domain, for product URLs
+    currency: str = "BRL"
 
     def add(self, order: Order) -> Order:
         self.orders.append(order)
@@ -97,6 +191,119 @@ class Catalogue:
 
     def by_name(self, name: str) -> list[Order]:
         return [o for o in self.orders if o.name == name]
+
+    def search_products(self, search: str) -> list[Product]:
+        """The products a search matches, most terms matched first (Shopify's RELEVANCE)."""
+        query = parse_search(search)
+        scored = [(query.score(p), i, p) for i, p in enumerate(self.products) if query.matches(p)]
+        return [p for _, _, p in sorted(scored, key=lambda t: (-t[0], t[1]))]
+
+
+def _fold(text: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", text.lower())
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+_TOKEN = re.compile(r'\s*(\(|\)|-?[\w.]+:"[^"]*"|-?"[^"]*"|[^\s()]+)', re.UNICODE)
+
+
+@dataclass
+class _Term:
+    """One search term: a word, a prefix (`word*`), a phrase, or `field:value`."""
+
+    text: str
+    field_name: str | None = None
+    negated: bool = False
+
+    def hit(self, product: Product) -> bool:
+        if self.field_name == "status":
+            return product.status.lower() in self.text.lower().split(",")
+        if self.field_name in ("published_status",):
+            published = product.published and product.status == "ACTIVE"
+            return published == (self.text.lower() == "published")
+        fields = product.searchable()
+        haystacks = (
+            [fields[self.field_name]] if self.field_name in fields else list(fields.values())
+        )
+        value = _fold(self.text.strip('"'))
+        words = [w for text in haystacks for w in re.findall(r"\w+", _fold(text))]
+        if self.text.startswith('"'):
+            joined = " ".join(words)
+            return f" {value} " in f" {joined} "
+        if value.endswith("*"):
+            return any(w.startswith(value[:-1]) for w in words)
+        return value in words
+
+    def matches(self, product: Product) -> bool:
+        return self.hit(product) != self.negated
+
+    def score(self, product: Product) -> int:
+        return int(self.field_name is None and not self.negated and self.hit(product))
+
+
+@dataclass
+class _Node:
+    op: str  # "and" | "or"
+    parts: list[Any]
+    negated: bool = False
+
+    def matches(self, product: Product) -> bool:
+        results = (part.matches(product) for part in self.parts)
+        found = all(results) if self.op == "and" else any(results)
+        return found != self.negated
+
+    def score(self, product: Product) -> int:
+        return sum(part.score(product) for part in self.parts) if not self.negated else 0
+
+
+def parse_search(search: str) -> _Node:
+    """Shopify's search syntax, the subset the client sends: terms joined by AND (or space),
+    OR, NOT or `-`, and parentheses; AND binds tighter than OR."""
+    tokens = _TOKEN.findall(search)
+    position = 0
+
+    def peek() -> str | None:
+        return tokens[position] if position < len(tokens) else None
+
+    def take() -> str:
+        nonlocal position
+        position += 1
+        return tokens[position - 1]
+
+    def parse_or() -> _Node:
+        parts = [parse_and()]
+        while peek() == "OR":
+            take()
+            parts.append(parse_and())
+        return _Node("or", parts)
+
+    def parse_and() -> _Node:
+        parts = [parse_unary()]
+        while peek() not in (None, ")", "OR"):
+            if peek() == "AND":
+                take()
+            parts.append(parse_unary())
+        return _Node("and", parts)
+
+    def parse_unary() -> Any:
+        word = take()
+        if word == "NOT":
+            inner = parse_unary()
+            inner.negated = not inner.negated
+            return inner
+        if word == "(":
+            inner = parse_or()
+            if peek() == ")":
+                take()
+            return inner
+        negated = word.startswith("-") and len(word) > 1
+        word = word[1:] if negated else word
+        name, sep, value = word.partition(":")
+        if sep and not word.startswith('"'):
+            return _Term(value, field_name=name.lower(), negated=negated)
+        return _Term(word, negated=negated)
+
+    return parse_or() if tokens else _Node("and", [])
 
 
 def demo_catalogue() -> Catalogue:
@@ -121,6 +328,15 @@ def demo_catalogue() -> Catalogue:
                                 "https://rastreamento.correios.com.br/app/index.php?objetos=BR123456789BR",
                             )
                         ],
+                        events=[
+                            Event("LABEL_PRINTED", "2025-09-29T10:00:00Z"),
+                            Event("CONFIRMED", "2025-09-29T16:20:00Z", "Objeto postado"),
+                            Event(
+                                "IN_TRANSIT",
+                                "2025-10-01T08:45:00Z",
+                                "Objeto em trânsito - de Cajamar/SP para Curitiba/PR",
+                            ),
+                        ],
                     )
                 ],
             ),
@@ -142,6 +358,11 @@ def demo_catalogue() -> Catalogue:
                         status="DELIVERED",
                         delivered_at="2025-09-22T11:30:00Z",
                         tracking=[Tracking("JT998877665BR", "Jadlog", None)],
+                        events=[
+                            Event("IN_TRANSIT", "2025-09-18T09:00:00Z"),
+                            Event("OUT_FOR_DELIVERY", "2025-09-22T07:10:00Z"),
+                            Event("DELIVERED", "2025-09-22T11:30:00Z", "Entregue ao destinatário"),
+                        ],
                     )
                 ],
             ),
@@ -162,11 +383,109 @@ def demo_catalogue() -> Catalogue:
                                 "https://www.ups.com/track?tracknum=1Z999AA10123456784",
                             )
                         ],
+                        events=[
+                            Event("IN_TRANSIT", "2025-09-22T14:00:00Z", "Departed facility"),
+                            Event(
+                                "DELAYED",
+                                "2025-09-26T18:30:00Z",
+                                "Weather delay at the regional hub",
+                            ),
+                        ],
                     )
                 ],
             ),
+            Order(
+                name="#1005",
+                email="lucia.garcia@example.es",
+                created_at="2025-09-25T16:30:00Z",
+                financial_status="REFUNDED",
+                fulfillment_status="UNFULFILLED",
+                line_items=[("Caneca Esmaltada", 1)],
+                cancelled_at="2025-09-26T09:00:00Z",
+                refunds=[("2025-09-26T09:05:00Z", "45.00", "BRL")],
+            ),
         ],
+        storefront="https://lojaexemplo.com.br",
+        currency="BRL",
+        products=demo_products(),
     )
+
+
+def demo_products() -> list[Product]:
+    """The demo shop's catalogue: what the orders contain, plus a draft, an archived and an
+    unpublished product that a search finds but no reply may mention."""
+    return [
+        Product(
+            "Wool Scarf",
+            "wool-scarf",
+            [
+                Variant("Grey", "129.00"),
+                Variant("Navy", "129.00", inventory=3),
+                Variant("Burgundy", "129.00", available=False, inventory=0),
+            ],
+            product_type="Accessories",
+            tags=["cachecol", "lã", "bufanda", "lana", "inverno", "winter"],
+        ),
+        Product(
+            "Wool Scarf - Limited Edition",
+            "wool-scarf-limited",
+            [Variant("Navy", "199.00")],
+            status="DRAFT",
+            published=False,
+            product_type="Accessories",
+            tags=["cachecol", "lã"],
+        ),
+        Product(
+            "Wool Scarf Classic",
+            "wool-scarf-classic",
+            [Variant("Grey", "99.00")],
+            status="ARCHIVED",
+            published=False,
+            product_type="Accessories",
+        ),
+        Product(
+            "Wool Scarf Sample",
+            "wool-scarf-sample",
+            [Variant("Navy", "1.00")],
+            published=False,
+            product_type="Accessories",
+        ),
+        Product(
+            "Camiseta Algodão Orgânico",
+            "camiseta-algodao-organico",
+            [
+                Variant("P", "79.90"),
+                Variant("M", "79.90"),
+                Variant("G", "79.90", available=False, inventory=0),
+            ],
+            product_type="Camisetas",
+            tags=["algodão", "orgânico", "t-shirt", "camiseta"],
+        ),
+        Product(
+            "Tênis Casual Couro",
+            "tenis-casual-couro",
+            [Variant(str(size), "349.90", available=size != 44) for size in range(38, 45)],
+            product_type="Calçados",
+            tags=["tênis", "couro", "sneakers", "zapatillas"],
+        ),
+        Product(
+            "Canvas Tote Bag",
+            "canvas-tote-bag",
+            [Variant("Default Title", "59.90")],
+            product_type="Bags",
+            tags=["bolsa", "sacola", "bolso"],
+        ),
+        Product(
+            "Caneca Esmaltada",
+            "caneca-esmaltada",
+            [
+                Variant("Branca", "45.00", available=False, inventory=0),
+                Variant("Azul", "45.00", available=False, inventory=0),
+            ],
+            product_type="Casa",
+            tags=["caneca", "enamel mug", "mug", "taza"],
+        ),
+    ]
 
 
 def throttled_body(
@@ -197,6 +516,29 @@ def throttled_body(
     }
 
 
+def access_denied(field_name: str, scope: str) -> FakeReply:
+    """Shopify's answer to a field the token has no scope for: HTTP 200, ACCESS_DENIED."""
+    return FakeReply(
+        200,
+        {
+            "errors": [
+                {
+                    "message": f"Access denied for {field_name} field. Required access: "
+                    f"`{scope}` access scope.",
+                    "locations": [{"line": 2, "column": 3}],
+                    "extensions": {
+                        "code": "ACCESS_DENIED",
+                        "documentation": "https://shopify.dev/api/usage/access-scopes",
+                        "requiredAccess": f"`{scope}` access scope.",
+                    },
+                    "path": [field_name],
+                }
+            ],
+            "data": None,
+        },
+    )
+
+
 UNAUTHORIZED_BODY = {
     "errors": "[API] Invalid API key or access token (unrecognized login or wrong password)"
 }
@@ -216,6 +558,8 @@ class FakeShopify(ScriptedServer):
         super().__init__(port=port, latency_seconds=latency_seconds)
         self.catalogue = catalogue if catalogue is not None else Catalogue()
         self.access_token = access_token
+        # What the token was granted; a query for data outside it gets ACCESS_DENIED.
+        self.scopes: set[str] = set(ALL_SCOPES)
 
     @property
     def queries(self) -> list[RecordedRequest]:
@@ -250,10 +594,23 @@ class FakeShopify(ScriptedServer):
                 "shop": {"name": self.catalogue.shop_name, "myshopifyDomain": shop}
             }
             return self._ok(data, cost=1)
+        if re.search(r"\bcurrentAppInstallation\s*\{", query):
+            handles = [{"handle": scope} for scope in sorted(self.scopes)]
+            return self._ok({"currentAppInstallation": {"accessScopes": handles}}, cost=1)
         if re.search(r"\borders\s*\(", query):
+            if "read_orders" not in self.scopes:
+                return access_denied("orders", "read_orders")
             first = int(variables.get("first") or 10)
             orders = self._search(str(variables.get("query") or ""))[:first]
             return self._ok({"orders": {"nodes": [o.node() for o in orders]}}, cost=3 + first)
+        if re.search(r"\bproducts\s*\(", query):
+            if "read_products" not in self.scopes:
+                return access_denied("products", "read_products")
+            first = int(variables.get("first") or 10)
+            found = self.catalogue.search_products(str(variables.get("query") or ""))[:first]
+            catalogue = self.catalogue
+            nodes = [p.node(catalogue.storefront, catalogue.currency) for p in found]
+            return self._ok({"products": {"nodes": nodes}}, cost=2 + first)
         return FakeReply(
             200,
             {

@@ -33,10 +33,12 @@ T = TypeVar("T")
 
 
 class OrderLookup(Protocol):
-    """What the pipeline asks of a shop (worker.shopify.ShopifyClient)."""
+    """What the pipeline asks of a shop (worker.shopify.ShopifyClient): the sender's orders and
+    the public catalogue."""
 
     def recent_orders_for_email(self, email: str, limit: int = 5) -> list[OrderFacts]: ...
     def order_by_number(self, number: str) -> OrderFacts | None: ...
+    def search_products(self, search: str, limit: int = 5) -> list[ProductFacts]: ...
 
 
 @dataclass(frozen=True)

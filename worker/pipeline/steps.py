@@ -18,6 +18,7 @@ from worker import (
     loops,
     mime,
     privacy,
+    product_query,
     quotes,
     reply_guard,
     sender_auth,
@@ -258,6 +259,35 @@ def select_knowledge(ctx: JobContext) -> None:
     )
 
 
+def find_products(ctx: JobContext) -> None:
+    """The catalogue products the email asks about (worker.product_query decides the search).
+
+    Decided from the email's text, not the model's reading of it, so it can run before the one
+    model call. Public data, the same for every sender: an unauthenticated sender's held draft
+    gets them too.
+    """
+    store, services, email = ctx.store, ctx.services, ctx.email
+    if not store.get("shopify_domain"):
+        return
+    subject, body = email.subject or "", email.body_text or ""
+    search = product_query.search_for(subject, body)
+    if search is None:
+        return
+    shop = services.shop_for(store, services.secrets(str(store["id"])))
+    if shop is None:
+        return
+    with ctx.trace.timed("shopify_products"):
+        ctx.products = guarded(
+            services.breakers, f"shopify:{store['id']}", lambda: shop.search_products(search)
+        )
+    ctx.trace.event(
+        "process.product_lookup",
+        search=search,
+        found=len(ctx.products),
+        products=[p.title for p in ctx.products],
+    )
+
+
 def reserve_credit(ctx: JobContext) -> None:
     """One credit per answered email, taken before the model drafts (refunded if never sent).
 
@@ -323,6 +353,7 @@ def decide_hold(ctx: JobContext) -> None:
                     *(entry.body for entry in ctx.knowledge),
                 ]
             ),
+            products=ctx.products,
         )
     ctx.trace.event(
         "process.drafted", language=reply_draft.language, model=reply_draft.model, hold=ctx.hold
@@ -370,6 +401,7 @@ STEPS: tuple[Step, ...] = (
     find_orders,
     recall_thread,
     select_knowledge,
+    find_products,
     reserve_credit,
     draft,
     decide_hold,
