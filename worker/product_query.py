@@ -138,12 +138,12 @@ def product_search(subject: str, body: str, *, words: bool = True) -> str | None
     names = quoted_names(text)
     terms = [f'"{name}"' for name in names]
     if words:
-        in_names = {w for name in names for w in name.split()}
+        # Words of a quoted name are searched too: a name slightly off still finds its product.
         for word in keywords(subject, body):
             if len(terms) >= MAX_TERMS:
                 break
             term = prefix_term(word)
-            if word not in in_names and term not in terms:
+            if term not in terms:
                 terms.append(term)
     if not terms:
         return None
