@@ -100,7 +100,12 @@ query SupportProducts($query: String!, $first: Int!) {{
 """.strip()
 
 SHOP_QUERY = "query SupportShop { shop { name myshopifyDomain } }"
-SCOPES_QUERY = "query SupportScopes { currentAppInstallation { accessScopes { handle } } }"
+# The shop's name and the token's scopes in one request, for `stores check`; asking for the
+# scopes needs no scope.
+SHOP_CHECK_QUERY = (
+    "query SupportShopCheck { shop { name myshopifyDomain } "
+    "currentAppInstallation { accessScopes { handle } } }"
+)
 
 _ORDER_NUMBER = re.compile(r"^#?\s*(\d{1,20})$")
 
@@ -268,6 +273,12 @@ def raise_for_graphql_errors(payload: Mapping[str, Any]) -> None:
     raise errors.PermanentError(message, service=SERVICE, http_status=status)
 
 
+def missing_scopes(granted: list[str]) -> list[str]:
+    """The scopes the worker needs that a token lacks (a write scope implies its read scope)."""
+    have = set(granted) | {f"read_{s.removeprefix('write_')}" for s in granted}
+    return [scope for scope in REQUIRED_SCOPES if scope not in have]
+
+
 class ShopifyClient:
     """Read-only Admin GraphQL client for one shop; the httpx client is passed in."""
 
@@ -330,15 +341,18 @@ class ShopifyClient:
         shop = data.get("shop") or {}
         return str(shop.get("name") or "")
 
-    def access_scopes(self) -> list[str]:
-        """The scopes the token was granted (needs none itself), for `stores check`."""
-        data = self._execute(SCOPES_QUERY, {})
+    def shop_check(self) -> tuple[str, list[str]]:
+        """The shop's name and the scopes the token was granted (sorted), in one request."""
+        data = self._execute(SHOP_CHECK_QUERY, {})
+        shop = data.get("shop") or {}
         installation = data.get("currentAppInstallation") or {}
-        return sorted(
+        scopes = sorted(
             str(scope.get("handle"))
             for scope in installation.get("accessScopes") or []
             if scope and scope.get("handle")
         )
+        return str(shop.get("name") or ""), scopes
+
 
     def _orders(self, search: str, first: int) -> list[OrderFacts]:
         data = self._execute(ORDERS_QUERY, {"query": search, "first": first})

@@ -557,7 +557,7 @@ def check_smtp(store: Mapping[str, Any], password: str | None, settings: Setting
 
 
 def check_shopify(store: Mapping[str, Any], token: str | None, settings: Settings) -> CheckResult:
-    """Ask the shop for its name with the stored token."""
+    """Ask the shop for its name and the token's scopes; a missing scope fails the check."""
     domain = store.get("shopify_domain")
     if not domain:
         return CheckResult("shopify", "skipped", "no Shopify domain configured")
@@ -565,16 +565,24 @@ def check_shopify(store: Mapping[str, Any], token: str | None, settings: Setting
         return CheckResult("shopify", "failed", "no Shopify token in Vault")
     import httpx
 
-    from worker.shopify import ShopifyClient
+    from worker.shopify import ShopifyClient, missing_scopes
 
     try:
         with httpx.Client() as http:
-            name = ShopifyClient(
+            name, scopes = ShopifyClient(
                 http, domain, token, settings.shopify_api_version, settings.shopify_base_url
-            ).shop_name()
+            ).shop_check()
     except Exception as exc:  # a check reports every failure instead of crashing on it
         return CheckResult("shopify", "failed", str(exc) or type(exc).__name__)
-    return CheckResult("shopify", "ok", f"token accepted by {domain} (shop {name!r})")
+    accepted = f"token accepted by {domain} (shop {name!r})"
+    missing = missing_scopes(scopes)
+    if missing:
+        # Order questions need read_orders, product questions read_products; without them the
+        # lookups are refused and those emails end in the dead-letter queue.
+        return CheckResult(
+            "shopify", "failed", f"{accepted} but it lacks the scopes {', '.join(missing)}"
+        )
+    return CheckResult("shopify", "ok", f"{accepted}; scopes {', '.join(scopes)}")
 
 
 def cmd_check(ctx: Context, args: argparse.Namespace) -> int:

@@ -135,7 +135,7 @@ class Stack:
                 raise DemoError("DEMO_SHOPIFY_DOMAIN is set but DEMO_SHOPIFY_TOKEN is not")
             self.shop_token = token
             return
-        step("starting the fake Shopify with the demo catalogue (orders #1001-#1004)")
+        step("starting the fake Shopify with the demo catalogue (orders #1001-#1005, 8 products)")
         fake = FakeShopify(demo_catalogue(), access_token=self.shop_token)
         fake.start()
         self.exits.callback(fake.stop)

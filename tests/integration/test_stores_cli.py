@@ -613,6 +613,7 @@ def test_check_reports_each_service_ok(
     assert lines["smtp"] == ("ok", f"logged in as {smtp_sink.username}")
     assert lines["shopify"][0] == "ok"
     assert "loja-demo.myshopify.com" in lines["shopify"][1]
+    assert lines["shopify"][1].endswith("; scopes read_orders, read_products")
     # Nothing was sent, and Shopify was asked exactly once with the stored token.
     assert smtp_sink.messages == []
     [query] = fake_shopify.queries
@@ -658,6 +659,27 @@ def test_check_reports_failures_with_their_reasons(
     assert "HTTP 401" in lines["shopify"][1]
     for text in mail_cli.outputs:
         assert "wrong-smtp-password" not in text and "shpat_wrong" not in text
+
+
+def test_check_fails_a_token_without_the_scopes_the_worker_reads_with(
+    mail_cli: Cli,
+    dovecot: DovecotServer,
+    mail_user: MailUser,
+    smtp_sink: SmtpSink,
+    fake_shopify: FakeShopify,
+) -> None:
+    store_id = mail_store(
+        mail_cli, dovecot, mail_user, smtp_sink, "--shopify-domain", "loja-demo.myshopify.com"
+    )
+    fake_shopify.scopes = {"read_orders"}  # a token made before product answers existed
+
+    code, out, _ = mail_cli("check", store_id)
+
+    assert code == 1
+    status, detail = check_lines(out)["shopify"]
+    assert status == "failed"
+    assert "token accepted by loja-demo.myshopify.com" in detail
+    assert detail.endswith("lacks the scopes read_products")
 
 
 def test_check_with_a_wrong_imap_password_and_no_shopify(

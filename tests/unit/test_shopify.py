@@ -15,7 +15,7 @@ from worker.devstack.fake_shopify import (
     FakeShopify,
     throttled_body,
 )
-from worker.shopify import ShopifyClient, throttle_retry_after
+from worker.shopify import ShopifyClient, missing_scopes, throttle_retry_after
 
 SHOP = "demo-store.myshopify.com"
 VERSION = "2025-10"
@@ -485,9 +485,16 @@ def test_fake_shop_serves_the_catalogue_and_shipment_events(
 def test_fake_shop_denies_what_the_token_has_no_scope_for(
     live: ShopifyClient, fake_shopify: FakeShopify
 ) -> None:
-    assert live.access_scopes() == ["read_orders", "read_products"]
+    assert live.shop_check() == ("Loja Demo", ["read_orders", "read_products"])
     fake_shopify.scopes = {"read_orders"}
-    assert live.access_scopes() == ["read_orders"]
+    assert live.shop_check() == ("Loja Demo", ["read_orders"])
     with pytest.raises(errors.PermanentError, match="read_products"):
         live.search_products("scarf*")
     assert live.recent_orders_for_email("john.miller@example.com")
+
+
+def test_missing_scopes_counts_a_write_scope_as_its_read_scope() -> None:
+    assert missing_scopes(["read_orders", "read_products"]) == []
+    assert missing_scopes(["write_orders", "read_products", "read_customers"]) == []
+    assert missing_scopes(["read_orders"]) == ["read_products"]
+    assert missing_scopes([]) == ["read_orders", "read_products"]

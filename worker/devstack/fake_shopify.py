@@ -589,14 +589,14 @@ class FakeShopify(ScriptedServer):
         variables = body.get("variables") or {}
         match = _PATH.match(request.path)
         shop = match.group("shop") if match else ""
+        data: dict[str, Any] = {}
         if re.search(r"\bshop\s*\{", query):
-            data: dict[str, Any] = {
-                "shop": {"name": self.catalogue.shop_name, "myshopifyDomain": shop}
-            }
-            return self._ok(data, cost=1)
+            data["shop"] = {"name": self.catalogue.shop_name, "myshopifyDomain": shop}
         if re.search(r"\bcurrentAppInstallation\s*\{", query):
             handles = [{"handle": scope} for scope in sorted(self.scopes)]
-            return self._ok({"currentAppInstallation": {"accessScopes": handles}}, cost=1)
+            data["currentAppInstallation"] = {"accessScopes": handles}
+        if data:
+            return self._ok(data, cost=len(data))
         if re.search(r"\borders\s*\(", query):
             if "read_orders" not in self.scopes:
                 return access_denied("orders", "read_orders")
