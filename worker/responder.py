@@ -96,7 +96,7 @@ class RefundFacts:
     """One refund issued on an order."""
 
     created_at: str | None
-    amount: str | None  # with its currency, e.g. "89.90 BRL"
+    amount: str | None  # as the shop writes money ("R$ 89,90"), else "89.90 BRL"
 
     def as_prompt_data(self) -> dict[str, Any]:
         return {"refunded_at": self.created_at, "amount": self.amount}
@@ -202,7 +202,7 @@ class VariantFacts:
     """One variant of a product (size, colour ...) as the storefront offers it."""
 
     title: str
-    price: str | None = None  # amount and currency code, e.g. "89.90 BRL"
+    price: str | None = None  # as the shop writes money ("R$ 89,90"), else "89.90 BRL"
     available: bool | None = None  # can be bought now (Shopify's availableForSale)
 
     def as_prompt_data(self) -> dict[str, Any]:
@@ -220,7 +220,7 @@ class ProductFacts:
     title: str
     url: str | None = None
     available: bool | None = None  # some variant can be bought now
-    price: str | None = None  # "89.90 BRL", or a range "89.90-99.90 BRL"
+    price: str | None = None  # "R$ 89,90", a range "R$ 79,90 - R$ 99,90"; else "89.90 BRL"
     variants: list[VariantFacts] = field(default_factory=list)
 
     def as_prompt_data(self) -> dict[str, Any]:

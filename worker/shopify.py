@@ -39,8 +39,9 @@ PRODUCT_CANDIDATES = 10  # asked for, so unpublished ones can be dropped and MAX
 MAX_VARIANTS = 10
 # Shopify names the only variant of a product without options "Default Title"; not worth saying.
 DEFAULT_VARIANT_TITLE = "Default Title"
-# The scopes the worker's reads need; `stores check` reports the missing ones.
-REQUIRED_SCOPES = ("read_orders", "read_products")
+# The scopes the worker's reads need (the order's customer address needs read_customers);
+# `stores check` reports the missing ones.
+REQUIRED_SCOPES = ("read_customers", "read_orders", "read_products")
 # Used when a THROTTLED answer lacks the cost extension Shopify normally includes.
 DEFAULT_THROTTLE_SECONDS = 2.0
 # GraphQL error codes that mean "Shopify had a problem", not "your query is wrong".
@@ -76,6 +77,7 @@ query SupportOrders($query: String!, $first: Int!) {{
       }}
     }}
   }}
+  shop {{ currencyFormats {{ moneyInEmailsFormat }} }}
 }}
 """.strip()
 
@@ -96,6 +98,7 @@ query SupportProducts($query: String!, $first: Int!) {{
       variants(first: {MAX_VARIANTS}) {{ nodes {{ title price availableForSale }} }}
     }}
   }}
+  shop {{ currencyFormats {{ moneyInEmailsFormat }} }}
 }}
 """.strip()
 
@@ -130,8 +133,8 @@ def throttle_retry_after(extensions: Mapping[str, Any] | None) -> float:
     return max(1.0, math.ceil((requested - available) / restore))
 
 
-def parse_order(node: Mapping[str, Any]) -> OrderFacts:
-    """One `orders.nodes` item as OrderFacts (pure)."""
+def parse_order(node: Mapping[str, Any], money_format: str | None = None) -> OrderFacts:
+    """One `orders.nodes` item as OrderFacts (pure); amounts in the shop's money format."""
     customer = node.get("customer") or {}
     default_email = customer.get("defaultEmailAddress") or {}
     items = []
@@ -164,7 +167,10 @@ def parse_order(node: Mapping[str, Any]) -> OrderFacts:
     refunds = [
         RefundFacts(
             created_at=r.get("createdAt"),
-            amount=money(((r.get("totalRefundedSet") or {}).get("shopMoney")) or {}),
+            amount=money(
+                ((r.get("totalRefundedSet") or {}).get("shopMoney")) or {},
+                money_format=money_format,
+            ),
         )
         for r in node.get("refunds") or []
         if r
@@ -188,24 +194,67 @@ def _text(value: object) -> str | None:
     return text or None
 
 
+# The shop's money format placeholders (Liquid): thousands separator, decimal mark, decimals.
+_MONEY_PLACEHOLDERS = {
+    "amount": (",", ".", 2),
+    "amount_no_decimals": (",", ".", 0),
+    "amount_with_comma_separator": (".", ",", 2),
+    "amount_no_decimals_with_comma_separator": (".", ",", 0),
+    "amount_with_apostrophe_separator": ("'", ".", 2),
+    "amount_no_decimals_with_space_separator": (" ", ".", 0),
+    "amount_with_space_separator": (" ", ",", 2),
+    "amount_with_period_and_space_separator": (" ", ".", 2),
+}
+_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+_TAG = re.compile(r"<[^>]*>")
+
+
 def amount_text(amount: object) -> str | None:
     """A decimal amount with two places ('89.9' -> '89.90'); None when it is not a number."""
+    value = _decimal(amount)
+    return None if value is None else f"{value.quantize(Decimal('0.01'))}"
+
+
+def _decimal(amount: object) -> Decimal | None:
     try:
         value = Decimal(str(amount))
     except (InvalidOperation, ValueError):
         return None
-    if not value.is_finite():
-        return None
-    return f"{value.quantize(Decimal('0.01'))}"
+    return value if value.is_finite() else None
 
 
-def money(node: Mapping[str, Any], currency: str | None = None) -> str | None:
-    """A MoneyV2 ({amount, currencyCode}) as '89.90 BRL'."""
-    amount = amount_text(node.get("amount"))
-    code = node.get("currencyCode") or currency
-    if amount is None:
+def format_money(amount: object, currency: str | None, money_format: str | None) -> str | None:
+    """An amount as the shop writes money in its emails ('R$ {{amount_with_comma_separator}}'
+    -> 'R$ 1.234,50'); '1234.50 BRL' when the shop's format is unknown. None for no amount."""
+    value = _decimal(amount)
+    if value is None:
         return None
-    return f"{amount} {code}" if code else amount
+    canonical = f"{value.quantize(Decimal('0.01'))}" + (f" {currency}" if currency else "")
+    template = _TAG.sub("", money_format or "").strip()
+    names = _PLACEHOLDER.findall(template)
+    if not names or any(name not in _MONEY_PLACEHOLDERS for name in names):
+        return canonical
+
+    def render(match: re.Match[str]) -> str:
+        thousands, decimal_mark, places = _MONEY_PLACEHOLDERS[match.group(1)]
+        grouped = f"{value:,.{places}f}"  # '1,234.50'
+        return grouped.replace(",", "\0").replace(".", decimal_mark).replace("\0", thousands)
+
+    return _PLACEHOLDER.sub(render, template)
+
+
+def money(
+    node: Mapping[str, Any], currency: str | None = None, money_format: str | None = None
+) -> str | None:
+    """A MoneyV2 ({amount, currencyCode}) in the shop's format, else as '89.90 BRL'."""
+    return format_money(node.get("amount"), node.get("currencyCode") or currency, money_format)
+
+
+def shop_money_format(data: Mapping[str, Any]) -> str | None:
+    """The shop's money format for emails, from a response's `shop.currencyFormats`."""
+    formats = (data.get("shop") or {}).get("currencyFormats") or {}
+    value = formats.get("moneyInEmailsFormat")
+    return str(value) if value else None
 
 
 def is_public(node: Mapping[str, Any]) -> bool:
@@ -213,17 +262,19 @@ def is_public(node: Mapping[str, Any]) -> bool:
     return str(node.get("status") or "").upper() == "ACTIVE" and bool(node.get("onlineStoreUrl"))
 
 
-def parse_product(node: Mapping[str, Any]) -> ProductFacts:
-    """One `products.nodes` item as ProductFacts (pure); callers keep only `is_public` ones."""
+def parse_product(node: Mapping[str, Any], money_format: str | None = None) -> ProductFacts:
+    """One `products.nodes` item as ProductFacts (pure); callers keep only `is_public` ones.
+    Prices are written in the shop's own money format when it is known."""
     price_range = node.get("priceRangeV2") or {}
     low = price_range.get("minVariantPrice") or {}
     high = price_range.get("maxVariantPrice") or {}
     currency = low.get("currencyCode") or high.get("currencyCode")
-    low_amount, high_amount = amount_text(low.get("amount")), amount_text(high.get("amount"))
-    if low_amount and high_amount and low_amount != high_amount:
-        price: str | None = f"{low_amount}-{high_amount}" + (f" {currency}" if currency else "")
+    low_price = money(low, currency, money_format)
+    high_price = money(high, currency, money_format)
+    if low_price and high_price and _decimal(low.get("amount")) != _decimal(high.get("amount")):
+        price: str | None = f"{low_price} - {high_price}"
     else:
-        price = money(low) or money(high)
+        price = low_price or high_price
     variants: list[VariantFacts] = []
     buyable: list[object] = []
     for variant in (node.get("variants") or {}).get("nodes") or []:
@@ -234,11 +285,10 @@ def parse_product(node: Mapping[str, Any]) -> ProductFacts:
         title = _text(variant.get("title"))
         if not title or title == DEFAULT_VARIANT_TITLE:
             continue
-        amount = amount_text(variant.get("price"))
         variants.append(
             VariantFacts(
                 title=title,
-                price=(f"{amount} {currency}" if currency else amount) if amount else None,
+                price=format_money(variant.get("price"), currency, money_format),
                 available=flag if isinstance(flag, bool) else None,
             )
         )
@@ -333,7 +383,9 @@ class ShopifyClient:
         data = self._execute(PRODUCTS_QUERY, {"query": search, "first": first})
         connection = data.get("products") or {}
         nodes = [node for node in connection.get("nodes") or [] if node]
-        return [parse_product(node) for node in nodes if is_public(node)][: max(0, limit)]
+        money_format = shop_money_format(data)
+        public = [parse_product(node, money_format) for node in nodes if is_public(node)]
+        return public[: max(0, limit)]
 
     def shop_name(self) -> str:
         """The shop's name; a cheap call that proves the domain and token work."""
@@ -357,7 +409,8 @@ class ShopifyClient:
     def _orders(self, search: str, first: int) -> list[OrderFacts]:
         data = self._execute(ORDERS_QUERY, {"query": search, "first": first})
         connection = data.get("orders") or {}
-        return [parse_order(node) for node in connection.get("nodes") or [] if node]
+        money_format = shop_money_format(data)
+        return [parse_order(node, money_format) for node in connection.get("nodes") or [] if node]
 
     def _execute(self, query: str, variables: dict[str, Any]) -> Mapping[str, Any]:
         try:

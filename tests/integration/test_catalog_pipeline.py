@@ -33,7 +33,7 @@ LUCIA = "lucia.garcia@example.es"  # order #1005: cancelled and refunded
 SCARF_URL = "https://lojaexemplo.com.br/products/wool-scarf"
 # Products a search for the scarf finds in the fake shop that no reply may mention: a draft, an
 # archived one, and an active one not published to the online store.
-HIDDEN = ("Limited Edition", "wool-scarf-limited", "Classic", "Sample", "199.00", "99.00")
+HIDDEN = ("Limited Edition", "wool-scarf-limited", "Classic", "Sample", "R$ 199,00", "R$ 99,00")
 
 
 def reply_contexts(pipeline: Pipeline) -> list[dict[str, Any]]:
@@ -73,7 +73,7 @@ def test_a_product_question_is_answered_with_price_availability_and_link(
     [context] = reply_contexts(pipeline)
     [scarf] = context["products"]
     assert scarf["title"] == "Wool Scarf" and scarf["url"] == SCARF_URL
-    assert scarf["price"] == "129.00 BRL" and scarf["available"] is True
+    assert scarf["price"] == "R$ 129,00" and scarf["available"] is True
     assert {v["title"]: v["available"] for v in scarf["variants"]} == {
         "Grey": True,
         "Navy": True,
@@ -88,7 +88,7 @@ def test_a_product_question_is_answered_with_price_availability_and_link(
     # own: the reply is sent, not held as an unexpected link or amount.
     [sent] = pipeline.sent_to(EMMA)
     body = sent.message().get_content()
-    assert "Wool Scarf - R$ 129.00 - available" in body
+    assert "Wool Scarf - R$ 129,00 - available" in body
     assert "Navy (available)" in body and "Burgundy (sold out)" in body
     assert SCARF_URL in body
     reply = pipeline.reply(job_id)
@@ -153,14 +153,14 @@ def test_a_failing_catalogue_search_is_retried_and_counts_against_the_shops_brea
 def test_a_token_without_read_products_dead_letters_the_product_question_with_the_reason(
     pipeline: Pipeline,
 ) -> None:
-    pipeline.shopify.scopes = {"read_orders"}
+    pipeline.shopify.scopes = {"read_customers", "read_orders"}
     try:
         product = pipeline.one(make_email(EMMA, "Scarf", "Is the wool scarf in stock?"))
         order = pipeline.one(make_email(JOHN, "Order #1002", "Where is my order #1002?"))
 
         outcomes = pipeline.run()["outcomes"]
     finally:
-        pipeline.shopify.scopes = {"read_orders", "read_products"}
+        pipeline.shopify.scopes = {"read_customers", "read_orders", "read_products"}
 
     assert outcomes == {"failed_permanent": 1, "replied": 1}
     job = pipeline.job(product)

@@ -98,7 +98,7 @@ def test_demo_answers_portuguese_and_english_customers(
     assert "em até 30 dias corridos" in refund_reply
     # The product question is answered from the fake shop's catalogue: title, price,
     # availability of each option and the product page; never the draft or unpublished ones.
-    assert "Wool Scarf - R$ 129.00 - available" in out
+    assert "Wool Scarf - R$ 129,00 - available" in out
     assert "Navy (available)" in out and "Burgundy (sold out)" in out
     assert "https://lojaexemplo.com.br/products/wool-scarf" in out
     assert "Limited Edition" not in out and "Wool Scarf Sample" not in out

@@ -613,7 +613,7 @@ def test_check_reports_each_service_ok(
     assert lines["smtp"] == ("ok", f"logged in as {smtp_sink.username}")
     assert lines["shopify"][0] == "ok"
     assert "loja-demo.myshopify.com" in lines["shopify"][1]
-    assert lines["shopify"][1].endswith("; scopes read_orders, read_products")
+    assert lines["shopify"][1].endswith("; scopes read_customers, read_orders, read_products")
     # Nothing was sent, and Shopify was asked exactly once with the stored token.
     assert smtp_sink.messages == []
     [query] = fake_shopify.queries
@@ -671,7 +671,8 @@ def test_check_fails_a_token_without_the_scopes_the_worker_reads_with(
     store_id = mail_store(
         mail_cli, dovecot, mail_user, smtp_sink, "--shopify-domain", "loja-demo.myshopify.com"
     )
-    fake_shopify.scopes = {"read_orders"}  # a token made before product answers existed
+    # A token made before product answers existed.
+    fake_shopify.scopes = {"read_customers", "read_orders"}
 
     code, out, _ = mail_cli("check", store_id)
 

@@ -15,7 +15,7 @@ from worker.devstack.fake_shopify import (
     FakeShopify,
     throttled_body,
 )
-from worker.shopify import ShopifyClient, missing_scopes, throttle_retry_after
+from worker.shopify import ShopifyClient, format_money, missing_scopes, throttle_retry_after
 
 SHOP = "demo-store.myshopify.com"
 VERSION = "2025-10"
@@ -417,7 +417,7 @@ def test_a_price_range_a_sold_out_product_and_the_default_variant(
     )
     mock.post(URL).mock(return_value=httpx.Response(200, json=products_body(ranged)))
     [tote] = client.search_products("tote*")
-    assert tote.price == "59.90-79.90 USD"
+    assert tote.price == "59.90 USD - 79.90 USD"
     assert tote.available is False
     assert tote.variants == []  # "Default Title" names no option
 
@@ -479,22 +479,68 @@ def test_fake_shop_serves_the_catalogue_and_shipment_events(
     assert order.fulfillments[0].events[0].status == "IN_TRANSIT"
     assert len(order.fulfillments[0].events) == 3
     [refunded] = live.recent_orders_for_email("lucia.garcia@example.es")
-    assert refunded.cancelled_at and refunded.refunds[0].amount == "45.00 BRL"
+    assert refunded.cancelled_at and refunded.refunds[0].amount == "R$ 45,00"
 
 
 def test_fake_shop_denies_what_the_token_has_no_scope_for(
     live: ShopifyClient, fake_shopify: FakeShopify
 ) -> None:
-    assert live.shop_check() == ("Loja Demo", ["read_orders", "read_products"])
-    fake_shopify.scopes = {"read_orders"}
-    assert live.shop_check() == ("Loja Demo", ["read_orders"])
+    assert live.shop_check() == ("Loja Demo", ["read_customers", "read_orders", "read_products"])
+    fake_shopify.scopes = {"read_customers", "read_orders"}
+    assert live.shop_check() == ("Loja Demo", ["read_customers", "read_orders"])
     with pytest.raises(errors.PermanentError, match="read_products"):
         live.search_products("scarf*")
     assert live.recent_orders_for_email("john.miller@example.com")
 
 
 def test_missing_scopes_counts_a_write_scope_as_its_read_scope() -> None:
-    assert missing_scopes(["read_orders", "read_products"]) == []
-    assert missing_scopes(["write_orders", "read_products", "read_customers"]) == []
-    assert missing_scopes(["read_orders"]) == ["read_products"]
-    assert missing_scopes([]) == ["read_orders", "read_products"]
+    assert missing_scopes(["read_customers", "read_orders", "read_products"]) == []
+    assert missing_scopes(["write_orders", "read_products", "write_customers"]) == []
+    assert missing_scopes(["read_customers", "read_orders"]) == ["read_products"]
+    assert missing_scopes([]) == ["read_customers", "read_orders", "read_products"]
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "money_format", "expected"),
+    [
+        ("1234.5", "BRL", "R$ {{amount_with_comma_separator}}", "R$ 1.234,50"),
+        ("49", "USD", "${{amount}}", "$49.00"),
+        ("89", "EUR", "{{ amount_with_comma_separator }} €", "89,00 €"),
+        ("1234.5", "CHF", "<b>{{amount_with_apostrophe_separator}}</b>", "1'234.50"),
+        ("1200", "JPY", "¥{{amount_no_decimals}}", "¥1,200"),
+        ("129", "BRL", None, "129.00 BRL"),  # the shop's format unknown
+        ("129", "BRL", "{{unknown_placeholder}}", "129.00 BRL"),
+        ("not a number", "BRL", "${{amount}}", None),
+    ],
+)
+def test_money_is_written_as_the_shop_writes_it_in_its_emails(
+    amount: str, currency: str, money_format: str | None, expected: str | None
+) -> None:
+    assert format_money(amount, currency, money_format) == expected
+
+
+def test_prices_and_refunds_use_the_shops_money_format(
+    mock: respx.MockRouter, client: ShopifyClient
+) -> None:
+    shop = {"currencyFormats": {"moneyInEmailsFormat": "R$ {{amount_with_comma_separator}}"}}
+    body = products_body(product_node("Wool Scarf"))
+    body["data"]["shop"] = shop
+    route = mock.post(URL).mock(return_value=httpx.Response(200, json=body))
+    [scarf] = client.search_products("scarf*")
+    assert "currencyFormats { moneyInEmailsFormat }" in sent(route)["query"]
+    assert scarf.price == "R$ 129,00" and scarf.variants[0].price == "R$ 129,00"
+
+    node = {
+        **NODE,
+        "refunds": [
+            {
+                "createdAt": "2025-10-06T10:05:00Z",
+                "totalRefundedSet": {"shopMoney": {"amount": "1089.9", "currencyCode": "BRL"}},
+            }
+        ],
+    }
+    body = orders_body(node)
+    body["data"]["shop"] = shop
+    route.mock(return_value=httpx.Response(200, json=body))
+    [order] = client.recent_orders_for_email("ana@example.com")
+    assert order.refunds[0].amount == "R$ 1.089,90"

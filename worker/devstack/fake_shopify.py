@@ -30,7 +30,7 @@ RESTORE_RATE = 100.0
 _PATH = re.compile(r"^/(?P<shop>[A-Za-z0-9.-]+)/admin/api/(?P<version>[^/]+)/graphql\.json$")
 _SEARCH = re.compile(r'^(?P<field>email|name):"(?P<value>(?:[^"\\]|\\.)*)"$')
 # Every scope the fake's data needs; a token may be given fewer (FakeShopify.scopes).
-ALL_SCOPES = ("read_orders", "read_products")
+ALL_SCOPES = ("read_customers", "read_orders", "read_products")
 
 
 @dataclass
@@ -179,6 +179,7 @@ class Catalogue:
     products: list[Product] = field(default_factory=list)
     storefront: str = "https://shop.example"  # the online store's domain, for product URLs
     currency: str = "BRL"
+    money_format: str = "R$ {{amount_with_comma_separator}}"  # the shop's, for its emails
 
     def add(self, order: Order) -> Order:
         self.orders.append(order)
@@ -590,27 +591,38 @@ class FakeShopify(ScriptedServer):
         match = _PATH.match(request.path)
         shop = match.group("shop") if match else ""
         data: dict[str, Any] = {}
-        if re.search(r"\bshop\s*\{", query):
-            data["shop"] = {"name": self.catalogue.shop_name, "myshopifyDomain": shop}
-        if re.search(r"\bcurrentAppInstallation\s*\{", query):
-            handles = [{"handle": scope} for scope in sorted(self.scopes)]
-            data["currentAppInstallation"] = {"accessScopes": handles}
-        if data:
-            return self._ok(data, cost=len(data))
+        cost = 0
+        # Root fields the client's queries use; one request may ask for several.
         if re.search(r"\borders\s*\(", query):
             if "read_orders" not in self.scopes:
                 return access_denied("orders", "read_orders")
             first = int(variables.get("first") or 10)
             orders = self._search(str(variables.get("query") or ""))[:first]
-            return self._ok({"orders": {"nodes": [o.node() for o in orders]}}, cost=3 + first)
+            data["orders"] = {"nodes": [o.node() for o in orders]}
+            cost += 3 + first
         if re.search(r"\bproducts\s*\(", query):
             if "read_products" not in self.scopes:
                 return access_denied("products", "read_products")
             first = int(variables.get("first") or 10)
             found = self.catalogue.search_products(str(variables.get("query") or ""))[:first]
             catalogue = self.catalogue
-            nodes = [p.node(catalogue.storefront, catalogue.currency) for p in found]
-            return self._ok({"products": {"nodes": nodes}}, cost=2 + first)
+            data["products"] = {
+                "nodes": [p.node(catalogue.storefront, catalogue.currency) for p in found]
+            }
+            cost += 2 + first
+        if re.search(r"\bshop\s*\{", query):
+            data["shop"] = {
+                "name": self.catalogue.shop_name,
+                "myshopifyDomain": shop,
+                "currencyFormats": {"moneyInEmailsFormat": self.catalogue.money_format},
+            }
+            cost += 1
+        if re.search(r"\bcurrentAppInstallation\s*\{", query):
+            handles = [{"handle": scope} for scope in sorted(self.scopes)]
+            data["currentAppInstallation"] = {"accessScopes": handles}
+            cost += 1
+        if data:
+            return self._ok(data, cost=cost)
         return FakeReply(
             200,
             {
