@@ -82,7 +82,7 @@ favor algo alguien tambien solo ahora aqui tienen tiene tengo producto productos
 articulos tienda compra comprar compre pedido pedidos precio precios cuesta costo existencias
 disponible disponibles disponibilidad talla tallas color colores modelo pregunta informacion
 mismo misma otro otra nuevo nueva momento moment
-hasn doesn isn don didn wasn aren won can couldn wouldn haven
+hasn doesn isn don didn wasn aren won can couldn wouldn haven teneis tenes
 """.split())
 # fmt: on
 

@@ -12,9 +12,12 @@ import respx
 from worker import errors
 from worker.devstack.fake_shopify import (
     TEST_ACCESS_TOKEN,
+    Catalogue,
     FakeShopify,
+    seed_products,
     throttled_body,
 )
+from worker.product_query import product_search
 from worker.shopify import ShopifyClient, format_money, missing_scopes, throttle_retry_after
 
 SHOP = "demo-store.myshopify.com"
@@ -544,3 +547,66 @@ def test_prices_and_refunds_use_the_shops_money_format(
     route.mock(return_value=httpx.Response(200, json=body))
     [order] = client.recent_orders_for_email("ana@example.com")
     assert order.refunds[0].amount == "R$ 1.089,90"
+
+
+@pytest.mark.parametrize(
+    ("products", "subject", "body", "quoted"),
+    [
+        (
+            [
+                {"title": "Jaqueta Jeans Clássica", "status": "ACTIVE", "price": "R$ 259,90",
+                 "available": True, "variants": ["P", "M", "G"],
+                 "url": "https://loja.example/products/jaqueta-jeans-classica"},
+                {"title": "Jaqueta Jeans Edição Secreta", "status": "DRAFT", "price": "R$ 999,00",
+                 "variants": ["M"], "url": None},
+            ],
+            "Jaqueta jeans tamanho G",
+            "Oi! Vocês têm a jaqueta jeans no tamanho G? Qual o preço? Camila",
+            ["R$ 259,90", "Jaqueta Jeans Clássica", "/products/jaqueta-jeans-classica"],
+        ),
+        (
+            [
+                {"title": "Bolso de Cuero Marrón", "status": "ACTIVE", "price": "89,00 €",
+                 "available": False, "variants": ["Único"],
+                 "url": "https://loja.example/products/bolso-de-cuero"},
+                {"title": "Bolso de Cuero Borrador", "status": "DRAFT", "price": "19,00 €",
+                 "variants": ["Único"], "url": None},
+            ],
+            "¿Tenéis el bolso de cuero?",
+            "Hola, ¿el bolso de cuero marrón está disponible? ¿Cuánto cuesta? Irene",
+            ["89,00 €", "Bolso de Cuero Marrón"],
+        ),
+        (
+            [
+                {"title": "Linen Shirt", "status": "ACTIVE", "price": "$49.00",
+                 "variants": ["S", "L / Blue"],
+                 "url": "https://loja.example/products/linen-shirt"},
+                {"title": "Linen Shirt Prototype", "status": "ACTIVE", "price": "$1.00",
+                 "variants": ["L"], "url": None},
+            ],
+            "Linen shirt in L blue?",
+            "Hello! Do you have the linen shirt in size L, in blue? How much is it? Ben",
+            ["$49.00", "L / Blue"],
+        ),
+    ],
+)
+def test_test_case_products_seeded_in_the_fake_shop_come_back_as_the_case_writes_them(
+    live: ShopifyClient,
+    fake_shopify: FakeShopify,
+    products: list[dict],
+    subject: str,
+    body: str,
+    quoted: list[str],
+) -> None:
+    fake_shopify.catalogue = Catalogue()
+    seed_products(fake_shopify.catalogue, products)
+    search = product_search(subject, body)
+    assert search is not None
+
+    found = live.search_products(search)
+
+    assert len(found) == 1  # the draft or unpublished one never comes back
+    data = json.dumps([p.as_prompt_data() for p in found], ensure_ascii=False)
+    for fact in quoted:
+        assert fact in data
+    assert products[1]["title"] not in data and products[1]["price"] not in data

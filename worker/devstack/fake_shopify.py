@@ -489,6 +489,82 @@ def demo_products() -> list[Product]:
     ]
 
 
+_PRICE_NUMBER = re.compile(r"\d(?:[\d.,' ]*\d)?")
+
+
+def price_and_format(text: str) -> tuple[str, str]:
+    """A price as a person writes it ('R$ 1.234,50', '$49.00', '89,00 €') as the amount Shopify
+    sends ('1234.50') and the shop's money format that writes it back the same way."""
+    match = _PRICE_NUMBER.search(text)
+    if match is None:
+        raise ValueError(f"no amount in price {text!r}")
+    number = match.group(0)
+    decimals = re.search(r"[.,](\d{2})$", number)
+    whole = number[: decimals.start()] if decimals else number
+    mark = number[decimals.start()] if decimals else None
+    thousands = next((c for c in whole if not c.isdigit()), None)
+    placeholders: dict[tuple[str | None, str | None], str] = {
+        (",", "."): "amount",
+        (None, "."): "amount",
+        (".", ","): "amount_with_comma_separator",
+        (None, ","): "amount_with_comma_separator",
+        ("'", "."): "amount_with_apostrophe_separator",
+        (" ", ","): "amount_with_space_separator",
+        (" ", "."): "amount_with_period_and_space_separator",
+    }
+    placeholder = placeholders.get((thousands, mark), "amount" if mark else "amount_no_decimals")
+    digits = re.sub(r"\D", "", whole)
+    amount = f"{digits}.{decimals.group(1) if decimals else '00'}"
+    template = text[: match.start()] + "{{" + placeholder + "}}" + text[match.end() :]
+    return amount, template
+
+
+def product_from_json(data: dict[str, Any]) -> tuple[Product, str]:
+    """A fake-shop product from a test case's JSON, and the money format its price is in.
+
+    `{"title", "status", "price": "R$ 259,90", "available", "variants": ["P", {"title": "G",
+    "price": "R$ 269,90", "available": false}], "url"}`; a null url means not published.
+    """
+    amount, money_format = price_and_format(str(data["price"]))
+    available = data.get("available", True) is not False
+    url = data.get("url")
+    handle = str(url).rstrip("/").rsplit("/", 1)[-1] if url else _slug(str(data["title"]))
+    variants = []
+    for raw in data.get("variants") or ["Default Title"]:
+        item: dict[str, Any] = raw if isinstance(raw, dict) else {"title": str(raw)}
+        price = price_and_format(str(item["price"]))[0] if item.get("price") else amount
+        buyable = bool(item.get("available", available))
+        variants.append(Variant(str(item["title"]), price, buyable))
+    status = str(data.get("status") or "ACTIVE").upper()
+    product = Product(
+        str(data["title"]),
+        handle,
+        variants,
+        status=status,
+        published=bool(url) and status == "ACTIVE",
+        product_type=str(data.get("product_type") or ""),
+        tags=[str(t) for t in data.get("tags") or []],
+    )
+    return product, money_format
+
+
+def seed_products(catalogue: Catalogue, products: list[dict[str, Any]]) -> None:
+    """Put test-case products into a catalogue: the first one's price and URL set the shop's
+    money format and online-store domain."""
+    for data in products:
+        product, money_format = product_from_json(data)
+        if not catalogue.products:
+            catalogue.money_format = money_format
+            if data.get("url"):
+                parts = str(data["url"]).split("/")
+                catalogue.storefront = "/".join(parts[:3])
+        catalogue.products.append(product)
+
+
+def _slug(title: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", _fold(title)).strip("-")
+
+
 def throttled_body(
     requested: float = 120.0, available: float = 20.0, restore_rate: float = RESTORE_RATE
 ) -> dict[str, Any]:
