@@ -83,6 +83,7 @@ articulos tienda compra comprar compre pedido pedidos precio precios cuesta cost
 disponible disponibles disponibilidad talla tallas color colores modelo pregunta informacion
 mismo misma otro otra nuevo nueva momento moment
 hasn doesn isn don didn wasn aren won can couldn wouldn haven teneis tenes
+quanto quanta quantos quantas cuanto cuanta cuantos cuantas
 """.split())
 # fmt: on
 

@@ -561,6 +561,48 @@ def seed_products(catalogue: Catalogue, products: list[dict[str, Any]]) -> None:
         catalogue.products.append(product)
 
 
+def order_from_json(data: dict[str, Any]) -> Order:
+    """A fake-shop order from a test case's JSON: name, email, created_at, statuses,
+    line_items [[title, quantity]], fulfillments [{status, estimated_delivery_at, delivered_at,
+    tracking [{number, company, url}], events [{status, happened_at, message}]}], customer_email,
+    cancelled_at, refunds [{created_at, amount (as written, e.g. "R$ 45,00")}]."""
+    return Order(
+        name=str(data["name"]),
+        email=str(data["email"]),
+        created_at=str(data.get("created_at") or "2026-11-20T12:00:00Z"),
+        financial_status=str(data.get("financial_status") or "PAID"),
+        fulfillment_status=str(data.get("fulfillment_status") or "UNFULFILLED"),
+        line_items=[(str(title), int(count)) for title, count in data.get("line_items") or []],
+        fulfillments=[
+            Fulfillment(
+                status=str(f.get("status") or "IN_TRANSIT"),
+                estimated_delivery_at=f.get("estimated_delivery_at"),
+                delivered_at=f.get("delivered_at"),
+                tracking=[
+                    Tracking(str(t["number"]), t.get("company"), t.get("url"))
+                    for t in f.get("tracking") or []
+                ],
+                events=[
+                    Event(str(e["status"]), str(e["happened_at"]), e.get("message"))
+                    for e in f.get("events") or []
+                ],
+            )
+            for f in data.get("fulfillments") or []
+        ],
+        customer_email=data.get("customer_email"),
+        cancelled_at=data.get("cancelled_at"),
+        refunds=[
+            (str(r.get("created_at") or "2026-11-20T12:00:00Z"), *_refund_amount(r))
+            for r in data.get("refunds") or []
+        ],
+    )
+
+
+def _refund_amount(refund: dict[str, Any]) -> tuple[str, str]:
+    amount, _ = price_and_format(str(refund["amount"]))
+    return amount, str(refund.get("currency") or "BRL")
+
+
 def _slug(title: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", _fold(title)).strip("-")
 
