@@ -395,6 +395,7 @@ _TEXT = {
         ),
         "other": "Hemos recibido tu mensaje. Nuestro equipo lo revisará y te responderá pronto.",
         "closing": "Si necesitas algo más, solo tienes que responder a este correo.",
+        "knowledge": "{title}:\n{text}",  # a store's own answer, quoted (s2-knowledge)
         "order_line": "Pedido {name}",
         "placed": "realizado el {date}",
         "payment": "Pago: {status}",
@@ -406,7 +407,6 @@ _TEXT = {
         "latest_event": "Última actualización ({date}): {status}",
         "cancelled": "Pedido cancelado el {date}",
         "refund": "Reembolso de {amount} el {date}",
-        "knowledge": "{title}:\n{text}",
         "products_intro": "Esto es lo que encontramos en nuestro catálogo:",
         "product_available": "disponible",
         "product_sold_out": "agotado",

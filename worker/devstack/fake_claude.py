@@ -399,7 +399,7 @@ def plausible_tool_input(request: RecordedRequest) -> dict[str, Any] | None:
         products = [_product_from_prompt(p) for p in context.get("products") or []]
         return {
             "body_text": offline.compose_reply(
-                intent, orders, language, tone, products, knowledge=knowledge
+                intent, orders, language, tone, products=products, knowledge=knowledge
             ),
             "language": language,
             "needs_human": False,
