@@ -21,7 +21,7 @@ from worker.pipeline.handler import EmailHandler
 from worker.queue.handlers import JobRun
 from worker.queue.outcome import Complete
 from worker.queue.trace import JobTrace
-from worker.responder import Classification, Draft, ProductFacts, VariantFacts
+from worker.responder import Classification, Draft, EmailFacts, ProductFacts, VariantFacts
 
 STORE = {"id": "s1", "support_email": "suporte@loja.test", "active": True}
 MESSAGE = {
@@ -325,3 +325,16 @@ def test_a_failed_catalogue_search_fails_the_job_and_counts_against_the_shops_br
         steps.find_products(ctx)
     assert cast(CatalogueDb, ctx.services.db).recorded == [("shopify:s1", False)]
     assert ctx.products == []
+
+
+def test_the_search_reads_the_customers_own_words_not_the_quoted_history() -> None:
+    shop = Catalogue(SCARF)
+    quoted = {
+        **MESSAGE,
+        "subject": "Re: Your message",
+        "body_text": "Thanks, all clear!\n\n> Wool Scarf - R$ 129,00 - available\n> Price?",
+    }
+    ctx = catalogue_context(shop, quoted)
+    ctx.facts_ = EmailFacts(sender="ana@example.com", subject="Re: Your message", body="Thanks!")
+    steps.find_products(ctx)
+    assert shop.searches == [] and ctx.products == []

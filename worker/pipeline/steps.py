@@ -269,8 +269,10 @@ def find_products(ctx: JobContext) -> None:
     store, services, email = ctx.store, ctx.services, ctx.email
     if not store.get("shopify_domain"):
         return
-    subject, body = email.subject or "", email.body_text or ""
-    search = product_query.search_for(subject, body)
+    # The customer's own words: the email facts' body when a step built them (without quoted
+    # history, whose product lines would be searched again), else the stored text.
+    body = ctx.facts_.body if ctx.facts_ is not None else email.body_text or ""
+    search = product_query.search_for(email.subject or "", body)
     if search is None:
         return
     shop = services.shop_for(store, services.secrets(str(store["id"])))
