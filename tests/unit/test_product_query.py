@@ -125,3 +125,21 @@ def test_the_demo_catalogue_finds_the_product_the_demo_email_asks_about() -> Non
     # active but unpublished sample is still returned and left to the client to drop.
     assert found[0] == "Wool Scarf"
     assert "Wool Scarf - Limited Edition" not in found and "Wool Scarf Classic" not in found
+
+
+def test_the_fake_shop_searches_like_shopify_with_fields_negation_and_groups() -> None:
+    catalogue = demo_catalogue()
+
+    def titles(search: str) -> list[str]:
+        return [p.title for p in catalogue.search_products(search)]
+
+    assert titles("status:draft") == ["Wool Scarf - Limited Edition"]
+    assert titles('title:"canvas tote bag"') == ["Canvas Tote Bag"]
+    assert titles("tag:zapatillas") == ["Tênis Casual Couro"]  # accents folded
+    assert "Wool Scarf" not in titles("scarf* -status:active")
+    assert titles("status:active AND (caneca* OR NOT status:active) AND -tag:mug") == []
+    # More terms matched ranks first (Shopify's RELEVANCE).
+    assert titles("status:active AND (grey* OR navy* OR wool* OR camiseta*)")[:2] == [
+        "Wool Scarf",
+        "Wool Scarf Sample",
+    ]
