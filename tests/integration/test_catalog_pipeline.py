@@ -150,6 +150,31 @@ def test_a_failing_catalogue_search_is_retried_and_counts_against_the_shops_brea
     assert SCARF_URL in pipeline.sent_to(EMMA)[0].message().get_content()
 
 
+def test_an_open_shop_breaker_defers_the_product_question_without_a_call_or_an_attempt(
+    pipeline: Pipeline,
+) -> None:
+    service = f"shopify:{pipeline.store_id}"
+    pipeline.sql.execute(
+        "insert into public.circuit_breakers (service, state, opened_at, open_until, open_count)"
+        " values (%s, 'open', now(), now() + interval '10 minutes', 1)",
+        (service,),
+    )
+    try:
+        job_id = pipeline.one(make_email(EMMA, "Wool scarf price?", "How much is the wool scarf?"))
+
+        assert pipeline.run()["outcomes"] == {"deferred": 1}
+
+        job = pipeline.job(job_id)
+        assert job["status"] == "pending" and job["attempt_count"] == 0
+        assert pipeline.shopify.queries == [] and pipeline.ledger(job_id) == []
+    finally:
+        pipeline.reset_breaker(service)
+
+    pipeline.make_due(job_id)
+    assert pipeline.run()["outcomes"] == {"replied": 1}
+    assert SCARF_URL in pipeline.sent_to(EMMA)[0].message().get_content()
+
+
 def test_a_token_without_read_products_dead_letters_the_product_question_with_the_reason(
     pipeline: Pipeline,
 ) -> None:
