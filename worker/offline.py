@@ -605,7 +605,10 @@ def describe_order(order: OrderFacts, language: str) -> list[str]:
             latest = fulfillment.events[0]  # newest first
             status = format_status(latest.status, language) or ""
             if latest.message:
-                status = f"{status} - {latest.message}" if status else latest.message
+                # The carrier's message often says the status itself ("Objeto em trânsito
+                # ..."): then it stands alone.
+                repeats = bool(status) and fold(status) in fold(latest.message)
+                status = latest.message if repeats or not status else f"{status} - {latest.message}"
             when = format_date(latest.happened_at, language)
             if status and when:
                 lines.append("  " + text["latest_event"].format(date=when, status=status))
