@@ -1986,6 +1986,56 @@ $$;
 ALTER FUNCTION public.dequeue_jobs(p_worker_id text, p_batch_size integer, p_lease_seconds integer, p_job_types text[]) OWNER TO postgres;
 
 --
+-- Name: enqueue_fetch_jobs(uuid[], integer); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.enqueue_fetch_jobs(p_store_ids uuid[] DEFAULT NULL::uuid[], p_priority integer DEFAULT 10) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+    v_result jsonb;
+begin
+    with stores as (
+        select s.id
+        from public.stores s
+        where s.active and (p_store_ids is null or s.id = any (p_store_ids))
+    ), policy as (
+        select (public.job_retry_policy('fetch_mailbox')).max_attempts
+    ), written as (
+        insert into public.job_queue as q (job_type, payload, store_id, priority, max_attempts)
+        select 'fetch_mailbox', '{}'::jsonb, s.id, coalesce(p_priority, 10), p.max_attempts
+        from stores s cross join policy p
+        order by s.id
+        on conflict (store_id)
+            where job_type = 'fetch_mailbox' and status in ('pending', 'processing')
+        do update set payload = q.payload || '{"rerun": true}'::jsonb, updated_at = now()
+            where q.status = 'processing'
+        -- a new row is pending; a conflicting row is returned only when it was marked
+        returning q.id, q.store_id, q.status, q.priority, q.next_retry_at
+    ), logged as (
+        insert into public.events (store_id, job_id, event_type, detail)
+        select w.store_id, w.id, 'job.enqueued',
+               jsonb_build_object('job_type', 'fetch_mailbox', 'priority', w.priority,
+                                  'run_at', w.next_retry_at, 'reason', 'interval')
+        from written w
+        where w.status = 'pending'
+    )
+    select jsonb_build_object(
+               'stores', (select count(*) from stores),
+               'enqueued', count(*) filter (where w.status = 'pending'),
+               'rerun', count(*) filter (where w.status = 'processing'),
+               'job_ids', coalesce(jsonb_agg(w.id) filter (where w.status = 'pending'),
+                                   '[]'::jsonb))
+    into v_result
+    from written w;
+    return v_result;
+end;
+$$;
+
+ALTER FUNCTION public.enqueue_fetch_jobs(p_store_ids uuid[], p_priority integer) OWNER TO postgres;
+
+--
 -- Name: enqueue_job(text, jsonb, text, uuid, uuid, integer, timestamp with time zone, integer); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -2206,6 +2256,52 @@ end;
 $$;
 
 ALTER FUNCTION public.fail_job(p_job_id uuid, p_worker_id text, p_error text, p_error_type text, p_retry_after_seconds integer) OWNER TO postgres;
+
+--
+-- Name: finish_fetch_job(uuid, text, jsonb, boolean); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean DEFAULT false) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+    v_job public.job_queue;
+    v_reason text;
+    v_follow_up uuid;
+begin
+    if not public.complete_job(p_job_id, p_worker_id, p_result) then
+        return jsonb_build_object('completed', false, 'follow_up', null, 'reason', null);
+    end if;
+    -- Read after the completion: the row is locked by it, so a tick's 'rerun' mark is either
+    -- already in it or is made after this commits, against the follow-up (or a new job).
+    select * into v_job from public.job_queue q where q.id = p_job_id;
+    v_reason := case
+        when p_more then 'backlog'
+        when coalesce((v_job.payload ->> 'rerun')::boolean, false) then 'rerun'
+    end;
+    if v_reason is null or v_job.job_type <> 'fetch_mailbox' then
+        return jsonb_build_object('completed', true, 'follow_up', null, 'reason', null);
+    end if;
+    insert into public.job_queue (job_type, payload, store_id, priority, max_attempts)
+    values ('fetch_mailbox', '{}'::jsonb, v_job.store_id, v_job.priority,
+            (public.job_retry_policy('fetch_mailbox')).max_attempts)
+    on conflict (store_id)
+        where job_type = 'fetch_mailbox' and status in ('pending', 'processing')
+    do nothing
+    returning id into v_follow_up;
+    if v_follow_up is not null then
+        insert into public.events (store_id, job_id, event_type, detail)
+        values (v_job.store_id, v_follow_up, 'job.enqueued',
+                jsonb_build_object('job_type', 'fetch_mailbox', 'priority', v_job.priority,
+                                   'run_at', now(), 'reason', v_reason,
+                                   'after_job', p_job_id));
+    end if;
+    return jsonb_build_object('completed', true, 'follow_up', v_follow_up, 'reason', v_reason);
+end;
+$$;
+
+ALTER FUNCTION public.finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean) OWNER TO postgres;
 
 --
 -- Name: finish_send(uuid, uuid, text, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
@@ -4465,6 +4561,12 @@ CREATE INDEX job_queue_dead_letter_idx ON public.job_queue USING btree (dead_let
 CREATE INDEX job_queue_due_idx ON public.job_queue USING btree (priority DESC, next_retry_at, id) WHERE (status = 'pending'::text);
 
 --
+-- Name: job_queue_fetch_live_idx; Type: INDEX; Schema: public; Owner: postgres
+--
+
+CREATE UNIQUE INDEX job_queue_fetch_live_idx ON public.job_queue USING btree (store_id) WHERE ((job_type = 'fetch_mailbox'::text) AND (status = ANY (ARRAY['pending'::text, 'processing'::text])));
+
+--
 -- Name: job_queue_idempotency_key_idx; Type: INDEX; Schema: public; Owner: postgres
 --
 
@@ -5374,6 +5476,13 @@ REVOKE ALL ON FUNCTION public.dequeue_jobs(p_worker_id text, p_batch_size intege
 GRANT ALL ON FUNCTION public.dequeue_jobs(p_worker_id text, p_batch_size integer, p_lease_seconds integer, p_job_types text[]) TO service_role;
 
 --
+-- Name: FUNCTION enqueue_fetch_jobs(p_store_ids uuid[], p_priority integer); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.enqueue_fetch_jobs(p_store_ids uuid[], p_priority integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.enqueue_fetch_jobs(p_store_ids uuid[], p_priority integer) TO service_role;
+
+--
 -- Name: FUNCTION enqueue_job(p_job_type text, p_payload jsonb, p_idempotency_key text, p_store_id uuid, p_conversation_id uuid, p_priority integer, p_run_at timestamp with time zone, p_max_attempts integer); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -5400,6 +5509,13 @@ GRANT ALL ON FUNCTION public.extend_lease(p_worker_id text, p_job_ids uuid[], p_
 
 REVOKE ALL ON FUNCTION public.fail_job(p_job_id uuid, p_worker_id text, p_error text, p_error_type text, p_retry_after_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.fail_job(p_job_id uuid, p_worker_id text, p_error text, p_error_type text, p_retry_after_seconds integer) TO service_role;
+
+--
+-- Name: FUNCTION finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean) TO service_role;
 
 --
 -- Name: FUNCTION finish_send(p_reply_id uuid, p_job_id uuid, p_worker_id text, p_result jsonb); Type: ACL; Schema: public; Owner: postgres

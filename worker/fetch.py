@@ -1,7 +1,8 @@
-"""fetch-emails: pull new mail from every active store's mailbox into the queue.
+"""Reading one store's mailbox into the queue: `fetch_store`, the work of a fetch_mailbox job.
 
-Stores are fetched in parallel and isolated from one another: a store whose server is down or
-whose password is wrong is recorded (event + its IMAP circuit breaker) and the others proceed.
+Each store is fetched by its own job (worker/fetch_jobs.py), isolated from the others: a store
+whose server is down or whose password is wrong is recorded (event + its IMAP circuit breaker)
+and its job retried, while the others proceed.
 Durability rests on one rule: the stored last UID only moves forward in the same SQL call that
 stores the messages up to it (`ingest_messages`), so a crash at any point re-fetches at most a
 chunk that the Message-ID dedupe then absorbs.
@@ -18,18 +19,16 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from worker import imap, mime, mime_limits, parse_pool, tls
+from worker import imap, mime, mime_limits, parse_pool
 from worker.config import DEFAULTS, Settings
 from worker.db import Database
 from worker.errors import ConfigError, PermanentError, TransientError, WorkerError
 from worker.models import Store
-from worker.runs import Budget
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +61,7 @@ class FetchOptions:
     max_message_bytes: int = DEFAULTS.max_message_bytes
     ca_file: str | None = DEFAULTS.extra_ca_file
     parse: parse_pool.ParseConfig = field(default_factory=parse_pool.ParseConfig)
+    lease_seconds: int = DEFAULTS.lease_seconds  # of a fetch job (worker/fetch_jobs.py)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FetchOptions:
@@ -78,6 +78,7 @@ class FetchOptions:
                 timeout_seconds=settings.parse_timeout_seconds,
                 memory_bytes=settings.parse_memory_mb * 1024 * 1024,
             ),
+            lease_seconds=settings.lease_seconds,
         )
 
 
@@ -94,6 +95,7 @@ class StoreOutcome:
     own_copies: int = 0  # our replies' own copies: proof of delivery, never stored (0017)
     uidvalidity_changed: bool = False
     left_alone: int = 0  # old mail skipped by a first fetch or a resync
+    has_more: bool = False  # the mailbox held more new mail than this fetch's bound
     error: str | None = None
     error_type: str | None = None
     job_ids: list[str] = field(default_factory=list)
@@ -258,6 +260,7 @@ def fetch_store(
         outcome.uidvalidity_changed = batch.uidvalidity_changed
         outcome.fetched = len(batch.messages)
         outcome.left_alone = batch.left_alone
+        outcome.has_more = batch.has_more
         ingested = False
         if not batch.messages and (batch.uidvalidity_changed or known_uidvalidity is None):
             # Nothing to store, but remember the (new) UIDVALIDITY so the next run compares with
@@ -506,63 +509,3 @@ def _record_failure(
     except WorkerError:
         # The database itself is failing; the run summary still carries the store's error.
         log.exception("could not record the fetch failure of store %s", store_id)
-
-
-def run_fetch(
-    db: Database,
-    budget: Budget,
-    *,
-    open_mailbox: MailboxOpener = imap.open_mailbox,
-    options: FetchOptions | None = None,
-) -> dict[str, Any]:
-    """One fetch-emails run over every active store; returns the run summary."""
-    options = options or FetchOptions()
-    # Fail the run before touching any store when the configured CA bundle is unusable.
-    tls.client_ssl_context(options.ca_file)
-    stores = db.list_active_stores()
-    outcomes: list[StoreOutcome] = []
-
-    def guarded(store: dict[str, Any]) -> StoreOutcome:
-        if budget.expired():
-            return StoreOutcome(store_id=str(store["id"]), status="not_started")
-        deadline = time.monotonic() + min(options.store_timeout_seconds, budget.remaining())
-        try:
-            return fetch_store(db, store, open_mailbox, options, deadline, budget.stop_event)
-        except Exception as exc:  # a bug in one store's path must not sink the others
-            log.exception("unexpected error fetching store %s", store.get("id"))
-            error_type = exc.error_type if isinstance(exc, WorkerError) else "transient"
-            return StoreOutcome(
-                store_id=str(store["id"]), status="failed", error=repr(exc), error_type=error_type
-            )
-
-    with ThreadPoolExecutor(
-        max_workers=max(1, options.concurrency), thread_name_prefix="fetch"
-    ) as pool:
-        outcomes = list(pool.map(guarded, stores))
-
-    return summarize(outcomes)
-
-
-def summarize(outcomes: list[StoreOutcome]) -> dict[str, Any]:
-    """The run summary: totals plus a line per store that did not simply succeed."""
-    return {
-        "stores": len(outcomes),
-        "stores_ok": sum(o.status == "ok" for o in outcomes),
-        "stores_partial": sum(o.status == "partial" for o in outcomes),
-        "stores_failed": sum(o.status == "failed" for o in outcomes),
-        "stores_breaker_open": sum(o.status == "breaker_open" for o in outcomes),
-        "stores_not_started": sum(o.status == "not_started" for o in outcomes),
-        "stores_stopped": sum(o.status == "stopped" for o in outcomes),
-        "fetched": sum(o.fetched for o in outcomes),
-        "stored": sum(o.stored for o in outcomes),
-        "duplicates": sum(o.duplicates for o in outcomes),
-        "own_copies": sum(o.own_copies for o in outcomes),
-        "skipped": sum(o.skipped for o in outcomes),
-        "left_alone": sum(o.left_alone for o in outcomes),
-        "jobs_enqueued": sum(len(o.job_ids) for o in outcomes),
-        "errors": [
-            {"store_id": o.store_id, "error": o.error, "error_type": o.error_type}
-            for o in outcomes
-            if o.error
-        ],
-    }

@@ -16,12 +16,13 @@ from typing import Any
 import httpx
 
 from worker import db as dbmod
-from worker import fetch, imap, process, smtp
+from worker import fetch, fetch_jobs, imap, process, smtp
 from worker.claude import ClaudeResponder
 from worker.config import Settings
 from worker.models import MailAccount
 from worker.offline import OfflineResponder
 from worker.pipeline.context import MailIO, Services
+from worker.queue.lanes import Lane, run_lanes
 from worker.responder import Responder
 from worker.runs import Budget, Runner
 from worker.shopify import ShopifyClient
@@ -137,10 +138,15 @@ def build_services(settings: Settings, *, database: dbmod.Database | None = None
     f_opts, p_opts = fetch_options(settings), process_options(settings)
 
     def run_fetch(budget: Budget) -> Mapping[str, Any]:
-        return fetch.run_fetch(database, budget, options=f_opts)
+        return fetch_jobs.run_fetch(database, budget, options=f_opts)
 
     def run_process(budget: Budget) -> Mapping[str, Any]:
-        return process.run_process(process_services, budget, options=p_opts)
+        # Emails and mailboxes in lanes of their own slots, so neither starves the other; every
+        # machine's process run reads the mailboxes whose fetch jobs are due (decision 0021).
+        email = Lane("email", process.handlers_for(process_services, p_opts), p_opts.runner)
+        mailboxes = fetch_jobs.fetch_lane(database, f_opts, budget)
+        lanes = [email] if mailboxes is None else [email, mailboxes]
+        return run_lanes(database, lanes, budget)
 
     services.runners = {"fetch": run_fetch, "process": run_process}
     return services

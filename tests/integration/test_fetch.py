@@ -1,8 +1,9 @@
-"""fetch-emails end to end: real Dovecot mailboxes, the real database, worker.fetch.run_fetch.
+"""fetch-emails end to end: real Dovecot mailboxes, the real database, worker.fetch_jobs.run_fetch
+(a fetch job per store, claimed and run through the job runner).
 
-The database is shared with the rest of the suite, so each test runs fetch over only the stores
-it created (ScopedDatabase) and, on teardown, deactivates them and drops their pending jobs, so
-no other test's fetch or process run ever touches them.
+The database is shared with the rest of the suite, so each test enqueues fetch jobs for only the
+stores it created (ScopedDatabase) and, on teardown, deactivates them and drops their pending
+jobs, so no other test's fetch or process run ever touches them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from psycopg.rows import DictRow
 from tests.support.mail_servers import MailUser
 from tests.unit.data import load_eml, sample_names
 from worker import db as dbmod
-from worker import fetch, imap, runs
+from worker import fetch, fetch_jobs, imap, runs
 from worker.app import create_app, get_state
 from worker.config import Settings, load_settings
 from worker.db import Database, Row
@@ -54,6 +55,9 @@ class ScopedDatabase(Database):
     def list_active_stores(self) -> list[Row]:
         wanted = set(self.store_ids)
         return [s for s in super().list_active_stores() if str(s["id"]) in wanted]
+
+    def enqueue_fetch_jobs(self, store_ids: Sequence[str] | None = None) -> dict[str, Any]:
+        return super().enqueue_fetch_jobs(self.store_ids if store_ids is None else store_ids)
 
 
 def make_message(
@@ -147,7 +151,7 @@ class FetchWorld:
         opener: fetch.MailboxOpener = imap.open_mailbox,
         **options: Any,
     ) -> dict[str, Any]:
-        return fetch.run_fetch(
+        return fetch_jobs.run_fetch(
             self.scoped(*store_ids),
             Budget(budget),
             open_mailbox=opener,
@@ -163,8 +167,17 @@ class FetchWorld:
         ).fetchall()
 
     def jobs(self, store_id: str) -> list[dict[str, Any]]:
+        """The jobs the store's mail created (its own fetch jobs are in fetch_jobs)."""
         return self.sql.execute(
-            "select * from public.job_queue where store_id = %s order by created_at, id",
+            "select * from public.job_queue where store_id = %s and job_type <> 'fetch_mailbox'"
+            " order by created_at, id",
+            (store_id,),
+        ).fetchall()
+
+    def fetch_jobs(self, store_id: str) -> list[dict[str, Any]]:
+        return self.sql.execute(
+            "select * from public.job_queue where store_id = %s and job_type = 'fetch_mailbox'"
+            " order by created_at, id",
             (store_id,),
         ).fetchall()
 
@@ -411,6 +424,12 @@ def test_wrong_password_is_isolated_and_recorded(world: FetchWorld, dovecot: Dov
     for store_id in good:
         good_breaker = world.breaker(store_id)
         assert good_breaker is None or good_breaker["consecutive_failures"] == 0
+    # A refused login is the store's to fix: its job is dead-lettered with the reason (the next
+    # interval enqueues a fresh one); the others' jobs completed.
+    (bad_job,) = world.fetch_jobs(bad)
+    assert (bad_job["status"], bad_job["last_error_type"]) == ("dead_letter", "permanent")
+    assert "login" in bad_job["last_error"]
+    assert [j["status"] for s in good for j in world.fetch_jobs(s)] == ["completed"] * 2
 
 
 def test_open_breaker_skips_the_store_while_others_proceed(
@@ -467,25 +486,36 @@ def test_large_mailbox_fetches_only_the_new_ten(world: FetchWorld, dovecot: Dove
 
 
 def test_per_store_limit_takes_the_oldest_first(world: FetchWorld, dovecot: DovecotServer) -> None:
+    # A backlog beyond the per-job bound is drained by follow-up jobs, oldest first, each job
+    # taking at most the bound; a run goes on until the mailbox is drained.
     user = new_user(dovecot)
     store_id = world.add_store(user)
     dovecot.deliver(user.name, [make_message(n, tag="lim") for n in range(1, 121)])
 
-    counts = []
-    uids_per_run = []
-    for _ in range(4):
-        before = {m["imap_uid"] for m in world.messages(store_id)}
-        summary = world.run(max_per_store=50)
-        counts.append(summary["stored"])
-        uids_per_run.append(sorted({m["imap_uid"] for m in world.messages(store_id)} - before))
+    summary = world.run(max_per_store=50)
+    again = world.run(max_per_store=50)
 
-    assert counts == [50, 50, 20, 0]
-    assert uids_per_run == [
-        list(range(1, 51)),
-        list(range(51, 101)),
-        list(range(101, 121)),
-        [],
+    assert (summary["stored"], summary["fetch_jobs"]) == (120, 3)
+    assert (again["stored"], again["fetch_jobs"]) == (0, 1)
+    jobs = world.fetch_jobs(store_id)
+    assert [(j["status"], j["result"]["stored"], j["result"]["more"]) for j in jobs] == [
+        ("completed", 50, True),
+        ("completed", 50, True),
+        ("completed", 20, False),
+        ("completed", 0, False),
     ]
+    by_uid = sorted(world.messages(store_id), key=lambda m: m["imap_uid"])
+    assert [m["imap_uid"] for m in by_uid] == list(range(1, 121))
+    # Oldest first: each job's messages were stored before the next job's.
+    received = [m["received_at"] for m in by_uid]
+    assert received == sorted(received)
+    followed = [
+        e["detail"]["reason"]
+        for j in jobs
+        for e in world.events(store_id, "job.enqueued")
+        if e["job_id"] == j["id"]
+    ]
+    assert followed == ["interval", "backlog", "backlog", "interval"]
     world.assert_one_job_per_message(store_id)
 
 
@@ -842,7 +872,11 @@ def test_shutdown_cuts_a_store_that_is_still_being_read(
     slow = world.add_store(new_user(dovecot), tls="plain", port=server.port)
     # Only a stop can end the slow store: its time limit is the (long) run budget.
     manager = runs.RunManager(
-        {"fetch": lambda budget: fetch.run_fetch(world.scoped(), budget, options=world.options())},
+        {
+            "fetch": lambda budget: fetch_jobs.run_fetch(
+                world.scoped(), budget, options=world.options()
+            )
+        },
         budget_seconds=RUN_BUDGET,
     )
     try:

@@ -11,7 +11,7 @@ from typing import Any, cast
 import pytest
 
 from tests.unit.data import load_eml
-from worker import fetch, imap, mime, parse_pool
+from worker import fetch, fetch_jobs, imap, mime, parse_pool
 from worker.db import Database
 from worker.errors import ConfigError, DatabaseConstraintError, PermanentError, TransientError
 from worker.runs import Budget
@@ -254,7 +254,7 @@ def test_summarize_totals_and_lists_only_stores_with_errors() -> None:
         fetch.StoreOutcome("g", status="stopped", error="run stopped", error_type="transient"),
     ]
 
-    summary = fetch.summarize(outcomes)
+    summary = fetch_jobs.summarize(outcomes)
 
     assert summary == {
         "stores": 7,
@@ -277,6 +277,20 @@ def test_summarize_totals_and_lists_only_stores_with_errors() -> None:
             {"store_id": "g", "error": "run stopped", "error_type": "transient"},
         ],
     }
+
+
+def test_summarize_counts_each_store_once_by_its_last_job() -> None:
+    outcomes = [
+        fetch.StoreOutcome("a", fetched=50, stored=50, has_more=True),
+        fetch.StoreOutcome("b", status="failed", error="timed out", error_type="transient"),
+        fetch.StoreOutcome("a", fetched=20, stored=20),
+    ]
+
+    summary = fetch_jobs.summarize(outcomes, stores=4)
+
+    assert (summary["stores"], summary["stores_ok"], summary["stores_failed"]) == (4, 1, 1)
+    assert summary["stores_not_started"] == 2  # the tick's other stores: not reached by this run
+    assert (summary["fetched"], summary["stored"]) == (70, 70)  # every job's mail counts
 
 
 def test_as_datetime_reads_both_backends_timestamps() -> None:
@@ -661,23 +675,103 @@ def test_time_limit_with_a_stop_event_leaves_a_finished_fetch_alone() -> None:
         assert ours.recv(10) == b"still open"
 
 
-# -- the run ---------------------------------------------------------------------------------
+# -- the run: fetch jobs over a fake queue (the SQL queue is tested in test_fetch_jobs.py) ----
+
+
+class QueueDatabase(FakeDatabase):
+    """FakeDatabase plus an in-memory fetch queue with the SQL functions' rules: one live job
+    per active store, a claim takes due pending jobs, a held job is finished or failed once."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.jobs: list[dict[str, Any]] = []
+        self.settled: list[tuple[str, str, Any]] = []  # (store, how, detail)
+
+    def get_store(self, store_id: str) -> dict[str, Any] | None:
+        return next((dict(s, active=True) for s in self.stores if s["id"] == store_id), None)
+
+    def _live(self, store_id: str) -> bool:
+        return any(
+            j["store_id"] == store_id and j["status"] in ("pending", "processing")
+            for j in self.jobs
+        )
+
+    def _add(self, store_id: str) -> None:
+        job_id = f"fetch-{len(self.jobs) + 1}"
+        self.jobs.append({"id": job_id, "job_type": "fetch_mailbox", "store_id": store_id,
+                          "status": "pending", "due": True})
+
+    def enqueue_fetch_jobs(self, store_ids: list[str] | None = None) -> dict[str, Any]:
+        new = [s["id"] for s in self.stores if not self._live(s["id"])]
+        for store_id in new:
+            self._add(store_id)
+        return {"stores": len(self.stores), "enqueued": len(new), "rerun": 0, "job_ids": []}
+
+    def dequeue_jobs(
+        self, worker_id: str, batch: int, lease: int, job_types: list[str] | None = None
+    ) -> list[dict[str, Any]]:
+        due = [j for j in self.jobs if j["status"] == "pending" and j["due"]][:batch]
+        for job in due:
+            job["status"] = "processing"
+        return [dict(j) for j in due]
+
+    def extend_lease(self, worker_id: str, job_ids: list[str], lease: int) -> int:
+        return len(job_ids)
+
+    def _job(self, job_id: str) -> dict[str, Any]:
+        job = next(j for j in self.jobs if j["id"] == job_id)
+        assert job["status"] == "processing", "settled twice"
+        return job
+
+    def finish_fetch_job(
+        self, job_id: str, worker_id: str, result: dict[str, Any], more: bool
+    ) -> dict[str, Any]:
+        job = self._job(job_id)
+        job["status"] = "completed"
+        self.settled.append((job["store_id"], "finished", result))
+        if more:
+            self._add(job["store_id"])
+        return {"completed": True, "follow_up": None, "reason": "backlog" if more else None}
+
+    def complete_job(self, job_id: str, worker_id: str, result: Any = None) -> bool:
+        job = self._job(job_id)
+        job["status"] = "completed"
+        self.settled.append((job["store_id"], "completed", result))
+        return True
+
+    def fail_job(
+        self, job_id: str, worker_id: str, error: str, error_type: str, retry_after: Any = None
+    ) -> str:
+        job = self._job(job_id)
+        job["status"], job["due"] = "pending", False  # retried later, not in this run
+        self.settled.append((job["store_id"], f"failed_{error_type}", error))
+        return "pending"
+
+    def defer_job(self, job_id: str, worker_id: str, seconds: int, reason: str) -> bool:
+        job = self._job(job_id)
+        job["status"], job["due"] = "pending", False
+        self.settled.append((job["store_id"], "deferred", seconds))
+        return True
+
+
+def run_fetch(db: QueueDatabase, budget: Budget, **kwargs: Any) -> dict[str, Any]:
+    return fetch_jobs.run_fetch(cast(Database, db), budget, **kwargs)
 
 
 def test_spent_budget_starts_no_store() -> None:
-    db = FakeDatabase()
+    db = QueueDatabase()
     db.stores = [dict(STORE, id="a"), dict(STORE, id="b")]
 
-    summary = fetch.run_fetch(
-        cast(Database, db), Budget(0), open_mailbox=opener_for(AssertionError("no connect"))
-    )
+    summary = run_fetch(db, Budget(0), open_mailbox=opener_for(AssertionError("no connect")))
 
     assert summary["stores_not_started"] == 2
     assert db.circuit == [] and db.ingests == []
+    # The jobs wait for the next run (or another machine), due now.
+    assert [(j["status"], j["due"]) for j in db.jobs] == [("pending", True)] * 2
 
 
 def test_unexpected_error_in_one_store_does_not_sink_the_others() -> None:
-    db = FakeDatabase()
+    db = QueueDatabase()
     mailboxes = {"a": RuntimeError("bug"), "b": FakeMailbox({1: message(1)})}
 
     def open_mailbox(host: str, port: int, tls: str, user: str, *a: Any, **kw: Any) -> Any:
@@ -688,41 +782,88 @@ def test_unexpected_error_in_one_store_does_not_sink_the_others() -> None:
         return mailbox
 
     db.stores = [dict(STORE, id="a", imap_user="a"), dict(STORE, id="b", imap_user="b")]
-    summary = fetch.run_fetch(cast(Database, db), Budget(FAR), open_mailbox=open_mailbox)
+    summary = run_fetch(db, Budget(FAR), open_mailbox=open_mailbox)
 
     assert (summary["stores_ok"], summary["stores_failed"], summary["stored"]) == (1, 1, 1)
     assert summary["errors"] == [
         {"store_id": "a", "error": "RuntimeError('bug')", "error_type": "transient"}
     ]
+    # The buggy store's job is retried on its policy; the other one's is finished.
+    assert sorted((store, how) for store, how, _ in db.settled) == [
+        ("a", "failed_transient"),
+        ("b", "finished"),
+    ]
 
 
 def test_run_stop_reaches_a_store_already_being_fetched() -> None:
     budget = Budget(FAR)
-    db = FakeDatabase(state={"uidvalidity": UIDVALIDITY, "last_uid": 0})
+    db = QueueDatabase(state={"uidvalidity": UIDVALIDITY, "last_uid": 0})
     db.stores = [dict(STORE)]
     mailbox = StoppingMailbox({1: message(1)}, budget.stop_event)
 
-    summary = fetch.run_fetch(cast(Database, db), budget, open_mailbox=opener_for(mailbox))
+    summary = run_fetch(db, budget, open_mailbox=opener_for(mailbox))
 
     assert (summary["stores_stopped"], summary["stored"]) == (1, 0)
     assert db.ingests == []
+    # Retried: the next run (or another machine) reads from the stored UID.
+    assert [(store, how) for store, how, _ in db.settled] == [("store-1", "failed_transient")]
 
 
 def test_unusable_ca_file_fails_the_run_before_any_store(tmp_path: Any) -> None:
-    db = FakeDatabase()
+    db = QueueDatabase()
     db.stores = [dict(STORE)]
     broken = tmp_path / "ca.pem"
     broken.write_text("not a certificate\n")
 
     with pytest.raises(ConfigError, match="EXTRA_CA_FILE"):
-        fetch.run_fetch(
-            cast(Database, db),
+        run_fetch(
+            db,
             Budget(FAR),
             open_mailbox=opener_for(AssertionError("no connect")),
             options=fetch.FetchOptions(ca_file=str(broken)),
         )
 
-    assert db.circuit == [] and db.events == []
+    assert db.circuit == [] and db.events == [] and db.jobs == []
+
+
+def test_a_store_with_more_mail_than_a_job_takes_is_drained_by_follow_ups() -> None:
+    db = QueueDatabase(state={"uidvalidity": UIDVALIDITY, "last_uid": 0})
+    db.stores = [dict(STORE)]
+    mailbox = FakeMailbox({uid: message(uid) for uid in range(1, 8)})
+
+    summary = run_fetch(
+        db, Budget(FAR), open_mailbox=opener_for(mailbox),
+        options=fetch.FetchOptions(max_per_store=3),
+    )
+
+    assert summary["stored"] == 7 and summary["fetch_jobs"] == 3
+    assert [(r["stored"], r["more"]) for _, how, r in db.settled if how == "finished"] == [
+        (3, True),
+        (3, True),
+        (1, False),
+    ]
+    assert db.state is not None and db.state["last_uid"] == 7
+
+
+def test_an_open_breaker_defers_the_job_without_an_attempt() -> None:
+    db = QueueDatabase(allow=False)
+    db.stores = [dict(STORE)]
+
+    summary = run_fetch(db, Budget(FAR), open_mailbox=opener_for(AssertionError("no connect")))
+
+    assert summary["stores_breaker_open"] == 1
+    assert db.settled == [("store-1", "deferred", 30)]  # the breaker's own wait
+
+
+def test_a_refused_login_is_permanent_and_a_lost_connection_transient() -> None:
+    refused = fetch_jobs.failure(
+        fetch.StoreOutcome("s", status="failed", error="login failed", error_type="permanent")
+    )
+    lost = fetch_jobs.failure(
+        fetch.StoreOutcome("s", status="failed", error="timed out", error_type="transient")
+    )
+    assert isinstance(refused, PermanentError) and "login failed" in str(refused)
+    assert isinstance(lost, TransientError) and not isinstance(lost, PermanentError)
 
 
 def inline_parse(raw: bytes, uid: int, size: int) -> dict[str, Any]:

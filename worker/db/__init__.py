@@ -332,6 +332,24 @@ class Database:
         )
         return cast(dict[str, Any], self._scalar("ingest_messages", args))
 
+    # -- fetching as jobs (issue 14, decision 0021) ------------------------------------------
+
+    def enqueue_fetch_jobs(self, store_ids: Sequence[str] | None = None) -> dict[str, Any]:
+        """One fetch_mailbox job per active store (of store_ids, when given) that has none live;
+        {"stores", "enqueued", "rerun", "job_ids"}."""
+        args = _args({}, {"store_ids": None if store_ids is None else list(store_ids)})
+        return cast(dict[str, Any], self._scalar("enqueue_fetch_jobs", args))
+
+    def finish_fetch_job(
+        self, job_id: str, worker_id: str, result: Mapping[str, Any], more: bool
+    ) -> dict[str, Any]:
+        """Complete a held fetch job and, when mail is waiting (or a tick came meanwhile),
+        enqueue the store's next one; {"completed", "follow_up", "reason"}."""
+        args = _args(
+            {"job_id": job_id, "worker_id": worker_id, "result": dict(result), "more": more}
+        )
+        return cast(dict[str, Any], self._scalar("finish_fetch_job", args))
+
     def record_events(self, events: Sequence[Mapping[str, Any]]) -> int:
         """Append events; returns how many were written."""
         args = _args({"events": [dict(event) for event in events]})

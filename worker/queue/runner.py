@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from worker.config import DEFAULTS, Settings
 from worker.db import Database
@@ -152,6 +152,18 @@ def run_job(db: Database, handlers: Handlers, job: Mapping[str, Any], worker_id:
     return label
 
 
+class Activity(Protocol):
+    """Lets runs that share a budget (lanes, worker/queue/lanes.py) wait for one another."""
+
+    def report(self, busy: bool) -> None:
+        """This run has jobs in flight (or just claimed some), or is idle."""
+        ...
+
+    def others_busy(self) -> bool:
+        """Whether another run of the group is still working (then an idle run keeps polling)."""
+        ...
+
+
 def run_queue(
     db: Database,
     handlers: Handlers,
@@ -159,8 +171,13 @@ def run_queue(
     *,
     options: RunnerOptions | None = None,
     worker_id: str | None = None,
+    activity: Activity | None = None,
 ) -> dict[str, Any]:
-    """One run: drain due jobs of the registered types within the budget; the run summary."""
+    """One run: drain due jobs of the registered types within the budget; the run summary.
+
+    With `activity`, a run with nothing to do keeps polling (every IDLE_WAIT_SECONDS) while
+    another run of its group is busy, since that run's jobs may create work for this one.
+    """
     options = options or RunnerOptions()
     worker_id = worker_id or new_worker_id()
     job_types = list(handlers.job_types)
@@ -185,9 +202,15 @@ def run_queue(
                     heartbeat.add(str(job["id"]))
                     future = pool.submit(run_job, db, handlers, job, worker_id)
                     in_flight[future] = str(job["id"])
+            if activity is not None:
+                activity.report(bool(in_flight))
             if not in_flight:
-                if got == 0 or budget.expired():
+                if budget.expired():
                     break
+                if got == 0:
+                    if activity is None or not activity.others_busy():
+                        break
+                    budget.stop_event.wait(IDLE_WAIT_SECONDS)
                 continue
             # A full pool, an empty claim or a spent budget: wait for a job to finish (which may
             # also unblock another job of the same conversation) before claiming again.
@@ -198,6 +221,8 @@ def run_queue(
                     outcome = future.result()
                     outcomes[outcome] = outcomes.get(outcome, 0) + 1
 
+    if activity is not None:
+        activity.report(False)
     return {
         "worker_id": worker_id,
         "claimed": claimed,
