@@ -1,0 +1,332 @@
+"""Fetching as jobs under concurrency: real Postgres, Dovecot, separate sessions and processes.
+
+Concurrent ticks make one fetch job per store; two workers share the stores without reading one
+mailbox at once and store every message once; a worker SIGKILLed in the middle of a mailbox loses
+nothing (its lease expires and another worker reads on from the stored UID); a slow store holds
+one slot, not the others.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import DictRow, dict_row
+
+from tests.integration import test_fetch
+from tests.integration.test_fetch import (
+    WORKER_SECRET,
+    FetchWorld,
+    TricklingImapServer,
+    make_message,
+    new_user,
+)
+from worker import fetch, imap
+from worker.devstack.dovecot import DovecotServer
+
+pytestmark = pytest.mark.integration
+
+# test_fetch's fixtures: its stores, scoped database and clean-up.
+base_database = test_fetch.base_database
+world = test_fetch.world
+
+ROOT = Path(__file__).resolve().parents[2]
+WAIT = 120.0  # seconds a test waits for a condition before failing (never reached on success)
+KILL_LEASE = 3  # seconds: the killed worker's lease, so the takeover comes quickly
+
+
+def wait_until(condition: Any, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.02)
+
+
+def live_fetch_jobs(sql: psycopg.Connection[DictRow], store_ids: list[str]) -> dict[str, int]:
+    rows = sql.execute(
+        "select store_id::text as s, count(*) as n from public.job_queue"
+        " where job_type = 'fetch_mailbox' and status in ('pending', 'processing')"
+        " and store_id = any(%s::uuid[]) group by store_id",
+        (store_ids,),
+    ).fetchall()
+    return {r["s"]: int(r["n"]) for r in rows}
+
+
+def test_concurrent_ticks_enqueue_one_job_per_store(
+    world: FetchWorld, dovecot: DovecotServer, database_url: str
+) -> None:
+    stores = [world.add_store(new_user(dovecot)) for _ in range(5)]
+    callers = 8
+    barrier = threading.Barrier(callers)
+    results: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def tick() -> None:
+        with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+            barrier.wait()
+            row = conn.execute(
+                "select public.enqueue_fetch_jobs(%s::uuid[]) as r", (stores,)
+            ).fetchone()
+            assert row is not None
+            with lock:
+                results.append(row["r"])
+
+    threads = [threading.Thread(target=tick) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+
+    assert len(results) == callers
+    assert sum(r["enqueued"] for r in results) == len(stores)  # each store's job made once
+    assert live_fetch_jobs(world.sql, stores) == dict.fromkeys(stores, 1)
+
+    # Ticks while the jobs run mark them for a rerun instead of adding a second job.
+    claimed = world.sql.execute(
+        "select * from public.dequeue_jobs('tick-test', 10, 60, array['fetch_mailbox'])"
+        " where store_id = any(%s::uuid[])",
+        (stores,),
+    ).fetchall()
+    assert len(claimed) == len(stores)
+    barrier.reset()
+    results.clear()
+    threads = [threading.Thread(target=tick) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    assert sum(r["enqueued"] for r in results) == 0
+    assert live_fetch_jobs(world.sql, stores) == dict.fromkeys(stores, 1)
+    marked = world.sql.execute(
+        "select count(*) as n from public.job_queue where id = any(%s::uuid[])"
+        " and payload ->> 'rerun' = 'true'",
+        ([str(c["id"]) for c in claimed],),
+    ).fetchone()
+    assert marked is not None and marked["n"] == len(stores)
+
+
+class SessionLog:
+    """When each store's mailbox was open, and by which thread (one IMAP session per fetch)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sessions: list[tuple[str, str, float, float]] = []  # user, thread, opened, closed
+
+    def opener(self) -> fetch.MailboxOpener:
+        log = self
+
+        class Logged:
+            def __init__(self, args: Any, kwargs: Any) -> None:
+                self.user = str(args[3])
+                self.inner = imap.open_mailbox(*args, **kwargs)
+
+            def __enter__(self) -> Any:
+                self.opened = time.monotonic()
+                return self.inner.__enter__()
+
+            def __exit__(self, *exc: Any) -> Any:
+                try:
+                    return self.inner.__exit__(*exc)
+                finally:
+                    with log.lock:
+                        log.sessions.append(
+                            (self.user, threading.current_thread().name, self.opened,
+                             time.monotonic())
+                        )
+
+        def open_mailbox(*args: Any, **kwargs: Any) -> Any:
+            return Logged(args, kwargs)
+
+        return open_mailbox
+
+
+def test_two_workers_share_the_stores_and_store_every_message_once(
+    world: FetchWorld, dovecot: DovecotServer
+) -> None:
+    users = [new_user(dovecot) for _ in range(6)]
+    stores = [world.add_store(u) for u in users]
+    expected: dict[str, int] = {}
+    for i, (user, store_id) in enumerate(zip(users, stores, strict=True)):
+        count = 30 + 10 * i  # 30..80 messages; the per-job bound 20 leaves follow-ups
+        dovecot.deliver(user.name, [make_message(n, tag=f"two{i}") for n in range(1, count + 1)])
+        expected[store_id] = count
+    log = SessionLog()
+    summaries: list[dict[str, Any]] = []
+
+    def drained() -> bool:
+        return sum(len(world.messages(s)) for s in stores) == sum(expected.values())
+
+    def worker(name: str) -> None:
+        # Like a machine woken again and again: a run that found every due job claimed by the
+        # other (SKIP LOCKED) ends at once, and the next one takes what is due by then.
+        deadline = time.monotonic() + WAIT
+        while not drained() and time.monotonic() < deadline:
+            summary = world.run(opener=log.opener(), concurrency=2, max_per_store=20)
+            summaries.append({"name": name, **summary})
+
+    threads = [threading.Thread(target=worker, args=(f"w{n}",), name=f"w{n}") for n in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    assert not any(t.is_alive() for t in threads)
+
+    for store_id, count in expected.items():
+        ids = world.stored_ids(store_id)
+        assert len(ids) == len(set(ids)) == count  # every message stored, none twice
+        world.assert_one_job_per_message(store_id)
+        assert world.mailbox_state(store_id)["last_uid"] == count  # type: ignore[index]
+        jobs = world.fetch_jobs(store_id)
+        assert {j["status"] for j in jobs} == {"completed"}
+        assert sum(j["result"]["stored"] for j in jobs) == count
+    # Both workers fetched, and no mailbox was ever open in two sessions at once.
+    thread_of = {s["worker_id"]: s["name"] for s in summaries}
+    done_by = {str(j["locked_by"]) for s in stores for j in world.fetch_jobs(s)}
+    assert done_by <= set(thread_of)
+    assert {thread_of[w] for w in done_by} == {"w1", "w2"}
+    by_user: dict[str, list[tuple[float, float]]] = {}
+    for user, _, opened, closed in log.sessions:
+        by_user.setdefault(user, []).append((opened, closed))
+    assert len(by_user) == len(stores)
+    for spans in by_user.values():
+        spans.sort()
+        for (_, closed), (opened, _) in itertools.pairwise(spans):
+            assert opened >= closed, "a mailbox was read by two workers at once"
+    # The same from the jobs themselves: a store's fetch jobs ran one after another.
+    for store_id in stores:
+        runs = sorted((j["started_at"], j["completed_at"]) for j in world.fetch_jobs(store_id))
+        for (_, ended), (began, _) in itertools.pairwise(runs):
+            assert began >= ended
+
+
+CHILD = """
+import sys
+from worker import db as dbmod, fetch, fetch_jobs
+from worker.config import load_settings
+from worker.queue.runner import run_queue
+from worker.runs import Budget
+
+settings = load_settings()
+database = dbmod.connect(settings)
+options = fetch.FetchOptions.from_settings(settings)
+handler = fetch_jobs.FetchHandler(database, options)
+run_queue(database, fetch_jobs.fetch_handlers(handler), Budget(600),
+          options=fetch_jobs.runner_options(options), worker_id=sys.argv[1])
+"""
+
+
+@pytest.fixture
+def child_env(database_url: str, world: FetchWorld) -> Iterator[dict[str, str]]:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=database_url,
+        WORKER_SECRET=WORKER_SECRET,
+        EXTRA_CA_FILE=world.ca_file,
+        LEASE_SECONDS=str(KILL_LEASE),
+        FETCH_MAX_PER_STORE="5000",
+        STORE_TIMEOUT_SECONDS="300",
+        PYTHONPATH=str(ROOT),
+    )
+    yield env
+
+
+def test_a_worker_killed_mid_fetch_loses_nothing(
+    world: FetchWorld, dovecot: DovecotServer, child_env: dict[str, str]
+) -> None:
+    user = new_user(dovecot)
+    store_id = world.add_store(user)
+    total = 1500
+    tag = f"kill-{uuid.uuid4().hex[:8]}"
+    dovecot.deliver(user.name, (make_message(n, tag=tag) for n in range(1, total + 1)))
+    # A baseline first (the store's first fetch), so the mail above counts as new.
+    world.base.ingest_messages(store_id, "INBOX", dovecot.status(user.name).uidvalidity, 0, [])
+    world.scoped(store_id).enqueue_fetch_jobs()
+    victim = f"victim-{uuid.uuid4().hex[:8]}"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, victim], env=child_env, cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        def mid_fetch() -> bool:
+            state = world.mailbox_state(store_id)
+            return state is not None and 0 < int(state["last_uid"]) < total
+
+        wait_until(mid_fetch, timeout=WAIT)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(WAIT)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(WAIT)
+    (job,) = world.fetch_jobs(store_id)
+    assert (job["status"], job["locked_by"]) == ("processing", victim)
+    # Another worker takes the job over once its lease has expired, and reads on from the UID.
+    wait_until(lambda: world.sql.execute(
+        "select locked_until < now() as expired from public.job_queue where id = %s",
+        (job["id"],),
+    ).fetchone()["expired"])  # type: ignore[index]
+    # Read once the lease is over: an ingest the dead worker had sent may still have committed.
+    at_kill = world.mailbox_state(store_id)["last_uid"]  # type: ignore[index]
+    assert 0 < at_kill < total, "the worker was not killed in the middle of the mailbox"
+    stored_at_kill = len(world.messages(store_id))
+    assert stored_at_kill == at_kill  # the UID never ran ahead of the stored messages
+    summary = world.run(store_id, max_per_store=5000)
+
+    ids = world.stored_ids(store_id)
+    assert len(ids) == len(set(ids)) == total
+    assert summary["stored"] == total - stored_at_kill and summary["duplicates"] == 0
+    assert world.mailbox_state(store_id)["last_uid"] == total  # type: ignore[index]
+    world.assert_one_job_per_message(store_id)
+    (expired,) = world.events(store_id, "job.lease_expired")
+    assert expired["job_id"] == job["id"] and expired["detail"]["worker_id"] == victim
+    taken_over = world.sql.execute(
+        "select status, attempt_count, locked_by from public.job_queue where id = %s",
+        (job["id"],),
+    ).fetchone()
+    assert taken_over is not None
+    assert (taken_over["status"], taken_over["attempt_count"]) == ("completed", 2)
+    assert taken_over["locked_by"] == summary["worker_id"]
+
+
+def test_a_slow_store_holds_one_slot_and_the_others_are_fetched_meanwhile(
+    world: FetchWorld, dovecot: DovecotServer
+) -> None:
+    users = [new_user(dovecot) for _ in range(4)]
+    good = [world.add_store(u) for u in users]
+    for i, user in enumerate(users):
+        dovecot.deliver(user.name, [make_message(1, tag=f"fair{i}")])
+    server = TricklingImapServer()
+    slow = world.add_store(new_user(dovecot), tls="plain", port=server.port)
+    try:
+        summary = world.run(concurrency=2, store_timeout_seconds=5.0)
+    finally:
+        server.close()
+
+    assert (summary["stores_ok"], summary["stores_failed"], summary["stored"]) == (4, 1, 4)
+    (slow_job,) = world.fetch_jobs(slow)
+    # The slow store's job is retried on its own policy (30 s), holding nothing meanwhile...
+    assert (slow_job["status"], slow_job["attempt_count"]) == ("pending", 1)
+    assert "store time limit" in slow_job["last_error"]
+    wait = world.sql.execute(
+        "select extract(epoch from next_retry_at - last_error_at) as s from public.job_queue"
+        " where id = %s",
+        (slow_job["id"],),
+    ).fetchone()
+    assert wait is not None and 30 <= float(wait["s"]) <= 33
+    # ...and every other store was fetched while it held its slot, not after it.
+    for store_id in good:
+        (job,) = world.fetch_jobs(store_id)
+        assert job["status"] == "completed"
+        assert job["completed_at"] < slow_job["last_error_at"]
+        assert len(world.messages(store_id)) == 1
