@@ -39,7 +39,7 @@ from worker.queue.breakers import Breakers
 from worker.queue.handlers import Handlers, JobRun
 from worker.queue.lanes import Lane
 from worker.queue.outcome import Complete, Outcome, Settled
-from worker.queue.runner import RunnerOptions, run_queue
+from worker.queue.runner import RunnerOptions, Slots, run_queue
 from worker.queue.trace import finish
 from worker.runs import Budget
 
@@ -161,10 +161,11 @@ def fetch_handlers(handler: FetchHandler) -> Handlers:
     return handlers
 
 
-def runner_options(options: FetchOptions) -> RunnerOptions:
-    """A fetch lane's slots (FETCH_CONCURRENCY) and lease."""
+def runner_options(options: FetchOptions, slots: Slots | None = None) -> RunnerOptions:
+    """A fetch lane's slots (FETCH_CONCURRENCY, shared with the process's other fetch runs
+    through `slots`) and lease."""
     return RunnerOptions(
-        concurrency=max(1, options.concurrency), lease_seconds=options.lease_seconds
+        concurrency=max(1, options.concurrency), lease_seconds=options.lease_seconds, slots=slots
     )
 
 
@@ -174,6 +175,7 @@ def fetch_lane(
     budget: Budget,
     *,
     open_mailbox: MailboxOpener = imap.open_mailbox,
+    slots: Slots | None = None,
 ) -> Lane | None:
     """The lane of a process run that reads mailboxes (fetch jobs enqueued by any machine's
     tick); None when the CA bundle is unusable, which would fail every store alike (the fetch
@@ -184,7 +186,7 @@ def fetch_lane(
         log.exception("no fetch lane: the configured CA bundle is unusable")
         return None
     handler = FetchHandler(db, options, open_mailbox=open_mailbox, budget=budget)
-    return Lane("fetch", fetch_handlers(handler), runner_options(options))
+    return Lane("fetch", fetch_handlers(handler), runner_options(options, slots))
 
 
 def run_fetch(
@@ -194,16 +196,24 @@ def run_fetch(
     open_mailbox: MailboxOpener = imap.open_mailbox,
     options: FetchOptions | None = None,
     worker_id: str | None = None,
+    slots: Slots | None = None,
 ) -> dict[str, Any]:
     """One fetch-emails run: a fetch job for every active store, then claim fetch jobs (these
-    and any other due ones) until none is left or the budget is spent; the run summary."""
+    and any other due ones) until none is left or the budget is spent; the run summary.
+
+    `slots` are the process's mailbox slots, shared with process runs' fetch lanes.
+    """
     options = options or FetchOptions()
     # Fail the run before touching any store when the configured CA bundle is unusable.
     tls.client_ssl_context(options.ca_file)
     tick = db.enqueue_fetch_jobs()
     handler = FetchHandler(db, options, open_mailbox=open_mailbox, budget=budget)
     queue = run_queue(
-        db, fetch_handlers(handler), budget, options=runner_options(options), worker_id=worker_id
+        db,
+        fetch_handlers(handler),
+        budget,
+        options=runner_options(options, slots),
+        worker_id=worker_id,
     )
     summary = summarize(handler.outcomes, stores=int(tick.get("stores") or 0))
     summary.update(

@@ -23,6 +23,7 @@ from worker.models import MailAccount
 from worker.offline import OfflineResponder
 from worker.pipeline.context import MailIO, Services
 from worker.queue.lanes import Lane, run_lanes
+from worker.queue.runner import Slots
 from worker.responder import Responder
 from worker.runs import Budget, Runner
 from worker.shopify import ShopifyClient
@@ -137,14 +138,17 @@ def build_services(settings: Settings, *, database: dbmod.Database | None = None
     services = WorkerServices(settings, database, process_services, http)
     f_opts, p_opts = fetch_options(settings), process_options(settings)
 
+    # Mailboxes read at once by this process, whichever run claimed their jobs.
+    mailbox_slots = Slots(settings.fetch_concurrency)
+
     def run_fetch(budget: Budget) -> Mapping[str, Any]:
-        return fetch_jobs.run_fetch(database, budget, options=f_opts)
+        return fetch_jobs.run_fetch(database, budget, options=f_opts, slots=mailbox_slots)
 
     def run_process(budget: Budget) -> Mapping[str, Any]:
         # Emails and mailboxes in lanes of their own slots, so neither starves the other; every
         # machine's process run reads the mailboxes whose fetch jobs are due (decision 0021).
         email = Lane("email", process.handlers_for(process_services, p_opts), p_opts.runner)
-        mailboxes = fetch_jobs.fetch_lane(database, f_opts, budget)
+        mailboxes = fetch_jobs.fetch_lane(database, f_opts, budget, slots=mailbox_slots)
         lanes = [email] if mailboxes is None else [email, mailboxes]
         return run_lanes(database, lanes, budget)
 

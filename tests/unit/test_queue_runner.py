@@ -7,6 +7,7 @@ by tests/integration/test_queue_handlers.py.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
@@ -15,6 +16,7 @@ import pytest
 from worker.db import Database
 from worker.errors import CircuitOpenError, DatabaseError, PermanentError, TransientError
 from worker.queue.handlers import Handlers, JobRun
+from worker.queue.lanes import Lane, run_lanes
 from worker.queue.outcome import (
     DEFAULT_DEFER_SECONDS,
     Complete,
@@ -25,7 +27,7 @@ from worker.queue.outcome import (
     UnknownJobType,
     for_error,
 )
-from worker.queue.runner import RunnerOptions, run_queue
+from worker.queue.runner import RunnerOptions, Slots, run_queue
 from worker.runs import Budget
 
 
@@ -281,3 +283,116 @@ def test_a_handler_failing_on_dead_lettering_does_not_undo_the_settle() -> None:
 
     assert queue.settle_calls("p") == [("fail_job", "p", "HTTP 400", "permanent", None)]
     assert summary["outcomes"] == {"failed_permanent": 1, "echoed": 1}
+
+
+# -- shared slots and lanes --------------------------------------------------------------------
+
+
+class Gated:
+    """A handler whose jobs wait for a gate; records the most jobs it ran at once."""
+
+    def __init__(self, gate: threading.Event) -> None:
+        self.gate = gate
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+
+    def handle(self, run: JobRun) -> Outcome:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            assert self.gate.wait(10), "the gate never opened"
+            return done("ok")
+        finally:
+            with self.lock:
+                self.running -= 1
+
+    def dead_lettered(self, job: Mapping[str, Any]) -> None:
+        pass
+
+
+def test_slots_give_out_only_what_is_free() -> None:
+    slots = Slots(3)
+    assert (slots.take(2), slots.take(2), slots.take(1)) == (2, 1, 0)
+    slots.give(2)
+    assert slots.free == 2
+    slots.give(5)  # never more than its size
+    assert slots.free == 3
+
+
+def test_two_runs_sharing_slots_hold_at_most_the_slots_together() -> None:
+    queue = MemoryQueue(*(job(f"s{n}") for n in range(8)))
+    slots = Slots(3)
+    gate = threading.Event()
+    handler = Gated(gate)
+    handlers = Handlers()
+    handlers.register("echo", handler)
+    options = RunnerOptions(concurrency=3, lease_seconds=30, slots=slots)
+    summaries: list[dict[str, Any]] = []
+
+    def run() -> None:
+        summaries.append(
+            run_queue(cast(Database, queue), handlers, Budget(60), options=options)
+        )
+
+    runs = [threading.Thread(target=run) for _ in range(2)]
+    for thread in runs:
+        thread.start()
+    threading.Timer(0.5, gate.set).start()
+    for thread in runs:
+        thread.join(20)
+
+    assert handler.most == 3  # two runs of 3 each, but 3 slots between them
+    assert sum(s["processed"] for s in summaries) == 8
+    assert slots.free == 3  # every slot given back
+
+
+def test_a_claim_that_fails_gives_its_slots_back() -> None:
+    class Broken(MemoryQueue):
+        def dequeue_jobs(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+            raise DatabaseError("dequeue_jobs failed: connection reset")
+
+    slots = Slots(2)
+    handlers = Handlers()
+    handlers.register("echo", Scripted({}))
+    with pytest.raises(DatabaseError):
+        run_queue(
+            cast(Database, Broken()), handlers, Budget(60),
+            options=RunnerOptions(concurrency=2, slots=slots),
+        )
+    assert slots.free == 2
+
+
+def test_an_idle_lane_keeps_polling_while_another_lane_creates_its_work() -> None:
+    # The fetch lane's job enqueues an email; the email lane, idle at first, must still be
+    # there to take it instead of ending the run before the fetch finished.
+    queue = MemoryQueue(job("f1", "fetch"))
+
+    class Fetching:
+        def handle(self, run: JobRun) -> Outcome:
+            time.sleep(1.5)  # longer than the runner's idle wait
+            with queue.lock:
+                queue.pending.append(job("e1", "email"))
+            return done("fetched")
+
+        def dead_lettered(self, job: Mapping[str, Any]) -> None:
+            pass
+
+    fetch, email = Handlers(), Handlers()
+    fetch.register("fetch", Fetching())
+    email.register("email", Scripted({"e1": done("answered")}))
+    summary = run_lanes(
+        cast(Database, queue),
+        [
+            Lane("email", email, RunnerOptions(concurrency=2)),
+            Lane("fetch", fetch, RunnerOptions(concurrency=1)),
+        ],
+        Budget(60),
+    )
+
+    assert summary["lanes"]["fetch"]["outcomes"] == {"fetched": 1}
+    assert summary["lanes"]["email"]["outcomes"] == {"answered": 1}
+    assert summary["processed"] == 2 and queue.pending == []
+    # Each lane claimed only its own types.
+    assert {tuple(t) for t in queue.claimed_types} == {("email",), ("fetch",)}

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from worker.config import DEFAULTS, Settings
-from worker.db import Database
+from worker.db import Database, Row
 from worker.errors import WorkerError
 from worker.queue.handlers import Handler, Handlers, JobRun
 from worker.queue.outcome import Complete, Defer, Fail, Outcome, UnknownJobType, for_error
@@ -33,6 +33,33 @@ IDLE_WAIT_SECONDS = 1.0  # how long the run loop waits for a finishing job befor
 SETTLE_FAILED = "settle_failed"  # the outcome of a job the database would not let us settle
 
 
+class Slots:
+    """Slots shared by the runs of one process that claim the same kind of job: the fetch run
+    and a process run's fetch lane together read at most FETCH_CONCURRENCY mailboxes."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self._free = self.size
+        self._lock = threading.Lock()
+
+    def take(self, wanted: int) -> int:
+        """Up to `wanted` slots, as many as are free (maybe none)."""
+        with self._lock:
+            granted = max(0, min(wanted, self._free))
+            self._free -= granted
+            return granted
+
+    def give(self, count: int) -> None:
+        """Return slots taken earlier."""
+        with self._lock:
+            self._free = min(self.size, self._free + max(0, count))
+
+    @property
+    def free(self) -> int:
+        with self._lock:
+            return self._free
+
+
 @dataclass(frozen=True)
 class RunnerOptions:
     """How a run claims: pool size and lease; the defaults are Settings'."""
@@ -40,6 +67,8 @@ class RunnerOptions:
     concurrency: int = DEFAULTS.process_concurrency
     lease_seconds: int = DEFAULTS.lease_seconds
     heartbeat_seconds: float | None = None  # default: a third of the lease
+    # Shared with other runs of this process (None: this run's `concurrency` alone counts).
+    slots: Slots | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RunnerOptions:
@@ -186,6 +215,7 @@ def run_queue(
     started = time.monotonic()
     in_flight: dict[Future[str], str] = {}
     heartbeat_every = options.heartbeat_seconds or max(1.0, options.lease_seconds / 3)
+    slots = options.slots
 
     with (
         ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="job") as pool,
@@ -195,7 +225,15 @@ def run_queue(
             free = options.concurrency - len(in_flight)
             got = 0
             if free > 0 and not budget.expired():
-                jobs = db.dequeue_jobs(worker_id, free, options.lease_seconds, job_types)
+                if slots is not None:
+                    free = slots.take(free)
+                jobs: list[Row] = []
+                try:
+                    if free > 0:
+                        jobs = db.dequeue_jobs(worker_id, free, options.lease_seconds, job_types)
+                finally:
+                    if slots is not None:
+                        slots.give(free - len(jobs))  # what the claim did not use
                 got = len(jobs)
                 claimed += got
                 for job in jobs:
@@ -218,6 +256,8 @@ def run_queue(
                 done, _ = wait(in_flight, timeout=IDLE_WAIT_SECONDS, return_when=FIRST_COMPLETED)
                 for future in done:
                     heartbeat.discard(in_flight.pop(future))
+                    if slots is not None:
+                        slots.give(1)
                     outcome = future.result()
                     outcomes[outcome] = outcomes.get(outcome, 0) + 1
 
