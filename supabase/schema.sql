@@ -3341,6 +3341,12 @@ CREATE FUNCTION public.requeue_dlq_job(p_job_id uuid, p_reset_attempts boolean D
             attempt_count = case when p_reset_attempts then 0 else q.attempt_count end,
             dead_lettered_at = null, locked_by = null, locked_until = null, updated_at = now()
         where q.id = p_job_id and q.status = 'dead_letter'
+          -- A store has at most one live fetch job (job_queue_fetch_live_idx, decision 0021);
+          -- while it has one, a dead one stays dead: the live one reads the same mailbox.
+          and not (q.job_type = 'fetch_mailbox' and exists (
+              select 1 from public.job_queue l
+              where l.store_id = q.store_id and l.job_type = 'fetch_mailbox'
+                and l.status in ('pending', 'processing')))
         returning q.id, q.store_id, q.conversation_id, q.attempt_count
     ), revived as (
         -- The draft that dead-lettering failed (settle_dead_lettered_job) may be sent again.

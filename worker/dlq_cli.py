@@ -184,6 +184,8 @@ def _why_not_requeued(db: Database, job_id: str) -> str:
     job = db.get_job(job_id)
     if job is None:
         return f"{job_id}: no such job"
+    if job.get("status") == "dead_letter" and job.get("job_type") == "fetch_mailbox":
+        return f"{job_id}: its store already has a fetch job waiting or running (same mailbox)"
     return f"{job_id}: not in the dead-letter queue (status {job.get('status')})"
 
 

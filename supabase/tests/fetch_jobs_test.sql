@@ -3,7 +3,7 @@
 -- Concurrent enqueues from separate sessions are proven in tests/integration/test_fetch_jobs.py.
 -- Runs as service_role. now() is fixed inside the transaction.
 begin;
-select plan(28);
+select plan(31);
 
 set local role service_role;
 
@@ -129,6 +129,17 @@ update public.job_queue set status = 'dead_letter', dead_lettered_at = now()
 select is(public.enqueue_fetch_jobs((select ids from mine)) - 'job_ids',
           '{"stores": 2, "enqueued": 2, "rerun": 0}'::jsonb,
           'stores with no live job (completed, dead-lettered) get a new one');
+
+-- Requeueing a dead fetch job while its store has a live one brings nothing back (the live one
+-- reads the same mailbox); once the store has none, it is requeued like any job.
+select is(public.requeue_dlq_job((select id from j where n = 2)), false,
+          'a dead fetch job is not requeued beside a live one');
+select is((select status from public.job_queue where id = (select id from j where n = 2)),
+          'dead_letter', 'it stays in the dead-letter queue');
+delete from public.job_queue q using s
+ where q.store_id = s.id and s.n = 2 and q.status = 'pending';
+select is(public.requeue_dlq_job((select id from j where n = 2)), true,
+          'without a live fetch job it is requeued');
 
 select * from finish();
 rollback;

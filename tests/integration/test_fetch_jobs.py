@@ -23,23 +23,31 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg.rows import DictRow, dict_row
+from werkzeug.serving import make_server
 
-from tests.integration import test_fetch
+from tests.integration import test_cron, test_fetch
+from tests.integration.test_cron import cron_command, response_of, set_secret
 from tests.integration.test_fetch import (
     WORKER_SECRET,
     FetchWorld,
+    ScopedDatabase,
     TricklingImapServer,
     make_message,
     new_user,
+    settings_for,
 )
+from worker import db as dbmod
 from worker import fetch, imap
+from worker.app import create_app, get_state
 from worker.devstack.dovecot import DovecotServer
+from worker.services import build_services
 
 pytestmark = pytest.mark.integration
 
-# test_fetch's fixtures: its stores, scoped database and clean-up.
+# test_fetch's fixtures: its stores, scoped database and clean-up; test_cron's Vault secrets.
 base_database = test_fetch.base_database
 world = test_fetch.world
+vault_secrets = test_cron.vault_secrets
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 120.0  # seconds a test waits for a condition before failing (never reached on success)
@@ -330,3 +338,47 @@ def test_a_slow_store_holds_one_slot_and_the_others_are_fetched_meanwhile(
         assert job["status"] == "completed"
         assert job["completed_at"] < slow_job["last_error_at"]
         assert len(world.messages(store_id)) == 1
+
+
+def test_the_fetch_cron_reaches_the_worker_and_every_store_is_fetched(
+    world: FetchWorld,
+    dovecot: DovecotServer,
+    database_url: str,
+    db: psycopg.Connection[DictRow],
+    vault_secrets: None,
+) -> None:
+    # pg_cron's own command -> call_worker -> pg_net -> /fetch-emails -> fetch jobs -> mail.
+    users = [new_user(dovecot) for _ in range(3)]
+    stores = [world.add_store(u) for u in users]
+    for i, user in enumerate(users):
+        dovecot.deliver(user.name, [make_message(n, tag=f"cron{i}") for n in (1, 2)])
+    settings = settings_for(database_url, world.ca_file)
+    scoped = ScopedDatabase(dbmod.connect(settings).transport, stores)
+    services = build_services(settings, database=scoped)
+    app = create_app(settings, services=services)
+    # The process run a fetch starts would claim other tests' jobs in this shared database.
+    get_state(app).manager.on_finish.clear()
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        set_secret(db, "worker_url", f"http://127.0.0.1:{server.server_port}")
+        set_secret(db, "worker_secret", WORKER_SECRET)
+        row = db.execute(cron_command(db, "fetch-emails")).fetchone()
+        assert row is not None
+        response = response_of(db, next(iter(row.values())))
+        assert response["status_code"] == 202, response
+        wait_until(lambda: sum(len(world.messages(s)) for s in stores) == 6)
+        wait_until(lambda: all(
+            [j["status"] for j in world.fetch_jobs(s)] == ["completed"] for s in stores
+        ))
+    finally:
+        server.shutdown()
+        get_state(app).manager.shutdown(grace_seconds=WAIT)
+        services.close()
+
+    for i, store_id in enumerate(stores):
+        assert world.stored_ids(store_id) == [f"<cron{i}.{n}@example.com>" for n in (1, 2)]
+        world.assert_one_job_per_message(store_id)
+        (job,) = world.fetch_jobs(store_id)
+        assert job["result"]["stored"] == 2

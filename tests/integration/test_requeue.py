@@ -331,6 +331,35 @@ def test_requeue_reports_ids_not_in_the_dlq_and_exits_1_after_doing_the_rest(
     assert row is not None and row["status"] == "pending"
 
 
+def test_a_dead_fetch_job_stays_dead_while_its_store_has_a_live_one(
+    run: Run, pg_env: dict[str, str], svc: Conn, db: Conn, store_id: str
+) -> None:
+    # A store has one live fetch job at most (decision 0021): requeueing a dead one beside it
+    # is refused with the reason, and the rest of the command goes on.
+    dead = svc.execute(
+        "insert into public.job_queue (job_type, store_id, status, dead_lettered_at)"
+        " values ('fetch_mailbox', %s, 'dead_letter', now()) returning id",
+        (store_id,),
+    ).fetchone()
+    live = svc.execute(
+        "insert into public.job_queue (job_type, store_id) values ('fetch_mailbox', %s)"
+        " returning id",
+        (store_id,),
+    ).fetchone()
+    assert dead is not None and live is not None
+    try:
+        code, out, err = run(pg_env, "requeue", str(dead["id"]))
+
+        assert code == 1 and out == ""
+        assert "its store already has a fetch job waiting or running" in err
+        assert status(db, str(dead["id"])) == "dead_letter"
+        db.execute("delete from public.job_queue where id = %s", (live["id"],))
+        assert run(pg_env, "requeue", str(dead["id"]))[0] == 0
+        assert status(db, str(dead["id"])) == "pending"
+    finally:
+        db.execute("delete from public.job_queue where store_id = %s", (store_id,))
+
+
 def test_requeue_all_is_a_dry_run_until_yes(
     run: Run, env: dict[str, str], svc: Conn, db: Conn, job_type: str, store_id: str
 ) -> None:
