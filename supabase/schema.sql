@@ -1994,42 +1994,48 @@ CREATE FUNCTION public.enqueue_fetch_jobs(p_store_ids uuid[] DEFAULT NULL::uuid[
     SET search_path TO ''
     AS $$
 declare
-    v_result jsonb;
+    v_stores uuid[];
+    v_max int := (public.job_retry_policy('fetch_mailbox')).max_attempts;
+    v_ids uuid[];
+    v_new uuid[] := '{}';
+    v_rerun int := 0;
 begin
-    with stores as (
-        select s.id
-        from public.stores s
-        where s.active and (p_store_ids is null or s.id = any (p_store_ids))
-    ), policy as (
-        select (public.job_retry_policy('fetch_mailbox')).max_attempts
-    ), written as (
-        insert into public.job_queue as q (job_type, payload, store_id, priority, max_attempts)
-        select 'fetch_mailbox', '{}'::jsonb, s.id, coalesce(p_priority, 10), p.max_attempts
-        from stores s cross join policy p
-        order by s.id
-        on conflict (store_id)
-            where job_type = 'fetch_mailbox' and status in ('pending', 'processing')
-        do update set payload = q.payload || '{"rerun": true}'::jsonb, updated_at = now()
-            where q.status = 'processing'
-        -- a new row is pending; a conflicting row is returned only when it was marked
-        returning q.id, q.store_id, q.status, q.priority, q.next_retry_at
-    ), logged as (
-        insert into public.events (store_id, job_id, event_type, detail)
-        select w.store_id, w.id, 'job.enqueued',
-               jsonb_build_object('job_type', 'fetch_mailbox', 'priority', w.priority,
-                                  'run_at', w.next_retry_at, 'reason', 'interval')
-        from written w
-        where w.status = 'pending'
-    )
-    select jsonb_build_object(
-               'stores', (select count(*) from stores),
-               'enqueued', count(*) filter (where w.status = 'pending'),
-               'rerun', count(*) filter (where w.status = 'processing'),
-               'job_ids', coalesce(jsonb_agg(w.id) filter (where w.status = 'pending'),
-                                   '[]'::jsonb))
-    into v_result
-    from written w;
-    return v_result;
+    select coalesce(array_agg(s.id order by s.id), '{}') into v_stores
+    from public.stores s
+    where s.active and (p_store_ids is null or s.id = any (p_store_ids));
+
+    for v_pass in 1 .. 2 loop
+        with inserted as (
+            insert into public.job_queue (job_type, payload, store_id, priority, max_attempts)
+            select 'fetch_mailbox', '{}'::jsonb, s.id, coalesce(p_priority, 10), v_max
+            from unnest(v_stores) s (id)
+            order by s.id
+            on conflict (store_id)
+                where job_type = 'fetch_mailbox' and status in ('pending', 'processing')
+            do nothing
+            returning id, store_id, priority, next_retry_at
+        ), logged as (
+            insert into public.events (store_id, job_id, event_type, detail)
+            select i.store_id, i.id, 'job.enqueued',
+                   jsonb_build_object('job_type', 'fetch_mailbox', 'priority', i.priority,
+                                      'run_at', i.next_retry_at, 'reason', 'interval')
+            from inserted i
+        )
+        select coalesce(array_agg(i.id), '{}') into v_ids from inserted i;
+        v_new := v_new || v_ids;
+        exit when v_pass = 2;
+
+        insert into public.mailbox_ticks as t (store_id, ticked_at)
+        select s.id, now() from unnest(v_stores) s (id) order by s.id
+        on conflict (store_id) do update set ticked_at = excluded.ticked_at;
+        select count(*)::int into v_rerun
+        from public.job_queue q
+        where q.job_type = 'fetch_mailbox' and q.status = 'processing'
+          and q.store_id = any (v_stores);
+    end loop;
+
+    return jsonb_build_object('stores', cardinality(v_stores), 'enqueued', cardinality(v_new),
+                              'rerun', v_rerun, 'job_ids', to_jsonb(v_new));
 end;
 $$;
 
@@ -2273,12 +2279,13 @@ begin
     if not public.complete_job(p_job_id, p_worker_id, p_result) then
         return jsonb_build_object('completed', false, 'follow_up', null, 'reason', null);
     end if;
-    -- Read after the completion: the row is locked by it, so a tick's 'rerun' mark is either
-    -- already in it or is made after this commits, against the follow-up (or a new job).
     select * into v_job from public.job_queue q where q.id = p_job_id;
     v_reason := case
         when p_more then 'backlog'
-        when coalesce((v_job.payload ->> 'rerun')::boolean, false) then 'rerun'
+        -- claimed no later than the tick: its read may predate it (same instant counts)
+        when exists (select 1 from public.mailbox_ticks t
+                     where t.store_id = v_job.store_id and t.ticked_at >= v_job.started_at)
+            then 'rerun'
     end;
     if v_reason is null or v_job.job_type <> 'fetch_mailbox' then
         return jsonb_build_object('completed', true, 'follow_up', null, 'reason', null);
@@ -4195,6 +4202,23 @@ ALTER TABLE public.events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
 );
 
 --
+-- Name: mailbox_ticks; Type: TABLE; Schema: public; Owner: postgres
+--
+
+CREATE TABLE public.mailbox_ticks (
+    store_id uuid NOT NULL,
+    ticked_at timestamp with time zone NOT NULL
+);
+
+ALTER TABLE public.mailbox_ticks OWNER TO postgres;
+
+--
+-- Name: TABLE mailbox_ticks; Type: COMMENT; Schema: public; Owner: postgres
+--
+
+COMMENT ON TABLE public.mailbox_ticks IS 'When enqueue_fetch_jobs last asked for each store''s mailbox; read by finish_fetch_job.';
+
+--
 -- Name: messages; Type: TABLE; Schema: public; Owner: postgres
 --
 
@@ -4378,6 +4402,13 @@ ALTER TABLE ONLY public.job_retry_policies
 
 ALTER TABLE ONLY public.mailbox_state
     ADD CONSTRAINT mailbox_state_pkey PRIMARY KEY (store_id, folder);
+
+--
+-- Name: mailbox_ticks mailbox_ticks_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.mailbox_ticks
+    ADD CONSTRAINT mailbox_ticks_pkey PRIMARY KEY (store_id);
 
 --
 -- Name: messages messages_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
@@ -4762,6 +4793,13 @@ ALTER TABLE ONLY public.mailbox_state
     ADD CONSTRAINT mailbox_state_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
 
 --
+-- Name: mailbox_ticks mailbox_ticks_store_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.mailbox_ticks
+    ADD CONSTRAINT mailbox_ticks_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
+
+--
 -- Name: messages messages_conversation_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
 --
 
@@ -4958,6 +4996,18 @@ CREATE POLICY mailbox_state_owner_select ON public.mailbox_state FOR SELECT TO a
 --
 
 CREATE POLICY mailbox_state_service_role ON public.mailbox_state TO service_role USING (true) WITH CHECK (true);
+
+--
+-- Name: mailbox_ticks; Type: ROW SECURITY; Schema: public; Owner: postgres
+--
+
+ALTER TABLE public.mailbox_ticks ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: mailbox_ticks mailbox_ticks_service_role_all; Type: POLICY; Schema: public; Owner: postgres
+--
+
+CREATE POLICY mailbox_ticks_service_role_all ON public.mailbox_ticks TO service_role USING (true) WITH CHECK (true);
 
 --
 -- Name: messages; Type: ROW SECURITY; Schema: public; Owner: postgres
@@ -5887,6 +5937,12 @@ GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.conversations TO service_role;
 
 GRANT SELECT ON TABLE public.credit_ledger TO authenticated;
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.credit_ledger TO service_role;
+
+--
+-- Name: TABLE mailbox_ticks; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT ALL ON TABLE public.mailbox_ticks TO service_role;
 
 --
 -- Name: TABLE messages; Type: ACL; Schema: public; Owner: postgres

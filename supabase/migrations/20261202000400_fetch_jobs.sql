@@ -25,21 +25,43 @@ on conflict (job_type) do update
   set base_seconds = excluded.base_seconds, cap_seconds = excluded.cap_seconds,
       max_attempts = excluded.max_attempts;
 
+-- When the fetch cron last asked for each store's mailbox (enqueue_fetch_jobs). A fetch job that
+-- was claimed no later than its store's tick may have read the mailbox before it, so
+-- finish_fetch_job gives the store its next fetch at once. Kept apart from the job rows: a tick
+-- then never waits on a running job's row (which the lease heartbeat also locks, in an order of
+-- its own), so ticks and heartbeats cannot deadlock.
+create table public.mailbox_ticks (
+  store_id uuid primary key references public.stores (id) on delete cascade,
+  ticked_at timestamptz not null
+);
+
+comment on table public.mailbox_ticks is
+  'When enqueue_fetch_jobs last asked for each store''s mailbox; read by finish_fetch_job.';
+
+alter table public.mailbox_ticks enable row level security;
+revoke all on public.mailbox_ticks from public, anon, authenticated;
+grant all on public.mailbox_ticks to service_role;
+create policy mailbox_ticks_service_role_all on public.mailbox_ticks
+  for all to service_role using (true) with check (true);
+
 -- One fetch job per active store (or per store of p_store_ids that is active), unless the store
 -- already has one: a pending one will read the mailbox anyway; a running one may have read it
--- before this call, so it is marked 'rerun' and finish_fetch_job enqueues the store's next fetch
--- as soon as it ends. Every tick therefore leads to a fetch that starts after it.
+-- before this call, and the tick recorded here makes finish_fetch_job enqueue the store's next
+-- fetch as soon as it ends. Every tick therefore leads to a fetch that starts after it.
 --
 -- Priority (p_priority, 10 by default; emails are 0): fetch jobs and email jobs are claimed by
--- separate slots of a worker (worker/process.py lanes), so neither can starve the other; the
+-- separate slots of a worker (worker/queue/lanes.py), so neither can starve the other; the
 -- priority only puts fetch jobs at the head of the due index, where the fetch lane's claim
 -- finds them at once instead of reading past the emails waiting behind them.
 --
--- Concurrent calls are safe: an insert that meets another call's uncommitted job for the same
--- store waits for it and then does nothing (or marks it); rows are inserted in store id order, so
--- two calls wait for each other rather than deadlock.
--- Returns {"stores": active stores considered, "enqueued": new jobs, "rerun": running jobs
--- marked, "job_ids": [new job ids]}.
+-- Three statements, each with its own snapshot, none locking a job row: (1) insert the missing
+-- jobs, ON CONFLICT DO NOTHING (which takes no lock on the live job it meets), in store id
+-- order, so two ticks wait for each other at the first store they share and never deadlock;
+-- (2) record the tick for every store; (3) insert again for a store whose job ended between (1)
+-- and (2) without seeing the tick (it was not committed yet). A job still running after (2)
+-- sees the tick when it finishes.
+-- Returns {"stores": active stores considered, "enqueued": new jobs, "rerun": stores whose
+-- running job will be followed at once, "job_ids": [new job ids]}.
 create or replace function public.enqueue_fetch_jobs(
   p_store_ids uuid[] default null,
   p_priority int default 10
@@ -49,52 +71,58 @@ language plpgsql
 set search_path = ''
 as $$
 declare
-    v_result jsonb;
+    v_stores uuid[];
+    v_max int := (public.job_retry_policy('fetch_mailbox')).max_attempts;
+    v_ids uuid[];
+    v_new uuid[] := '{}';
+    v_rerun int := 0;
 begin
-    with stores as (
-        select s.id
-        from public.stores s
-        where s.active and (p_store_ids is null or s.id = any (p_store_ids))
-    ), policy as (
-        select (public.job_retry_policy('fetch_mailbox')).max_attempts
-    ), written as (
-        insert into public.job_queue as q (job_type, payload, store_id, priority, max_attempts)
-        select 'fetch_mailbox', '{}'::jsonb, s.id, coalesce(p_priority, 10), p.max_attempts
-        from stores s cross join policy p
-        order by s.id
-        on conflict (store_id)
-            where job_type = 'fetch_mailbox' and status in ('pending', 'processing')
-        do update set payload = q.payload || '{"rerun": true}'::jsonb, updated_at = now()
-            where q.status = 'processing'
-        -- a new row is pending; a conflicting row is returned only when it was marked
-        returning q.id, q.store_id, q.status, q.priority, q.next_retry_at
-    ), logged as (
-        insert into public.events (store_id, job_id, event_type, detail)
-        select w.store_id, w.id, 'job.enqueued',
-               jsonb_build_object('job_type', 'fetch_mailbox', 'priority', w.priority,
-                                  'run_at', w.next_retry_at, 'reason', 'interval')
-        from written w
-        where w.status = 'pending'
-    )
-    select jsonb_build_object(
-               'stores', (select count(*) from stores),
-               'enqueued', count(*) filter (where w.status = 'pending'),
-               'rerun', count(*) filter (where w.status = 'processing'),
-               'job_ids', coalesce(jsonb_agg(w.id) filter (where w.status = 'pending'),
-                                   '[]'::jsonb))
-    into v_result
-    from written w;
-    return v_result;
+    select coalesce(array_agg(s.id order by s.id), '{}') into v_stores
+    from public.stores s
+    where s.active and (p_store_ids is null or s.id = any (p_store_ids));
+
+    for v_pass in 1 .. 2 loop
+        with inserted as (
+            insert into public.job_queue (job_type, payload, store_id, priority, max_attempts)
+            select 'fetch_mailbox', '{}'::jsonb, s.id, coalesce(p_priority, 10), v_max
+            from unnest(v_stores) s (id)
+            order by s.id
+            on conflict (store_id)
+                where job_type = 'fetch_mailbox' and status in ('pending', 'processing')
+            do nothing
+            returning id, store_id, priority, next_retry_at
+        ), logged as (
+            insert into public.events (store_id, job_id, event_type, detail)
+            select i.store_id, i.id, 'job.enqueued',
+                   jsonb_build_object('job_type', 'fetch_mailbox', 'priority', i.priority,
+                                      'run_at', i.next_retry_at, 'reason', 'interval')
+            from inserted i
+        )
+        select coalesce(array_agg(i.id), '{}') into v_ids from inserted i;
+        v_new := v_new || v_ids;
+        exit when v_pass = 2;
+
+        insert into public.mailbox_ticks as t (store_id, ticked_at)
+        select s.id, now() from unnest(v_stores) s (id) order by s.id
+        on conflict (store_id) do update set ticked_at = excluded.ticked_at;
+        select count(*)::int into v_rerun
+        from public.job_queue q
+        where q.job_type = 'fetch_mailbox' and q.status = 'processing'
+          and q.store_id = any (v_stores);
+    end loop;
+
+    return jsonb_build_object('stores', cardinality(v_stores), 'enqueued', cardinality(v_new),
+                              'rerun', v_rerun, 'job_ids', to_jsonb(v_new));
 end;
 $$;
 
 -- How a fetch job ends when it did its work: completed (as complete_job does, with the run's
 -- summary), and, when the mailbox still holds mail (p_more: the fetch stopped at its per-job
--- bound) or an interval's tick came while it ran (payload 'rerun'), the store's next fetch job is
--- enqueued at once, due now, in the same transaction: the backlog is drained job by job, each a
--- bounded piece of work that any worker may claim, and the mailbox is never without its job in
--- between. Returns {"completed": bool, "follow_up": job id or null, "reason": 'backlog' |
--- 'rerun' | null}; nothing happens when the caller no longer holds the job.
+-- bound) or a tick came no earlier than the job was claimed (mailbox_ticks), the store's next
+-- fetch job is enqueued at once, due now, in the same transaction: the backlog is drained job by
+-- job, each a bounded piece of work that any worker may claim, and the mailbox is never without
+-- its job in between. Returns {"completed": bool, "follow_up": job id or null, "reason":
+-- 'backlog' | 'rerun' | null}; nothing happens when the caller no longer holds the job.
 create or replace function public.finish_fetch_job(
   p_job_id uuid,
   p_worker_id text,
@@ -113,12 +141,13 @@ begin
     if not public.complete_job(p_job_id, p_worker_id, p_result) then
         return jsonb_build_object('completed', false, 'follow_up', null, 'reason', null);
     end if;
-    -- Read after the completion: the row is locked by it, so a tick's 'rerun' mark is either
-    -- already in it or is made after this commits, against the follow-up (or a new job).
     select * into v_job from public.job_queue q where q.id = p_job_id;
     v_reason := case
         when p_more then 'backlog'
-        when coalesce((v_job.payload ->> 'rerun')::boolean, false) then 'rerun'
+        -- claimed no later than the tick: its read may predate it (same instant counts)
+        when exists (select 1 from public.mailbox_ticks t
+                     where t.store_id = v_job.store_id and t.ticked_at >= v_job.started_at)
+            then 'rerun'
     end;
     if v_reason is null or v_job.job_type <> 'fetch_mailbox' then
         return jsonb_build_object('completed', true, 'follow_up', null, 'reason', null);

@@ -3,7 +3,7 @@
 -- Concurrent enqueues from separate sessions are proven in tests/integration/test_fetch_jobs.py.
 -- Runs as service_role. now() is fixed inside the transaction.
 begin;
-select plan(31);
+select plan(32);
 
 set local role service_role;
 
@@ -68,19 +68,24 @@ create temp table j on commit drop as
 select c.id, s.n from claimed c join s on s.id = c.store_id;
 select is((select count(*)::int from j), 2, 'fetch jobs are claimed like any other job');
 
--- A tick while they run marks them instead of adding a second job.
+-- A tick while they run adds no second job; it is recorded for the stores instead.
 select is(public.enqueue_fetch_jobs((select ids from mine)) - 'job_ids',
           '{"stores": 2, "enqueued": 0, "rerun": 2}'::jsonb,
-          'a tick during a running fetch marks it for a rerun');
+          'a tick during a running fetch adds nothing and counts it for a rerun');
+select is((select count(*)::int from public.mailbox_ticks t, mine m
+           where t.store_id = any (m.ids) and t.ticked_at = now()), 2,
+          'the tick is recorded for each active store');
 select is((select payload from public.job_queue where id = (select id from j where n = 1)),
-          '{"rerun": true}'::jsonb, 'the running job carries the mark');
+          '{}'::jsonb, 'the running job itself is not touched (no lock on it)');
 
--- Finishing store 1's: completed, and the mark enqueues the next fetch at once.
+-- Finishing store 1's: completed; claimed no later than the tick, it gets its next fetch at
+-- once (here the tick and the claim share this transaction's now()).
 create temp table fin1 on commit drop as
 select public.finish_fetch_job((select id from j where n = 1), 'w1', '{"outcome": "ok"}', false)
        as r;
 select is((select r ->> 'completed' from fin1), 'true', 'the holder completes the job');
-select is((select r ->> 'reason' from fin1), 'rerun', 'a marked job gets a follow-up');
+select is((select r ->> 'reason' from fin1), 'rerun',
+          'a job claimed no later than a tick gets a follow-up');
 select is((select (status, result ->> 'outcome')::text from public.job_queue
            where id = (select id from j where n = 1)), '(completed,ok)',
           'completed with its summary');
@@ -99,7 +104,8 @@ select is(public.enqueue_fetch_jobs((select ids from mine)) - 'job_ids',
           '{"stores": 2, "enqueued": 0, "rerun": 0}'::jsonb,
           'a tick adds nothing while a follow-up or a retry waits');
 
--- A backlog: p_more enqueues the next fetch; without it and without a mark, nothing follows.
+-- A backlog: p_more enqueues the next fetch; without it, and claimed after the last tick,
+-- nothing follows.
 create temp table c2 on commit drop as
 select * from public.dequeue_jobs('w2', 10, 60, array['fetch_mailbox']);
 select is((select array_agg(n) from c2 join s on s.id = c2.store_id), array[1],
@@ -109,12 +115,14 @@ select is(public.finish_fetch_job((select id from c2), 'w2', '{"outcome": "ok"}'
           'backlog', 'a fetch that left mail waiting gets a follow-up');
 create temp table c3 on commit drop as
 select * from public.dequeue_jobs('w3', 10, 60, array['fetch_mailbox']);
+-- From here on, the last tick came before the claims.
+update public.mailbox_ticks set ticked_at = now() - interval '1 minute';
 select is(public.finish_fetch_job((select id from c3), 'someone-else', '{}', true),
           '{"completed": false, "follow_up": null, "reason": null}'::jsonb,
           'another worker cannot finish it, nor enqueue a follow-up');
 select is(public.finish_fetch_job((select id from c3), 'w3', '{"outcome": "ok"}', false),
           '{"completed": true, "follow_up": null, "reason": null}'::jsonb,
-          'a drained mailbox with no mark ends there');
+          'a drained mailbox claimed after the last tick ends there');
 select is((select count(*)::int from public.job_queue q
            where q.store_id = (select id from s where n = 1)
              and q.status in ('pending', 'processing')),

@@ -100,7 +100,7 @@ def test_concurrent_ticks_enqueue_one_job_per_store(
     assert sum(r["enqueued"] for r in results) == len(stores)  # each store's job made once
     assert live_fetch_jobs(world.sql, stores) == dict.fromkeys(stores, 1)
 
-    # Ticks while the jobs run mark them for a rerun instead of adding a second job.
+    # Ticks while the jobs run add no second job; each running one is followed when it ends.
     claimed = world.sql.execute(
         "select * from public.dequeue_jobs('tick-test', 10, 60, array['fetch_mailbox'])"
         " where store_id = any(%s::uuid[])",
@@ -115,13 +115,16 @@ def test_concurrent_ticks_enqueue_one_job_per_store(
     for thread in threads:
         thread.join(WAIT)
     assert sum(r["enqueued"] for r in results) == 0
+    assert {r["rerun"] for r in results} == {len(stores)}
     assert live_fetch_jobs(world.sql, stores) == dict.fromkeys(stores, 1)
-    marked = world.sql.execute(
-        "select count(*) as n from public.job_queue where id = any(%s::uuid[])"
-        " and payload ->> 'rerun' = 'true'",
-        ([str(c["id"]) for c in claimed],),
-    ).fetchone()
-    assert marked is not None and marked["n"] == len(stores)
+    followed = [
+        world.sql.execute(
+            "select public.finish_fetch_job(%s, 'tick-test', '{}', false) as r", (c["id"],)
+        ).fetchone()["r"]  # type: ignore[index]
+        for c in claimed
+    ]
+    assert {(f["completed"], f["reason"]) for f in followed} == {(True, "rerun")}
+    assert live_fetch_jobs(world.sql, stores) == dict.fromkeys(stores, 1)
 
 
 class SessionLog:
@@ -382,3 +385,58 @@ def test_the_fetch_cron_reaches_the_worker_and_every_store_is_fetched(
         world.assert_one_job_per_message(store_id)
         (job,) = world.fetch_jobs(store_id)
         assert job["result"]["stored"] == 2
+
+
+def test_ticks_and_lease_heartbeats_never_deadlock(
+    world: FetchWorld, dovecot: DovecotServer, database_url: str
+) -> None:
+    # Ticks come while the worker holding the fetch jobs renews their leases (extend_lease locks
+    # them in heap order). A tick that locked running jobs (to mark them) in another order
+    # deadlocked with it; the tick locks no job row, so none may be aborted.
+    stores = [world.add_store(new_user(dovecot)) for _ in range(12)]
+    world.scoped(*stores).enqueue_fetch_jobs()
+    held = world.sql.execute(
+        "select id from public.dequeue_jobs('hb-test', 50, 300, array['fetch_mailbox'])"
+        " where store_id = any(%s::uuid[])",
+        (stores,),
+    ).fetchall()
+    job_ids = sorted(str(r["id"]) for r in held)
+    assert len(job_ids) == len(stores)
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def ticks() -> None:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            start.wait()
+            for _ in range(40):
+                conn.execute("select public.enqueue_fetch_jobs(%s::uuid[])", (stores,))
+
+    def heartbeats() -> None:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            start.wait()
+            for _ in range(120):
+                conn.execute(
+                    "select public.extend_lease('hb-test', %s::uuid[], 300)", (job_ids,)
+                )
+
+    def guarded(work: Any) -> None:
+        try:
+            work()
+        except BaseException as exc:  # collected: a thread's exception would be lost
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=guarded, args=(work,))
+        # One heartbeat: a job's lease is renewed by the one worker holding it.
+        for work in (ticks, ticks, ticks, heartbeats)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+
+    assert errors == []
+    assert live_fetch_jobs(world.sql, stores) == dict.fromkeys(stores, 1)
+    world.sql.execute(
+        "delete from public.job_queue where id = any(%s::uuid[])", (job_ids,)
+    )
