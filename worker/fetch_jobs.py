@@ -101,8 +101,9 @@ class FetchHandler:
         self.db = db
         self.options = options
         self.open_mailbox = open_mailbox
-        # The run's budget: a store's time also ends with it, and its stop event (shutdown)
-        # cuts a store's connection at once.
+        # The run's budget: its stop event (shutdown) cuts a store's connection at once. Its
+        # deadline does not: a job claimed just before it runs to the store's own time limit,
+        # since a fetch cut short would count against the store (an attempt, its breaker).
         self.budget = budget
         self.parse = parse
         self._lock = threading.Lock()
@@ -116,15 +117,12 @@ class FetchHandler:
             # Deactivated (or deleted) after the tick: nothing to read, nothing to retry.
             return Complete(finish(run.trace, "store_inactive"))
         parse = self.parse or pool_parser(parse_pool.shared_pool(self.options.parse))
-        seconds = self.options.store_timeout_seconds
-        if self.budget is not None:
-            seconds = min(seconds, self.budget.remaining())
+        deadline = time.monotonic() + self.options.store_timeout_seconds
         stop_event = self.budget.stop_event if self.budget is not None else None
         try:
             with run.trace.timed("fetch"):
                 outcome = fetch_store(
-                    self.db, store, self.open_mailbox, self.options, time.monotonic() + seconds,
-                    stop_event, parse,
+                    self.db, store, self.open_mailbox, self.options, deadline, stop_event, parse
                 )
         except ConfigError:
             raise  # the deployment's fault, the same for every store (fetch_store says why)

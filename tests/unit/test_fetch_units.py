@@ -14,6 +14,8 @@ from tests.unit.data import load_eml
 from worker import fetch, fetch_jobs, imap, mime, parse_pool
 from worker.db import Database
 from worker.errors import ConfigError, DatabaseConstraintError, PermanentError, TransientError
+from worker.queue.handlers import JobRun
+from worker.queue.trace import JobTrace
 from worker.runs import Budget
 
 UIDVALIDITY = 777
@@ -952,3 +954,30 @@ def test_unstorable_stub_keeps_only_a_printable_message_id() -> None:
     assert fetch.unstorable_stub(row, error)["message_id"] == "<ab@x>"
     broken = fetch.unstorable_stub({"message_id": "\x00", "uid": 5}, error)
     assert broken["message_id"] == "<unstorable-5@synthetic.invalid>"
+
+
+def test_a_job_claimed_at_the_end_of_the_budget_gets_the_stores_whole_time() -> None:
+    # A fetch cut by the run's deadline would count against the store (an attempt, its
+    # breaker); the run's budget only stops claiming, the store's own time limit stays.
+    db = QueueDatabase(state={"uidvalidity": UIDVALIDITY, "last_uid": 0})
+    db.stores = [dict(STORE)]
+    db.enqueue_fetch_jobs()
+    (job,) = db.dequeue_jobs("w", 1, 30)
+    budget = Budget(0.05)
+
+    def slow_parse(raw: bytes, uid: int, size: int) -> dict[str, Any]:
+        time.sleep(0.2)  # past the run's budget
+        return inline_parse(raw, uid, size)
+
+    handler = fetch_jobs.FetchHandler(
+        cast(Database, db),
+        fetch.FetchOptions(store_timeout_seconds=FAR),
+        open_mailbox=opener_for(FakeMailbox({1: message(1), 2: message(2)})),
+        budget=budget,
+        parse=slow_parse,
+    )
+    result = handler.handle(JobRun(job=job, worker_id="w", trace=JobTrace(job)))
+
+    assert budget.expired()
+    assert (result.summary["outcome"], result.summary["stored"]) == ("ok", 2)
+    assert db.circuit == [("imap:store-1", True)]
