@@ -99,6 +99,9 @@ def email_lines(
         lines.append(f"{number:>2}. {_sender(row)}")
         lines.append(f"    Subject: {row.get('subject') or '(none)'}")
         lines.append(f"    -> {outcome.kind.upper()}: {outcome.detail}")
+        if row.get("knowledge_given"):
+            titles = ", ".join(str(t) for t in row["knowledge_given"])
+            lines.append(f"    Store knowledge given to the responder: {titles}")
         body = row.get("reply_body")
         if not body:
             continue

@@ -41,7 +41,10 @@ select m.id, m.conversation_id, m.message_id, m.imap_uid, m.from_name, m.from_ad
        m.skip_reason, q.status as job_status, q.result, q.last_error,
        q.attempt_count, r.status as reply_status, r.to_address,
        r.body_text as reply_body, r.hold_reason, r.language, r.intent, r.model,
-       r.smtp_message_id, r.error as reply_error
+       r.smtp_message_id, r.error as reply_error,
+       (select e.detail -> 'knowledge' from public.events e
+        where e.job_id = q.id and e.event_type = 'process.context'
+        order by e.id desc limit 1) as knowledge_given
 from public.messages m
 left join public.job_queue q
   on q.job_type = 'process_email' and q.payload ->> 'message_id' = m.id::text

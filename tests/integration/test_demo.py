@@ -102,6 +102,7 @@ def test_demo_answers_portuguese_and_english_customers(
     assert "Navy (available)" in out and "Burgundy (sold out)" in out
     assert "https://lojaexemplo.com.br/products/wool-scarf" in out
     assert "Limited Edition" not in out and "Wool Scarf Sample" not in out
+    assert "Store knowledge given to the responder: Trocas e devoluções" in out
     assert "offline responder (no ANTHROPIC_API_KEY)" in out
 
 
