@@ -74,7 +74,8 @@ CONCEPTS: dict[str, tuple[str, ...]] = {
     "~freight": ("frete", "shipping cost", "shipping costs", "postage", "free shipping",
                  "gastos de envio", "envio gratis", "costo de envio"),
     "~deliverytime": ("prazo", "prazos", "quantos dias", "how long", "delivery time",
-                      "how many days", "plazo", "cuantos dias", "tarda"),
+                      "how many days", "delay", "delayed", "late", "arrive", "atraso",
+                      "atrasado", "plazo", "cuantos dias", "tarda", "retraso"),
     "~abroad": ("internacional", "internacionais", "exterior", "international", "abroad",
                 "overseas", "internacionales", "extranjero"),
     "~installments": ("parcela", "parcelas", "parcelar", "parcelado", "installment",
@@ -221,6 +222,10 @@ def select(
     ]
     if not ranked:
         return []
+    # A topic named in the email lifts every entry of it; when some of them also share the
+    # email's words, the ones that share none are only the topic's neighbours.
+    if any(s.boosted and s.matched for s in ranked):
+        ranked = [s for s in ranked if s.matched or not s.boosted]
     floor = ranked[0].score * RELATIVE_FLOOR
     chosen: list[KnowledgeEntry] = []
     used = 0
