@@ -1,5 +1,5 @@
-"""Tiny runs of bench/queue.py, bench/depth.py, bench/server_cost.py, bench/hostile_parse.py and
-bench/fairness.py so they cannot rot.
+"""Tiny runs of bench/queue.py, bench/depth.py, bench/server_cost.py, bench/hostile_parse.py,
+bench/fairness.py and bench/fetch_bound.py so they cannot rot.
 
 They run as the README says (the real CLI, as a subprocess) against the test database, told it
 is shared so they touch only their own job types. Nothing here looks at timings.
@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -185,3 +186,28 @@ def test_fairness_bench_measures_the_quiet_store_alone_and_beside_a_backlog(
             " where job_type = 'bench_fair' and status <> 'completed'"
         ).fetchone()
     assert left == (0,)
+
+
+def test_fetch_bound_bench_drains_the_backlog_at_every_bound(
+    database_url: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "fetch_bound.json"
+    port = urlsplit(database_url).port or 5432
+    # Its own database on the test cluster: the bench switches off every store but its own.
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench.fetch_bound", "--quick"),
+            *("--port", str(port), "--database", "bench_fetch_bound_smoke", "--json", str(out)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    # 30 messages at bounds 10 and 30: three jobs, then one; every message stored (asserted
+    # inside the bench), and the table printed.
+    assert [(r["bound"], r["jobs"]) for r in result["rows"]] == [(10, 3), (30, 1)]
+    assert "quiet p50 s" in done.stdout
