@@ -828,6 +828,11 @@ begin
     raise exception 'job % not found', p_job_id using errcode = 'PT404';
   end if;
   if not public.requeue_dlq_job(p_job_id, true) then
+    if v_job.status = 'dead_letter' and v_job.job_type = 'fetch_mailbox' then
+      -- one live fetch job per store (decision 0021): the live one reads the same mailbox
+      raise exception 'job %: its store already has a fetch job waiting or running', p_job_id
+        using errcode = 'PT409';
+    end if;
     raise exception 'job % is %, not dead-lettered', p_job_id, v_job.status
       using errcode = 'PT409';
   end if;

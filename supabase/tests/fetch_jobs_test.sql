@@ -3,7 +3,7 @@
 -- Concurrent enqueues from separate sessions are proven in tests/integration/test_fetch_jobs.py.
 -- Runs as service_role. now() is fixed inside the transaction.
 begin;
-select plan(32);
+select plan(33);
 
 set local role service_role;
 
@@ -144,6 +144,18 @@ select is(public.requeue_dlq_job((select id from j where n = 2)), false,
           'a dead fetch job is not requeued beside a live one');
 select is((select status from public.job_queue where id = (select id from j where n = 2)),
           'dead_letter', 'it stays in the dead-letter queue');
+-- The console says why (an operator's requeue).
+create temp table dead2 on commit drop as select id from j where n = 2;
+grant select on dead2 to authenticated;
+set local role authenticated;
+set local request.jwt.claims to '{"sub": "00000000-0000-4000-8000-0000000000f1",
+  "role": "authenticated", "app_metadata": {"operator": true}}';
+select throws_ok(format('select public.console_requeue_dead_letter(%L)',
+                        (select id from dead2)),
+                 'PT409', format('job %s: its store already has a fetch job waiting or running',
+                                 (select id from dead2)),
+                 'the console refuses it with the reason');
+set local role service_role;
 delete from public.job_queue q using s
  where q.store_id = s.id and s.n = 2 and q.status = 'pending';
 select is(public.requeue_dlq_job((select id from j where n = 2)), true,
