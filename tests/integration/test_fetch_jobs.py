@@ -3,7 +3,8 @@
 Concurrent ticks make one fetch job per store; two workers share the stores without reading one
 mailbox at once and store every message once; a worker SIGKILLed in the middle of a mailbox loses
 nothing (its lease expires and another worker reads on from the stored UID); a slow store holds
-one slot, not the others.
+one slot, not the others; ticks never deadlock with lease heartbeats; the cron path reaches a
+real worker; a process run's fetch lane reads what another machine's tick asked for.
 """
 
 from __future__ import annotations
@@ -37,9 +38,14 @@ from tests.integration.test_fetch import (
     settings_for,
 )
 from worker import db as dbmod
-from worker import fetch, imap
+from worker import fetch, fetch_jobs, imap
 from worker.app import create_app, get_state
 from worker.devstack.dovecot import DovecotServer
+from worker.queue.handlers import Handlers, JobRun
+from worker.queue.lanes import Lane, run_lanes
+from worker.queue.outcome import Complete, Outcome
+from worker.queue.runner import RunnerOptions
+from worker.runs import Budget
 from worker.services import build_services
 
 pytestmark = pytest.mark.integration
@@ -440,3 +446,44 @@ def test_ticks_and_lease_heartbeats_never_deadlock(
     world.sql.execute(
         "delete from public.job_queue where id = any(%s::uuid[])", (job_ids,)
     )
+
+
+class SlowPrivateJob:
+    """An email-lane job of a private type that keeps the run busy for a while."""
+
+    def handle(self, run: JobRun) -> Outcome:
+        time.sleep(1.5)
+        return Complete({"outcome": "done"})
+
+    def dead_lettered(self, job: Any) -> None:
+        pass
+
+
+def test_a_process_run_reads_the_mailboxes_another_machines_tick_asked_for(
+    world: FetchWorld, dovecot: DovecotServer
+) -> None:
+    users = [new_user(dovecot) for _ in range(3)]
+    stores = [world.add_store(u) for u in users]
+    for i, user in enumerate(users):
+        dovecot.deliver(user.name, [make_message(n, tag=f"lane{i}") for n in (1, 2, 3)])
+    # Machine A's tick; machine B's process run (email lane and fetch lane) reads the mail.
+    assert world.scoped(*stores).enqueue_fetch_jobs()["enqueued"] == 3
+    private = f"t_{uuid.uuid4().hex[:12]}"
+    world.base.enqueue_job(private, {})
+    email = Handlers()
+    email.register(private, SlowPrivateJob())
+    budget = Budget(WAIT)
+    mailboxes = fetch_jobs.fetch_lane(world.scoped(*stores), world.options(), budget)
+    assert mailboxes is not None
+    summary = run_lanes(
+        world.scoped(*stores),
+        [Lane("email", email, RunnerOptions(concurrency=2, lease_seconds=30)), mailboxes],
+        budget,
+    )
+
+    assert summary["lanes"]["email"]["outcomes"] == {"done": 1}
+    assert summary["lanes"]["fetch"]["outcomes"] == {"ok": 3}
+    for i, store_id in enumerate(stores):
+        assert world.stored_ids(store_id) == [f"<lane{i}.{n}@example.com>" for n in (1, 2, 3)]
+        (job,) = world.fetch_jobs(store_id)
+        assert (job["status"], job["locked_by"]) == ("completed", summary["worker_id"])
