@@ -118,7 +118,12 @@ set local request.jwt.claims to
     "email": "agent-a@example.test"}';
 select is((select count(*)::int from public.conversations), 3, 'the agent sees store A''s three');
 select is((select count(*)::int from public.replies), 2, 'and its two replies');
-select is((select count(*)::int from public.job_queue), 1, 'and its one job');
+-- Store A's dead letter and the notify job its held replies and dead letter scheduled.
+select results_eq(
+  $$select job_type, store_id::text from public.job_queue order by job_type$$,
+  $$values ('notify', '10000000-0000-4000-8000-00000000000a'),
+           ('process_email', '10000000-0000-4000-8000-00000000000a')$$,
+  'and its jobs only');
 select is((select count(*)::int from public.store_members), 2, 'and store A''s members only');
 select is(jsonb_array_length(public.console_conversations() -> 'items'), 3,
           'console_conversations lists store A''s only');
