@@ -95,6 +95,13 @@ class Settings:
     supabase_auth_url: str | None = None
     supabase_anon_key: str | None = None
     supabase_jwt_secret: str | None = None
+    # -- notifications (s2-notify, issue 12): digests link to the console at CONSOLE_URL (the
+    # worker's public URL, e.g. https://<app>.fly.dev; unset: digests carry no links). A store's
+    # webhook gets WEBHOOK_TIMEOUT_SECONDS; its host must be public unless
+    # WEBHOOK_ALLOW_PRIVATE_HOSTS=true (tests and the demo post to loopback).
+    console_url: str | None = None
+    webhook_timeout_seconds: float = 10.0
+    webhook_allow_private_hosts: bool = False
 
     @property
     def console_enabled(self) -> bool:
@@ -237,6 +244,13 @@ def _parse_prepared_statements(text: str) -> PreparedStatements | None:
     return _PREPARED_STATEMENTS.get(text.lower())
 
 
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _parse_bool(text: str) -> bool | None:
+    return _BOOLEANS.get(text.lower())
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None, *, require_worker_secret: bool = True
 ) -> Settings:
@@ -364,6 +378,15 @@ def load_settings(
             "one of auto, on, off",
         ),
         db_pool_max=env.positive_int("db_pool_max"),
+        # -- notifications (s2-notify, issue 12)
+        console_url=env.http_url("CONSOLE_URL"),
+        webhook_timeout_seconds=env.positive_seconds("webhook_timeout_seconds"),
+        webhook_allow_private_hosts=env.parsed(
+            "WEBHOOK_ALLOW_PRIVATE_HOSTS",
+            DEFAULTS.webhook_allow_private_hosts,
+            _parse_bool,
+            "true or false",
+        ),
     )
     if problems:
         raise ConfigError(problems)

@@ -2,19 +2,21 @@
 
 The registry below is the one place a job type is wired to its handler: process_email is
 answered by worker.pipeline, send_reply (a reply a person approved in the console) by
-worker.console.sending; a new kind of work registers its handler here (and its retry policy in
-SQL, public.job_retry_policies). The runner (worker.queue.runner) claims only the registered
-types.
+worker.console.sending, notify (a store's notification digest) by worker.notify; a new kind of
+work registers its handler here (and its retry policy in SQL, public.job_retry_policies). The
+runner (worker.queue.runner) claims only the registered types.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from worker.config import DEFAULTS, Settings
 from worker.console.sending import JOB_TYPE as SEND_REPLY
 from worker.console.sending import SendReplyHandler
+from worker.notify import JOB_TYPE as NOTIFY
+from worker.notify import NotifyHandler, NotifyOptions
 from worker.pipeline.context import PipelineOptions, Services
 from worker.pipeline.handler import JOB_TYPE, EmailHandler
 from worker.queue.handlers import Handlers
@@ -38,6 +40,7 @@ class ProcessOptions:
     # The job types the email pipeline answers; tests give theirs a private type so a run
     # claims only its own jobs.
     job_types: tuple[str, ...] = (JOB_TYPE,)
+    notify: NotifyOptions = field(default_factory=NotifyOptions)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ProcessOptions:
@@ -49,6 +52,11 @@ class ProcessOptions:
             reply_cap_window_hours=settings.reply_cap_window_hours,
             store_replies_per_hour=settings.store_replies_per_hour,
             max_message_bytes=settings.max_message_bytes,
+            notify=NotifyOptions(
+                console_url=settings.console_url,
+                webhook_timeout_seconds=settings.webhook_timeout_seconds,
+                webhook_allow_private_hosts=settings.webhook_allow_private_hosts,
+            ),
         )
 
     @property
@@ -74,6 +82,8 @@ def handlers_for(services: Services, options: ProcessOptions) -> Handlers:
         handlers.register(job_type, email)
     # A reply a person approved or wrote in the console (worker/console, docs/api.md).
     handlers.register(SEND_REPLY, SendReplyHandler(services, options.pipeline))
+    # A store's notification digest (worker/notify.py; its retry policy is in SQL).
+    handlers.register(NOTIFY, NotifyHandler(services, options.notify))
     return handlers
 
 

@@ -67,6 +67,7 @@ create table public.notification_digests (
   email_to text[] not null default '{}',
   email_message_id text,
   email_sent_at timestamptz,
+  email_error text,
   webhook_sent_at timestamptz,
   webhook_error text,
   created_at timestamptz not null default now(),
@@ -460,9 +461,9 @@ as $$
   where ns.store_id = p_store_id
 $$;
 
--- One channel of a digest went out ('email': {"to": [...], "message_id": "<...>"}) or gave up
--- for good ('webhook' with {"error": "..."}: a webhook that refuses us permanently must not
--- hold back the email, nor the email a webhook). Returns the digest row.
+-- One channel of a digest went out ('email': {"to": [...], "message_id": "<...>"}; 'webhook':
+-- {"status": 200}) or gave up for good (either with {"error": "..."}: a webhook that refuses us
+-- must not hold back the email, nor a refused email the webhook). Returns the digest row.
 create or replace function public.record_notification_channel(
   p_job_id uuid,
   p_channel text,
@@ -475,11 +476,17 @@ as $$
 declare
   v_digest public.notification_digests;
 begin
-  if p_channel = 'email' then
+  if p_channel = 'email' and p_detail ? 'error' then
+    update public.notification_digests d
+    set email_error = p_detail ->> 'error'
+    where d.job_id = p_job_id
+    returning * into v_digest;
+  elsif p_channel = 'email' then
     update public.notification_digests d
     set email_sent_at = coalesce(d.email_sent_at, now()),
         email_to = coalesce(array(select jsonb_array_elements_text(p_detail -> 'to')), '{}'),
-        email_message_id = p_detail ->> 'message_id'
+        email_message_id = p_detail ->> 'message_id',
+        email_error = null
     where d.job_id = p_job_id
     returning * into v_digest;
   elsif p_channel = 'webhook' then

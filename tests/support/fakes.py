@@ -12,8 +12,9 @@ import pytest
 
 from worker.devstack.fake_claude import TEST_API_KEY, FakeClaude
 from worker.devstack.fake_shopify import TEST_ACCESS_TOKEN, FakeShopify, demo_catalogue
+from worker.devstack.webhook_sink import WebhookSink
 
-__all__ = ["TEST_ACCESS_TOKEN", "TEST_API_KEY", "fake_claude", "fake_shopify"]
+__all__ = ["TEST_ACCESS_TOKEN", "TEST_API_KEY", "fake_claude", "fake_shopify", "webhook_sink"]
 
 
 @pytest.fixture
@@ -28,3 +29,10 @@ def fake_shopify() -> Iterator[FakeShopify]:
     """A running FakeShopify with the demo catalogue, accepting TEST_ACCESS_TOKEN."""
     with FakeShopify(demo_catalogue(), access_token=TEST_ACCESS_TOKEN) as fake:
         yield fake
+
+
+@pytest.fixture
+def webhook_sink() -> Iterator[WebhookSink]:
+    """A running webhook receiver answering 200 `ok` (Slack's answer) unless scripted."""
+    with WebhookSink() as sink:
+        yield sink

@@ -64,3 +64,29 @@ def db(database_url: str) -> Iterator[psycopg.Connection[DictRow]]:
     """An autocommit connection with dict rows, closed after the test."""
     with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
         yield conn
+
+
+@pytest.fixture(autouse=True)
+def _no_digest_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test that used the database, complete the notification digests it scheduled.
+
+    Tests share one database and isolate their jobs by private job types, but every run claims
+    `notify` (a store's digest, scheduled by the database itself when a reply is held, a job
+    dead-lettered or a breaker opened). A digest left pending would become due a minute later
+    and be sent by some later test's run, which would then see an outcome and a message that
+    are not its own.
+    """
+    dsn = None
+    for name in ("database_url", "pipeline_dsn"):
+        if name in request.fixturenames:
+            dsn = str(request.getfixturevalue(name))
+            break
+    yield
+    if dsn is None:
+        return
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "update public.job_queue set status = 'completed', completed_at = now(),"
+            " result = '{\"outcome\": \"left_by_a_test\"}'"
+            " where job_type = 'notify' and status = 'pending'"
+        )

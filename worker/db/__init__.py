@@ -632,6 +632,72 @@ class Database:
         args = _args({"store_id": store_id, "email": email, "role": role})
         return cast(dict[str, Any], self._scalar("add_store_member", args))
 
+    # -- notifications (s2-notify, issue 12) ------------------------------------------------
+
+    def notify_people(
+        self, store_id: str, kind: str, ref: str, detail: Mapping[str, Any] | None = None
+    ) -> None:
+        """Record that something of the store needs a person (once per kind and ref)."""
+        self._void(
+            "notify_people",
+            _args(
+                {"store_id": store_id, "kind": kind, "ref": ref},
+                {"detail": dict(detail) if detail is not None else None},
+            ),
+        )
+
+    def resolve_notifications(self, store_id: str, kind: str, ref: str) -> int:
+        """The cause went away: close the open item, so a later occurrence is told again."""
+        args = _args({"store_id": store_id, "kind": kind, "ref": ref})
+        return cast(int, self._scalar("resolve_notifications", args))
+
+    def take_notification_digest(self, job_id: str, worker_id: str) -> dict[str, Any] | None:
+        """The digest of a notify job this worker holds: store, recipients, items, channels."""
+        args = _args({"job_id": job_id, "worker_id": worker_id})
+        taken = self._scalar("take_notification_digest", args)
+        return dict(taken) if taken is not None else None
+
+    def get_notification_webhook(self, store_id: str) -> str | None:
+        """The store's webhook URL from Vault, or None."""
+        url = self._scalar("get_notification_webhook", _args({"store_id": store_id}))
+        return str(url) if url else None
+
+    def record_notification_channel(
+        self, job_id: str, channel: str, detail: Mapping[str, Any]
+    ) -> Row:
+        """One channel of a digest went out (or gave up for good, with `error`)."""
+        args = _args({"job_id": job_id, "channel": channel, "detail": dict(detail)})
+        return self._required_row("record_notification_channel", args)
+
+    def finish_notification_digest(self, job_id: str, worker_id: str, result: Any = None) -> bool:
+        """Mark the digest's items sent and complete its job, in one transaction."""
+        args = _args({"job_id": job_id, "worker_id": worker_id}, {"result": result})
+        return bool(self._scalar("finish_notification_digest", args))
+
+    def admin_set_notification_settings(
+        self, store_id: str, changes: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Change a store's notification settings (the stores CLI); returns what people see."""
+        args = _args({"store_id": store_id, "changes": dict(changes)})
+        return cast(dict[str, Any], self._scalar("admin_set_notification_settings", args))
+
+    def notification_settings_view(self, store_id: str) -> dict[str, Any] | None:
+        """A store's notification settings as people see them (the webhook only as a hint)."""
+        view = self._scalar("notification_settings_view", _args({"store_id": store_id}))
+        return dict(view) if view is not None else None
+
+    def console_notifications(self, store_id: str, limit: int | None = None) -> dict[str, Any]:
+        """A store's notification settings and recent items, for its people."""
+        args = _args({"store_id": store_id}, {"limit": limit})
+        return cast(dict[str, Any], self._scalar("console_notifications", args))
+
+    def console_set_notification_settings(
+        self, store_id: str, changes: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Change a store's notification settings: owners and operators."""
+        args = _args({"store_id": store_id, "changes": dict(changes)})
+        return cast(dict[str, Any], self._scalar("console_set_notification_settings", args))
+
 
 def connect(settings: Settings, *, min_size: int = 1, max_size: int | None = None) -> Database:
     """A Database over the backend Settings names: DATABASE_URL -> psycopg, else PostgREST."""
