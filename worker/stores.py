@@ -1,9 +1,11 @@
-"""The store CLI: `python -m worker stores add|list|show|update|credits|activate|deactivate|check`.
+"""The store CLI: `python -m worker stores add|list|show|update|credits|activate|deactivate|check|
+members|notify`.
 
-Passwords and the Shopify token never come from a command-line value (shell history, `ps`):
-they are read from an environment variable (STORE_IMAP_PASSWORD, STORE_SMTP_PASSWORD,
-STORE_SHOPIFY_TOKEN by default, or the one named with --imap-password-env and friends) or
-prompted for without echo, and go straight into Vault; `stores` keeps only their secret ids.
+Passwords, the Shopify token and a notification webhook URL never come from a command-line
+value (shell history, `ps`): they are read from an environment variable (STORE_IMAP_PASSWORD,
+STORE_SMTP_PASSWORD, STORE_SHOPIFY_TOKEN, STORE_NOTIFY_WEBHOOK_URL by default, or the one named
+with --imap-password-env and friends) or prompted for without echo, and go straight into
+Vault; `stores` keeps only their secret ids.
 Settings are validated by the database (validate_store_settings, the same rules admin_*_store
 apply), all problems at once, before anything is prompted for or saved.
 
@@ -70,6 +72,8 @@ SECRETS = (
     Secret("smtp_password", "smtp-password", "STORE_SMTP_PASSWORD", "SMTP password"),
     Secret("shopify_token", "shopify-token", "STORE_SHOPIFY_TOKEN", "Shopify Admin API token"),
 )
+# A store's notification webhook URL (Slack's is a credential): never a command-line value.
+WEBHOOK_SECRET = Secret("webhook_url", "webhook-url", "STORE_NOTIFY_WEBHOOK_URL", "Webhook URL")
 SECRET_COLUMNS = {
     "imap_password": "imap_password_secret_id",
     "smtp_password": "smtp_password_secret_id",
@@ -205,7 +209,7 @@ class _RefuseSecretValue(argparse.Action):
         option_string: str | None = None,
     ) -> None:
         stem = (option_string or "").lstrip("-")
-        env = next((s.env for s in SECRETS if s.flag == stem), "the environment")
+        env = next((s.env for s in (*SECRETS, WEBHOOK_SECRET) if s.flag == stem), "the environment")
         parser.error(
             f"{option_string} takes no value on the command line (it would land in shell "
             f"history); set {env}, use {option_string}-env NAME, or answer the prompt"
@@ -347,6 +351,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = command("check", "try the IMAP and SMTP logins and the Shopify token")
     check.add_argument("store_id", type=_store_id, metavar="STORE_ID")
+
+    notify = command(
+        "notify",
+        "who is told when something needs a person, how often, and the webhook (no option: show)",
+    )
+    notify.add_argument("store_id", type=_store_id, metavar="STORE_ID")
+    recipients = notify.add_mutually_exclusive_group()
+    recipients.add_argument(
+        "--addresses", metavar="A,B", help="comma-separated emails the digest goes to"
+    )
+    recipients.add_argument(
+        "--default-addresses",
+        action="store_true",
+        help="the store's people (console members), else its support address",
+    )
+    notify.add_argument(
+        "--interval-minutes", type=int, metavar="N", help="at most one digest per N"
+    )
+    notify.add_argument(
+        "--wait-seconds", type=int, metavar="N", help="gather a burst this long before sending"
+    )
+    hook = notify.add_mutually_exclusive_group()
+    hook.add_argument(
+        "--webhook",
+        action="store_true",
+        help=f"set the webhook URL from {WEBHOOK_SECRET.env} or a prompt (kept in Vault)",
+    )
+    hook.add_argument("--webhook-env", metavar="NAME", help="read the URL from this variable")
+    hook.add_argument("--no-webhook", action="store_true", help="remove the webhook")
+    hook.add_argument("--webhook-url", nargs="?", action=_RefuseSecretValue, help=argparse.SUPPRESS)
+    notify.add_argument("--json", action="store_true")
 
     members = command("members", "the people of a store (console sign-in)")
     members_sub = members.add_subparsers(dest="members_command", required=True, metavar="ACTION")
@@ -609,6 +644,53 @@ def cmd_members(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def notification_details(view: Mapping[str, Any]) -> str:
+    """A store's notification settings as `stores notify` prints them (the webhook by hint)."""
+    recipients = ", ".join(view.get("recipients") or [])
+    source = "configured" if view.get("addresses") else "default: the store's people, else support"
+    hook = f"{view['webhook_hint']} (URL in Vault)" if view.get("webhook") else "not set"
+    rows = [
+        ("recipients", f"{recipients} ({source})"),
+        (
+            "digest",
+            f"at most every {view['digest_interval_minutes']} min, "
+            f"after a {view['digest_wait_seconds']} s wait",
+        ),
+        ("webhook", hook),
+    ]
+    return "\n".join(f"{key.ljust(10)}  {value}" for key, value in rows)
+
+
+def cmd_notify(ctx: Context, args: argparse.Namespace) -> int:
+    """Show or change a store's notification settings; the webhook URL goes into Vault."""
+    changes: dict[str, Any] = {}
+    if args.addresses is not None:
+        addresses = [a.strip() for a in args.addresses.split(",") if a.strip()]
+        if not addresses:
+            raise UsageError("--addresses needs at least one address (or --default-addresses)")
+        changes["addresses"] = addresses
+    if args.default_addresses:
+        changes["addresses"] = None
+    if args.interval_minutes is not None:
+        changes["digest_interval_minutes"] = args.interval_minutes
+    if args.wait_seconds is not None:
+        changes["digest_wait_seconds"] = args.wait_seconds
+    if args.no_webhook:
+        changes["webhook_url"] = None
+    elif args.webhook or args.webhook_env:
+        changes["webhook_url"] = ctx.secrets.read(WEBHOOK_SECRET, args.webhook_env)
+    if changes:
+        view = ctx.db.admin_set_notification_settings(args.store_id, changes)
+        _say(f"updated the notifications of store {args.store_id}: {', '.join(changes)}")
+    else:
+        found = ctx.db.notification_settings_view(args.store_id)
+        if found is None:
+            raise LookupError(f"{args.store_id}: no such store")
+        view = found
+    print(dumps(view) if args.json else notification_details(view))
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[Context, argparse.Namespace], int]] = {
     "add": cmd_add,
     "list": cmd_list,
@@ -620,6 +702,7 @@ COMMANDS: dict[str, Callable[[Context, argparse.Namespace], int]] = {
     "check": cmd_check,
     "members": cmd_members,
     "knowledge": knowledge_cli.run,
+    "notify": cmd_notify,
 }
 
 
