@@ -3578,6 +3578,7 @@ CREATE TABLE public.notification_digests (
     email_to text[] DEFAULT '{}'::text[] NOT NULL,
     email_message_id text,
     email_sent_at timestamp with time zone,
+    email_error text,
     webhook_sent_at timestamp with time zone,
     webhook_error text,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
@@ -3597,11 +3598,17 @@ CREATE FUNCTION public.record_notification_channel(p_job_id uuid, p_channel text
 declare
   v_digest public.notification_digests;
 begin
-  if p_channel = 'email' then
+  if p_channel = 'email' and p_detail ? 'error' then
+    update public.notification_digests d
+    set email_error = p_detail ->> 'error'
+    where d.job_id = p_job_id
+    returning * into v_digest;
+  elsif p_channel = 'email' then
     update public.notification_digests d
     set email_sent_at = coalesce(d.email_sent_at, now()),
         email_to = coalesce(array(select jsonb_array_elements_text(p_detail -> 'to')), '{}'),
-        email_message_id = p_detail ->> 'message_id'
+        email_message_id = p_detail ->> 'message_id',
+        email_error = null
     where d.job_id = p_job_id
     returning * into v_digest;
   elsif p_channel = 'webhook' then

@@ -523,3 +523,40 @@ def test_owners_change_their_stores_voice_and_nobody_else(world: World) -> None:
     assert page.status_code == 200 and b"Equipe A" in page.data
     agent_page = agent.get("/console/stores")
     assert b"the store's owners change these" in agent_page.data
+
+
+def test_owners_set_who_is_notified_and_the_webhook_is_never_shown_back(world: World) -> None:
+    url = f"/api/stores/{world.store_a}/notifications"
+    owner, agent = world.client("owner"), world.client("agent")
+    hook = "https://hooks.slack.example/services/T9/B9/console-Secret-4242"
+    # Everyone of the store reads them; the held replies seeded for store A are listed.
+    seen = agent.get(url)
+    assert seen.status_code == 200
+    # By default the store's people, owners first.
+    assert seen.get_json()["settings"]["recipients"] == [
+        world.people["owner"].email.lower(), world.people["agent"].email.lower()]
+    assert {i["kind"] for i in seen.get_json()["items"]} >= {"held_reply"}
+    assert all(i["store_id"] == world.store_a for i in seen.get_json()["items"])
+    assert world.client("stranger").get(url).status_code == 403
+    # Only owners change them, through the form's strings.
+    assert agent.post(url, data={"digest_interval_minutes": "5"}).status_code == 403
+    assert owner.post(url, data={"colour": "red"}).status_code == 400
+    bad = owner.post(url, data={"digest_interval_minutes": "0", "addresses": "nobody"})
+    assert bad.status_code == 400 and "1 to 1440" in bad.get_json()["message"]
+    changed = owner.post(url, data={"addresses": "ops@a.test,\nboss@a.test",
+                                    "digest_interval_minutes": "30", "webhook_url": hook})
+    assert changed.status_code == 200, changed.data
+    view = changed.get_json()
+    assert view["recipients"] == ["boss@a.test", "ops@a.test"]
+    assert view["webhook"] is True and hook not in changed.get_data(as_text=True)
+    page = owner.get("/console/stores")
+    assert page.status_code == 200 and b"boss@a.test" in page.data
+    assert hook.encode() not in page.data and b"hooks.slack.example" in page.data
+    assert b"Save notifications" not in agent.get("/console/stores").data
+    # A blank URL keeps the webhook; remove_webhook removes it; empty addresses: the default.
+    kept = owner.post(url, data={"webhook_url": "", "digest_wait_seconds": "5"})
+    assert kept.status_code == 200 and kept.get_json()["webhook"] is True
+    removed = owner.post(url, data={"remove_webhook": "true", "addresses": ""})
+    assert removed.status_code == 200
+    assert removed.get_json()["webhook"] is False
+    assert removed.get_json()["addresses"] is None

@@ -155,6 +155,17 @@ def test_a_person_approves_an_edited_draft_and_an_operator_requeues(
             page.goto(f"{console_url}/console/stores")
             page.get_by_role("button", name="Save").first.wait_for()
             page.screenshot(path=str(shots / "09-stores.png"), full_page=True)
+            # The owner sets who is told and a webhook; the URL is never shown back.
+            form = page.locator("form[data-api$='/notifications']")
+            form.locator("input[name=addresses]").fill("ops@loja-demo.test")
+            form.locator("input[name=webhook_url]").fill(
+                "https://hooks.slack.example/services/T1/B1/browser-secret-5150")
+            with page.expect_navigation():
+                form.get_by_role("button", name="Save notifications").click()
+            page.get_by_text("webhook: hooks.slack.example …5150").wait_for()
+            assert "browser-secret" not in page.content()
+            assert page.locator("table.notices td", has_text="held reply").count() >= 1
+            page.screenshot(path=str(shots / "10-notifications.png"), full_page=True)
 
             phone = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
             phone.add_cookies(owner.cookies())
@@ -195,5 +206,5 @@ def test_a_person_approves_an_edited_draft_and_an_operator_requeues(
     assert sorted(p.name for p in shots.iterdir()) == [
         "01-login.png", "02-needs-a-person.png", "03-conversation-held.png",
         "04-conversation-answered.png", "05-conversations.png", "06-phone-conversation.png",
-        "07-dead-letters.png", "08-health.png", "09-stores.png",
+        "07-dead-letters.png", "08-health.png", "09-stores.png", "10-notifications.png",
     ]

@@ -9,7 +9,7 @@ from uuid import UUID
 
 from flask import Blueprint, Response, jsonify, request
 
-from worker.console import session
+from worker.console import notifications, session
 from worker.console.identity import Person
 from worker.console.session import ConsoleError
 from worker.db import Database
@@ -140,6 +140,31 @@ def save_knowledge(store_id: UUID) -> tuple[Response, int]:
 def delete_knowledge(entry_id: UUID) -> tuple[Response, int]:
     """Remove an entry (owners, operators)."""
     return _call(lambda db, _person: {"deleted": db.console_delete_knowledge(str(entry_id))})
+
+
+@bp.get("/stores/<uuid:store_id>/notifications")
+def store_notifications(store_id: UUID) -> tuple[Response, int]:
+    """The store's notification settings (the webhook only as a hint) and recent items."""
+    return _call(
+        lambda db, _person: db.console_notifications(str(store_id), _int_arg("limit", 50, 200))
+    )
+
+
+@bp.post("/stores/<uuid:store_id>/notifications")
+def update_store_notifications(store_id: UUID) -> tuple[Response, int]:
+    """Change who is told and how often, and the webhook URL (owners and operators)."""
+
+    def update(db: Database, _person: Person) -> Any:
+        fields = session.form_or_json()
+        unknown = sorted(set(fields) - set(notifications.FIELDS))
+        if unknown:
+            raise ConsoleError(400, f"these settings cannot be changed here: {', '.join(unknown)}")
+        changes = notifications.changes_from_form(fields)
+        if not changes:
+            raise ConsoleError(400, f"give at least one of {', '.join(notifications.FIELDS)}")
+        return db.console_set_notification_settings(str(store_id), changes)
+
+    return _call(update)
 
 
 @bp.get("/conversations")

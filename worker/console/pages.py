@@ -189,10 +189,13 @@ def conversation(conversation_id: UUID) -> BaseResponse:
 
 @bp.get("/console/stores")
 def stores() -> BaseResponse:
-    """The person's stores, with the voice settings owners may change."""
+    """The person's stores, with the voice and notification settings owners may change."""
 
     def load(db: Database, _person: Person) -> dict[str, Any]:
-        return {"stores": db.console_stores()}
+        found = db.console_stores()
+        # A person belongs to a few stores; each card shows who its digests go to.
+        notices = {str(s["id"]): db.console_notifications(str(s["id"]), 10) for s in found}
+        return {"stores": found, "notices": notices}
 
     return _page("stores.html", load)
 
