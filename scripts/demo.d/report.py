@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from worker import digest
+
 # Why a message was not answered, in words (the codes come from worker.loops/validate/mime).
 REASONS = {
     "auto_submitted": "auto-reply (Auto-Submitted header, RFC 3834)",
@@ -178,6 +180,8 @@ class ReportInputs:
     database_url: str
     console_url: str | None = None  # the support console's sign-in page
     console_logins: Sequence[tuple[str, str, str]] = ()  # (who, email, password)
+    digests: Sequence[Mapping[str, Any]] = ()  # the store's sent notification digests
+    webhook_posts: Sequence[Mapping[str, Any]] = ()  # what the webhook receiver got
 
 
 def report_data(inputs: ReportInputs) -> dict[str, Any]:
@@ -191,7 +195,43 @@ def report_data(inputs: ReportInputs) -> dict[str, Any]:
         dead_letter_jobs=inputs.dead_letter_jobs,
     )
     data["settle_seconds"] = round(inputs.settle_seconds, 1)
+    data["notifications"] = {
+        "digests": [
+            {"to": list(d.get("email_to") or []), "subject": d.get("subject"),
+             "kinds": [i["kind"] for i in d.get("items") or []],
+             "webhook": d.get("webhook_sent_at") is not None}
+            for d in inputs.digests
+        ],
+        "webhook_calls": len(inputs.webhook_posts),
+    }
     return data
+
+
+def notification_lines(
+    digests: Sequence[Mapping[str, Any]], webhook_posts: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    """What the store's people were told: each digest, its items, and the webhook calls."""
+    lines = ["Notifications (the store's people are told when something needs them):"]
+    if not digests:
+        lines.append("  none sent")
+    for d in digests:
+        when = d["email_sent_at"] or d["created_at"]
+        to = ", ".join(d.get("email_to") or []) or "nobody"
+        lines.append(f"  digest at {when:%H:%M:%S} UTC to {to}")
+        if d.get("subject"):
+            lines.append(f"    Subject: {d['subject']}")
+        for item in d.get("items") or []:
+            shown = digest.Item(kind=item["kind"], ref=item["ref"], detail=item["detail"],
+                                created_at="")
+            lines.append(f"    - {item['kind']}: {digest.item_line(shown)}")
+        if d.get("webhook_sent_at"):
+            lines.append("    webhook: delivered")
+        elif d.get("webhook_error"):
+            lines.append(f"    webhook: failed: {d['webhook_error']}")
+        if d.get("email_error"):
+            lines.append(f"    email: failed: {d['email_error']}")
+    lines.append(f"  webhook receiver: {len(webhook_posts)} call(s)")
+    return lines
 
 
 def report_lines(inputs: ReportInputs) -> list[str]:
@@ -230,6 +270,7 @@ def report_lines(inputs: ReportInputs) -> list[str]:
         "  (requeue one after fixing its cause: scripts/requeue.py requeue JOB_ID; "
         f"DATABASE_URL={inputs.database_url})"
     )
+    lines += ["", *notification_lines(inputs.digests, inputs.webhook_posts)]
     if inputs.console_url:
         lines += ["", f"Support console: {inputs.console_url}"]
         held = sum(1 for row in inputs.rows if outcome_of(row).kind == HELD)

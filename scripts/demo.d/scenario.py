@@ -35,6 +35,23 @@ POLL_INTERVAL = 1.0  # seconds between database polls
 PG_NET_ANSWER_TIMEOUT = 15.0  # seconds
 PG_NET_POLL_INTERVAL = 0.1  # seconds
 DROP_POLL_INTERVAL = 2.0  # seconds between looks at the drop folder
+# The demo store's digest gathers this long after its first item, so the held reply and the dead
+# letter of one process run land in one digest; production's default is 60 s.
+DIGEST_WAIT_SECONDS = 20
+DIGEST_TIMEOUT = 150.0  # seconds for the digest to be sent once every email settled
+KICK_INTERVAL = 10.0  # seconds between process-queue kicks while the digest is due
+
+_DIGESTS_SQL = """
+select d.job_id, d.created_at, d.email_to, d.email_message_id, d.email_sent_at,
+       d.webhook_sent_at, d.webhook_error, d.email_error,
+       coalesce((select jsonb_agg(jsonb_build_object('kind', n.kind, 'ref', n.ref,
+                                                     'detail', n.detail)
+                                  order by n.created_at, n.id)
+                 from public.notifications n where n.digest_job_id = d.job_id), '[]') as items
+from public.notification_digests d
+where d.store_id = %s and d.finished_at is not null
+order by d.created_at
+"""
 
 _ROWS_SQL = """
 select m.id, m.conversation_id, m.message_id, m.imap_uid, m.from_name, m.from_address, m.subject,
@@ -184,6 +201,17 @@ class Scenario:
         say(f"    python -m worker stores add {shlex.join(args[4:])}")
         return result.stdout.strip().splitlines()[-1]
 
+    def configure_notifications(self) -> None:
+        """Digests to the store's people (its owner), and to the webhook, with the stores CLI."""
+        assert self.stack.webhook is not None
+        step("telling the store's people: notification digests by email and webhook")
+        self.run_cli(
+            ["-m", "worker", "stores", "notify", self.store_id,
+             "--wait-seconds", str(DIGEST_WAIT_SECONDS), "--webhook"],
+            "stores notify",
+            extra_env={"STORE_NOTIFY_WEBHOOK_URL": self.stack.webhook.url},
+        )
+
     def fill_mailbox(self) -> None:
         assert self.stack.dovecot is not None
         step(f"putting {len(self.seeds)} customer emails into {seed.STORE_EMAIL}'s INBOX")
@@ -317,6 +345,15 @@ class Scenario:
             f"{(response['content'] or '').strip()}"
         )
 
+    def kick_process(self) -> None:
+        """Run the process-queue cron job's own command now (a digest that just became due)."""
+        db = self.connect()
+        row = db.execute("select command from cron.job where jobname = 'process-queue'").fetchone()
+        if row is None:
+            raise DemoError("no process-queue cron job: was migration 20261129001200_cron applied?")
+        db.execute(str(row["command"]))
+        self.wait_for_pg_net()
+
     # -- waiting for the outcomes --------------------------------------------------------------
 
     def rows(self) -> list[dict[str, Any]]:
@@ -350,6 +387,46 @@ class Scenario:
                     + ("\n" + "\n".join(waiting) if waiting else "")
                 )
             time.sleep(POLL_INTERVAL)
+
+    def wait_for_digest(self) -> None:
+        """Until the store's notification digest went out (the held reply and the dead letter)."""
+        step(
+            f"waiting for the store's notification digest (it gathers {DIGEST_WAIT_SECONDS} s "
+            f"after the first item; up to {DIGEST_TIMEOUT:.0f} s)"
+        )
+        db = self.connect()
+        deadline = time.monotonic() + DIGEST_TIMEOUT
+        kicked = 0.0
+        while True:
+            self.stack.check_worker_alive()
+            if db.execute(_DIGESTS_SQL, (self.store_id,)).fetchone() is not None:
+                return
+            due = db.execute(
+                "select count(*) filter (where next_retry_at <= now()) as due, count(*) as n"
+                " from public.job_queue where store_id = %s and job_type = 'notify'"
+                " and status in ('pending', 'processing')",
+                (self.store_id,),
+            ).fetchone()
+            if not due or not due["n"]:
+                raise DemoError("no notification digest was scheduled for the demo store")
+            if due["due"] and time.monotonic() - kicked > KICK_INTERVAL:
+                # Due now: the next scheduled process-queue run is up to a minute away.
+                say("    the digest is due: kicking process-queue with its cron job's command")
+                self.kick_process()
+                kicked = time.monotonic()
+            if time.monotonic() > deadline:
+                raise DemoError(f"the notification digest was not sent in {DIGEST_TIMEOUT:.0f} s")
+            time.sleep(POLL_INTERVAL)
+
+    def digests(self) -> list[dict[str, Any]]:
+        """The store's sent digests with their items and the subject the sink received."""
+        assert self.stack.sink is not None
+        subjects = {}
+        for received in self.stack.sink.messages:
+            message = received.message()
+            subjects[str(message["Message-ID"] or "").strip()] = str(message["Subject"] or "")
+        rows = self.connect().execute(_DIGESTS_SQL, (self.store_id,)).fetchall()
+        return [{**r, "subject": subjects.get(str(r["email_message_id"] or ""))} for r in rows]
 
     # -- what the report shows -----------------------------------------------------------------
 
@@ -414,6 +491,8 @@ class Scenario:
             database_url=self.stack.database_url,
             console_url=self.stack.console_url,
             console_logins=tuple(self.console_logins),
+            digests=self.digests(),
+            webhook_posts=tuple(self.stack.webhook.posts) if self.stack.webhook else (),
         )
 
     # -- keep running --------------------------------------------------------------------------

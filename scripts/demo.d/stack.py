@@ -28,6 +28,7 @@ from worker.devstack.dovecot import DovecotServer
 from worker.devstack.fake_shopify import FakeShopify, demo_catalogue
 from worker.devstack.smtp_sink import SmtpSink
 from worker.devstack.tls import create_test_ca
+from worker.devstack.webhook_sink import WebhookSink
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -92,6 +93,7 @@ class Stack:
         # The console's project JWT secret: new for every demo run, never a fixed value.
         self.jwt_secret = secrets.token_urlsafe(48)
         self.auth: AuthServer | None = None
+        self.webhook: WebhookSink | None = None
 
     @property
     def console_url(self) -> str:
@@ -105,6 +107,14 @@ class Stack:
         self.exits.callback(auth.stop)
         self.auth = auth
         say(f"    {auth.url}  (people in auth.users, like Supabase Auth)")
+
+    def start_webhook(self) -> None:
+        step("starting a webhook receiver (a Slack incoming webhook's stand-in)")
+        hook = WebhookSink()
+        hook.start()
+        self.exits.callback(hook.stop)
+        self.webhook = hook
+        say(f"    {hook.url}  (the store's notification webhook)")
 
     def start_mail(self) -> None:
         step("starting Dovecot (IMAP) and an SMTP sink with a throwaway CA")
@@ -151,6 +161,9 @@ class Stack:
             "EXTRA_CA_FILE": str(self.dovecot.ca.ca_file),
             "PORT": str(self.worker_port),
             "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
+            # Notification digests link to this console; the demo's webhook is on loopback.
+            "CONSOLE_URL": f"http://127.0.0.1:{self.worker_port}",
+            "WEBHOOK_ALLOW_PRIVATE_HOSTS": "true",
         }
         if self.auth is not None:
             env["SUPABASE_AUTH_URL"] = self.auth.url

@@ -174,3 +174,19 @@ def test_demo_is_driven_by_pg_cron_through_pg_net(demo_run: DemoRun) -> None:
     statuses = demo_run.summary["scheduled_http_statuses"]
     # Every scheduled call was authenticated: started (202) or already running (409).
     assert statuses and set(statuses) <= {202, 409}, statuses
+
+
+def test_demo_tells_the_store_owner_about_the_held_reply_and_the_dead_letter(
+    demo_run: DemoRun,
+) -> None:
+    told = demo_run.summary["notifications"]
+    (digest,) = told["digests"]  # both in one digest
+    assert digest["to"] == ["dona@lojaexemplo.com.br"]  # the store's owner, by default
+    assert sorted(digest["kinds"]) == ["dead_letter", "held_reply"]
+    assert digest["subject"] == (
+        "[Loja Exemplo] 2 things need a person: 1 reply waiting, 1 dead letter"
+    )
+    assert digest["webhook"] is True and told["webhook_calls"] == 1
+    out = demo_run.stdout
+    assert "Notifications (the store's people are told when something needs them):" in out
+    assert "webhook receiver: 1 call(s)" in out
