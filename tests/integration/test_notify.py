@@ -14,7 +14,6 @@ the HTTP layer).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -96,9 +95,9 @@ def dead_letter_a_question(pipeline: Pipeline) -> str:
 
 
 @pytest.fixture
-def hook() -> Iterator[WebhookSink]:
-    with WebhookSink() as sink:
-        yield sink
+def hook(webhook_sink: WebhookSink) -> WebhookSink:
+    """The store's webhook receiver (tests/support/fakes.py)."""
+    return webhook_sink
 
 
 # -- each trigger: one digest, one webhook call ----------------------------------------------

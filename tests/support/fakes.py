@@ -1,4 +1,5 @@
-"""Pytest plugin: `fake_claude` and `fake_shopify`, loopback HTTP fakes of the two AI/commerce APIs.
+"""Pytest plugin: `fake_claude` and `fake_shopify`, loopback HTTP fakes of the two AI/commerce APIs,
+and `webhook_sink`, a notification webhook receiver.
 
 Each fixture starts its server on a free 127.0.0.1 port for one test and stops it afterwards;
 the real anthropic SDK and the real ShopifyClient are pointed at `fake.base_url`.
