@@ -3372,10 +3372,13 @@ begin
     return;
   end if;
 
-  -- A notify job that is still pending will take this item too; one that is already running
-  -- took its items when it started, so this one needs the next digest.
+  -- A notify job that has not taken its digest yet will take this item too. One that did (it
+  -- is running, or pending again for a retry) keeps the items it took, so this one needs the
+  -- next digest.
   if exists (select 1 from public.job_queue q
-             where q.store_id = p_store_id and q.status = 'pending' and q.job_type = 'notify') then
+             where q.store_id = p_store_id and q.status = 'pending' and q.job_type = 'notify'
+               and not exists (select 1 from public.notification_digests d
+                               where d.job_id = q.id)) then
     return;
   end if;
   select max(d.created_at) into v_last

@@ -113,8 +113,14 @@ def item_line(item: Item) -> str:
         threshold = f" (warning below {d['threshold']})" if d.get("threshold") is not None else ""
         return f"{d.get('credits', '?')} credits left{threshold}"
     if item.kind == "waiting_for_credits":
-        who = f"{_cut(d.get('subject'))} - {_cut(d.get('customer'))}" if d.get("subject") else ""
-        return f"{who or 'an email'} waits until credits are added"
+        # One item per episode without credits (the credit logic's ref): the count is the one
+        # when the episode began.
+        waiting = d.get("waiting")
+        what = f"{waiting} email(s) waiting" if waiting else "emails are waiting"
+        balance = f" (balance {d['credits']})" if d.get("credits") is not None else ""
+        return (
+            f"{what} for credits{balance}; they are answered automatically once credits are added"
+        )
     return _cut(d)
 
 
@@ -134,7 +140,6 @@ def item_link(digest: Digest, item: Item) -> str | None:
 
 _COUNTED = {
     "credentials_failed": ("failing connection", "failing connections"),
-    "waiting_for_credits": ("email waiting for credits", "emails waiting for credits"),
     "held_reply": ("reply waiting", "replies waiting"),
     "dead_letter": ("dead letter", "dead letters"),
 }
@@ -149,6 +154,8 @@ def subject(digest: Digest) -> str:
             continue
         if kind == "credits_low":
             counts.append("credits low")
+        elif kind == "waiting_for_credits":
+            counts.append("emails waiting for credits")
         else:
             one, many = _COUNTED[kind]
             counts.append(f"{n} {one if n == 1 else many}")

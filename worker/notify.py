@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from email.errors import HeaderParseError
 from typing import Any
 
 import httpx
@@ -92,13 +93,21 @@ class NotifyHandler:
         for error in (email_error, webhook_error):
             if error is not None and error.error_type == "transient":
                 raise error  # the channel that went out is recorded; a retry skips it
-        failed = [e for e in (email_error, webhook_error) if e is not None]
-        channels = 1 + bool(taken.get("webhook"))
-        if len(failed) == channels:
-            raise PermanentError(
-                "notify: every channel failed: " + "; ".join(str(e) for e in failed)
-            )
-        result.update(recipients=len(recipients), webhook=bool(taken.get("webhook")))
+        # Every failure left is permanent, this attempt's or one recorded by an earlier one.
+        email_failed = email_error is not None or bool(state.get("email_error"))
+        webhook_failed = bool(taken.get("webhook")) and (
+            webhook_error is not None or bool(state.get("webhook_error"))
+        )
+        if email_failed and (webhook_failed or not taken.get("webhook")):
+            reasons = [str(e) for e in (email_error, webhook_error) if e is not None]
+            reasons += [str(state[k]) for k in ("email_error", "webhook_error") if state.get(k)]
+            raise PermanentError("notify: every channel failed: " + "; ".join(reasons))
+        result.update(
+            recipients=len(recipients),
+            webhook=bool(taken.get("webhook")),
+            email_failed=email_failed or None,
+            webhook_failed=webhook_failed or None,
+        )
         return self._finish(run, "sent", result)
 
     def dead_lettered(self, job: Mapping[str, Any]) -> None:
@@ -119,7 +128,13 @@ class NotifyHandler:
             if store is None:
                 raise PermanentError("the store is gone", service=smtp.SERVICE)
             secrets = services.secrets(digest.store_id)
-            message = digestmod.build_email(digest, recipients)
+            try:
+                message = digestmod.build_email(digest, recipients)
+                smtp.message_bytes(message)  # header errors surface when it is written
+            except (ValueError, TypeError, LookupError, HeaderParseError) as exc:
+                raise PermanentError(
+                    f"digest cannot be built: {exc}", service=smtp.SERVICE
+                ) from exc
             with run.trace.timed("smtp"):
                 services.mail.send(
                     message, MailAccount.smtp(store, secrets.get("smtp_password")), None

@@ -3,7 +3,7 @@
 -- (take, channels, finish); settings (validation, the webhook URL in Vault, recipients); the
 -- console's owner-only change. Runs as service_role unless stated.
 begin;
-select plan(49);
+select plan(51);
 
 insert into auth.users (id, email) values
   ('00000000-0000-4000-8000-0000000000a1', 'Owner-A@example.test'),
@@ -150,6 +150,19 @@ select is((select count(*)::int from public.job_queue
 select is((select jsonb_array_length(public.take_notification_digest(
                     (d -> 'digest' ->> 'job_id')::uuid, 'w1') -> 'items') from taken), 2,
           'a retry of the digest takes the same items, not the later one');
+-- The first digest goes back to pending for a retry: a new item still gets a digest of its own.
+update public.job_queue set status = 'pending', locked_by = null
+where id = (select (d -> 'digest' ->> 'job_id')::uuid from taken);
+select public.notify_people('31000000-0000-4000-8000-00000000000a', 'waiting_for_credits', 'm-1');
+select is((select count(*)::int from public.notifications n
+           where n.kind = 'waiting_for_credits' and n.digest_job_id is null), 1,
+          'an item arriving while a digest waits for its retry is not taken by it');
+select is((select count(*)::int from public.job_queue
+           where store_id = '31000000-0000-4000-8000-00000000000a' and job_type = 'notify'
+             and status = 'pending'), 2,
+          'so it waits for a digest job that has taken nothing yet');
+update public.job_queue set status = 'processing', locked_by = 'w1'
+where id = (select (d -> 'digest' ->> 'job_id')::uuid from taken);
 select is((select (public.record_notification_channel(
                      (d -> 'digest' ->> 'job_id')::uuid, 'email',
                      '{"to": ["owner-a@example.test"], "message_id": "<n1@a.test>"}')).email_message_id
@@ -216,7 +229,7 @@ select throws_ok($$select public.console_set_notification_settings(
                      '31000000-0000-4000-8000-00000000000a', '{"digest_wait_seconds": -1}')$$,
                  'PT400', null, 'a bad value is a 400 for the console');
 select ok((select jsonb_array_length(public.console_notifications(
-                    '31000000-0000-4000-8000-00000000000a') -> 'items') = 5
+                    '31000000-0000-4000-8000-00000000000a') -> 'items') = 6
            and not exists (select 1 from jsonb_array_elements(public.console_notifications(
                     '31000000-0000-4000-8000-00000000000a') -> 'items') i
                            where (i ->> 'store_id') <> '31000000-0000-4000-8000-00000000000a')),

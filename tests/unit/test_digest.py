@@ -49,6 +49,12 @@ IMAP = {
     "detail": {"service": "imap", "consecutive_failures": 5, "error": "login rejected"},
 }
 LOW = {"kind": "credits_low", "ref": "credits_low", "detail": {"credits": 3, "threshold": 5}}
+# What the credit logic (s2-credits) records: one item per episode without credits.
+WAITING = {
+    "kind": "waiting_for_credits",
+    "ref": "episode-7",
+    "detail": {"credits": 0, "waiting": 1, "conversation_id": "c9"},
+}
 
 
 def test_the_subject_counts_each_kind_in_the_order_people_act_on_them() -> None:
@@ -149,3 +155,14 @@ def test_private_hosts_are_allowed_only_when_asked() -> None:
     assert webhook.check_host("http://127.0.0.1:9/hook", allow_private=True) == "127.0.0.1"
     with pytest.raises(PermanentError):
         webhook.check_host("ftp://example.com/x", allow_private=True)
+
+
+def test_credit_items_read_as_what_happens_next() -> None:
+    d = digest.Digest.from_taken(taken(WAITING, LOW), "https://w.example")
+    assert digest.subject(d) == (
+        "[Loja Exemplo] 2 things need a person: emails waiting for credits, credits low"
+    )
+    text = digest.text(d)
+    assert "1 email(s) waiting for credits (balance 0); they are answered automatically" in text
+    assert "3 credits left (warning below 5)" in text
+    assert "https://w.example/console/conversations/c9" in text
