@@ -179,6 +179,34 @@ def test_a_mailbox_refusing_the_login_sends_one_digest_and_one_webhook_call(
     assert post["items"] == [{"kind": "credentials_failed", "ref": f"imap:{pipeline.store_id}"}]
 
 
+def test_with_smtp_failing_the_webhook_is_told_at_once_and_the_email_follows(
+    pipeline: Pipeline, hook: WebhookSink
+) -> None:
+    tell(pipeline, hook)
+    smtp = f"smtp:{pipeline.store_id}"
+    for _ in range(5):  # what delivery records for five SMTP time-outs in a row
+        pipeline.db.circuit_record(smtp, False)
+
+    run(pipeline)
+
+    (post,) = hook.posts  # the webhook does not wait for SMTP
+    assert post["items"] == [{"kind": "credentials_failed", "ref": smtp}]
+    assert "sending mail (SMTP) keeps failing" in post["text"]
+    assert digests(pipeline) == []
+    (job,) = notify_jobs(pipeline)  # deferred by the open breaker, no attempt spent
+    assert job["attempt_count"] == 0
+    assert "job.deferred" in pipeline.event_types(str(job["id"]))
+
+    assert pipeline.db.circuit_record(smtp, True) == "closed"  # SMTP works again
+    pipeline.make_due(str(job["id"]))
+    run(pipeline)
+
+    (digest,) = digests(pipeline)
+    assert "1 failing connection" in digest.message()["Subject"]
+    assert len(hook.posts) == 1  # not posted twice
+    assert notify_jobs(pipeline, "completed")[0]["result"]["outcome"] == "sent"
+
+
 # -- digests: gathering, spacing, no loops ---------------------------------------------------
 
 
