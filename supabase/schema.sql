@@ -3298,6 +3298,24 @@ $_$;
 ALTER FUNCTION public.notify_breaker_changed() OWNER TO postgres;
 
 --
+-- Name: notify_digest_requeued(); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.notify_digest_requeued() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+begin
+  update public.notification_digests d
+  set email_error = null, webhook_error = null
+  where d.job_id = new.id and (d.email_error is not null or d.webhook_error is not null);
+  return null;
+end;
+$$;
+
+ALTER FUNCTION public.notify_digest_requeued() OWNER TO postgres;
+
+--
 -- Name: notify_job_dead_lettered(); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -5120,6 +5138,12 @@ CREATE TRIGGER job_queue_dead_lettered AFTER UPDATE OF status ON public.job_queu
 CREATE TRIGGER job_queue_notify_dead_lettered AFTER UPDATE OF status ON public.job_queue FOR EACH ROW WHEN (((new.job_type <> 'notify'::text) AND (new.store_id IS NOT NULL) AND ((new.status = 'dead_letter'::text) <> (old.status = 'dead_letter'::text)))) EXECUTE FUNCTION public.notify_job_dead_lettered();
 
 --
+-- Name: job_queue job_queue_notify_requeued; Type: TRIGGER; Schema: public; Owner: postgres
+--
+
+CREATE TRIGGER job_queue_notify_requeued AFTER UPDATE OF status ON public.job_queue FOR EACH ROW WHEN (((new.job_type = 'notify'::text) AND (old.status = 'dead_letter'::text) AND (new.status <> 'dead_letter'::text))) EXECUTE FUNCTION public.notify_digest_requeued();
+
+--
 -- Name: mailbox_state mailbox_state_set_updated_at; Type: TRIGGER; Schema: public; Owner: postgres
 --
 
@@ -6150,6 +6174,13 @@ GRANT ALL ON FUNCTION public.notification_settings_view(p_store_id uuid) TO serv
 
 REVOKE ALL ON FUNCTION public.notify_breaker_changed() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.notify_breaker_changed() TO service_role;
+
+--
+-- Name: FUNCTION notify_digest_requeued(); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.notify_digest_requeued() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.notify_digest_requeued() TO service_role;
 
 --
 -- Name: FUNCTION notify_job_dead_lettered(); Type: ACL; Schema: public; Owner: postgres

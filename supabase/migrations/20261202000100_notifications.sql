@@ -306,6 +306,27 @@ create trigger job_queue_notify_dead_lettered
         and (new.status = 'dead_letter') <> (old.status = 'dead_letter'))
   execute function public.notify_job_dead_lettered();
 
+-- A dead-lettered digest requeued (scripts/requeue.py, the console) tries its channels again:
+-- the permanent failures its earlier attempts recorded are forgotten (what went out stays out).
+create or replace function public.notify_digest_requeued()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  update public.notification_digests d
+  set email_error = null, webhook_error = null
+  where d.job_id = new.id and (d.email_error is not null or d.webhook_error is not null);
+  return null;
+end;
+$$;
+
+create trigger job_queue_notify_requeued
+  after update of status on public.job_queue
+  for each row
+  when (new.job_type = 'notify' and old.status = 'dead_letter' and new.status <> 'dead_letter')
+  execute function public.notify_digest_requeued();
+
 -- A store's mailbox (imap:<store>), SMTP (smtp:<store>) or Shopify (shopify:<store>) breaker
 -- opens: the store's work of that kind now waits, whatever the cause, and refused credentials
 -- are what keeps a breaker open (decision 0005: 401/403 and login refusals count). The breaker is
@@ -363,6 +384,7 @@ create trigger circuit_breakers_notify
 revoke all on function public.notify_reply_held() from public, anon, authenticated;
 revoke all on function public.notify_job_dead_lettered() from public, anon, authenticated;
 revoke all on function public.notify_breaker_changed() from public, anon, authenticated;
+revoke all on function public.notify_digest_requeued() from public, anon, authenticated;
 
 -- The notify job (worker/notify.py) --------------------------------------------------------------
 

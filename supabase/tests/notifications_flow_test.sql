@@ -3,7 +3,7 @@
 -- (take, channels, finish); settings (validation, the webhook URL in Vault, recipients); the
 -- console's owner-only change. Runs as service_role unless stated.
 begin;
-select plan(51);
+select plan(53);
 
 insert into auth.users (id, email) values
   ('00000000-0000-4000-8000-0000000000a1', 'Owner-A@example.test'),
@@ -170,6 +170,15 @@ select is((select (public.record_notification_channel(
 select is((select (public.record_notification_channel(
                      (d -> 'digest' ->> 'job_id')::uuid, 'webhook', '{"error": "404"}')).webhook_error
            from taken), '404', 'a webhook that gave up is recorded without a sent time');
+update public.job_queue set status = 'dead_letter'
+where id = (select (d -> 'digest' ->> 'job_id')::uuid from taken);
+select is(pg_temp.items('dead_letter'), 1, 'a dead-lettered digest is never an item itself');
+update public.job_queue set status = 'processing', locked_by = 'w1'
+where id = (select (d -> 'digest' ->> 'job_id')::uuid from taken);
+select is((select (webhook_error, email_message_id)::text from public.notification_digests
+           where job_id = (select (d -> 'digest' ->> 'job_id')::uuid from taken)),
+          '(,<n1@a.test>)',
+          'requeued, a digest forgets its channels'' failures and keeps what went out');
 select ok((select public.finish_notification_digest((d -> 'digest' ->> 'job_id')::uuid, 'w1',
                                                     '{"outcome": "sent"}') from taken),
           'finish completes the job');
@@ -254,7 +263,8 @@ select is(array(select format('%s: %s', p.proname, c.message)
 select is(array(select format('%s: %s', t.fn, c.message)
                 from (values ('public.notify_reply_held()', 'public.replies'),
                              ('public.notify_job_dead_lettered()', 'public.job_queue'),
-                             ('public.notify_breaker_changed()', 'public.circuit_breakers'))
+                             ('public.notify_breaker_changed()', 'public.circuit_breakers'),
+                             ('public.notify_digest_requeued()', 'public.job_queue'))
                        as t (fn, rel),
                      lateral extensions.plpgsql_check_function_tb(
                        t.fn::regprocedure, t.rel::regclass, extra_warnings => true,
