@@ -1271,6 +1271,11 @@ begin
     raise exception 'job % not found', p_job_id using errcode = 'PT404';
   end if;
   if not public.requeue_dlq_job(p_job_id, true) then
+    if v_job.status = 'dead_letter' and v_job.job_type = 'fetch_mailbox' then
+      -- one live fetch job per store (decision 0021): the live one reads the same mailbox
+      raise exception 'job %: its store already has a fetch job waiting or running', p_job_id
+        using errcode = 'PT409';
+    end if;
     raise exception 'job % is %, not dead-lettered', p_job_id, v_job.status
       using errcode = 'PT409';
   end if;
@@ -2070,6 +2075,62 @@ $$;
 ALTER FUNCTION public.dequeue_jobs(p_worker_id text, p_batch_size integer, p_lease_seconds integer, p_job_types text[]) OWNER TO postgres;
 
 --
+-- Name: enqueue_fetch_jobs(uuid[], integer); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.enqueue_fetch_jobs(p_store_ids uuid[] DEFAULT NULL::uuid[], p_priority integer DEFAULT 10) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+    v_stores uuid[];
+    v_max int := (public.job_retry_policy('fetch_mailbox')).max_attempts;
+    v_ids uuid[];
+    v_new uuid[] := '{}';
+    v_rerun int := 0;
+begin
+    select coalesce(array_agg(s.id order by s.id), '{}') into v_stores
+    from public.stores s
+    where s.active and (p_store_ids is null or s.id = any (p_store_ids));
+
+    for v_pass in 1 .. 2 loop
+        with inserted as (
+            insert into public.job_queue (job_type, payload, store_id, priority, max_attempts)
+            select 'fetch_mailbox', '{}'::jsonb, s.id, coalesce(p_priority, 10), v_max
+            from unnest(v_stores) s (id)
+            order by s.id
+            on conflict (store_id)
+                where job_type = 'fetch_mailbox' and status in ('pending', 'processing')
+            do nothing
+            returning id, store_id, priority, next_retry_at
+        ), logged as (
+            insert into public.events (store_id, job_id, event_type, detail)
+            select i.store_id, i.id, 'job.enqueued',
+                   jsonb_build_object('job_type', 'fetch_mailbox', 'priority', i.priority,
+                                      'run_at', i.next_retry_at, 'reason', 'interval')
+            from inserted i
+        )
+        select coalesce(array_agg(i.id), '{}') into v_ids from inserted i;
+        v_new := v_new || v_ids;
+        exit when v_pass = 2;
+
+        insert into public.mailbox_ticks as t (store_id, ticked_at)
+        select s.id, now() from unnest(v_stores) s (id) order by s.id
+        on conflict (store_id) do update set ticked_at = excluded.ticked_at;
+        select count(*)::int into v_rerun
+        from public.job_queue q
+        where q.job_type = 'fetch_mailbox' and q.status = 'processing'
+          and q.store_id = any (v_stores);
+    end loop;
+
+    return jsonb_build_object('stores', cardinality(v_stores), 'enqueued', cardinality(v_new),
+                              'rerun', v_rerun, 'job_ids', to_jsonb(v_new));
+end;
+$$;
+
+ALTER FUNCTION public.enqueue_fetch_jobs(p_store_ids uuid[], p_priority integer) OWNER TO postgres;
+
+--
 -- Name: enqueue_job(text, jsonb, text, uuid, uuid, integer, timestamp with time zone, integer); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -2290,6 +2351,53 @@ end;
 $$;
 
 ALTER FUNCTION public.fail_job(p_job_id uuid, p_worker_id text, p_error text, p_error_type text, p_retry_after_seconds integer) OWNER TO postgres;
+
+--
+-- Name: finish_fetch_job(uuid, text, jsonb, boolean); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean DEFAULT false) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+    v_job public.job_queue;
+    v_reason text;
+    v_follow_up uuid;
+begin
+    if not public.complete_job(p_job_id, p_worker_id, p_result) then
+        return jsonb_build_object('completed', false, 'follow_up', null, 'reason', null);
+    end if;
+    select * into v_job from public.job_queue q where q.id = p_job_id;
+    v_reason := case
+        when p_more then 'backlog'
+        -- claimed no later than the tick: its read may predate it (same instant counts)
+        when exists (select 1 from public.mailbox_ticks t
+                     where t.store_id = v_job.store_id and t.ticked_at >= v_job.started_at)
+            then 'rerun'
+    end;
+    if v_reason is null or v_job.job_type <> 'fetch_mailbox' then
+        return jsonb_build_object('completed', true, 'follow_up', null, 'reason', null);
+    end if;
+    insert into public.job_queue (job_type, payload, store_id, priority, max_attempts)
+    values ('fetch_mailbox', '{}'::jsonb, v_job.store_id, v_job.priority,
+            (public.job_retry_policy('fetch_mailbox')).max_attempts)
+    on conflict (store_id)
+        where job_type = 'fetch_mailbox' and status in ('pending', 'processing')
+    do nothing
+    returning id into v_follow_up;
+    if v_follow_up is not null then
+        insert into public.events (store_id, job_id, event_type, detail)
+        values (v_job.store_id, v_follow_up, 'job.enqueued',
+                jsonb_build_object('job_type', 'fetch_mailbox', 'priority', v_job.priority,
+                                   'run_at', now(), 'reason', v_reason,
+                                   'after_job', p_job_id));
+    end if;
+    return jsonb_build_object('completed', true, 'follow_up', v_follow_up, 'reason', v_reason);
+end;
+$$;
+
+ALTER FUNCTION public.finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean) OWNER TO postgres;
 
 --
 -- Name: finish_notification_digest(uuid, text, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
@@ -3731,6 +3839,12 @@ CREATE FUNCTION public.requeue_dlq_job(p_job_id uuid, p_reset_attempts boolean D
             attempt_count = case when p_reset_attempts then 0 else q.attempt_count end,
             dead_lettered_at = null, locked_by = null, locked_until = null, updated_at = now()
         where q.id = p_job_id and q.status = 'dead_letter'
+          -- A store has at most one live fetch job (job_queue_fetch_live_idx, decision 0021);
+          -- while it has one, a dead one stays dead: the live one reads the same mailbox.
+          and not (q.job_type = 'fetch_mailbox' and exists (
+              select 1 from public.job_queue l
+              where l.store_id = q.store_id and l.job_type = 'fetch_mailbox'
+                and l.status in ('pending', 'processing')))
         returning q.id, q.store_id, q.conversation_id, q.attempt_count
     ), revived as (
         -- The draft that dead-lettering failed (settle_dead_lettered_job) may be sent again.
@@ -4641,6 +4755,23 @@ ALTER TABLE public.events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
 );
 
 --
+-- Name: mailbox_ticks; Type: TABLE; Schema: public; Owner: postgres
+--
+
+CREATE TABLE public.mailbox_ticks (
+    store_id uuid NOT NULL,
+    ticked_at timestamp with time zone NOT NULL
+);
+
+ALTER TABLE public.mailbox_ticks OWNER TO postgres;
+
+--
+-- Name: TABLE mailbox_ticks; Type: COMMENT; Schema: public; Owner: postgres
+--
+
+COMMENT ON TABLE public.mailbox_ticks IS 'When enqueue_fetch_jobs last asked for each store''s mailbox; read by finish_fetch_job.';
+
+--
 -- Name: messages; Type: TABLE; Schema: public; Owner: postgres
 --
 
@@ -4805,6 +4936,13 @@ ALTER TABLE ONLY public.job_retry_policies
 
 ALTER TABLE ONLY public.mailbox_state
     ADD CONSTRAINT mailbox_state_pkey PRIMARY KEY (store_id, folder);
+
+--
+-- Name: mailbox_ticks mailbox_ticks_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.mailbox_ticks
+    ADD CONSTRAINT mailbox_ticks_pkey PRIMARY KEY (store_id);
 
 --
 -- Name: messages messages_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
@@ -4992,6 +5130,12 @@ CREATE INDEX job_queue_dead_letter_idx ON public.job_queue USING btree (dead_let
 --
 
 CREATE INDEX job_queue_due_idx ON public.job_queue USING btree (priority DESC, next_retry_at, id) WHERE (status = 'pending'::text);
+
+--
+-- Name: job_queue_fetch_live_idx; Type: INDEX; Schema: public; Owner: postgres
+--
+
+CREATE UNIQUE INDEX job_queue_fetch_live_idx ON public.job_queue USING btree (store_id) WHERE ((job_type = 'fetch_mailbox'::text) AND (status = ANY (ARRAY['pending'::text, 'processing'::text])));
 
 --
 -- Name: job_queue_idempotency_key_idx; Type: INDEX; Schema: public; Owner: postgres
@@ -5213,6 +5357,13 @@ ALTER TABLE ONLY public.mailbox_state
     ADD CONSTRAINT mailbox_state_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
 
 --
+-- Name: mailbox_ticks mailbox_ticks_store_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.mailbox_ticks
+    ADD CONSTRAINT mailbox_ticks_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
+
+--
 -- Name: messages messages_conversation_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
 --
 
@@ -5409,6 +5560,18 @@ CREATE POLICY mailbox_state_owner_select ON public.mailbox_state FOR SELECT TO a
 --
 
 CREATE POLICY mailbox_state_service_role ON public.mailbox_state TO service_role USING (true) WITH CHECK (true);
+
+--
+-- Name: mailbox_ticks; Type: ROW SECURITY; Schema: public; Owner: postgres
+--
+
+ALTER TABLE public.mailbox_ticks ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: mailbox_ticks mailbox_ticks_service_role_all; Type: POLICY; Schema: public; Owner: postgres
+--
+
+CREATE POLICY mailbox_ticks_service_role_all ON public.mailbox_ticks TO service_role USING (true) WITH CHECK (true);
 
 --
 -- Name: messages; Type: ROW SECURITY; Schema: public; Owner: postgres
@@ -5956,6 +6119,13 @@ REVOKE ALL ON FUNCTION public.dequeue_jobs(p_worker_id text, p_batch_size intege
 GRANT ALL ON FUNCTION public.dequeue_jobs(p_worker_id text, p_batch_size integer, p_lease_seconds integer, p_job_types text[]) TO service_role;
 
 --
+-- Name: FUNCTION enqueue_fetch_jobs(p_store_ids uuid[], p_priority integer); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.enqueue_fetch_jobs(p_store_ids uuid[], p_priority integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.enqueue_fetch_jobs(p_store_ids uuid[], p_priority integer) TO service_role;
+
+--
 -- Name: FUNCTION enqueue_job(p_job_type text, p_payload jsonb, p_idempotency_key text, p_store_id uuid, p_conversation_id uuid, p_priority integer, p_run_at timestamp with time zone, p_max_attempts integer); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -5982,6 +6152,13 @@ GRANT ALL ON FUNCTION public.extend_lease(p_worker_id text, p_job_ids uuid[], p_
 
 REVOKE ALL ON FUNCTION public.fail_job(p_job_id uuid, p_worker_id text, p_error text, p_error_type text, p_retry_after_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.fail_job(p_job_id uuid, p_worker_id text, p_error text, p_error_type text, p_retry_after_seconds integer) TO service_role;
+
+--
+-- Name: FUNCTION finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean) TO service_role;
 
 --
 -- Name: FUNCTION finish_notification_digest(p_job_id uuid, p_worker_id text, p_result jsonb); Type: ACL; Schema: public; Owner: postgres
@@ -6430,6 +6607,12 @@ GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.conversations TO service_role;
 
 GRANT SELECT ON TABLE public.credit_ledger TO authenticated;
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.credit_ledger TO service_role;
+
+--
+-- Name: TABLE mailbox_ticks; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT ALL ON TABLE public.mailbox_ticks TO service_role;
 
 --
 -- Name: TABLE messages; Type: ACL; Schema: public; Owner: postgres
