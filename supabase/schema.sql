@@ -5279,7 +5279,7 @@ CREATE TRIGGER job_queue_dead_lettered AFTER UPDATE OF status ON public.job_queu
 -- Name: job_queue job_queue_notify_dead_lettered; Type: TRIGGER; Schema: public; Owner: postgres
 --
 
-CREATE TRIGGER job_queue_notify_dead_lettered AFTER UPDATE OF status ON public.job_queue FOR EACH ROW WHEN (((new.job_type <> 'notify'::text) AND (new.store_id IS NOT NULL) AND ((new.status = 'dead_letter'::text) <> (old.status = 'dead_letter'::text)))) EXECUTE FUNCTION public.notify_job_dead_lettered();
+CREATE TRIGGER job_queue_notify_dead_lettered AFTER UPDATE OF status ON public.job_queue FOR EACH ROW WHEN (((new.job_type <> ALL (ARRAY['notify'::text, 'fetch_mailbox'::text])) AND (new.store_id IS NOT NULL) AND ((new.status = 'dead_letter'::text) <> (old.status = 'dead_letter'::text)))) EXECUTE FUNCTION public.notify_job_dead_lettered();
 
 --
 -- Name: job_queue job_queue_notify_requeued; Type: TRIGGER; Schema: public; Owner: postgres

@@ -267,7 +267,10 @@ create trigger replies_notify_held_change
 
 -- A job of a store is dead-lettered (fail_job, an expired lease with no attempts left, a manual
 -- update): one item per job. A `notify` job never notifies (no notification about a
--- notification). A requeue (dead_letter -> pending) resolves the item.
+-- notification). Nor does a `fetch_mailbox` job: each of its failures counts on the store's IMAP
+-- breaker, whose opening is the store's credentials_failed item, and the next interval enqueues
+-- a fresh fetch; a dead fetch job would tell the same people the same thing twice.
+-- A requeue (dead_letter -> pending) resolves the item.
 create or replace function public.notify_job_dead_lettered()
 returns trigger
 language plpgsql
@@ -302,7 +305,7 @@ $$;
 create trigger job_queue_notify_dead_lettered
   after update of status on public.job_queue
   for each row
-  when (new.job_type <> 'notify' and new.store_id is not null
+  when (new.job_type not in ('notify', 'fetch_mailbox') and new.store_id is not null
         and (new.status = 'dead_letter') <> (old.status = 'dead_letter'))
   execute function public.notify_job_dead_lettered();
 

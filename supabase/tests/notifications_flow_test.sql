@@ -80,14 +80,17 @@ values ('35000000-0000-4000-8000-0000000000a1', 'process_email', 'processing',
         '31000000-0000-4000-8000-00000000000a', '32000000-0000-4000-8000-0000000000a1', 1),
        ('35000000-0000-4000-8000-0000000000a2', 'notify', 'processing',
         '31000000-0000-4000-8000-00000000000a', null, 1),
+       ('35000000-0000-4000-8000-0000000000a3', 'fetch_mailbox', 'processing',
+        '31000000-0000-4000-8000-00000000000a', null, 1),
        ('35000000-0000-4000-8000-0000000000b1', 'process_email', 'processing',
         null, null, 1);
 update public.job_queue
 set status = 'dead_letter', last_error = 'smtp: 550 no such user', last_error_type = 'permanent'
 where id in ('35000000-0000-4000-8000-0000000000a1', '35000000-0000-4000-8000-0000000000a2',
-             '35000000-0000-4000-8000-0000000000b1');
+             '35000000-0000-4000-8000-0000000000a3', '35000000-0000-4000-8000-0000000000b1');
 select is(pg_temp.items('dead_letter'), 1,
-          'a store''s dead letter makes one item; a notify job''s and a store-less job''s none');
+          'a store''s dead letter makes one item; a notify job''s, a fetch job''s (its breaker '
+          'tells) and a store-less job''s none');
 select is((select ref from public.notifications where kind = 'dead_letter'),
           '35000000-0000-4000-8000-0000000000a1', 'the item is the dead job');
 select is((select detail ->> 'subject' from public.notifications where kind = 'dead_letter'),

@@ -32,7 +32,7 @@ from tests.integration.test_process_pipeline import (
     sql,  # noqa: F401  (a fixture)
 )
 from tests.support.mail_servers import MailUser
-from worker import fetch, loops, mime, process
+from worker import fetch, fetch_jobs, loops, mime, process
 from worker.devstack.dovecot import DovecotServer
 from worker.devstack.fake_claude import FakeClaude, FakeReply
 from worker.devstack.fake_shopify import FakeShopify
@@ -164,9 +164,17 @@ def test_a_mailbox_refusing_the_login_sends_one_digest_and_one_webhook_call(
     options = fetch.FetchOptions(imap_timeout_seconds=10, ca_file=str(pipeline.sink.ca.ca_file))
 
     for _ in range(5):  # the breaker's threshold: real logins refused by Dovecot
-        summary = fetch.run_fetch(scoped, Budget(30), options=options)
+        summary = fetch_jobs.run_fetch(scoped, Budget(30), options=options)
         assert summary["stores_failed"] == 1
-    fetch.run_fetch(scoped, Budget(30), options=options)  # open: skipped, not another item
+        # The retry's backoff, passed: the store's fetch job (or, after its last attempt, the next
+        # interval's fresh one) is due now.
+        pipeline.sql.execute(
+            "update public.job_queue set next_retry_at = now() where store_id = %s"
+            " and job_type = 'fetch_mailbox' and status = 'pending'",
+            (pipeline.store_id,),
+        )
+    summary = fetch_jobs.run_fetch(scoped, Budget(30), options=options)
+    assert summary["stores_breaker_open"] == 1  # open: skipped, not another item
     run(pipeline)
     run(pipeline)
 
