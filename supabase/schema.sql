@@ -152,21 +152,6 @@ $$;
 ALTER FUNCTION public.admin_create_store(p_store jsonb, p_secrets jsonb) OWNER TO postgres;
 
 --
--- Name: admin_set_notification_settings(uuid, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.admin_set_notification_settings(p_store_id uuid, p_changes jsonb) RETURNS jsonb
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO ''
-    AS $$
-begin
-  return public.notification_settings_apply(p_store_id, p_changes);
-end;
-$$;
-
-ALTER FUNCTION public.admin_set_notification_settings(p_store_id uuid, p_changes jsonb) OWNER TO postgres;
-
---
 -- Name: stores; Type: TABLE; Schema: public; Owner: postgres
 --
 
@@ -197,6 +182,11 @@ CREATE TABLE public.stores (
     reply_mode text DEFAULT 'auto_send'::text NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    mailbox_sent text DEFAULT 'auto'::text NOT NULL,
+    mailbox_drafts boolean DEFAULT true NOT NULL,
+    mailbox_mark_answered boolean DEFAULT true NOT NULL,
+    mailbox_sent_folder text,
+    mailbox_drafts_folder text,
     CONSTRAINT stores_credits_check CHECK ((credits >= 0)),
     CONSTRAINT stores_extra_addresses_check CHECK (((extra_addresses)::text = lower((extra_addresses)::text))),
     CONSTRAINT stores_imap_folder_check CHECK ((imap_folder <> ''::text)),
@@ -204,6 +194,7 @@ CREATE TABLE public.stores (
     CONSTRAINT stores_imap_port_check CHECK (((imap_port >= 1) AND (imap_port <= 65535))),
     CONSTRAINT stores_imap_tls_check CHECK ((imap_tls = ANY (ARRAY['ssl'::text, 'starttls'::text, 'plain'::text]))),
     CONSTRAINT stores_imap_user_check CHECK ((imap_user <> ''::text)),
+    CONSTRAINT stores_mailbox_sent_check CHECK ((mailbox_sent = ANY (ARRAY['auto'::text, 'always'::text, 'never'::text]))),
     CONSTRAINT stores_name_check CHECK ((btrim(name) <> ''::text)),
     CONSTRAINT stores_reply_language_check CHECK ((reply_language ~ '^(auto|[a-z]{2,3}(-[A-Za-z0-9]{2,8})*)$'::text)),
     CONSTRAINT stores_reply_mode_check CHECK ((reply_mode = ANY (ARRAY['auto_send'::text, 'draft_only'::text]))),
@@ -303,7 +294,12 @@ begin
     reply_language = v_store.reply_language,
     reply_signature = v_store.reply_signature,
     reply_tone = v_store.reply_tone,
-    reply_mode = v_store.reply_mode
+    reply_mode = v_store.reply_mode,
+    mailbox_sent = v_store.mailbox_sent,
+    mailbox_drafts = v_store.mailbox_drafts,
+    mailbox_mark_answered = v_store.mailbox_mark_answered,
+    mailbox_sent_folder = v_store.mailbox_sent_folder,
+    mailbox_drafts_folder = v_store.mailbox_drafts_folder
   where id = p_store_id
   returning * into v_store;
   return v_store;
@@ -422,6 +418,8 @@ begin
     when 'sent' then return 'already_sent';
     when 'sending' then return 'in_doubt';
     when 'held' then return 'held';
+    -- A person answered from their own mail client (record_sent_scan): never sent by us.
+    when 'superseded' then return 'superseded';
     else return 'failed';
   end case;
 end;
@@ -822,6 +820,7 @@ begin
                  'intent', r.intent, 'language', r.language, 'model', r.model,
                  'error', r.error, 'smtp_message_id', r.smtp_message_id,
                  'in_reply_to_message', r.message_id,
+                 'answered_by', r.answered_by, 'answered_at', r.answered_at,
                  'author', case when r.author_id is null then 'automatic'
                                 else coalesce(r.author_email, r.author_id::text) end)
         from public.replies r where r.conversation_id = v_conv.id
@@ -925,30 +924,6 @@ $$;
 ALTER FUNCTION public.console_dead_letters(p_store_id uuid, p_limit integer) OWNER TO postgres;
 
 --
--- Name: console_delete_knowledge(uuid); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.console_delete_knowledge(p_id uuid) RETURNS boolean
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO ''
-    AS $$
-declare
-  v_store uuid := (select store_id from public.store_knowledge where id = p_id);
-begin
-  if auth.uid() is null then
-    raise exception 'not signed in' using errcode = '42501';
-  end if;
-  if v_store is null then
-    raise exception 'knowledge entry % not found', p_id using errcode = 'PT404';
-  end if;
-  perform public.console_require_store_owner(v_store);
-  return public.remove_knowledge(v_store, p_id, public.console_actor());
-end;
-$$;
-
-ALTER FUNCTION public.console_delete_knowledge(p_id uuid) OWNER TO postgres;
-
---
 -- Name: console_discard_reply(uuid, text); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -1008,9 +983,12 @@ CREATE TABLE public.replies (
     sent_at timestamp with time zone,
     author_id uuid,
     author_email text,
+    answered_by text,
+    answered_message_id text,
+    answered_at timestamp with time zone,
     CONSTRAINT replies_check CHECK (((status <> 'sent'::text) OR (sent_at IS NOT NULL))),
     CONSTRAINT replies_check1 CHECK (((status <> 'sending'::text) OR (sending_at IS NOT NULL))),
-    CONSTRAINT replies_status_check CHECK ((status = ANY (ARRAY['drafted'::text, 'sending'::text, 'sent'::text, 'held'::text, 'failed'::text, 'discarded'::text]))),
+    CONSTRAINT replies_status_check CHECK ((status = ANY (ARRAY['drafted'::text, 'sending'::text, 'sent'::text, 'held'::text, 'failed'::text, 'discarded'::text, 'superseded'::text]))),
     CONSTRAINT replies_to_address_check CHECK ((to_address = lower(to_address)))
 );
 
@@ -1043,29 +1021,6 @@ CREATE FUNCTION public.console_is_operator() RETURNS boolean
 $$;
 
 ALTER FUNCTION public.console_is_operator() OWNER TO postgres;
-
---
--- Name: console_knowledge(uuid); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.console_knowledge(p_store_id uuid) RETURNS jsonb
-    LANGUAGE sql STABLE
-    SET search_path TO ''
-    AS $$
-  select jsonb_build_object(
-    'store', jsonb_build_object('id', s.id, 'name', s.name,
-                                'role', public.console_role_in(s.id)),
-    'entries', coalesce((
-      select jsonb_agg(jsonb_build_object(
-               'id', k.id, 'topic', k.topic, 'title', k.title, 'body', k.body,
-               'updated_at', k.updated_at, 'updated_by', k.updated_by)
-             order by k.topic, k.title)
-      from public.store_knowledge k where k.store_id = s.id), '[]'::jsonb))
-  from public.stores s
-  where s.id = p_store_id
-$$;
-
-ALTER FUNCTION public.console_knowledge(p_store_id uuid) OWNER TO postgres;
 
 --
 -- Name: console_me(); Type: FUNCTION; Schema: public; Owner: postgres
@@ -1158,37 +1113,6 @@ $$;
 ALTER FUNCTION public.console_needs_person(p_store_id uuid, p_limit integer) OWNER TO postgres;
 
 --
--- Name: console_notifications(uuid, integer); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.console_notifications(p_store_id uuid, p_limit integer DEFAULT 50) RETURNS jsonb
-    LANGUAGE plpgsql STABLE SECURITY DEFINER
-    SET search_path TO ''
-    AS $$
-begin
-  if auth.uid() is null then
-    raise exception 'not signed in' using errcode = '42501';
-  end if;
-  if not exists (select 1 from public.stores where id = p_store_id) then
-    raise exception 'store % not found', p_store_id using errcode = 'PT404';
-  end if;
-  if public.console_role_in(p_store_id) is null then
-    raise exception 'not one of the store''s people' using errcode = '42501';
-  end if;
-  return jsonb_build_object(
-    'settings', public.notification_settings_view(p_store_id),
-    'items', coalesce((select jsonb_agg(to_jsonb(n) - 'digest_job_id' order by n.created_at desc)
-                       from (select * from public.notifications
-                             where store_id = p_store_id
-                             order by created_at desc
-                             limit least(greatest(coalesce(p_limit, 50), 1), 200)) n),
-                      '[]'::jsonb));
-end;
-$$;
-
-ALTER FUNCTION public.console_notifications(p_store_id uuid, p_limit integer) OWNER TO postgres;
-
---
 -- Name: console_purge_dead_letters(uuid[]); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -1271,11 +1195,6 @@ begin
     raise exception 'job % not found', p_job_id using errcode = 'PT404';
   end if;
   if not public.requeue_dlq_job(p_job_id, true) then
-    if v_job.status = 'dead_letter' and v_job.job_type = 'fetch_mailbox' then
-      -- one live fetch job per store (decision 0021): the live one reads the same mailbox
-      raise exception 'job %: its store already has a fetch job waiting or running', p_job_id
-        using errcode = 'PT409';
-    end if;
     raise exception 'job % is %, not dead-lettered', p_job_id, v_job.status
       using errcode = 'PT409';
   end if;
@@ -1321,29 +1240,6 @@ $$;
 ALTER FUNCTION public.console_require(p_kind text, p_id uuid, p_roles text[]) OWNER TO postgres;
 
 --
--- Name: console_require_store_owner(uuid); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.console_require_store_owner(p_store_id uuid) RETURNS void
-    LANGUAGE plpgsql STABLE SECURITY DEFINER
-    SET search_path TO ''
-    AS $$
-begin
-  if auth.uid() is null then
-    raise exception 'not signed in' using errcode = '42501';
-  end if;
-  if not exists (select 1 from public.stores where id = p_store_id) then
-    raise exception 'store % not found', p_store_id using errcode = 'PT404';
-  end if;
-  if coalesce(public.console_role_in(p_store_id), '') not in ('owner', 'operator') then
-    raise exception 'only the store''s owners change its knowledge' using errcode = '42501';
-  end if;
-end;
-$$;
-
-ALTER FUNCTION public.console_require_store_owner(p_store_id uuid) OWNER TO postgres;
-
---
 -- Name: console_role_in(uuid); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -1357,26 +1253,6 @@ CREATE FUNCTION public.console_role_in(p_store_id uuid) RETURNS text
 $$;
 
 ALTER FUNCTION public.console_role_in(p_store_id uuid) OWNER TO postgres;
-
---
--- Name: console_save_knowledge(uuid, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.console_save_knowledge(p_store_id uuid, p_entry jsonb) RETURNS jsonb
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO ''
-    AS $$
-declare
-  v_row public.store_knowledge;
-begin
-  perform public.console_require_store_owner(p_store_id);
-  v_row := public.save_knowledge(p_store_id, p_entry, public.console_actor());
-  return jsonb_build_object('id', v_row.id, 'topic', v_row.topic, 'title', v_row.title,
-                            'body', v_row.body, 'updated_at', v_row.updated_at);
-end;
-$$;
-
-ALTER FUNCTION public.console_save_knowledge(p_store_id uuid, p_entry jsonb) OWNER TO postgres;
 
 --
 -- Name: console_send_reply(uuid, text); Type: FUNCTION; Schema: public; Owner: postgres
@@ -1414,44 +1290,6 @@ end;
 $$;
 
 ALTER FUNCTION public.console_send_reply(p_reply_id uuid, p_body text) OWNER TO postgres;
-
---
--- Name: console_set_notification_settings(uuid, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.console_set_notification_settings(p_store_id uuid, p_changes jsonb) RETURNS jsonb
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO ''
-    AS $$
-declare
-  v_result jsonb;
-  v_detail text;
-begin
-  if auth.uid() is null then
-    raise exception 'not signed in' using errcode = '42501';
-  end if;
-  if not exists (select 1 from public.stores where id = p_store_id) then
-    raise exception 'store % not found', p_store_id using errcode = 'PT404';
-  end if;
-  if coalesce(public.console_role_in(p_store_id), '') not in ('owner', 'operator') then
-    raise exception 'only the store''s owners change its settings' using errcode = '42501';
-  end if;
-  begin
-    v_result := public.notification_settings_apply(p_store_id, p_changes);
-  exception when sqlstate '22023' then
-    -- PostgREST answers PTnnn with status nnn: a person's bad value is a 400 with its list.
-    get stacked diagnostics v_detail = pg_exception_detail;
-    raise exception '%: %', sqlerrm, v_detail using errcode = 'PT400';
-  end;
-  insert into public.events (store_id, event_type, detail)
-  values (p_store_id, 'console.notifications_updated',
-          jsonb_build_object('keys', (select jsonb_agg(k) from jsonb_object_keys(p_changes) k),
-                             'by', public.console_actor()));
-  return v_result;
-end;
-$$;
-
-ALTER FUNCTION public.console_set_notification_settings(p_store_id uuid, p_changes jsonb) OWNER TO postgres;
 
 --
 -- Name: console_status_from_event(); Type: FUNCTION; Schema: public; Owner: postgres
@@ -2267,6 +2105,36 @@ $$;
 ALTER FUNCTION public.enqueue_jobs(p_jobs jsonb) OWNER TO postgres;
 
 --
+-- Name: enqueue_mailbox_record(); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.enqueue_mailbox_record() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  v_store public.stores;
+  v_was_held boolean := tg_op = 'UPDATE' and old.status = 'held';
+begin
+  if tg_op = 'UPDATE' and old.status is not distinct from new.status then
+    return null;
+  end if;
+  select * into v_store from public.stores where id = new.store_id;
+  if not found
+     or not public.mailbox_record_wanted(v_store, new.status, new.hold_reason, v_was_held) then
+    return null;
+  end if;
+  -- Below the sends (console 10, email 0): filing waits behind answering customers.
+  perform public.enqueue_job('mailbox_record',
+                             jsonb_build_object('reply_id', new.id, 'status', new.status),
+                             null, new.store_id, new.conversation_id, -1);
+  return null;
+end;
+$$;
+
+ALTER FUNCTION public.enqueue_mailbox_record() OWNER TO postgres;
+
+--
 -- Name: extend_lease(text, uuid[], integer); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -2400,34 +2268,6 @@ $$;
 ALTER FUNCTION public.finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean) OWNER TO postgres;
 
 --
--- Name: finish_notification_digest(uuid, text, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.finish_notification_digest(p_job_id uuid, p_worker_id text, p_result jsonb DEFAULT NULL::jsonb) RETURNS boolean
-    LANGUAGE plpgsql
-    SET search_path TO ''
-    AS $$
-declare
-  v_store_id uuid;
-begin
-  if not public.complete_job(p_job_id, p_worker_id, p_result) then
-    return false;
-  end if;
-  update public.notifications n
-  set status = 'sent', sent_at = now()
-  where n.digest_job_id = p_job_id and n.status = 'pending';
-  update public.notification_digests d set finished_at = now()
-  where d.job_id = p_job_id
-  returning d.store_id into v_store_id;
-  insert into public.events (store_id, job_id, event_type, detail)
-  values (v_store_id, p_job_id, 'notify.sent', coalesce(p_result, '{}'::jsonb));
-  return true;
-end;
-$$;
-
-ALTER FUNCTION public.finish_notification_digest(p_job_id uuid, p_worker_id text, p_result jsonb) OWNER TO postgres;
-
---
 -- Name: finish_send(uuid, uuid, text, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -2548,20 +2388,33 @@ $$;
 ALTER FUNCTION public.get_mailbox_state(p_store_id uuid, p_folder text) OWNER TO postgres;
 
 --
--- Name: get_notification_webhook(uuid); Type: FUNCTION; Schema: public; Owner: postgres
+-- Name: sent_scan_state; Type: TABLE; Schema: public; Owner: postgres
 --
 
-CREATE FUNCTION public.get_notification_webhook(p_store_id uuid) RETURNS text
-    LANGUAGE sql STABLE SECURITY DEFINER
+CREATE TABLE public.sent_scan_state (
+    store_id uuid NOT NULL,
+    folder text NOT NULL,
+    uidvalidity bigint NOT NULL,
+    last_uid bigint DEFAULT 0 NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT sent_scan_state_last_uid_check CHECK ((last_uid >= 0)),
+    CONSTRAINT sent_scan_state_uidvalidity_check CHECK ((uidvalidity >= 0))
+);
+
+ALTER TABLE public.sent_scan_state OWNER TO postgres;
+
+--
+-- Name: get_sent_scan_state(uuid); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.get_sent_scan_state(p_store_id uuid) RETURNS SETOF public.sent_scan_state
+    LANGUAGE sql STABLE
     SET search_path TO ''
     AS $$
-  select ds.decrypted_secret
-  from public.notification_settings ns
-  join vault.decrypted_secrets ds on ds.id = ns.webhook_secret_id
-  where ns.store_id = p_store_id
+  select * from public.sent_scan_state where store_id = p_store_id
 $$;
 
-ALTER FUNCTION public.get_notification_webhook(p_store_id uuid) OWNER TO postgres;
+ALTER FUNCTION public.get_sent_scan_state(p_store_id uuid) OWNER TO postgres;
 
 --
 -- Name: get_store(uuid); Type: FUNCTION; Schema: public; Owner: postgres
@@ -2606,45 +2459,6 @@ end;
 $$;
 
 ALTER FUNCTION public.get_store_secrets(p_store_id uuid) OWNER TO postgres;
-
---
--- Name: import_knowledge(uuid, jsonb, boolean, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.import_knowledge(p_store_id uuid, p_entries jsonb, p_replace boolean DEFAULT false, p_actor jsonb DEFAULT NULL::jsonb) RETURNS jsonb
-    LANGUAGE plpgsql
-    SET search_path TO ''
-    AS $$
-declare
-  v_entry jsonb;
-  v_saved int := 0;
-  v_removed int := 0;
-  v_id uuid;
-begin
-  if jsonb_typeof(p_entries) is distinct from 'array' then
-    raise exception 'entries must be a JSON array' using errcode = 'PT400';
-  end if;
-  if p_replace then
-    for v_id in
-      select k.id from public.store_knowledge k
-      where k.store_id = p_store_id
-        and k.title not in (select btrim(coalesce(e ->> 'title', ''), E' \t\r\n')
-                            from jsonb_array_elements(p_entries) e)
-    loop
-      if public.remove_knowledge(p_store_id, v_id, p_actor) then
-        v_removed := v_removed + 1;
-      end if;
-    end loop;
-  end if;
-  for v_entry in select e from jsonb_array_elements(p_entries) e loop
-    perform public.save_knowledge(p_store_id, v_entry - 'id', p_actor);
-    v_saved := v_saved + 1;
-  end loop;
-  return jsonb_build_object('saved', v_saved, 'removed', v_removed);
-end;
-$$;
-
-ALTER FUNCTION public.import_knowledge(p_store_id uuid, p_entries jsonb, p_replace boolean, p_actor jsonb) OWNER TO postgres;
 
 --
 -- Name: ingest_messages(uuid, text, bigint, bigint, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
@@ -3049,24 +2863,6 @@ $$;
 ALTER FUNCTION public.list_dead_letter_jobs(p_store_id uuid, p_job_type text, p_error_type text, p_min_age_seconds integer, p_limit integer) OWNER TO postgres;
 
 --
--- Name: list_knowledge(uuid); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.list_knowledge(p_store_id uuid) RETURNS jsonb
-    LANGUAGE sql STABLE
-    SET search_path TO ''
-    AS $$
-  select coalesce(jsonb_agg(jsonb_build_object(
-           'id', k.id, 'topic', k.topic, 'title', k.title, 'body', k.body,
-           'updated_at', k.updated_at, 'updated_by', k.updated_by)
-         order by k.topic, k.title), '[]'::jsonb)
-  from public.store_knowledge k
-  where k.store_id = p_store_id
-$$;
-
-ALTER FUNCTION public.list_knowledge(p_store_id uuid) OWNER TO postgres;
-
---
 -- Name: list_stores(boolean); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -3096,15 +2892,12 @@ declare
   v_reply public.replies;
   v_recent int := 0;
   v_store_hour int := 0;
-  v_thread jsonb := '[]'::jsonb;
-  v_knowledge jsonb := '[]'::jsonb;
 begin
   select to_jsonb(j) into v_job from public.job_queue j where j.id = p_job_id;
   if v_job is null then
     return jsonb_build_object('job', null, 'message', null, 'store', null,
                               'conversation', null, 'reply', null, 'recent_replies', 0,
-                              'store_replies_last_hour', 0, 'thread', '[]'::jsonb,
-                              'knowledge', '[]'::jsonb);
+                              'store_replies_last_hour', 0);
   end if;
 
   if (v_job -> 'payload' ->> 'message_id') ~* '^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$' then
@@ -3128,41 +2921,6 @@ begin
       and l.created_at > now() - interval '1 hour'
       and not exists (select 1 from public.credit_ledger r
                       where r.job_id = l.job_id and r.reason = 'refund');
-    -- The conversation's earlier messages and the replies that went out (automatic or a
-    -- person's), newest 12, each cut to 3,000 characters: the worker strips quotes and trims
-    -- them to its budget (worker/thread.py). Only this conversation's, of this store.
-    select coalesce(jsonb_agg(t.item order by t.at, t.kind), '[]'::jsonb) into v_thread
-    from (
-      select e.at, e.kind, e.item from (
-        select m.received_at as at, 0 as kind,
-               jsonb_build_object('author', 'customer', 'at', m.received_at,
-                                  'text', left(m.body_text, 3000)) as item
-        from public.messages m
-        where m.conversation_id = v_message.conversation_id
-          and m.store_id = v_message.store_id
-          and m.id <> v_message.id
-          and m.skip_reason is null
-          and (m.received_at, m.id) < (v_message.received_at, v_message.id)
-        union all
-        select r.sent_at, 1,
-               jsonb_build_object('author', 'store', 'at', r.sent_at,
-                                  'text', left(r.body_text, 3000))
-        from public.replies r
-        where r.conversation_id = v_message.conversation_id
-          and r.store_id = v_message.store_id
-          and r.status = 'sent'
-          and r.message_id <> v_message.id
-        order by at desc, kind desc
-        limit 12
-      ) e
-    ) t;
-    -- The store's knowledge base, whole (at most 200 entries): worker/knowledge.py picks what is
-    -- relevant to this email, so the pick costs no extra round trip.
-    select coalesce(jsonb_agg(jsonb_build_object('id', k.id, 'topic', k.topic,
-                                                 'title', k.title, 'body', k.body)
-                              order by k.topic, k.title), '[]'::jsonb) into v_knowledge
-    from public.store_knowledge k
-    where k.store_id = v_message.store_id;
   else
     select * into v_store from public.stores where id = (v_job ->> 'store_id')::uuid;
   end if;
@@ -3175,14 +2933,34 @@ begin
       case when v_conversation.id is null then null else to_jsonb(v_conversation) end,
     'reply', case when v_reply.id is null then null else to_jsonb(v_reply) end,
     'recent_replies', v_recent,
-    'store_replies_last_hour', v_store_hour,
-    'thread', v_thread,
-    'knowledge', v_knowledge
+    'store_replies_last_hour', v_store_hour
   );
 end;
 $_$;
 
 ALTER FUNCTION public.load_job_context(p_job_id uuid, p_reply_window_hours integer) OWNER TO postgres;
+
+--
+-- Name: load_mailbox_record(uuid); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.load_mailbox_record(p_reply_id uuid) RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+  select jsonb_build_object(
+    'reply', to_jsonb(r),
+    'store', to_jsonb(s),
+    'message', jsonb_build_object(
+      'message_id', coalesce(m.headers ->> 'message-id', m.message_id),
+      'imap_folder', m.imap_folder))
+  from public.replies r
+  join public.stores s on s.id = r.store_id
+  left join public.messages m on m.id = r.message_id
+  where r.id = p_reply_id
+$$;
+
+ALTER FUNCTION public.load_mailbox_record(p_reply_id uuid) OWNER TO postgres;
 
 --
 -- Name: load_reply_context(uuid); Type: FUNCTION; Schema: public; Owner: postgres
@@ -3200,356 +2978,26 @@ $$;
 ALTER FUNCTION public.load_reply_context(p_reply_id uuid) OWNER TO postgres;
 
 --
--- Name: notification_recipients(uuid); Type: FUNCTION; Schema: public; Owner: postgres
+-- Name: mailbox_record_wanted(public.stores, text, text, boolean); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
-CREATE FUNCTION public.notification_recipients(p_store_id uuid) RETURNS text[]
-    LANGUAGE sql STABLE SECURITY DEFINER
+CREATE FUNCTION public.mailbox_record_wanted(p_store public.stores, p_status text, p_hold_reason text, p_was_held boolean) RETURNS boolean
+    LANGUAGE sql IMMUTABLE
     SET search_path TO ''
     AS $$
-  select coalesce(
-    (select ns.addresses from public.notification_settings ns where ns.store_id = p_store_id),
-    (select array_agg(lower(u.email) order by m.role desc, lower(u.email))
-     from public.store_members m join auth.users u on u.id = m.user_id
-     where m.store_id = p_store_id and u.email is not null),
-    (select array[s.support_email] from public.stores s where s.id = p_store_id))
+  select case
+    when p_status = 'sent' then
+      p_store.mailbox_sent <> 'never' or p_store.mailbox_mark_answered or p_store.mailbox_drafts
+    when p_status = 'held' then
+      p_store.mailbox_drafts and coalesce(p_hold_reason, '') <> 'delivery_in_doubt'
+    -- Leaving held (approved in the console, discarded, superseded): the draft comes out.
+    when p_status in ('discarded', 'superseded') or p_was_held then
+      p_store.mailbox_drafts
+    else false
+  end
 $$;
 
-ALTER FUNCTION public.notification_recipients(p_store_id uuid) OWNER TO postgres;
-
---
--- Name: notification_settings_apply(uuid, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.notification_settings_apply(p_store_id uuid, p_changes jsonb) RETURNS jsonb
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO ''
-    AS $_$
-declare
-  v_row public.notification_settings;
-  v_problems text[] := '{}'::text[];
-  v_unknown text[];
-  v_addresses text[];
-  v_url text;
-  v_host text;
-begin
-  if not exists (select 1 from public.stores where id = p_store_id) then
-    raise exception 'store % not found', p_store_id using errcode = 'PT404';
-  end if;
-  if jsonb_typeof(p_changes) is distinct from 'object' then
-    raise exception 'notification settings must be a JSON object' using errcode = '22023';
-  end if;
-  select array_agg(k order by k) into v_unknown from jsonb_object_keys(p_changes) k
-  where k not in ('addresses', 'digest_interval_minutes', 'digest_wait_seconds', 'webhook_url');
-  if v_unknown is not null then
-    v_problems := v_problems || ('unknown keys: ' || array_to_string(v_unknown, ', '));
-  end if;
-
-  insert into public.notification_settings (store_id) values (p_store_id)
-  on conflict (store_id) do nothing;
-  select * into v_row from public.notification_settings where store_id = p_store_id for update;
-
-  if p_changes ? 'addresses' then
-    if jsonb_typeof(p_changes -> 'addresses') = 'null' then
-      v_row.addresses := null;
-    elsif jsonb_typeof(p_changes -> 'addresses') = 'array' then
-      select array_agg(distinct lower(btrim(a)) order by lower(btrim(a))) into v_addresses
-      from jsonb_array_elements_text(p_changes -> 'addresses') a where btrim(a) <> '';
-      if v_addresses is null then
-        v_row.addresses := null;
-      elsif cardinality(v_addresses) > 20 then
-        v_problems := v_problems || 'addresses: at most 20'::text;
-      elsif exists (select 1 from unnest(v_addresses) a
-                    where a !~ '^[^@\s<>,;"]+@[^@\s<>,;"]+\.[^@\s<>,;"]+$') then
-        v_problems := v_problems || ('addresses: not an email address: ' || (
-          select string_agg(a, ', ') from unnest(v_addresses) a
-          where a !~ '^[^@\s<>,;"]+@[^@\s<>,;"]+\.[^@\s<>,;"]+$'));
-      else
-        v_row.addresses := v_addresses;
-      end if;
-    else
-      v_problems := v_problems || 'addresses must be a list of email addresses'::text;
-    end if;
-  end if;
-  if p_changes ? 'digest_interval_minutes' then
-    if jsonb_typeof(p_changes -> 'digest_interval_minutes') = 'number'
-       and (p_changes ->> 'digest_interval_minutes') ~ '^[0-9]+$'
-       and (p_changes ->> 'digest_interval_minutes')::numeric between 1 and 1440 then
-      v_row.digest_interval_minutes := (p_changes ->> 'digest_interval_minutes')::int;
-    else
-      v_problems := v_problems || 'digest_interval_minutes must be 1 to 1440'::text;
-    end if;
-  end if;
-  if p_changes ? 'digest_wait_seconds' then
-    if jsonb_typeof(p_changes -> 'digest_wait_seconds') = 'number'
-       and (p_changes ->> 'digest_wait_seconds') ~ '^[0-9]+$'
-       and (p_changes ->> 'digest_wait_seconds')::numeric between 0 and 3600 then
-      v_row.digest_wait_seconds := (p_changes ->> 'digest_wait_seconds')::int;
-    else
-      v_problems := v_problems || 'digest_wait_seconds must be 0 to 3600'::text;
-    end if;
-  end if;
-  if p_changes ? 'webhook_url' then
-    v_url := nullif(btrim(coalesce(p_changes ->> 'webhook_url', '')), '');
-    if jsonb_typeof(p_changes -> 'webhook_url') not in ('string', 'null') then
-      v_problems := v_problems || 'webhook_url must be a URL or null'::text;
-    elsif v_url is not null then
-      v_host := substring(v_url from '^https?://([^/:?#]+)');
-      if v_host is null or length(v_url) > 2000 or v_url ~ '\s' then
-        v_problems := v_problems || 'webhook_url must be an http(s) URL'::text;
-      elsif v_url !~ '^https://' and not public.is_loopback_host(v_host) then
-        -- The URL is a credential and the digest names customers: never in clear text,
-        -- except to this machine (tests, the demo).
-        v_problems := v_problems || 'webhook_url must use https'::text;
-      end if;
-    end if;
-  end if;
-  if cardinality(v_problems) > 0 then
-    raise exception 'invalid notification settings'
-      using errcode = '22023', detail = array_to_string(v_problems, '; ');
-  end if;
-
-  if p_changes ? 'webhook_url' then
-    if v_url is null then
-      if v_row.webhook_secret_id is not null then
-        delete from vault.secrets where id = v_row.webhook_secret_id;
-      end if;
-      v_row.webhook_secret_id := null;
-      v_row.webhook_hint := null;
-    else
-      v_row.webhook_secret_id := public.store_put_secret(
-        v_row.webhook_secret_id, v_url, p_store_id, 'notification_webhook',
-        'notification webhook URL');
-      v_row.webhook_hint := v_host || ' …' || right(v_url, 4);
-    end if;
-  end if;
-  update public.notification_settings set
-    addresses = v_row.addresses,
-    digest_interval_minutes = v_row.digest_interval_minutes,
-    digest_wait_seconds = v_row.digest_wait_seconds,
-    webhook_secret_id = v_row.webhook_secret_id,
-    webhook_hint = v_row.webhook_hint
-  where store_id = p_store_id;
-  return public.notification_settings_view(p_store_id);
-end;
-$_$;
-
-ALTER FUNCTION public.notification_settings_apply(p_store_id uuid, p_changes jsonb) OWNER TO postgres;
-
---
--- Name: notification_settings_view(uuid); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.notification_settings_view(p_store_id uuid) RETURNS jsonb
-    LANGUAGE sql STABLE SECURITY DEFINER
-    SET search_path TO ''
-    AS $$
-  select jsonb_build_object(
-    'store_id', s.id,
-    'addresses', ns.addresses,
-    'recipients', to_jsonb(public.notification_recipients(s.id)),
-    'digest_interval_minutes', coalesce(ns.digest_interval_minutes, 15),
-    'digest_wait_seconds', coalesce(ns.digest_wait_seconds, 60),
-    'webhook', ns.webhook_secret_id is not null,
-    'webhook_hint', ns.webhook_hint)
-  from public.stores s
-  left join public.notification_settings ns on ns.store_id = s.id
-  where s.id = p_store_id
-$$;
-
-ALTER FUNCTION public.notification_settings_view(p_store_id uuid) OWNER TO postgres;
-
---
--- Name: notify_breaker_changed(); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.notify_breaker_changed() RETURNS trigger
-    LANGUAGE plpgsql
-    SET search_path TO ''
-    AS $_$
-declare
-  v_parts text[];
-  v_store_id uuid;
-  v_last_error text;
-begin
-  v_parts := regexp_match(new.service,
-    '^(imap|smtp|shopify):([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$');
-  if v_parts is null then
-    return null;  -- not a store's service (claude, a webhook, ...)
-  end if;
-  v_store_id := v_parts[2]::uuid;
-  if new.state = 'closed' then
-    perform public.resolve_notifications(v_store_id, 'credentials_failed', new.service);
-    return null;
-  end if;
-  if v_parts[1] = 'imap' then
-    select e.detail ->> 'error' into v_last_error
-    from public.events e
-    where e.store_id = v_store_id and e.event_type = 'fetch.store_failed'
-    order by e.created_at desc
-    limit 1;
-  end if;
-  perform public.notify_people(
-    v_store_id, 'credentials_failed', new.service,
-    jsonb_build_object('service', v_parts[1], 'consecutive_failures', new.consecutive_failures,
-                       'opened_at', new.opened_at, 'error', left(v_last_error, 500)));
-  return null;
-exception when others then
-  insert into public.events (event_type, detail)
-  values ('notify.failed',
-          jsonb_build_object('kind', 'credentials_failed', 'ref', new.service, 'error', sqlerrm,
-                             'sqlstate', sqlstate));
-  return null;
-end;
-$_$;
-
-ALTER FUNCTION public.notify_breaker_changed() OWNER TO postgres;
-
---
--- Name: notify_digest_requeued(); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.notify_digest_requeued() RETURNS trigger
-    LANGUAGE plpgsql
-    SET search_path TO ''
-    AS $$
-begin
-  update public.notification_digests d
-  set email_error = null, webhook_error = null
-  where d.job_id = new.id and (d.email_error is not null or d.webhook_error is not null);
-  return null;
-end;
-$$;
-
-ALTER FUNCTION public.notify_digest_requeued() OWNER TO postgres;
-
---
--- Name: notify_job_dead_lettered(); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.notify_job_dead_lettered() RETURNS trigger
-    LANGUAGE plpgsql
-    SET search_path TO ''
-    AS $$
-declare
-  v_conversation public.conversations;
-begin
-  if new.status = 'dead_letter' then
-    select * into v_conversation from public.conversations c where c.id = new.conversation_id;
-    perform public.notify_people(
-      new.store_id, 'dead_letter', new.id::text,
-      jsonb_build_object('job_type', new.job_type, 'error', left(new.last_error, 500),
-                         'error_type', new.last_error_type, 'attempts', new.attempt_count,
-                         'conversation_id', new.conversation_id,
-                         'subject', v_conversation.subject,
-                         'customer', v_conversation.customer_email));
-  else
-    perform public.resolve_notifications(new.store_id, 'dead_letter', new.id::text);
-  end if;
-  return null;
-exception when others then
-  insert into public.events (store_id, job_id, conversation_id, event_type, detail)
-  values (new.store_id, new.id, new.conversation_id, 'notify.failed',
-          jsonb_build_object('kind', 'dead_letter', 'ref', new.id, 'error', sqlerrm,
-                             'sqlstate', sqlstate));
-  return null;
-end;
-$$;
-
-ALTER FUNCTION public.notify_job_dead_lettered() OWNER TO postgres;
-
---
--- Name: notify_people(uuid, text, text, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.notify_people(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb DEFAULT '{}'::jsonb) RETURNS void
-    LANGUAGE plpgsql
-    SET search_path TO ''
-    AS $$
-declare
-  v_settings public.notification_settings;
-  v_id uuid;
-  v_last timestamptz;
-  v_run_at timestamptz;
-  v_job_id uuid;
-begin
-  if p_kind is null or p_kind not in ('held_reply', 'dead_letter', 'credentials_failed',
-                                      'credits_low', 'waiting_for_credits') then
-    raise exception 'notify_people: unknown kind %', p_kind using errcode = '22023';
-  end if;
-  if p_ref is null or p_ref = '' then
-    raise exception 'notify_people: p_ref is required' using errcode = '22023';
-  end if;
-  if p_store_id is null or not exists (select 1 from public.stores s where s.id = p_store_id) then
-    return;
-  end if;
-
-  insert into public.notification_settings (store_id) values (p_store_id)
-  on conflict (store_id) do nothing;
-  select * into v_settings from public.notification_settings ns
-  where ns.store_id = p_store_id for update;
-
-  insert into public.notifications (store_id, kind, ref, detail)
-  values (p_store_id, p_kind, p_ref,
-          case when jsonb_typeof(p_detail) = 'object' then p_detail else '{}'::jsonb end)
-  on conflict (store_id, kind, ref) where resolved_at is null do nothing
-  returning id into v_id;
-  if v_id is null then
-    return;
-  end if;
-
-  -- A notify job that has not taken its digest yet will take this item too. One that did (it
-  -- is running, or pending again for a retry) keeps the items it took, so this one needs the
-  -- next digest.
-  if exists (select 1 from public.job_queue q
-             where q.store_id = p_store_id and q.status = 'pending' and q.job_type = 'notify'
-               and not exists (select 1 from public.notification_digests d
-                               where d.job_id = q.id)) then
-    return;
-  end if;
-  select max(d.created_at) into v_last
-  from public.notification_digests d where d.store_id = p_store_id;
-  v_run_at := greatest(now() + make_interval(secs => v_settings.digest_wait_seconds),
-                       coalesce(v_last, '-infinity'::timestamptz)
-                         + make_interval(mins => v_settings.digest_interval_minutes));
-  v_job_id := public.enqueue_job('notify', jsonb_build_object('store_id', p_store_id),
-                                 p_store_id => p_store_id, p_run_at => v_run_at);
-  insert into public.events (store_id, job_id, event_type, detail)
-  values (p_store_id, v_job_id, 'notify.scheduled',
-          jsonb_build_object('kind', p_kind, 'ref', p_ref, 'run_at', v_run_at));
-end;
-$$;
-
-ALTER FUNCTION public.notify_people(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb) OWNER TO postgres;
-
---
--- Name: notify_reply_held(); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.notify_reply_held() RETURNS trigger
-    LANGUAGE plpgsql
-    SET search_path TO ''
-    AS $$
-begin
-  if new.status = 'held' then
-    perform public.notify_people(
-      new.store_id, 'held_reply', new.id::text,
-      jsonb_build_object('conversation_id', new.conversation_id, 'subject', new.subject,
-                         'customer', new.to_address, 'hold_reason', new.hold_reason));
-  else
-    perform public.resolve_notifications(new.store_id, 'held_reply', new.id::text);
-  end if;
-  return null;
-exception when others then
-  insert into public.events (store_id, conversation_id, event_type, detail)
-  values (new.store_id, new.conversation_id, 'notify.failed',
-          jsonb_build_object('kind', 'held_reply', 'ref', new.id, 'error', sqlerrm,
-                             'sqlstate', sqlstate));
-  return null;
-end;
-$$;
-
-ALTER FUNCTION public.notify_reply_held() OWNER TO postgres;
+ALTER FUNCTION public.mailbox_record_wanted(p_store public.stores, p_status text, p_hold_reason text, p_was_held boolean) OWNER TO postgres;
 
 --
 -- Name: purge_completed_jobs(interval, integer); Type: PROCEDURE; Schema: public; Owner: postgres
@@ -3697,71 +3145,105 @@ $$;
 ALTER FUNCTION public.record_events(p_events jsonb) OWNER TO postgres;
 
 --
--- Name: notification_digests; Type: TABLE; Schema: public; Owner: postgres
+-- Name: record_sent_scan(uuid, text, bigint, bigint, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
-CREATE TABLE public.notification_digests (
-    job_id uuid NOT NULL,
-    store_id uuid NOT NULL,
-    item_count integer DEFAULT 0 NOT NULL,
-    email_to text[] DEFAULT '{}'::text[] NOT NULL,
-    email_message_id text,
-    email_sent_at timestamp with time zone,
-    email_error text,
-    webhook_sent_at timestamp with time zone,
-    webhook_error text,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    finished_at timestamp with time zone
-);
-
-ALTER TABLE public.notification_digests OWNER TO postgres;
-
---
--- Name: record_notification_channel(uuid, text, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.record_notification_channel(p_job_id uuid, p_channel text, p_detail jsonb DEFAULT '{}'::jsonb) RETURNS public.notification_digests
+CREATE FUNCTION public.record_sent_scan(p_store_id uuid, p_folder text, p_uidvalidity bigint, p_last_uid bigint, p_messages jsonb) RETURNS jsonb
     LANGUAGE plpgsql
     SET search_path TO ''
     AS $$
 declare
-  v_digest public.notification_digests;
+  v_item jsonb;
+  v_refs text[];
+  v_message public.messages;
+  v_reply public.replies;
+  v_superseded int := 0;
+  v_answered int := 0;
+  v_from text;
 begin
-  if p_channel = 'email' and p_detail ? 'error' then
-    update public.notification_digests d
-    set email_error = p_detail ->> 'error'
-    where d.job_id = p_job_id
-    returning * into v_digest;
-  elsif p_channel = 'email' then
-    update public.notification_digests d
-    set email_sent_at = coalesce(d.email_sent_at, now()),
-        email_to = coalesce(array(select jsonb_array_elements_text(p_detail -> 'to')), '{}'),
-        email_message_id = p_detail ->> 'message_id',
-        email_error = null
-    where d.job_id = p_job_id
-    returning * into v_digest;
-  elsif p_channel = 'webhook' then
-    update public.notification_digests d
-    set webhook_sent_at = case when p_detail ? 'error' then d.webhook_sent_at
-                               else coalesce(d.webhook_sent_at, now()) end,
-        webhook_error = p_detail ->> 'error'
-    where d.job_id = p_job_id
-    returning * into v_digest;
-  else
-    raise exception 'record_notification_channel: unknown channel %', p_channel
-      using errcode = '22023';
+  if jsonb_typeof(p_messages) is distinct from 'array' then
+    raise exception 'p_messages must be a JSON array' using errcode = 'invalid_parameter_value';
   end if;
-  if v_digest.job_id is not null then
-    insert into public.events (store_id, job_id, event_type, detail)
-    values (v_digest.store_id, p_job_id,
-            case when p_detail ? 'error' then 'notify.channel_failed' else 'notify.channel_sent' end,
-            jsonb_build_object('channel', p_channel) || coalesce(p_detail, '{}'::jsonb));
+  if not exists (select 1 from public.stores where id = p_store_id) then
+    raise exception 'store % not found', p_store_id using errcode = 'no_data_found';
   end if;
-  return v_digest;
+
+  for v_item in select e from jsonb_array_elements(p_messages) as t(e) loop
+    if exists (select 1 from public.replies
+               where store_id = p_store_id and smtp_message_id = btrim(v_item ->> 'message_id'))
+    then
+      continue;  -- our own reply, filed by us or by the provider
+    end if;
+    v_refs := array(
+      select distinct btrim(x)
+      from jsonb_array_elements_text(
+             case when jsonb_typeof(v_item -> 'references') = 'array'
+                  then v_item -> 'references' else '[]'::jsonb end
+             || case when coalesce(v_item ->> 'in_reply_to', '') <> ''
+                     then jsonb_build_array(v_item ->> 'in_reply_to') else '[]'::jsonb end)
+           as r(x)
+      where btrim(x) <> '');
+    if cardinality(v_refs) = 0 then
+      continue;
+    end if;
+    v_from := nullif(btrim(coalesce(v_item ->> 'from', '')), '');
+
+    for v_message in
+      select * from public.messages
+      where store_id = p_store_id and message_id = any (v_refs)
+      order by received_at, id
+    loop
+      v_answered := v_answered + 1;
+      select * into v_reply from public.replies where message_id = v_message.id for update;
+      if v_reply.id is not null and v_reply.status in ('held', 'drafted') then
+        -- 'drafted' here is a held reply a person approved in the console whose send_reply job
+        -- has not reached begin_send: the row lock orders us against it, and begin_send refuses
+        -- a superseded reply.
+        update public.replies
+        set status = 'superseded', answered_by = v_from,
+            answered_message_id = v_item ->> 'message_id', answered_at = now()
+        where id = v_reply.id;
+        if v_reply.job_id is not null then
+          perform public.release_credit(v_reply.store_id, v_reply.job_id, 'answered_by_person');
+        end if;
+        v_superseded := v_superseded + 1;
+        insert into public.events (store_id, job_id, conversation_id, message_id, event_type,
+                                   detail)
+        values (p_store_id, v_reply.job_id, v_message.conversation_id, v_message.id,
+                'reply.superseded',
+                jsonb_build_object('reply_id', v_reply.id, 'previous_status', v_reply.status,
+                                   'answered_by', v_from,
+                                   'answered_message_id', v_item ->> 'message_id',
+                                   'folder', p_folder, 'uid', v_item -> 'uid'));
+      else
+        insert into public.events (store_id, conversation_id, message_id, event_type, detail)
+        values (p_store_id, v_message.conversation_id, v_message.id,
+                'conversation.answered_by_person',
+                jsonb_build_object('reply_id', v_reply.id, 'reply_status', v_reply.status,
+                                   'answered_by', v_from,
+                                   'answered_message_id', v_item ->> 'message_id',
+                                   'folder', p_folder, 'uid', v_item -> 'uid'));
+      end if;
+      if v_reply.id is null or v_reply.status in ('held', 'drafted') then
+        update public.conversations set status = 'answered_human', status_at = now()
+        where id = v_message.conversation_id and status <> 'closed';
+      end if;
+    end loop;
+  end loop;
+
+  insert into public.sent_scan_state as s (store_id, folder, uidvalidity, last_uid)
+  values (p_store_id, p_folder, p_uidvalidity, greatest(coalesce(p_last_uid, 0), 0))
+  on conflict (store_id) do update
+  set folder = excluded.folder, uidvalidity = excluded.uidvalidity,
+      last_uid = case when s.folder = excluded.folder and s.uidvalidity = excluded.uidvalidity
+                      then greatest(s.last_uid, excluded.last_uid)
+                      else excluded.last_uid end;
+  return jsonb_build_object('answered', v_answered, 'superseded', v_superseded,
+                            'last_uid', p_last_uid);
 end;
 $$;
 
-ALTER FUNCTION public.record_notification_channel(p_job_id uuid, p_channel text, p_detail jsonb) OWNER TO postgres;
+ALTER FUNCTION public.record_sent_scan(p_store_id uuid, p_folder text, p_uidvalidity bigint, p_last_uid bigint, p_messages jsonb) OWNER TO postgres;
 
 --
 -- Name: release_credit(uuid, uuid, text); Type: FUNCTION; Schema: public; Owner: postgres
@@ -3799,31 +3281,6 @@ end;
 $$;
 
 ALTER FUNCTION public.release_credit(p_store_id uuid, p_job_id uuid, p_reason text) OWNER TO postgres;
-
---
--- Name: remove_knowledge(uuid, uuid, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.remove_knowledge(p_store_id uuid, p_id uuid, p_actor jsonb DEFAULT NULL::jsonb) RETURNS boolean
-    LANGUAGE plpgsql
-    SET search_path TO ''
-    AS $$
-declare
-  v_title text;
-begin
-  delete from public.store_knowledge where id = p_id and store_id = p_store_id
-  returning title into v_title;
-  if v_title is null then
-    return false;
-  end if;
-  insert into public.events (store_id, event_type, detail)
-  values (p_store_id, 'knowledge.removed',
-          jsonb_build_object('id', p_id, 'title', v_title, 'by', p_actor));
-  return true;
-end;
-$$;
-
-ALTER FUNCTION public.remove_knowledge(p_store_id uuid, p_id uuid, p_actor jsonb) OWNER TO postgres;
 
 --
 -- Name: requeue_dlq_job(uuid, boolean); Type: FUNCTION; Schema: public; Owner: postgres
@@ -3987,28 +3444,6 @@ $$;
 ALTER FUNCTION public.reset_reply(p_reply_id uuid, p_status text, p_error text) OWNER TO postgres;
 
 --
--- Name: resolve_notifications(uuid, text, text); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.resolve_notifications(p_store_id uuid, p_kind text, p_ref text) RETURNS integer
-    LANGUAGE sql
-    SET search_path TO ''
-    AS $$
-  with resolved as (
-    update public.notifications n
-    set resolved_at = now(),
-        status = case when n.status = 'pending' and n.digest_job_id is null then 'resolved'
-                      else n.status end
-    where n.store_id = p_store_id and n.kind = p_kind and n.ref = p_ref
-      and n.resolved_at is null
-    returning 1
-  )
-  select count(*)::int from resolved
-$$;
-
-ALTER FUNCTION public.resolve_notifications(p_store_id uuid, p_kind text, p_ref text) OWNER TO postgres;
-
---
 -- Name: retry_delay(integer, integer, integer, integer, double precision); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -4025,103 +3460,6 @@ CREATE FUNCTION public.retry_delay(p_attempt integer, p_base_seconds integer, p_
 $$;
 
 ALTER FUNCTION public.retry_delay(p_attempt integer, p_base_seconds integer, p_cap_seconds integer, p_retry_after_seconds integer, p_jitter double precision) OWNER TO postgres;
-
---
--- Name: store_knowledge; Type: TABLE; Schema: public; Owner: postgres
---
-
-CREATE TABLE public.store_knowledge (
-    id uuid DEFAULT gen_random_uuid() NOT NULL,
-    store_id uuid NOT NULL,
-    topic text NOT NULL,
-    title text NOT NULL,
-    body text NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    updated_by text,
-    CONSTRAINT store_knowledge_body_check CHECK (((length(btrim(body)) >= 1) AND (length(btrim(body)) <= 4000))),
-    CONSTRAINT store_knowledge_title_check CHECK (((length(btrim(title)) >= 1) AND (length(btrim(title)) <= 200))),
-    CONSTRAINT store_knowledge_topic_check CHECK ((topic = ANY (ARRAY['shipping'::text, 'returns'::text, 'payment'::text, 'contact'::text, 'faq'::text])))
-);
-
-ALTER TABLE public.store_knowledge OWNER TO postgres;
-
---
--- Name: save_knowledge(uuid, jsonb, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.save_knowledge(p_store_id uuid, p_entry jsonb, p_actor jsonb DEFAULT NULL::jsonb) RETURNS public.store_knowledge
-    LANGUAGE plpgsql
-    SET search_path TO ''
-    AS $$
-declare
-  v_max constant int := 200;
-  v_id uuid;
-  v_topic text := btrim(coalesce(p_entry ->> 'topic', ''));
-  -- Spaces, tabs and line breaks around a title or text are the editor's, not the store's.
-  v_title text := btrim(coalesce(p_entry ->> 'title', ''), E' \t\r\n');
-  v_body text := btrim(coalesce(p_entry ->> 'body', ''), E' \t\r\n');
-  v_row public.store_knowledge;
-begin
-  if jsonb_typeof(p_entry) is distinct from 'object' then
-    raise exception 'an entry must be a JSON object' using errcode = 'PT400';
-  end if;
-  if not exists (select 1 from public.stores where id = p_store_id) then
-    raise exception 'store % not found', p_store_id using errcode = 'PT404';
-  end if;
-  if v_topic not in ('shipping', 'returns', 'payment', 'contact', 'faq') then
-    raise exception 'topic must be one of shipping, returns, payment, contact, faq, not "%"',
-      v_topic using errcode = 'PT400';
-  end if;
-  if length(v_title) not between 1 and 200 then
-    raise exception 'a title needs 1 to 200 characters' using errcode = 'PT400';
-  end if;
-  if length(v_body) not between 1 and 4000 then
-    raise exception 'a text needs 1 to 4000 characters' using errcode = 'PT400';
-  end if;
-
-  if nullif(p_entry ->> 'id', '') is not null then
-    begin
-      v_id := (p_entry ->> 'id')::uuid;
-    exception when invalid_text_representation then
-      raise exception 'id must be a uuid' using errcode = 'PT400';
-    end;
-    if exists (select 1 from public.store_knowledge
-               where store_id = p_store_id and title = v_title and id <> v_id) then
-      raise exception 'another entry is already titled "%"', v_title using errcode = 'PT409';
-    end if;
-    update public.store_knowledge
-    set topic = v_topic, title = v_title, body = v_body, updated_at = now(),
-        updated_by = p_actor ->> 'email'
-    where id = v_id and store_id = p_store_id
-    returning * into v_row;
-    if v_row.id is null then
-      raise exception 'knowledge entry % not found in this store', v_id using errcode = 'PT404';
-    end if;
-  else
-    -- The store row lock serialises concurrent adds, so the bound holds.
-    perform 1 from public.stores where id = p_store_id for update;
-    if (select count(*) from public.store_knowledge
-        where store_id = p_store_id and title <> v_title) >= v_max then
-      raise exception 'a store keeps at most % knowledge entries', v_max using errcode = 'PT409';
-    end if;
-    insert into public.store_knowledge (store_id, topic, title, body, updated_by)
-    values (p_store_id, v_topic, v_title, v_body, p_actor ->> 'email')
-    on conflict (store_id, title) do update
-    set topic = excluded.topic, body = excluded.body, updated_at = now(),
-        updated_by = excluded.updated_by
-    returning * into v_row;
-  end if;
-
-  insert into public.events (store_id, event_type, detail)
-  values (p_store_id, 'knowledge.saved',
-          jsonb_build_object('id', v_row.id, 'topic', v_row.topic, 'title', v_row.title,
-                             'by', p_actor));
-  return v_row;
-end;
-$$;
-
-ALTER FUNCTION public.save_knowledge(p_store_id uuid, p_entry jsonb, p_actor jsonb) OWNER TO postgres;
 
 --
 -- Name: save_reply(uuid, uuid, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
@@ -4339,6 +3677,9 @@ begin
   v_base.reply_language := 'auto';
   v_base.reply_tone := 'friendly';
   v_base.reply_mode := 'auto_send';
+  v_base.mailbox_sent := 'auto';
+  v_base.mailbox_drafts := true;
+  v_base.mailbox_mark_answered := true;
   return v_base;
 end;
 $$;
@@ -4466,6 +3807,22 @@ begin
   if p_store.active is null then
     v_problems := v_problems || 'active must be true or false'::text;
   end if;
+  -- The mailbox as the record (migration 20261202000200_mailbox_record, decision 0019).
+  if p_store.mailbox_sent is null or p_store.mailbox_sent not in ('auto', 'always', 'never') then
+    v_problems := v_problems || 'mailbox_sent must be auto, always or never'::text;
+  end if;
+  if p_store.mailbox_drafts is null then
+    v_problems := v_problems || 'mailbox_drafts must be true or false'::text;
+  end if;
+  if p_store.mailbox_mark_answered is null then
+    v_problems := v_problems || 'mailbox_mark_answered must be true or false'::text;
+  end if;
+  if p_store.mailbox_sent_folder is not null and btrim(p_store.mailbox_sent_folder) = '' then
+    v_problems := v_problems || 'mailbox_sent_folder must be a folder name or null'::text;
+  end if;
+  if p_store.mailbox_drafts_folder is not null and btrim(p_store.mailbox_drafts_folder) = '' then
+    v_problems := v_problems || 'mailbox_drafts_folder must be a folder name or null'::text;
+  end if;
   return v_problems;
 end;
 $_$;
@@ -4504,7 +3861,8 @@ CREATE FUNCTION public.store_setting_keys(p_new_store boolean) RETURNS text[]
     'owner_id', 'name', 'support_email', 'extra_addresses', 'imap_host', 'imap_port',
     'imap_user', 'imap_tls', 'imap_folder', 'smtp_host', 'smtp_port', 'smtp_user', 'smtp_tls',
     'shopify_domain', 'active', 'reply_language', 'reply_signature', 'reply_tone',
-    'reply_mode']
+    'reply_mode', 'mailbox_sent', 'mailbox_drafts', 'mailbox_mark_answered',
+    'mailbox_sent_folder', 'mailbox_drafts_folder']
     || case when p_new_store then array['credits'] else '{}'::text[] end
 $$;
 
@@ -4557,68 +3915,6 @@ end;
 $$;
 
 ALTER FUNCTION public.store_settings_problems(p_base public.stores, p_changes jsonb, p_allowed text[]) OWNER TO postgres;
-
---
--- Name: take_notification_digest(uuid, text); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.take_notification_digest(p_job_id uuid, p_worker_id text) RETURNS jsonb
-    LANGUAGE plpgsql
-    SET search_path TO ''
-    AS $$
-declare
-  v_job public.job_queue;
-  v_settings public.notification_settings;
-  v_digest public.notification_digests;
-  v_store public.stores;
-begin
-  select * into v_job from public.job_queue q
-  where q.id = p_job_id and q.job_type = 'notify' and q.status = 'processing'
-    and q.locked_by = p_worker_id;
-  if not found or v_job.store_id is null then
-    return null;
-  end if;
-  select * into v_store from public.stores s where s.id = v_job.store_id;
-  if not found then
-    return null;
-  end if;
-  insert into public.notification_settings (store_id) values (v_job.store_id)
-  on conflict (store_id) do nothing;
-  select * into v_settings from public.notification_settings ns
-  where ns.store_id = v_job.store_id for update;
-
-  insert into public.notification_digests (job_id, store_id) values (p_job_id, v_job.store_id)
-  on conflict (job_id) do nothing
-  returning * into v_digest;
-  if v_digest.job_id is not null then
-    -- The first attempt takes the items; a retry keeps them, and anything newer belongs to the
-    -- store's next digest job (notify_people scheduled one when this job was already running).
-    update public.notifications n
-    set digest_job_id = p_job_id
-    where n.store_id = v_job.store_id and n.status = 'pending' and n.digest_job_id is null
-      and n.resolved_at is null;
-  end if;
-  update public.notification_digests d
-  set item_count = (select count(*) from public.notifications n where n.digest_job_id = p_job_id)
-  where d.job_id = p_job_id
-  returning * into v_digest;
-
-  return jsonb_build_object(
-    'digest', to_jsonb(v_digest),
-    'store', jsonb_build_object('id', v_store.id, 'name', v_store.name,
-                                'support_email', v_store.support_email),
-    'recipients', to_jsonb(public.notification_recipients(v_job.store_id)),
-    'webhook', v_settings.webhook_secret_id is not null,
-    'items', coalesce((select jsonb_agg(jsonb_build_object(
-                                 'id', n.id, 'kind', n.kind, 'ref', n.ref, 'detail', n.detail,
-                                 'created_at', n.created_at)
-                               order by n.created_at, n.id)
-                       from public.notifications n where n.digest_job_id = p_job_id),
-                      '[]'::jsonb));
-end;
-$$;
-
-ALTER FUNCTION public.take_notification_digest(p_job_id uuid, p_worker_id text) OWNER TO postgres;
 
 --
 -- Name: try_lock_conversation(uuid); Type: FUNCTION; Schema: public; Owner: postgres
@@ -4811,47 +4107,6 @@ CREATE TABLE public.messages (
 ALTER TABLE public.messages OWNER TO postgres;
 
 --
--- Name: notification_settings; Type: TABLE; Schema: public; Owner: postgres
---
-
-CREATE TABLE public.notification_settings (
-    store_id uuid NOT NULL,
-    addresses text[],
-    digest_interval_minutes integer DEFAULT 15 NOT NULL,
-    digest_wait_seconds integer DEFAULT 60 NOT NULL,
-    webhook_secret_id uuid,
-    webhook_hint text,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT notification_settings_addresses_check CHECK (((addresses IS NULL) OR ((cardinality(addresses) >= 1) AND (cardinality(addresses) <= 20)))),
-    CONSTRAINT notification_settings_digest_interval_minutes_check CHECK (((digest_interval_minutes >= 1) AND (digest_interval_minutes <= 1440))),
-    CONSTRAINT notification_settings_digest_wait_seconds_check CHECK (((digest_wait_seconds >= 0) AND (digest_wait_seconds <= 3600)))
-);
-
-ALTER TABLE public.notification_settings OWNER TO postgres;
-
---
--- Name: notifications; Type: TABLE; Schema: public; Owner: postgres
---
-
-CREATE TABLE public.notifications (
-    id uuid DEFAULT public.uuid_generate_v7() NOT NULL,
-    store_id uuid NOT NULL,
-    kind text NOT NULL,
-    ref text NOT NULL,
-    detail jsonb DEFAULT '{}'::jsonb NOT NULL,
-    status text DEFAULT 'pending'::text NOT NULL,
-    digest_job_id uuid,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    sent_at timestamp with time zone,
-    resolved_at timestamp with time zone,
-    CONSTRAINT notifications_kind_check CHECK ((kind = ANY (ARRAY['held_reply'::text, 'dead_letter'::text, 'credentials_failed'::text, 'credits_low'::text, 'waiting_for_credits'::text]))),
-    CONSTRAINT notifications_ref_check CHECK ((ref <> ''::text)),
-    CONSTRAINT notifications_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'sent'::text, 'resolved'::text])))
-);
-
-ALTER TABLE public.notifications OWNER TO postgres;
-
---
 -- Name: queue_metrics; Type: TABLE; Schema: public; Owner: postgres
 --
 
@@ -4959,27 +4214,6 @@ ALTER TABLE ONLY public.messages
     ADD CONSTRAINT messages_store_id_message_id_key UNIQUE (store_id, message_id);
 
 --
--- Name: notification_digests notification_digests_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
---
-
-ALTER TABLE ONLY public.notification_digests
-    ADD CONSTRAINT notification_digests_pkey PRIMARY KEY (job_id);
-
---
--- Name: notification_settings notification_settings_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
---
-
-ALTER TABLE ONLY public.notification_settings
-    ADD CONSTRAINT notification_settings_pkey PRIMARY KEY (store_id);
-
---
--- Name: notifications notifications_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
---
-
-ALTER TABLE ONLY public.notifications
-    ADD CONSTRAINT notifications_pkey PRIMARY KEY (id);
-
---
 -- Name: queue_metrics queue_metrics_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
 --
 
@@ -5008,18 +4242,11 @@ ALTER TABLE ONLY public.replies
     ADD CONSTRAINT replies_smtp_message_id_key UNIQUE (smtp_message_id);
 
 --
--- Name: store_knowledge store_knowledge_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
+-- Name: sent_scan_state sent_scan_state_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
 --
 
-ALTER TABLE ONLY public.store_knowledge
-    ADD CONSTRAINT store_knowledge_pkey PRIMARY KEY (id);
-
---
--- Name: store_knowledge store_knowledge_store_id_title_key; Type: CONSTRAINT; Schema: public; Owner: postgres
---
-
-ALTER TABLE ONLY public.store_knowledge
-    ADD CONSTRAINT store_knowledge_store_id_title_key UNIQUE (store_id, title);
+ALTER TABLE ONLY public.sent_scan_state
+    ADD CONSTRAINT sent_scan_state_pkey PRIMARY KEY (store_id);
 
 --
 -- Name: store_members store_members_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
@@ -5186,36 +4413,6 @@ CREATE INDEX messages_conversation_idx ON public.messages USING btree (conversat
 CREATE INDEX messages_store_received_idx ON public.messages USING btree (store_id, received_at DESC);
 
 --
--- Name: notification_digests_store_recent_idx; Type: INDEX; Schema: public; Owner: postgres
---
-
-CREATE INDEX notification_digests_store_recent_idx ON public.notification_digests USING btree (store_id, created_at DESC);
-
---
--- Name: notifications_digest_idx; Type: INDEX; Schema: public; Owner: postgres
---
-
-CREATE INDEX notifications_digest_idx ON public.notifications USING btree (digest_job_id) WHERE (digest_job_id IS NOT NULL);
-
---
--- Name: notifications_open_idx; Type: INDEX; Schema: public; Owner: postgres
---
-
-CREATE UNIQUE INDEX notifications_open_idx ON public.notifications USING btree (store_id, kind, ref) WHERE (resolved_at IS NULL);
-
---
--- Name: notifications_pending_idx; Type: INDEX; Schema: public; Owner: postgres
---
-
-CREATE INDEX notifications_pending_idx ON public.notifications USING btree (store_id, created_at) WHERE (status = 'pending'::text);
-
---
--- Name: notifications_store_recent_idx; Type: INDEX; Schema: public; Owner: postgres
---
-
-CREATE INDEX notifications_store_recent_idx ON public.notifications USING btree (store_id, created_at DESC);
-
---
 -- Name: replies_conversation_idx; Type: INDEX; Schema: public; Owner: postgres
 --
 
@@ -5252,12 +4449,6 @@ CREATE INDEX store_members_user_idx ON public.store_members USING btree (user_id
 CREATE INDEX stores_owner_id_idx ON public.stores USING btree (owner_id) WHERE (owner_id IS NOT NULL);
 
 --
--- Name: circuit_breakers circuit_breakers_notify; Type: TRIGGER; Schema: public; Owner: postgres
---
-
-CREATE TRIGGER circuit_breakers_notify AFTER UPDATE OF state ON public.circuit_breakers FOR EACH ROW WHEN ((((new.state = 'open'::text) AND (old.state = 'closed'::text)) OR ((new.state = 'closed'::text) AND (old.state <> 'closed'::text)))) EXECUTE FUNCTION public.notify_breaker_changed();
-
---
 -- Name: events events_append_only; Type: TRIGGER; Schema: public; Owner: postgres
 --
 
@@ -5276,18 +4467,6 @@ CREATE TRIGGER events_conversation_status AFTER INSERT ON public.events FOR EACH
 CREATE TRIGGER job_queue_dead_lettered AFTER UPDATE OF status ON public.job_queue FOR EACH ROW WHEN (((new.status = 'dead_letter'::text) AND (old.status IS DISTINCT FROM 'dead_letter'::text))) EXECUTE FUNCTION public.job_queue_dead_lettered();
 
 --
--- Name: job_queue job_queue_notify_dead_lettered; Type: TRIGGER; Schema: public; Owner: postgres
---
-
-CREATE TRIGGER job_queue_notify_dead_lettered AFTER UPDATE OF status ON public.job_queue FOR EACH ROW WHEN (((new.job_type <> ALL (ARRAY['notify'::text, 'fetch_mailbox'::text])) AND (new.store_id IS NOT NULL) AND ((new.status = 'dead_letter'::text) <> (old.status = 'dead_letter'::text)))) EXECUTE FUNCTION public.notify_job_dead_lettered();
-
---
--- Name: job_queue job_queue_notify_requeued; Type: TRIGGER; Schema: public; Owner: postgres
---
-
-CREATE TRIGGER job_queue_notify_requeued AFTER UPDATE OF status ON public.job_queue FOR EACH ROW WHEN (((new.job_type = 'notify'::text) AND (old.status = 'dead_letter'::text) AND (new.status <> 'dead_letter'::text))) EXECUTE FUNCTION public.notify_digest_requeued();
-
---
 -- Name: mailbox_state mailbox_state_set_updated_at; Type: TRIGGER; Schema: public; Owner: postgres
 --
 
@@ -5300,28 +4479,22 @@ CREATE TRIGGER mailbox_state_set_updated_at BEFORE UPDATE ON public.mailbox_stat
 CREATE TRIGGER messages_conversation_status AFTER INSERT ON public.messages FOR EACH ROW EXECUTE FUNCTION public.console_status_from_message();
 
 --
--- Name: notification_settings notification_settings_updated_at; Type: TRIGGER; Schema: public; Owner: postgres
---
-
-CREATE TRIGGER notification_settings_updated_at BEFORE UPDATE ON public.notification_settings FOR EACH ROW EXECUTE FUNCTION public.set_updated_at();
-
---
 -- Name: replies replies_conversation_status; Type: TRIGGER; Schema: public; Owner: postgres
 --
 
 CREATE TRIGGER replies_conversation_status AFTER INSERT OR UPDATE OF status ON public.replies FOR EACH ROW WHEN (((new.status = ANY (ARRAY['held'::text, 'sent'::text, 'failed'::text, 'discarded'::text])) AND (new.conversation_id IS NOT NULL))) EXECUTE FUNCTION public.console_status_from_reply();
 
 --
--- Name: replies replies_notify_held; Type: TRIGGER; Schema: public; Owner: postgres
+-- Name: replies replies_mailbox_record; Type: TRIGGER; Schema: public; Owner: postgres
 --
 
-CREATE TRIGGER replies_notify_held AFTER INSERT ON public.replies FOR EACH ROW WHEN ((new.status = 'held'::text)) EXECUTE FUNCTION public.notify_reply_held();
+CREATE TRIGGER replies_mailbox_record AFTER INSERT OR UPDATE OF status ON public.replies FOR EACH ROW EXECUTE FUNCTION public.enqueue_mailbox_record();
 
 --
--- Name: replies replies_notify_held_change; Type: TRIGGER; Schema: public; Owner: postgres
+-- Name: sent_scan_state sent_scan_state_set_updated_at; Type: TRIGGER; Schema: public; Owner: postgres
 --
 
-CREATE TRIGGER replies_notify_held_change AFTER UPDATE OF status ON public.replies FOR EACH ROW WHEN (((new.status = 'held'::text) <> (old.status = 'held'::text))) EXECUTE FUNCTION public.notify_reply_held();
+CREATE TRIGGER sent_scan_state_set_updated_at BEFORE UPDATE ON public.sent_scan_state FOR EACH ROW EXECUTE FUNCTION public.set_updated_at();
 
 --
 -- Name: stores stores_mirror_owner; Type: TRIGGER; Schema: public; Owner: postgres
@@ -5378,27 +4551,6 @@ ALTER TABLE ONLY public.messages
     ADD CONSTRAINT messages_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
 
 --
--- Name: notification_digests notification_digests_store_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
---
-
-ALTER TABLE ONLY public.notification_digests
-    ADD CONSTRAINT notification_digests_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
-
---
--- Name: notification_settings notification_settings_store_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
---
-
-ALTER TABLE ONLY public.notification_settings
-    ADD CONSTRAINT notification_settings_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
-
---
--- Name: notifications notifications_store_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
---
-
-ALTER TABLE ONLY public.notifications
-    ADD CONSTRAINT notifications_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
-
---
 -- Name: replies replies_conversation_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
 --
 
@@ -5420,11 +4572,11 @@ ALTER TABLE ONLY public.replies
     ADD CONSTRAINT replies_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
 
 --
--- Name: store_knowledge store_knowledge_store_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
+-- Name: sent_scan_state sent_scan_state_store_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
 --
 
-ALTER TABLE ONLY public.store_knowledge
-    ADD CONSTRAINT store_knowledge_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
+ALTER TABLE ONLY public.sent_scan_state
+    ADD CONSTRAINT sent_scan_state_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
 
 --
 -- Name: store_members store_members_store_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
@@ -5592,60 +4744,6 @@ CREATE POLICY messages_owner_select ON public.messages FOR SELECT TO authenticat
 CREATE POLICY messages_service_role ON public.messages TO service_role USING (true) WITH CHECK (true);
 
 --
--- Name: notification_digests; Type: ROW SECURITY; Schema: public; Owner: postgres
---
-
-ALTER TABLE public.notification_digests ENABLE ROW LEVEL SECURITY;
-
---
--- Name: notification_digests notification_digests_member_select; Type: POLICY; Schema: public; Owner: postgres
---
-
-CREATE POLICY notification_digests_member_select ON public.notification_digests FOR SELECT TO authenticated USING ((( SELECT public.console_is_operator() AS console_is_operator) OR (store_id IN ( SELECT public.console_member_store_ids() AS console_member_store_ids))));
-
---
--- Name: notification_digests notification_digests_service_role; Type: POLICY; Schema: public; Owner: postgres
---
-
-CREATE POLICY notification_digests_service_role ON public.notification_digests TO service_role USING (true) WITH CHECK (true);
-
---
--- Name: notification_settings; Type: ROW SECURITY; Schema: public; Owner: postgres
---
-
-ALTER TABLE public.notification_settings ENABLE ROW LEVEL SECURITY;
-
---
--- Name: notification_settings notification_settings_member_select; Type: POLICY; Schema: public; Owner: postgres
---
-
-CREATE POLICY notification_settings_member_select ON public.notification_settings FOR SELECT TO authenticated USING ((( SELECT public.console_is_operator() AS console_is_operator) OR (store_id IN ( SELECT public.console_member_store_ids() AS console_member_store_ids))));
-
---
--- Name: notification_settings notification_settings_service_role; Type: POLICY; Schema: public; Owner: postgres
---
-
-CREATE POLICY notification_settings_service_role ON public.notification_settings TO service_role USING (true) WITH CHECK (true);
-
---
--- Name: notifications; Type: ROW SECURITY; Schema: public; Owner: postgres
---
-
-ALTER TABLE public.notifications ENABLE ROW LEVEL SECURITY;
-
---
--- Name: notifications notifications_member_select; Type: POLICY; Schema: public; Owner: postgres
---
-
-CREATE POLICY notifications_member_select ON public.notifications FOR SELECT TO authenticated USING ((( SELECT public.console_is_operator() AS console_is_operator) OR (store_id IN ( SELECT public.console_member_store_ids() AS console_member_store_ids))));
-
---
--- Name: notifications notifications_service_role; Type: POLICY; Schema: public; Owner: postgres
---
-
-CREATE POLICY notifications_service_role ON public.notifications TO service_role USING (true) WITH CHECK (true);
-
---
 -- Name: queue_metrics; Type: ROW SECURITY; Schema: public; Owner: postgres
 --
 
@@ -5676,40 +4774,22 @@ CREATE POLICY replies_owner_select ON public.replies FOR SELECT TO authenticated
 CREATE POLICY replies_service_role ON public.replies TO service_role USING (true) WITH CHECK (true);
 
 --
--- Name: store_knowledge; Type: ROW SECURITY; Schema: public; Owner: postgres
+-- Name: sent_scan_state; Type: ROW SECURITY; Schema: public; Owner: postgres
 --
 
-ALTER TABLE public.store_knowledge ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.sent_scan_state ENABLE ROW LEVEL SECURITY;
 
 --
--- Name: store_knowledge store_knowledge_member_select; Type: POLICY; Schema: public; Owner: postgres
+-- Name: sent_scan_state sent_scan_state_owner_select; Type: POLICY; Schema: public; Owner: postgres
 --
 
-CREATE POLICY store_knowledge_member_select ON public.store_knowledge FOR SELECT TO authenticated USING ((( SELECT public.console_is_operator() AS console_is_operator) OR (store_id IN ( SELECT public.console_member_store_ids() AS console_member_store_ids))));
+CREATE POLICY sent_scan_state_owner_select ON public.sent_scan_state FOR SELECT TO authenticated USING ((( SELECT public.console_is_operator() AS console_is_operator) OR (store_id IN ( SELECT public.console_member_store_ids() AS console_member_store_ids))));
 
 --
--- Name: store_knowledge store_knowledge_owner_delete; Type: POLICY; Schema: public; Owner: postgres
+-- Name: sent_scan_state sent_scan_state_service_role; Type: POLICY; Schema: public; Owner: postgres
 --
 
-CREATE POLICY store_knowledge_owner_delete ON public.store_knowledge FOR DELETE TO authenticated USING ((public.console_role_in(store_id) = ANY (ARRAY['owner'::text, 'operator'::text])));
-
---
--- Name: store_knowledge store_knowledge_owner_insert; Type: POLICY; Schema: public; Owner: postgres
---
-
-CREATE POLICY store_knowledge_owner_insert ON public.store_knowledge FOR INSERT TO authenticated WITH CHECK ((public.console_role_in(store_id) = ANY (ARRAY['owner'::text, 'operator'::text])));
-
---
--- Name: store_knowledge store_knowledge_owner_update; Type: POLICY; Schema: public; Owner: postgres
---
-
-CREATE POLICY store_knowledge_owner_update ON public.store_knowledge FOR UPDATE TO authenticated USING ((public.console_role_in(store_id) = ANY (ARRAY['owner'::text, 'operator'::text]))) WITH CHECK ((public.console_role_in(store_id) = ANY (ARRAY['owner'::text, 'operator'::text])));
-
---
--- Name: store_knowledge store_knowledge_service_role; Type: POLICY; Schema: public; Owner: postgres
---
-
-CREATE POLICY store_knowledge_service_role ON public.store_knowledge TO service_role USING (true) WITH CHECK (true);
+CREATE POLICY sent_scan_state_service_role ON public.sent_scan_state TO service_role USING (true) WITH CHECK (true);
 
 --
 -- Name: store_members; Type: ROW SECURITY; Schema: public; Owner: postgres
@@ -5776,13 +4856,6 @@ GRANT ALL ON FUNCTION public.admin_add_credits(p_store_id uuid, p_amount integer
 
 REVOKE ALL ON FUNCTION public.admin_create_store(p_store jsonb, p_secrets jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.admin_create_store(p_store jsonb, p_secrets jsonb) TO service_role;
-
---
--- Name: FUNCTION admin_set_notification_settings(p_store_id uuid, p_changes jsonb); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.admin_set_notification_settings(p_store_id uuid, p_changes jsonb) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.admin_set_notification_settings(p_store_id uuid, p_changes jsonb) TO service_role;
 
 --
 -- Name: TABLE stores; Type: ACL; Schema: public; Owner: postgres
@@ -5897,13 +4970,6 @@ REVOKE ALL ON FUNCTION public.console_dead_letters(p_store_id uuid, p_limit inte
 GRANT ALL ON FUNCTION public.console_dead_letters(p_store_id uuid, p_limit integer) TO authenticated;
 
 --
--- Name: FUNCTION console_delete_knowledge(p_id uuid); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.console_delete_knowledge(p_id uuid) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.console_delete_knowledge(p_id uuid) TO authenticated;
-
---
 -- Name: FUNCTION console_discard_reply(p_reply_id uuid, p_note text); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -5930,13 +4996,6 @@ REVOKE ALL ON FUNCTION public.console_enqueue_send(p_reply public.replies, p_job
 REVOKE ALL ON FUNCTION public.console_is_operator() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.console_is_operator() TO authenticated;
 GRANT ALL ON FUNCTION public.console_is_operator() TO service_role;
-
---
--- Name: FUNCTION console_knowledge(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.console_knowledge(p_store_id uuid) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.console_knowledge(p_store_id uuid) TO authenticated;
 
 --
 -- Name: FUNCTION console_me(); Type: ACL; Schema: public; Owner: postgres
@@ -5967,14 +5026,6 @@ REVOKE ALL ON FUNCTION public.console_needs_person(p_store_id uuid, p_limit inte
 GRANT ALL ON FUNCTION public.console_needs_person(p_store_id uuid, p_limit integer) TO authenticated;
 
 --
--- Name: FUNCTION console_notifications(p_store_id uuid, p_limit integer); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.console_notifications(p_store_id uuid, p_limit integer) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.console_notifications(p_store_id uuid, p_limit integer) TO authenticated;
-GRANT ALL ON FUNCTION public.console_notifications(p_store_id uuid, p_limit integer) TO service_role;
-
---
 -- Name: FUNCTION console_purge_dead_letters(p_job_ids uuid[]); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -6003,12 +5054,6 @@ REVOKE ALL ON FUNCTION public.console_require(p_kind text, p_id uuid, p_roles te
 GRANT ALL ON FUNCTION public.console_require(p_kind text, p_id uuid, p_roles text[]) TO authenticated;
 
 --
--- Name: FUNCTION console_require_store_owner(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.console_require_store_owner(p_store_id uuid) FROM PUBLIC;
-
---
 -- Name: FUNCTION console_role_in(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -6016,26 +5061,11 @@ REVOKE ALL ON FUNCTION public.console_role_in(p_store_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.console_role_in(p_store_id uuid) TO authenticated;
 
 --
--- Name: FUNCTION console_save_knowledge(p_store_id uuid, p_entry jsonb); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.console_save_knowledge(p_store_id uuid, p_entry jsonb) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.console_save_knowledge(p_store_id uuid, p_entry jsonb) TO authenticated;
-
---
 -- Name: FUNCTION console_send_reply(p_reply_id uuid, p_body text); Type: ACL; Schema: public; Owner: postgres
 --
 
 REVOKE ALL ON FUNCTION public.console_send_reply(p_reply_id uuid, p_body text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.console_send_reply(p_reply_id uuid, p_body text) TO authenticated;
-
---
--- Name: FUNCTION console_set_notification_settings(p_store_id uuid, p_changes jsonb); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.console_set_notification_settings(p_store_id uuid, p_changes jsonb) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.console_set_notification_settings(p_store_id uuid, p_changes jsonb) TO authenticated;
-GRANT ALL ON FUNCTION public.console_set_notification_settings(p_store_id uuid, p_changes jsonb) TO service_role;
 
 --
 -- Name: FUNCTION console_status_from_event(); Type: ACL; Schema: public; Owner: postgres
@@ -6140,6 +5170,13 @@ REVOKE ALL ON FUNCTION public.enqueue_jobs(p_jobs jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.enqueue_jobs(p_jobs jsonb) TO service_role;
 
 --
+-- Name: FUNCTION enqueue_mailbox_record(); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.enqueue_mailbox_record() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.enqueue_mailbox_record() TO service_role;
+
+--
 -- Name: FUNCTION extend_lease(p_worker_id text, p_job_ids uuid[], p_lease_seconds integer); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -6159,13 +5196,6 @@ GRANT ALL ON FUNCTION public.fail_job(p_job_id uuid, p_worker_id text, p_error t
 
 REVOKE ALL ON FUNCTION public.finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean) TO service_role;
-
---
--- Name: FUNCTION finish_notification_digest(p_job_id uuid, p_worker_id text, p_result jsonb); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.finish_notification_digest(p_job_id uuid, p_worker_id text, p_result jsonb) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.finish_notification_digest(p_job_id uuid, p_worker_id text, p_result jsonb) TO service_role;
 
 --
 -- Name: FUNCTION finish_send(p_reply_id uuid, p_job_id uuid, p_worker_id text, p_result jsonb); Type: ACL; Schema: public; Owner: postgres
@@ -6216,11 +5246,18 @@ REVOKE ALL ON FUNCTION public.get_mailbox_state(p_store_id uuid, p_folder text) 
 GRANT ALL ON FUNCTION public.get_mailbox_state(p_store_id uuid, p_folder text) TO service_role;
 
 --
--- Name: FUNCTION get_notification_webhook(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
+-- Name: TABLE sent_scan_state; Type: ACL; Schema: public; Owner: postgres
 --
 
-REVOKE ALL ON FUNCTION public.get_notification_webhook(p_store_id uuid) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.get_notification_webhook(p_store_id uuid) TO service_role;
+GRANT SELECT ON TABLE public.sent_scan_state TO authenticated;
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.sent_scan_state TO service_role;
+
+--
+-- Name: FUNCTION get_sent_scan_state(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.get_sent_scan_state(p_store_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.get_sent_scan_state(p_store_id uuid) TO service_role;
 
 --
 -- Name: FUNCTION get_store(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
@@ -6235,13 +5272,6 @@ GRANT ALL ON FUNCTION public.get_store(p_store_id uuid) TO service_role;
 
 REVOKE ALL ON FUNCTION public.get_store_secrets(p_store_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.get_store_secrets(p_store_id uuid) TO service_role;
-
---
--- Name: FUNCTION import_knowledge(p_store_id uuid, p_entries jsonb, p_replace boolean, p_actor jsonb); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.import_knowledge(p_store_id uuid, p_entries jsonb, p_replace boolean, p_actor jsonb) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.import_knowledge(p_store_id uuid, p_entries jsonb, p_replace boolean, p_actor jsonb) TO service_role;
 
 --
 -- Name: FUNCTION ingest_messages(p_store_id uuid, p_folder text, p_uidvalidity bigint, p_last_uid bigint, p_messages jsonb); Type: ACL; Schema: public; Owner: postgres
@@ -6298,13 +5328,6 @@ REVOKE ALL ON FUNCTION public.list_dead_letter_jobs(p_store_id uuid, p_job_type 
 GRANT ALL ON FUNCTION public.list_dead_letter_jobs(p_store_id uuid, p_job_type text, p_error_type text, p_min_age_seconds integer, p_limit integer) TO service_role;
 
 --
--- Name: FUNCTION list_knowledge(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.list_knowledge(p_store_id uuid) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.list_knowledge(p_store_id uuid) TO service_role;
-
---
 -- Name: FUNCTION list_stores(p_include_inactive boolean); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -6319,6 +5342,13 @@ REVOKE ALL ON FUNCTION public.load_job_context(p_job_id uuid, p_reply_window_hou
 GRANT ALL ON FUNCTION public.load_job_context(p_job_id uuid, p_reply_window_hours integer) TO service_role;
 
 --
+-- Name: FUNCTION load_mailbox_record(p_reply_id uuid); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.load_mailbox_record(p_reply_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.load_mailbox_record(p_reply_id uuid) TO service_role;
+
+--
 -- Name: FUNCTION load_reply_context(p_reply_id uuid); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -6326,59 +5356,11 @@ REVOKE ALL ON FUNCTION public.load_reply_context(p_reply_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.load_reply_context(p_reply_id uuid) TO service_role;
 
 --
--- Name: FUNCTION notification_recipients(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
+-- Name: FUNCTION mailbox_record_wanted(p_store public.stores, p_status text, p_hold_reason text, p_was_held boolean); Type: ACL; Schema: public; Owner: postgres
 --
 
-REVOKE ALL ON FUNCTION public.notification_recipients(p_store_id uuid) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.notification_recipients(p_store_id uuid) TO service_role;
-
---
--- Name: FUNCTION notification_settings_apply(p_store_id uuid, p_changes jsonb); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.notification_settings_apply(p_store_id uuid, p_changes jsonb) FROM PUBLIC;
-
---
--- Name: FUNCTION notification_settings_view(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.notification_settings_view(p_store_id uuid) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.notification_settings_view(p_store_id uuid) TO service_role;
-
---
--- Name: FUNCTION notify_breaker_changed(); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.notify_breaker_changed() FROM PUBLIC;
-GRANT ALL ON FUNCTION public.notify_breaker_changed() TO service_role;
-
---
--- Name: FUNCTION notify_digest_requeued(); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.notify_digest_requeued() FROM PUBLIC;
-GRANT ALL ON FUNCTION public.notify_digest_requeued() TO service_role;
-
---
--- Name: FUNCTION notify_job_dead_lettered(); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.notify_job_dead_lettered() FROM PUBLIC;
-GRANT ALL ON FUNCTION public.notify_job_dead_lettered() TO service_role;
-
---
--- Name: FUNCTION notify_people(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.notify_people(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.notify_people(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb) TO service_role;
-
---
--- Name: FUNCTION notify_reply_held(); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.notify_reply_held() FROM PUBLIC;
-GRANT ALL ON FUNCTION public.notify_reply_held() TO service_role;
+REVOKE ALL ON FUNCTION public.mailbox_record_wanted(p_store public.stores, p_status text, p_hold_reason text, p_was_held boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.mailbox_record_wanted(p_store public.stores, p_status text, p_hold_reason text, p_was_held boolean) TO service_role;
 
 --
 -- Name: PROCEDURE purge_completed_jobs(IN p_older_than interval, IN p_batch_size integer); Type: ACL; Schema: public; Owner: postgres
@@ -6415,18 +5397,11 @@ REVOKE ALL ON FUNCTION public.record_events(p_events jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.record_events(p_events jsonb) TO service_role;
 
 --
--- Name: TABLE notification_digests; Type: ACL; Schema: public; Owner: postgres
+-- Name: FUNCTION record_sent_scan(p_store_id uuid, p_folder text, p_uidvalidity bigint, p_last_uid bigint, p_messages jsonb); Type: ACL; Schema: public; Owner: postgres
 --
 
-GRANT ALL ON TABLE public.notification_digests TO service_role;
-GRANT SELECT ON TABLE public.notification_digests TO authenticated;
-
---
--- Name: FUNCTION record_notification_channel(p_job_id uuid, p_channel text, p_detail jsonb); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.record_notification_channel(p_job_id uuid, p_channel text, p_detail jsonb) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.record_notification_channel(p_job_id uuid, p_channel text, p_detail jsonb) TO service_role;
+REVOKE ALL ON FUNCTION public.record_sent_scan(p_store_id uuid, p_folder text, p_uidvalidity bigint, p_last_uid bigint, p_messages jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.record_sent_scan(p_store_id uuid, p_folder text, p_uidvalidity bigint, p_last_uid bigint, p_messages jsonb) TO service_role;
 
 --
 -- Name: FUNCTION release_credit(p_store_id uuid, p_job_id uuid, p_reason text); Type: ACL; Schema: public; Owner: postgres
@@ -6434,13 +5409,6 @@ GRANT ALL ON FUNCTION public.record_notification_channel(p_job_id uuid, p_channe
 
 REVOKE ALL ON FUNCTION public.release_credit(p_store_id uuid, p_job_id uuid, p_reason text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.release_credit(p_store_id uuid, p_job_id uuid, p_reason text) TO service_role;
-
---
--- Name: FUNCTION remove_knowledge(p_store_id uuid, p_id uuid, p_actor jsonb); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.remove_knowledge(p_store_id uuid, p_id uuid, p_actor jsonb) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.remove_knowledge(p_store_id uuid, p_id uuid, p_actor jsonb) TO service_role;
 
 --
 -- Name: FUNCTION requeue_dlq_job(p_job_id uuid, p_reset_attempts boolean); Type: ACL; Schema: public; Owner: postgres
@@ -6471,32 +5439,11 @@ REVOKE ALL ON FUNCTION public.reset_reply(p_reply_id uuid, p_status text, p_erro
 GRANT ALL ON FUNCTION public.reset_reply(p_reply_id uuid, p_status text, p_error text) TO service_role;
 
 --
--- Name: FUNCTION resolve_notifications(p_store_id uuid, p_kind text, p_ref text); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.resolve_notifications(p_store_id uuid, p_kind text, p_ref text) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.resolve_notifications(p_store_id uuid, p_kind text, p_ref text) TO service_role;
-
---
 -- Name: FUNCTION retry_delay(p_attempt integer, p_base_seconds integer, p_cap_seconds integer, p_retry_after_seconds integer, p_jitter double precision); Type: ACL; Schema: public; Owner: postgres
 --
 
 REVOKE ALL ON FUNCTION public.retry_delay(p_attempt integer, p_base_seconds integer, p_cap_seconds integer, p_retry_after_seconds integer, p_jitter double precision) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.retry_delay(p_attempt integer, p_base_seconds integer, p_cap_seconds integer, p_retry_after_seconds integer, p_jitter double precision) TO service_role;
-
---
--- Name: TABLE store_knowledge; Type: ACL; Schema: public; Owner: postgres
---
-
-GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.store_knowledge TO authenticated;
-GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.store_knowledge TO service_role;
-
---
--- Name: FUNCTION save_knowledge(p_store_id uuid, p_entry jsonb, p_actor jsonb); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.save_knowledge(p_store_id uuid, p_entry jsonb, p_actor jsonb) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.save_knowledge(p_store_id uuid, p_entry jsonb, p_actor jsonb) TO service_role;
 
 --
 -- Name: FUNCTION save_reply(p_job_id uuid, p_message_id uuid, p_reply jsonb); Type: ACL; Schema: public; Owner: postgres
@@ -6568,13 +5515,6 @@ REVOKE ALL ON FUNCTION public.store_setting_keys(p_new_store boolean) FROM PUBLI
 REVOKE ALL ON FUNCTION public.store_settings_problems(p_base public.stores, p_changes jsonb, p_allowed text[]) FROM PUBLIC;
 
 --
--- Name: FUNCTION take_notification_digest(p_job_id uuid, p_worker_id text); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.take_notification_digest(p_job_id uuid, p_worker_id text) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.take_notification_digest(p_job_id uuid, p_worker_id text) TO service_role;
-
---
 -- Name: FUNCTION try_lock_conversation(p_conversation_id uuid); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -6620,20 +5560,6 @@ GRANT ALL ON TABLE public.mailbox_ticks TO service_role;
 
 GRANT SELECT ON TABLE public.messages TO authenticated;
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.messages TO service_role;
-
---
--- Name: TABLE notification_settings; Type: ACL; Schema: public; Owner: postgres
---
-
-GRANT ALL ON TABLE public.notification_settings TO service_role;
-GRANT SELECT ON TABLE public.notification_settings TO authenticated;
-
---
--- Name: TABLE notifications; Type: ACL; Schema: public; Owner: postgres
---
-
-GRANT ALL ON TABLE public.notifications TO service_role;
-GRANT SELECT ON TABLE public.notifications TO authenticated;
 
 --
 -- Name: TABLE queue_metrics; Type: ACL; Schema: public; Owner: postgres

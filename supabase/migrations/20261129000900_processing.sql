@@ -263,6 +263,8 @@ begin
     when 'sent' then return 'already_sent';
     when 'sending' then return 'in_doubt';
     when 'held' then return 'held';
+    -- A person answered from their own mail client (record_sent_scan): never sent by us.
+    when 'superseded' then return 'superseded';
     else return 'failed';
   end case;
 end;

@@ -114,6 +114,22 @@ begin
   if p_store.active is null then
     v_problems := v_problems || 'active must be true or false'::text;
   end if;
+  -- The mailbox as the record (migration 20261202000200_mailbox_record, decision 0019).
+  if p_store.mailbox_sent is null or p_store.mailbox_sent not in ('auto', 'always', 'never') then
+    v_problems := v_problems || 'mailbox_sent must be auto, always or never'::text;
+  end if;
+  if p_store.mailbox_drafts is null then
+    v_problems := v_problems || 'mailbox_drafts must be true or false'::text;
+  end if;
+  if p_store.mailbox_mark_answered is null then
+    v_problems := v_problems || 'mailbox_mark_answered must be true or false'::text;
+  end if;
+  if p_store.mailbox_sent_folder is not null and btrim(p_store.mailbox_sent_folder) = '' then
+    v_problems := v_problems || 'mailbox_sent_folder must be a folder name or null'::text;
+  end if;
+  if p_store.mailbox_drafts_folder is not null and btrim(p_store.mailbox_drafts_folder) = '' then
+    v_problems := v_problems || 'mailbox_drafts_folder must be a folder name or null'::text;
+  end if;
   return v_problems;
 end;
 $$;
@@ -282,6 +298,9 @@ begin
   v_base.reply_language := 'auto';
   v_base.reply_tone := 'friendly';
   v_base.reply_mode := 'auto_send';
+  v_base.mailbox_sent := 'auto';
+  v_base.mailbox_drafts := true;
+  v_base.mailbox_mark_answered := true;
   return v_base;
 end;
 $$;
@@ -298,7 +317,8 @@ as $$
     'owner_id', 'name', 'support_email', 'extra_addresses', 'imap_host', 'imap_port',
     'imap_user', 'imap_tls', 'imap_folder', 'smtp_host', 'smtp_port', 'smtp_user', 'smtp_tls',
     'shopify_domain', 'active', 'reply_language', 'reply_signature', 'reply_tone',
-    'reply_mode']
+    'reply_mode', 'mailbox_sent', 'mailbox_drafts', 'mailbox_mark_answered',
+    'mailbox_sent_folder', 'mailbox_drafts_folder']
     || case when p_new_store then array['credits'] else '{}'::text[] end
 $$;
 
@@ -491,7 +511,12 @@ begin
     reply_language = v_store.reply_language,
     reply_signature = v_store.reply_signature,
     reply_tone = v_store.reply_tone,
-    reply_mode = v_store.reply_mode
+    reply_mode = v_store.reply_mode,
+    mailbox_sent = v_store.mailbox_sent,
+    mailbox_drafts = v_store.mailbox_drafts,
+    mailbox_mark_answered = v_store.mailbox_mark_answered,
+    mailbox_sent_folder = v_store.mailbox_sent_folder,
+    mailbox_drafts_folder = v_store.mailbox_drafts_folder
   where id = p_store_id
   returning * into v_store;
   return v_store;

@@ -528,6 +528,7 @@ begin
                  'intent', r.intent, 'language', r.language, 'model', r.model,
                  'error', r.error, 'smtp_message_id', r.smtp_message_id,
                  'in_reply_to_message', r.message_id,
+                 'answered_by', r.answered_by, 'answered_at', r.answered_at,
                  'author', case when r.author_id is null then 'automatic'
                                 else coalesce(r.author_email, r.author_id::text) end)
         from public.replies r where r.conversation_id = v_conv.id

@@ -17,6 +17,10 @@ values
    'help@a.test', 'imap.a.test', 993, 'help', 'smtp.a.test', 587, 'help', 10),
   ('10000000-0000-4000-8000-00000000000b', '00000000-0000-4000-8000-0000000000b1', 'B',
    'help@b.test', 'imap.b.test', 993, 'help', 'smtp.b.test', 587, 'help', 10);
+-- This file counts the console's jobs; the mailbox's own jobs (a reply's trigger) are proven in
+-- mailbox_record_test.sql.
+update public.stores set mailbox_sent = 'never', mailbox_drafts = false,
+                         mailbox_mark_answered = false;
 select lives_ok($$select public.add_store_member('10000000-0000-4000-8000-00000000000a',
                                                  'AGENT-A@example.test', 'agent')$$,
                 'add_store_member links a person by email');

@@ -10,6 +10,10 @@ values ('10000000-0000-4000-8000-000000000001', 'Loja', 'help@loja.test', 'imap.
         'help', 'smtp.loja.test', 587, 'help', true),
        ('10000000-0000-4000-8000-000000000002', 'Fechada', 'help@fechada.test', 'imap.f.test',
         993, 'help', 'smtp.f.test', 587, 'help', false);
+-- This file counts the jobs ingest enqueues; the mailbox's own jobs (a reply's trigger) are
+-- proven in mailbox_record_test.sql.
+update public.stores set mailbox_sent = 'never', mailbox_drafts = false,
+                         mailbox_mark_answered = false;
 
 -- A parsed message as fetch sends it; p_extra overrides or adds fields.
 create function pg_temp.msg(p_message_id text, p_uid int, p_from text,

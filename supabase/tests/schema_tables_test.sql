@@ -12,7 +12,8 @@ select columns_are('public', 'stores', array[
   'imap_user', 'imap_tls', 'imap_folder', 'imap_password_secret_id', 'smtp_host', 'smtp_port',
   'smtp_user', 'smtp_tls', 'smtp_password_secret_id', 'shopify_domain', 'shopify_token_secret_id',
   'credits', 'active', 'reply_language', 'reply_signature', 'reply_tone', 'reply_mode',
-  'created_at', 'updated_at'
+  'created_at', 'updated_at', 'mailbox_sent', 'mailbox_drafts', 'mailbox_mark_answered',
+  'mailbox_sent_folder', 'mailbox_drafts_folder'
 ], 'stores columns as designed (secrets only as ids)');
 select columns_are('public', 'messages', array[
   'id', 'store_id', 'conversation_id', 'message_id', 'imap_folder', 'imap_uid', 'from_address',
@@ -22,7 +23,8 @@ select columns_are('public', 'messages', array[
 select columns_are('public', 'replies', array[
   'id', 'store_id', 'conversation_id', 'message_id', 'job_id', 'status', 'to_address', 'subject',
   'body_text', 'smtp_message_id', 'in_reply_to', 'references', 'hold_reason', 'intent',
-  'language', 'model', 'error', 'created_at', 'sending_at', 'sent_at', 'author_id', 'author_email'
+  'language', 'model', 'error', 'created_at', 'sending_at', 'sent_at', 'author_id', 'author_email',
+  'answered_by', 'answered_message_id', 'answered_at'
 ], 'replies columns as designed');
 select columns_are('public', 'events', array[
   'id', 'store_id', 'job_id', 'conversation_id', 'message_id', 'event_type', 'detail',
