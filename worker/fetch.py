@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from worker import imap, mime, mime_limits, parse_pool
+from worker import imap, mime, mime_limits, parse_pool, sent_scan
 from worker.config import DEFAULTS, Settings
 from worker.db import Database
 from worker.errors import ConfigError, PermanentError, TransientError, WorkerError
@@ -257,6 +257,8 @@ def fetch_store(
                 arrived_since=connected_since(store, datetime.now(UTC)),
                 resync_since=resync_since(state),
             )
+            # A person's replies from their own mail client (decision 0019); never fails the fetch.
+            sent_scan.scan_sent_quietly(db, client, typed)
         outcome.uidvalidity_changed = batch.uidvalidity_changed
         outcome.fetched = len(batch.messages)
         outcome.left_alone = batch.left_alone

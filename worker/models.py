@@ -80,3 +80,29 @@ class Store:
     def smtp_account(self, secrets: Mapping[str, Any]) -> MailAccount:
         """The store's SMTP login (secrets as get_store_secrets returns them)."""
         return MailAccount.smtp(self.row, secrets.get("smtp_password"))
+
+
+SENT_MODES = ("auto", "always", "never")
+
+
+@dataclass(frozen=True)
+class MailboxSettings:
+    """A store's mailbox settings, the `mailbox_*` columns of public.stores (decision 0019)."""
+
+    sent: str = "auto"  # auto | always | never
+    drafts: bool = True
+    mark_answered: bool = True
+    sent_folder: str | None = None  # None: SPECIAL-USE \Sent
+    drafts_folder: str | None = None  # None: SPECIAL-USE \Drafts
+
+    @classmethod
+    def from_store(cls, store: Mapping[str, Any]) -> MailboxSettings:
+        """From a stores row; a missing column takes the table's default."""
+        sent = str(store.get("mailbox_sent") or "auto")
+        return cls(
+            sent=sent if sent in SENT_MODES else "auto",
+            drafts=store.get("mailbox_drafts") is not False,
+            mark_answered=store.get("mailbox_mark_answered") is not False,
+            sent_folder=store.get("mailbox_sent_folder") or None,
+            drafts_folder=store.get("mailbox_drafts_folder") or None,
+        )

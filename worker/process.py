@@ -2,9 +2,10 @@
 
 The registry below is the one place a job type is wired to its handler: process_email is
 answered by worker.pipeline, send_reply (a reply a person approved in the console) by
-worker.console.sending, notify (a store's notification digest) by worker.notify; a new kind of
-work registers its handler here (and its retry policy in SQL, public.job_retry_policies). The
-runner (worker.queue.runner) claims only the registered types.
+worker.console.sending, notify (a store's notification digest) by worker.notify, mailbox_record
+(the store's mailbox as the record) by worker.mailbox_record; a new kind of work registers its
+handler here (and its retry policy in SQL, public.job_retry_policies). The runner
+(worker.queue.runner) claims only the registered types.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from worker.console.sending import JOB_TYPE as SEND_REPLY
 from worker.console.sending import SendReplyHandler
 from worker.notify import JOB_TYPE as NOTIFY
 from worker.notify import NotifyHandler, NotifyOptions
+from worker.mailbox_record import JOB_TYPE as MAILBOX_RECORD
+from worker.mailbox_record import MailboxRecordHandler
 from worker.pipeline.context import PipelineOptions, Services
 from worker.pipeline.handler import JOB_TYPE, EmailHandler
 from worker.queue.handlers import Handlers
@@ -41,6 +44,9 @@ class ProcessOptions:
     # claims only its own jobs.
     job_types: tuple[str, ...] = (JOB_TYPE,)
     notify: NotifyOptions = field(default_factory=NotifyOptions)
+    # Whether this run files replies in the stores' mailboxes (mailbox_record jobs, decision
+    # 0019); tests of other concerns switch it off so a run claims only their own jobs.
+    record_mailbox: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ProcessOptions:
@@ -84,6 +90,9 @@ def handlers_for(services: Services, options: ProcessOptions) -> Handlers:
     handlers.register(SEND_REPLY, SendReplyHandler(services, options.pipeline))
     # A store's notification digest (worker/notify.py; its retry policy is in SQL).
     handlers.register(NOTIFY, NotifyHandler(services, options.notify))
+    if options.record_mailbox:
+        # The store's mailbox as the record: Sent, Drafts, answered flags (worker/mailbox_record).
+        handlers.register(MAILBOX_RECORD, MailboxRecordHandler(services))
     return handlers
 
 

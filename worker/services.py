@@ -14,6 +14,7 @@ from email.message import EmailMessage
 from typing import Any
 
 import httpx
+from imapclient import IMAPClient
 
 from worker import db as dbmod
 from worker import fetch, fetch_jobs, imap, process, smtp
@@ -45,8 +46,8 @@ def build_responder(settings: Settings) -> Responder:
 
 
 def mail_io(settings: Settings) -> MailIO:
-    """SMTP delivery and the lookup of a sent reply (Sent folder, then the copy in INBOX), with
-    the configured timeouts and CA."""
+    """SMTP delivery, the lookup of a sent reply (Sent folder, then the copy in INBOX) and the
+    IMAP login of the mailbox_record job, with the configured timeouts and CA."""
 
     def send(message: EmailMessage, account: MailAccount, copy_to: str | None) -> object:
         return smtp.send_message(
@@ -61,8 +62,8 @@ def mail_io(settings: Settings) -> MailIO:
             copy_to=copy_to,
         )
 
-    def find_sent(account: MailAccount, message_id: str, inbox: str) -> str | None:
-        with imap.open_mailbox(
+    def open_imap(account: MailAccount) -> IMAPClient:
+        return imap.open_mailbox(
             account.host,
             account.port,
             account.tls,
@@ -70,7 +71,10 @@ def mail_io(settings: Settings) -> MailIO:
             account.password,
             timeout_seconds=settings.imap_timeout_seconds,
             ca_file=settings.extra_ca_file,
-        ) as client:
+        )
+
+    def find_sent(account: MailAccount, message_id: str, inbox: str) -> str | None:
+        with open_imap(account) as client:
             folder = imap.sent_folder(client)
             if folder is not None and imap.find_message_id(client, folder, message_id):
                 return "sent_folder"
@@ -79,7 +83,7 @@ def mail_io(settings: Settings) -> MailIO:
                 return "inbox"
             return None
 
-    return MailIO(send=send, find_sent=find_sent)
+    return MailIO(send=send, find_sent=find_sent, open_imap=open_imap)
 
 
 @dataclass

@@ -32,7 +32,7 @@ CreditReservation = Literal["reserved", "already_reserved", "no_credits"]
 ReplyReservation = Literal[
     "reserved", "already_reserved", "no_credits", "reply_cap", "rate_limited"
 ]
-SendGate = Literal["ok", "already_sent", "in_doubt", "held", "failed"]
+SendGate = Literal["ok", "already_sent", "in_doubt", "held", "failed", "superseded"]
 
 # Nested rows inside load_job_context's jsonb, normalised like rows so callers see one type per
 # column whichever function returned it.
@@ -697,6 +697,43 @@ class Database:
         """Change a store's notification settings: owners and operators."""
         args = _args({"store_id": store_id, "changes": dict(changes)})
         return cast(dict[str, Any], self._scalar("console_set_notification_settings", args))
+    # -- the mailbox as the record (decision 0019) -------------------------------------------
+
+    def load_mailbox_record(self, reply_id: str) -> dict[str, Any] | None:
+        """The reply, its store and the customer message it answers, for mailbox_record."""
+        context = self._scalar("load_mailbox_record", _args({"reply_id": reply_id}))
+        if context is None:
+            return None
+        loaded = dict(context)
+        return {
+            "reply": normalize_row(loaded["reply"]),
+            "store": normalize_row(loaded["store"]),
+            "message": dict(loaded.get("message") or {}),
+        }
+
+    def get_sent_scan_state(self, store_id: str) -> Row | None:
+        """Where the scan of the store's Sent folder stands, or None before the first scan."""
+        return self._first("get_sent_scan_state", _args({"store_id": store_id}))
+
+    def record_sent_scan(
+        self,
+        store_id: str,
+        folder: str,
+        uidvalidity: int,
+        last_uid: int,
+        messages: Sequence[Mapping[str, Any]],
+    ) -> dict[str, Any]:
+        """Mark conversations a person answered from their mail client; move the Sent position."""
+        args = _args(
+            {
+                "store_id": store_id,
+                "folder": folder,
+                "uidvalidity": uidvalidity,
+                "last_uid": last_uid,
+                "messages": [dict(message) for message in messages],
+            }
+        )
+        return cast(dict[str, Any], self._scalar("record_sent_scan", args))
 
 
 def connect(settings: Settings, *, min_size: int = 1, max_size: int | None = None) -> Database:

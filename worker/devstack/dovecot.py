@@ -83,9 +83,14 @@ namespace inbox {{
   separator = /
   mailbox Sent {{
     auto = create
-    special_use = \\Sent
+{sent_special_use}
+  }}
+  mailbox Drafts {{
+    auto = create
+{drafts_special_use}
   }}
 }}
+{capability}
 service imap-login {{
   inet_listener imap {{
     address = {host}
@@ -135,8 +140,16 @@ class DovecotServer:
     """A Dovecot instance on free loopback ports: imaps (implicit TLS) and imap (STARTTLS/plain)."""
 
     def __init__(
-        self, ca: TestCA | None = None, directory: Path | None = None, host: str = "127.0.0.1"
+        self,
+        ca: TestCA | None = None,
+        directory: Path | None = None,
+        host: str = "127.0.0.1",
+        *,
+        special_use: bool = True,
+        extra_capabilities: tuple[str, ...] = (),
     ) -> None:
+        """special_use=False leaves Sent and Drafts unflagged (found by name only);
+        extra_capabilities are announced too (e.g. Gmail's X-GM-EXT-1)."""
         self.root = Path(directory or tempfile.mkdtemp(prefix="dovecot-test-"))
         self.ca = ca or create_test_ca(self.root / "ca")
         self.host = host
@@ -148,6 +161,8 @@ class DovecotServer:
         self._passwords: dict[str, str] = {}
         self._process: subprocess.Popen[bytes] | None = None
         self._counter = 0
+        self.special_use = special_use
+        self.extra_capabilities = extra_capabilities
         self._mail_uid, self._mail_gid, internal_user, login_user = _process_identities()
         self._internal_user = internal_user
         self._login_user = login_user
@@ -192,6 +207,13 @@ class DovecotServer:
                 mail_gid=self._mail_gid,
                 internal_user=self._internal_user,
                 login_user=self._login_user,
+                sent_special_use="    special_use = \\Sent" if self.special_use else "",
+                drafts_special_use="    special_use = \\Drafts" if self.special_use else "",
+                capability=(
+                    "imap_capability = +" + " ".join(self.extra_capabilities)
+                    if self.extra_capabilities
+                    else ""
+                ),
             )
         )
         stderr = (self.root / "dovecot.stderr").open("wb")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any, Protocol, TypeVar
@@ -50,6 +51,9 @@ class MailIO:
     # (IMAP account, Message-ID, the folder fetch reads) -> where the reply was found
     # ('sent_folder', 'inbox': its own copy) or None
     find_sent: Callable[[MailAccount, str, str], str | None]
+    # (IMAP account) -> a logged-in IMAPClient as a context manager, for the mailbox_record job
+    # (worker/mailbox_record.py); None where a run files nothing in the store's mailbox.
+    open_imap: Callable[[MailAccount], AbstractContextManager[Any]] | None = None
 
 
 @dataclass

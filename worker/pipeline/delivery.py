@@ -56,6 +56,9 @@ def resume_reply(ctx: JobContext) -> None:
         raise JobDone("replied", already_sent=True, **result)
     if status == "failed":
         raise JobDone("failed", error=reply.get("error"), **result)
+    if status == "superseded":
+        # A person answered from their own mail client (decision 0019): never sent by us.
+        raise JobDone("superseded", answered_by=reply.get("answered_by"), **result)
 
     secrets = services.secrets(str(store["id"]))
     smtp_service = f"smtp:{store['id']}"
@@ -77,6 +80,8 @@ def resume_reply(ctx: JobContext) -> None:
         return
     if gate == "held":
         raise JobDone("held", hold_reason=reply.get("hold_reason"), **result)
+    if gate == "superseded":
+        raise JobDone("superseded", **result)
     if gate != "ok":
         raise JobDone("failed", error=f"reply is {gate}", **result)
 
