@@ -16,10 +16,10 @@ from typing import Any
 from worker.config import DEFAULTS, Settings
 from worker.console.sending import JOB_TYPE as SEND_REPLY
 from worker.console.sending import SendReplyHandler
-from worker.notify import JOB_TYPE as NOTIFY
-from worker.notify import NotifyHandler, NotifyOptions
 from worker.mailbox_record import JOB_TYPE as MAILBOX_RECORD
 from worker.mailbox_record import MailboxRecordHandler
+from worker.notify import JOB_TYPE as NOTIFY
+from worker.notify import NotifyHandler, NotifyOptions
 from worker.pipeline.context import PipelineOptions, Services
 from worker.pipeline.handler import JOB_TYPE, EmailHandler
 from worker.queue.handlers import Handlers

@@ -50,6 +50,9 @@ STORE_DEFAULTS: dict[str, Any] = {
     "reply_language": "auto",
     "reply_tone": "friendly",
     "reply_mode": "auto_send",
+    "mailbox_sent": "auto",
+    "mailbox_drafts": True,
+    "mailbox_mark_answered": True,
 }
 # SQLSTATEs of admin_* refusals: invalid settings, and a missing store.
 INVALID_PARAMETER = "22023"
@@ -117,6 +120,10 @@ def normalise_settings(store: Mapping[str, Any]) -> dict[str, Any]:
         ]
     if "shopify_domain" in result and isinstance(result["shopify_domain"], str):
         result["shopify_domain"] = result["shopify_domain"].strip().lower() or None
+    # '' names no folder: the one with the SPECIAL-USE flag is used again.
+    for key in ("mailbox_sent_folder", "mailbox_drafts_folder"):
+        if isinstance(result.get(key), str):
+            result[key] = result[key].strip() or None
     return result
 
 
@@ -261,6 +268,29 @@ def _add_setting_flags(parser: argparse.ArgumentParser, *, creating: bool) -> No
     group.add_argument("--reply-signature")
     group.add_argument("--reply-mode", metavar="auto_send|draft_only")
     group.add_argument("--owner-id", metavar="USER_ID", help="auth.users id of the owner")
+    mailbox = parser.add_argument_group("the mailbox as the record (README: store settings)")
+    mailbox.add_argument(
+        "--mailbox-sent",
+        metavar="auto|always|never",
+        help="file our replies in Sent; auto (default): unless the server files SMTP mail "
+        "itself (Gmail)",
+    )
+    mailbox.add_argument(
+        "--mailbox-drafts",
+        action=argparse.BooleanOptionalAction,
+        help="place held replies in Drafts (default: yes)",
+    )
+    mailbox.add_argument(
+        "--mailbox-mark-answered",
+        action=argparse.BooleanOptionalAction,
+        help="mark answered customer mail read and answered (default: yes)",
+    )
+    mailbox.add_argument(
+        "--mailbox-sent-folder", metavar="NAME", help="default: the \\Sent special-use folder"
+    )
+    mailbox.add_argument(
+        "--mailbox-drafts-folder", metavar="NAME", help="default: the \\Drafts special-use folder"
+    )
     if creating:
         group.add_argument("--credits", type=int, help="initial credits (default: 0)")
 
@@ -307,6 +337,11 @@ SETTING_KEYS = (
     "reply_tone",
     "reply_signature",
     "reply_mode",
+    "mailbox_sent",
+    "mailbox_drafts",
+    "mailbox_mark_answered",
+    "mailbox_sent_folder",
+    "mailbox_drafts_folder",
     "owner_id",
     "credits",
 )

@@ -182,6 +182,8 @@ class ReportInputs:
     console_logins: Sequence[tuple[str, str, str]] = ()  # (who, email, password)
     digests: Sequence[Mapping[str, Any]] = ()  # the store's sent notification digests
     webhook_posts: Sequence[Mapping[str, Any]] = ()  # what the webhook receiver got
+    # The store's mailbox after the mailbox_record jobs: sent, drafts, answered, jobs_*.
+    mailbox: Mapping[str, int] | None = None
 
 
 def report_data(inputs: ReportInputs) -> dict[str, Any]:
@@ -204,6 +206,8 @@ def report_data(inputs: ReportInputs) -> dict[str, Any]:
         ],
         "webhook_calls": len(inputs.webhook_posts),
     }
+    if inputs.mailbox is not None:
+        data["mailbox"] = dict(inputs.mailbox)
     return data
 
 
@@ -234,6 +238,23 @@ def notification_lines(
     return lines
 
 
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+def mailbox_lines(mailbox: Mapping[str, int]) -> list[str]:
+    """The store's mailbox as the record: what its own mail client now shows."""
+    lines = [
+        f"Mailbox: Sent folder: {_plural(mailbox['sent'], 'reply', 'replies')} filed, "
+        f"Drafts: {mailbox['drafts']} held, INBOX: "
+        f"{_plural(mailbox['answered'], 'email', 'emails')} marked read and answered "
+        f"({_plural(mailbox['jobs_done'], 'mailbox_record job', 'mailbox_record jobs')})"
+    ]
+    if mailbox.get("jobs_waiting"):
+        lines.append(f"         {mailbox['jobs_waiting']} mailbox_record jobs still waiting")
+    return lines
+
+
 def report_lines(inputs: ReportInputs) -> list[str]:
     """The report as printed: every email's outcome, credits, timing, metrics and the DLQ."""
     rule = "=" * 100
@@ -252,6 +273,8 @@ def report_lines(inputs: ReportInputs) -> list[str]:
         f"Credits: {inputs.credits_left} left of {inputs.credits_start} ({used} used; a reply "
         "that could not be delivered is refunded)"
     )
+    if inputs.mailbox is not None:
+        lines += mailbox_lines(inputs.mailbox)
     lines.append(
         f"Timing: every email settled {inputs.settle_seconds:.1f} s after the fetch kick"
         " (measured by polling once a second)"

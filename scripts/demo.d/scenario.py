@@ -52,6 +52,7 @@ from public.notification_digests d
 where d.store_id = %s and d.finished_at is not null
 order by d.created_at
 """
+MAILBOX_TIMEOUT = 60.0  # seconds, for the mailbox_record jobs to file what the emails left
 
 _ROWS_SQL = """
 select m.id, m.conversation_id, m.message_id, m.imap_uid, m.from_name, m.from_address, m.subject,
@@ -453,6 +454,39 @@ class Scenario:
         )
         return (result.stdout + result.stderr).rstrip().splitlines()
 
+    def mailbox_record(self) -> dict[str, int]:
+        """What the store's mailbox shows once its mailbox_record jobs ran (decision 0019)."""
+        step(
+            "waiting for the replies to be filed in the store's mailbox "
+            f"(up to {MAILBOX_TIMEOUT:.0f} s)"
+        )
+        deadline = time.monotonic() + MAILBOX_TIMEOUT
+        while True:
+            row = (
+                self.connect()
+                .execute(
+                    "select count(*) filter (where status in ('pending', 'processing')) as open,"
+                    " count(*) filter (where status = 'completed') as done"
+                    " from public.job_queue where job_type = 'mailbox_record' and store_id = %s",
+                    (self.store_id,),
+                )
+                .fetchone()
+            )
+            waiting = int(row["open"]) if row else 0
+            if waiting == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(POLL_INTERVAL)
+        assert self.stack.dovecot is not None
+        dovecot = self.stack.dovecot
+        inbox = dovecot.list_folder(seed.STORE_EMAIL, "INBOX")
+        return {
+            "sent": len(dovecot.list_folder(seed.STORE_EMAIL, "Sent")),
+            "drafts": len(dovecot.list_folder(seed.STORE_EMAIL, "Drafts")),
+            "answered": sum(1 for m in inbox if "\\Answered" in m.flags),
+            "jobs_done": int(row["done"]) if row else 0,
+            "jobs_waiting": waiting,
+        }
+
     def report_inputs(self, rows: list[dict[str, Any]]) -> report.ReportInputs:
         """Read everything the report shows, once every email has settled."""
         db = self.connect()
@@ -493,6 +527,7 @@ class Scenario:
             console_logins=tuple(self.console_logins),
             digests=self.digests(),
             webhook_posts=tuple(self.stack.webhook.posts) if self.stack.webhook else (),
+            mailbox=self.mailbox_record(),
         )
 
     # -- keep running --------------------------------------------------------------------------

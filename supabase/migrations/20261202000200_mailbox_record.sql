@@ -154,8 +154,10 @@ $$;
 -- customer when it is not one of our replies (by Message-ID; Gmail files those in Sent too) and
 -- its In-Reply-To or References name a stored customer message of this store. Its held (or
 -- console-approved, not yet sending) reply becomes `superseded`, never to be sent, its credit is
--- refunded, and the conversation is answered by that person. A reply already sending or sent is
--- left alone (the event says so). The position moves to p_last_uid in the same transaction.
+-- refunded, and the conversation is answered by that person; a message we have not drafted a
+-- reply for yet gets a superseded reply row, so the email job never answers it. A reply already
+-- sending or sent is left alone (the event says so). The position moves to p_last_uid in the
+-- same transaction.
 create or replace function public.record_sent_scan(
   p_store_id uuid,
   p_folder text,
@@ -175,6 +177,7 @@ declare
   v_superseded int := 0;
   v_answered int := 0;
   v_from text;
+  v_previous text;
 begin
   if jsonb_typeof(p_messages) is distinct from 'array' then
     raise exception 'p_messages must be a JSON array' using errcode = 'invalid_parameter_value';
@@ -210,7 +213,34 @@ begin
     loop
       v_answered := v_answered + 1;
       select * into v_reply from public.replies where message_id = v_message.id for update;
-      if v_reply.id is not null and v_reply.status in ('held', 'drafted') then
+      v_previous := v_reply.status;
+      if v_reply.id is null then
+        -- Answered before our pipeline drafted anything: a superseded row keeps it that way
+        -- (the email job finds it at its first step and ends; save_reply returns it unchanged).
+        insert into public.replies (store_id, conversation_id, message_id, status, to_address,
+                                    subject, in_reply_to, answered_by, answered_message_id,
+                                    answered_at)
+        values (p_store_id, v_message.conversation_id, v_message.id, 'superseded',
+                lower(coalesce(v_message.from_address, '')),
+                'Re: ' || coalesce(v_message.subject, ''), v_message.message_id, v_from,
+                v_item ->> 'message_id', now())
+        on conflict (message_id) do nothing
+        returning * into v_reply;
+        if v_reply.id is null then
+          -- The pipeline saved its reply meanwhile: decide on that one below.
+          select * into v_reply from public.replies where message_id = v_message.id for update;
+          v_previous := v_reply.status;
+        end if;
+      end if;
+      if v_previous is null and v_reply.status = 'superseded' then
+        v_superseded := v_superseded + 1;
+        insert into public.events (store_id, conversation_id, message_id, event_type, detail)
+        values (p_store_id, v_message.conversation_id, v_message.id, 'reply.superseded',
+                jsonb_build_object('reply_id', v_reply.id, 'previous_status', null,
+                                   'answered_by', v_from,
+                                   'answered_message_id', v_item ->> 'message_id',
+                                   'folder', p_folder, 'uid', v_item -> 'uid'));
+      elsif v_reply.status in ('held', 'drafted') then
         -- 'drafted' here is a held reply a person approved in the console whose send_reply job
         -- has not reached begin_send: the row lock orders us against it, and begin_send refuses
         -- a superseded reply.
@@ -239,7 +269,7 @@ begin
                                    'answered_message_id', v_item ->> 'message_id',
                                    'folder', p_folder, 'uid', v_item -> 'uid'));
       end if;
-      if v_reply.id is null or v_reply.status in ('held', 'drafted') then
+      if v_previous is null or v_previous in ('held', 'drafted') then
         update public.conversations set status = 'answered_human', status_at = now()
         where id = v_message.conversation_id and status <> 'closed';
       end if;

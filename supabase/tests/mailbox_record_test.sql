@@ -3,7 +3,7 @@
 -- person's reply from their own mail client superseding a held reply, which is then never sent
 -- (begin_send and the console refuse it, whichever of the two comes first).
 begin;
-select plan(48);
+select plan(52);
 
 insert into auth.users (id, email) values
   ('00000000-0000-4000-8000-0000000000e1', 'owner-e@example.test');
@@ -88,10 +88,11 @@ language sql as $$
 $$;
 grant execute on all functions in schema pg_temp to service_role;
 
-select public.ingest_messages('50000000-0000-4000-8000-000000000001', 'INBOX', 1, 6,
+select public.ingest_messages('50000000-0000-4000-8000-000000000001', 'INBOX', 1, 7,
   jsonb_build_array(pg_temp.msg('<m1@c.test>', 1), pg_temp.msg('<m2@c.test>', 2),
                     pg_temp.msg('<m3@c.test>', 3), pg_temp.msg('<m4@c.test>', 4),
-                    pg_temp.msg('<m5@c.test>', 5), pg_temp.msg('<m6@c.test>', 6)));
+                    pg_temp.msg('<m5@c.test>', 5), pg_temp.msg('<m6@c.test>', 6),
+                    pg_temp.msg('<m7@c.test>', 7)));
 select public.ingest_messages('50000000-0000-4000-8000-000000000002', 'INBOX', 1, 1,
   jsonb_build_array(jsonb_set(pg_temp.msg('<q1@c.test>', 1), '{to_addresses}',
                               '["help@quieta.test"]')));
@@ -242,6 +243,21 @@ select is((select thread -> 'answered_by'
           '"Maria Silva <help@loja.test>"'::jsonb, 'the console''s thread says who answered');
 set local role service_role;
 select is((pg_temp.reply('<r6@loja.test>')).status, 'superseded', 'the reply stays superseded');
+
+-- m7: answered from the mail client before our pipeline drafted anything.
+select is(pg_temp.scan(15, jsonb_build_array(
+            pg_temp.human(15, '<maria-5@loja.test>', '<m7@c.test>'))),
+          '{"answered": 1, "superseded": 1, "last_uid": 15}'::jsonb,
+          'a person may answer before the pipeline drafts a reply');
+select is((select array[status, to_address, answered_by] from public.replies
+           where message_id = (pg_temp.message('<m7@c.test>')).id),
+          array['superseded', 'cliente@example.com', 'Maria Silva <help@loja.test>'],
+          'a superseded reply row then stands for the person''s answer');
+select is((pg_temp.save('<m7@c.test>', '<r7@loja.test>', null)).status, 'superseded',
+          'so the email job''s save_reply gets it back and never drafts one to send');
+select is((select status from public.conversations
+           where id = (pg_temp.message('<m7@c.test>')).conversation_id),
+          'answered_human', 'and the conversation is answered by the person');
 
 -- Privileges --------------------------------------------------------------------------------------
 reset role;

@@ -11,6 +11,7 @@ CSRF refusal, and that concurrent approvals of one held reply send it exactly on
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
 import uuid
@@ -251,6 +252,41 @@ def test_bearer_writes_need_no_csrf_token(world: World) -> None:
     again = client.post(f"/api/conversations/{held.conversation_id}/close", json={})
     assert again.status_code == 409
     assert again.get_json()["error"] == "conflict"
+
+
+def test_a_reply_a_person_sent_from_their_mail_client_shows_who_answered(world: World) -> None:
+    held = seed_held(world.sql, world.store_a, subject="Gift wrap?", customer="gil@customer.test")
+    header = world.sql.execute(
+        "select message_id from public.messages where id = %s", (held.message_id,)
+    ).fetchone()
+    assert header is not None
+    # What the Sent scan records when Maria's answer (In-Reply-To the customer's) is read.
+    world.sql.execute(
+        "select public.record_sent_scan(%s, 'Sent', 1, 1, %s::jsonb)",
+        (
+            world.store_a,
+            json.dumps(
+                [
+                    {
+                        "uid": 1,
+                        "message_id": f"<maria-{uuid.uuid4().hex}@shop.test>",
+                        "in_reply_to": header["message_id"],
+                        "references": [],
+                        "from": "Maria Silva <help@shop.test>",
+                    }
+                ]
+            ),
+        ),
+    )
+    client, _ = cookie_client(world.app, world.people["agent"].email)
+    page = client.get(f"/console/conversations/{held.conversation_id}")
+    assert page.status_code == 200
+    html = page.data.decode()
+    assert "answered by Maria Silva &lt;help@shop.test&gt; from their mail client" in html
+    assert "answered by a person" in html  # the conversation's status
+    assert "Send this reply" not in html  # nothing left to send
+    refused = world.client("owner").post(f"/api/replies/{held.reply_id}/send", json={})
+    assert refused.status_code == 409
 
 
 # -- tenancy matrix ----------------------------------------------------------------------------

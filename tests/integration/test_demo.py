@@ -133,6 +133,15 @@ def test_demo_dead_letters_the_refused_reply_with_its_reason(
     assert "process_email" in listing and "SMTP 550" in listing
 
 
+def test_demo_files_the_replies_in_the_stores_mailbox(demo_run: DemoRun) -> None:
+    # The mailbox as the record (decision 0019): each sent reply in Sent, the held one in
+    # Drafts, each answered email marked read and answered in the INBOX.
+    mailbox = demo_run.summary["mailbox"]
+    assert (mailbox["sent"], mailbox["drafts"], mailbox["answered"]) == (4, 1, 4), mailbox
+    assert mailbox["jobs_waiting"] == 0
+    assert "Mailbox: Sent folder: 4 replies filed, Drafts: 1 held" in demo_run.stdout
+
+
 def test_demo_charges_credits_for_replies_and_refunds_the_undelivered_one(
     demo_run: DemoRun,
 ) -> None:

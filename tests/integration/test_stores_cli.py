@@ -436,6 +436,51 @@ def test_update_changes_settings_and_rotates_secrets_in_place(
     assert new_password not in json.dumps(after, default=str)
 
 
+def test_the_mailbox_settings_default_on_and_are_changed_and_checked_like_the_others(
+    cli: Cli, db: Conn, email: str
+) -> None:
+    store_id = create(cli, email)
+    row = store_row(db, store_id)
+    assert (row["mailbox_sent"], row["mailbox_drafts"], row["mailbox_mark_answered"]) == (
+        "auto",
+        True,
+        True,
+    )
+    assert (row["mailbox_sent_folder"], row["mailbox_drafts_folder"]) == (None, None)
+
+    code, _, err = cli(
+        "update",
+        store_id,
+        "--mailbox-sent",
+        "always",
+        "--no-mailbox-drafts",
+        "--no-mailbox-mark-answered",
+        "--mailbox-sent-folder",
+        "Itens Enviados",
+    )
+    assert code == 0, err
+    row = store_row(db, store_id)
+    assert (row["mailbox_sent"], row["mailbox_drafts"], row["mailbox_mark_answered"]) == (
+        "always",
+        False,
+        False,
+    )
+    assert row["mailbox_sent_folder"] == "Itens Enviados"
+    code, out, _ = cli("show", store_id)
+    assert code == 0 and "mailbox_sent_folder" in out and "Itens Enviados" in out
+
+    # '' names no folder: back to the special-use flag.
+    code, _, err = cli("update", store_id, "--mailbox-sent-folder", "", "--mailbox-drafts")
+    assert code == 0, err
+    row = store_row(db, store_id)
+    assert (row["mailbox_sent_folder"], row["mailbox_drafts"]) == (None, True)
+
+    code, _, err = cli("update", store_id, "--mailbox-sent", "sometimes")
+    assert code == 2
+    assert "mailbox_sent must be auto, always or never" in err
+    assert store_row(db, store_id)["mailbox_sent"] == "always"
+
+
 def test_update_adding_shopify_asks_for_its_token(cli: Cli, db: Conn, email: str) -> None:
     store_id = create(cli, email)
 

@@ -63,6 +63,10 @@ class FakeMailbox:
     def __exit__(self, *exc: object) -> None:
         self.closed = True
 
+    def find_special_folder(self, flag: bytes) -> str | None:
+        # One folder only: the Sent scan (worker/sent_scan.py) finds no Sent folder to read.
+        return None
+
     def select_folder(self, folder: str, readonly: bool = False) -> dict[bytes, Any]:
         assert readonly, "the folder must be opened read-only"
         info: dict[bytes, Any] = {

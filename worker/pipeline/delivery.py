@@ -57,7 +57,9 @@ def resume_reply(ctx: JobContext) -> None:
     if status == "failed":
         raise JobDone("failed", error=reply.get("error"), **result)
     if status == "superseded":
-        # A person answered from their own mail client (decision 0019): never sent by us.
+        # A person answered from their own mail client (decision 0019): never sent by us. A job
+        # that charged before it found out gives the credit back (idempotent; none taken: no-op).
+        ctx.db.release_credit(str(ctx.store["id"]), ctx.job_id, "answered_by_person")
         raise JobDone("superseded", answered_by=reply.get("answered_by"), **result)
 
     secrets = services.secrets(str(store["id"]))
