@@ -208,3 +208,54 @@ def test_a_person_approves_an_edited_draft_and_an_operator_requeues(
         "04-conversation-answered.png", "05-conversations.png", "06-phone-conversation.png",
         "07-dead-letters.png", "08-health.png", "09-stores.png", "10-notifications.png",
     ]
+
+
+def test_a_held_reply_answered_from_the_mail_client_shows_who_answered(
+    pipeline: Pipeline, auth_server: AuthServer, console_url: str, tmp_path: Path
+) -> None:
+    """Decision 0019: what a person sees once someone answered from their own mail client."""
+    pipeline.update_store(reply_mode="draft_only")
+    job_id = pipeline.one(make_email("ana.souza@example.com.br", "Troca de tamanho",
+                                     "Olá, posso trocar a camiseta por um tamanho M? Ana"))
+    pipeline.run()
+    reply = pipeline.reply(job_id)
+    assert reply is not None and reply["status"] == "held"
+    auth = AuthClient(auth_server.url, anon_key(TEST_JWT_SECRET))
+    people = create_people(auth, uuid.uuid4().hex[:8])
+    auth.close()
+    pipeline.sql.execute("update public.stores set owner_id = %s where id = %s",
+                         (people["owner"].user_id, pipeline.store_id))
+    # What the Sent scan records when Maria's answer, threaded under Ana's email, is read.
+    pipeline.sql.execute(
+        "select public.record_sent_scan(%s, 'Sent', 1, 1, jsonb_build_array(jsonb_build_object("
+        "'uid', 1, 'message_id', %s::text, 'in_reply_to', %s::text, 'references', '[]'::jsonb,"
+        "'from', 'Maria Silva <support@shop.test>')))",
+        (pipeline.store_id, f"<maria-{uuid.uuid4().hex}@shop.test>", reply["in_reply_to"]),
+    )
+    shot = tmp_path / "10-answered-from-the-mail-client.png"
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
+        )
+        try:
+            page = browser.new_context(viewport=LAPTOP).new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(f"{console_url}/login")
+            page.fill("input[name=email]", people["owner"].email)
+            page.fill("input[name=password]", PASSWORD)
+            with page.expect_navigation():
+                page.click("button[type=submit]")
+            page.goto(f"{console_url}/console/conversations/{reply['conversation_id']}")
+            line = page.locator("article.reply.r-superseded .answered-elsewhere")
+            line.wait_for()
+            assert line.inner_text() == (
+                "answered by Maria Silva <support@shop.test> from their mail client"
+            )
+            assert "answered by a person" in page.locator("p.meta .status").inner_text()
+            assert page.get_by_role("button", name="Send this reply").count() == 0
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 0
+    assert pipeline.sink.messages == []
