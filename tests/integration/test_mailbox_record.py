@@ -303,6 +303,63 @@ def test_a_held_reply_answered_from_the_mail_client_is_never_sent_by_us(
     assert pipeline.credits() == 10  # the held draft's credit came back
 
 
+def person_answers_from_the_mail_client(pipeline: Pipeline, original: str) -> str:
+    """Maria's answer, threaded under the customer's email, as her mail client files it."""
+    answer_id = make_msgid(domain="shop.test")
+    pipeline.dovecot.append(
+        pipeline.mail_user.name,
+        make_email(
+            f"Maria Silva <{pipeline.support_email}>",
+            "Re: Where is my order?",
+            "Hi John, it leaves today. Maria",
+            to=JOHN,
+            message_id=answer_id,
+            in_reply_to=original,
+        ),
+        folder="Sent",
+    )
+    return answer_id
+
+
+def test_a_reply_approved_in_the_console_then_answered_from_the_mail_client_is_not_sent(
+    pipeline: Pipeline,
+) -> None:
+    pipeline.update_store(reply_mode="draft_only")
+    original = customer_writes(pipeline, *ORDER_QUESTION)
+    fetch_mailbox(pipeline)
+    assert pipeline.run()["outcomes"] == {"held": 1}
+    reply = reply_of_store(pipeline)
+    # The console approves it; before its send_reply job runs, Maria answers by mail.
+    approved = as_owner(pipeline, "select public.console_send_reply(%s)", reply["id"])
+    person_answers_from_the_mail_client(pipeline, original)
+    fetch_mailbox(pipeline)
+    assert reply_of_store(pipeline)["status"] == "superseded"
+
+    ran = run_jobs(pipeline, [approved["job_id"]], SendReplyHandler(pipeline.proc))
+
+    assert ran["outcomes"] == {"superseded": 1}, ran
+    assert pipeline.sink.messages == []
+    assert reply_of_store(pipeline)["status"] == "superseded"
+
+
+def test_a_discarded_held_reply_leaves_drafts(pipeline: Pipeline) -> None:
+    pipeline.update_store(reply_mode="draft_only")
+    customer_writes(pipeline, *ORDER_QUESTION)
+    fetch_mailbox(pipeline)
+    assert pipeline.run()["outcomes"] == {"held": 1}
+    run_record(pipeline)
+    assert len(folder(pipeline, "Drafts")) == 1
+    reply = reply_of_store(pipeline)
+
+    as_owner(pipeline, "select public.console_discard_reply(%s)", reply["id"])
+    assert run_record(pipeline)["outcomes"] == {"filed": 1}
+
+    assert folder(pipeline, "Drafts") == []
+    assert folder(pipeline, "Sent") == []
+    (inbox,) = folder(pipeline, "INBOX")
+    assert "\\Answered" not in inbox.flags  # nothing was sent
+
+
 # -- a Gmail-like server ---------------------------------------------------------------------------
 
 
