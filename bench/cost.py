@@ -180,9 +180,13 @@ def measure(
             mail=MailIO(send=_no_send, find_sent=_never_in_sent),
             shop_for=lambda store, secrets: MemoryShop(),
         )
-        # No hourly reply rate: every email of the run is to be answered, at once.
+        # No hourly reply rate: every email of the run is to be answered, at once. The mailbox
+        # filing jobs (decision 0019) are IMAP work, mocked away here like SMTP: not run.
         options = process.ProcessOptions(
-            concurrency=concurrency, job_types=(job_type,), store_replies_per_hour=None
+            concurrency=concurrency,
+            job_types=(job_type,),
+            store_replies_per_hour=None,
+            record_mailbox=False,
         )
         transport.calls.clear()
         cpu0, wall0 = time.process_time(), time.perf_counter()
