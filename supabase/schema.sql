@@ -2121,7 +2121,8 @@ begin
   end if;
   select * into v_store from public.stores where id = new.store_id;
   if not found
-     or not public.mailbox_record_wanted(v_store, new.status, new.hold_reason, v_was_held) then
+     or not public.mailbox_record_wanted(v_store, new.status, new.hold_reason, v_was_held,
+                                         new.author_id is not null) then
     return null;
   end if;
   -- Below the sends (console 10, email 0): filing waits behind answering customers.
@@ -2978,16 +2979,17 @@ $$;
 ALTER FUNCTION public.load_reply_context(p_reply_id uuid) OWNER TO postgres;
 
 --
--- Name: mailbox_record_wanted(public.stores, text, text, boolean); Type: FUNCTION; Schema: public; Owner: postgres
+-- Name: mailbox_record_wanted(public.stores, text, text, boolean, boolean); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
-CREATE FUNCTION public.mailbox_record_wanted(p_store public.stores, p_status text, p_hold_reason text, p_was_held boolean) RETURNS boolean
+CREATE FUNCTION public.mailbox_record_wanted(p_store public.stores, p_status text, p_hold_reason text, p_was_held boolean, p_by_person boolean) RETURNS boolean
     LANGUAGE sql IMMUTABLE
     SET search_path TO ''
     AS $$
   select case
     when p_status = 'sent' then
-      p_store.mailbox_sent <> 'never' or p_store.mailbox_mark_answered or p_store.mailbox_drafts
+      p_store.mailbox_sent <> 'never' or p_store.mailbox_mark_answered
+      or (p_store.mailbox_drafts and p_by_person)
     when p_status = 'held' then
       p_store.mailbox_drafts and coalesce(p_hold_reason, '') <> 'delivery_in_doubt'
     -- Leaving held (approved in the console, discarded, superseded): the draft comes out.
@@ -2997,7 +2999,7 @@ CREATE FUNCTION public.mailbox_record_wanted(p_store public.stores, p_status tex
   end
 $$;
 
-ALTER FUNCTION public.mailbox_record_wanted(p_store public.stores, p_status text, p_hold_reason text, p_was_held boolean) OWNER TO postgres;
+ALTER FUNCTION public.mailbox_record_wanted(p_store public.stores, p_status text, p_hold_reason text, p_was_held boolean, p_by_person boolean) OWNER TO postgres;
 
 --
 -- Name: notify_people(uuid, text, text, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
@@ -5659,11 +5661,11 @@ REVOKE ALL ON FUNCTION public.load_reply_context(p_reply_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.load_reply_context(p_reply_id uuid) TO service_role;
 
 --
--- Name: FUNCTION mailbox_record_wanted(p_store public.stores, p_status text, p_hold_reason text, p_was_held boolean); Type: ACL; Schema: public; Owner: postgres
+-- Name: FUNCTION mailbox_record_wanted(p_store public.stores, p_status text, p_hold_reason text, p_was_held boolean, p_by_person boolean); Type: ACL; Schema: public; Owner: postgres
 --
 
-REVOKE ALL ON FUNCTION public.mailbox_record_wanted(p_store public.stores, p_status text, p_hold_reason text, p_was_held boolean) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.mailbox_record_wanted(p_store public.stores, p_status text, p_hold_reason text, p_was_held boolean) TO service_role;
+REVOKE ALL ON FUNCTION public.mailbox_record_wanted(p_store public.stores, p_status text, p_hold_reason text, p_was_held boolean, p_by_person boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.mailbox_record_wanted(p_store public.stores, p_status text, p_hold_reason text, p_was_held boolean, p_by_person boolean) TO service_role;
 
 --
 -- Name: FUNCTION notify_people(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb); Type: ACL; Schema: public; Owner: postgres

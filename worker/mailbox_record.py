@@ -8,7 +8,8 @@ state harmless:
 
 - sent: a copy in Sent (unless the store says never, or, in auto mode, the server files
   SMTP-submitted mail itself, as Gmail does), the customer's message marked \\Seen and
-  \\Answered, and the Drafts copy (if it was held) removed;
+  \\Answered (and the reply's own trace copy in the INBOX, if it arrived, \\Seen), and the
+  Drafts copy (if it was held) removed;
 - held (not in doubt): a copy in Drafts (\\Draft) a person can finish in their own mail client;
 - anything else: the Drafts copy removed.
 
@@ -155,6 +156,12 @@ def apply_plan(
             done["marked_answered"] = mailbox.add_flags(
                 client, folder, original, (mailbox.SEEN, mailbox.ANSWERED)
             )
+        # The reply's own trace copy (decision 0017), when it has arrived: our mail, read by
+        # definition, so it does not sit in the INBOX as new mail. It stays: it is the proof.
+        inbox = str(store.get("imap_folder") or "INBOX")
+        done["trace_copy_marked_read"] = mailbox.add_flags(
+            client, inbox, str(reply["smtp_message_id"]), (mailbox.SEEN,)
+        )
     return done
 
 

@@ -67,7 +67,8 @@ on conflict (job_type) do nothing;
 
 -- The mailbox_record job ------------------------------------------------------------------------
 
--- Whether a reply now in p_status (held for p_hold_reason, or leaving held when p_was_held) has
+-- Whether a reply now in p_status (held for p_hold_reason, or leaving held when p_was_held;
+-- p_by_person: a person approved or wrote it in the console, so it may have been a draft) has
 -- anything to change in the store's mailbox under its settings. A reply held because its
 -- delivery is in doubt is never placed in Drafts: it may have reached the customer, and a draft
 -- invites a second send.
@@ -75,7 +76,8 @@ create or replace function public.mailbox_record_wanted(
   p_store public.stores,
   p_status text,
   p_hold_reason text,
-  p_was_held boolean
+  p_was_held boolean,
+  p_by_person boolean
 )
 returns boolean
 language sql
@@ -84,7 +86,8 @@ set search_path = ''
 as $$
   select case
     when p_status = 'sent' then
-      p_store.mailbox_sent <> 'never' or p_store.mailbox_mark_answered or p_store.mailbox_drafts
+      p_store.mailbox_sent <> 'never' or p_store.mailbox_mark_answered
+      or (p_store.mailbox_drafts and p_by_person)
     when p_status = 'held' then
       p_store.mailbox_drafts and coalesce(p_hold_reason, '') <> 'delivery_in_doubt'
     -- Leaving held (approved in the console, discarded, superseded): the draft comes out.
@@ -112,7 +115,8 @@ begin
   end if;
   select * into v_store from public.stores where id = new.store_id;
   if not found
-     or not public.mailbox_record_wanted(v_store, new.status, new.hold_reason, v_was_held) then
+     or not public.mailbox_record_wanted(v_store, new.status, new.hold_reason, v_was_held,
+                                         new.author_id is not null) then
     return null;
   end if;
   -- Below the sends (console 10, email 0): filing waits behind answering customers.
@@ -300,9 +304,9 @@ $$;
 -- The console's thread shows who answered a superseded reply (console_conversation reads these
 -- columns); the send gate refuses it (begin_send answers 'superseded').
 
-revoke all on function public.mailbox_record_wanted(public.stores, text, text, boolean)
+revoke all on function public.mailbox_record_wanted(public.stores, text, text, boolean, boolean)
   from public, anon, authenticated;
-grant execute on function public.mailbox_record_wanted(public.stores, text, text, boolean)
+grant execute on function public.mailbox_record_wanted(public.stores, text, text, boolean, boolean)
   to service_role;
 revoke all on function public.enqueue_mailbox_record() from public, anon, authenticated;
 revoke all on function public.load_mailbox_record(uuid) from public, anon, authenticated;

@@ -3,7 +3,7 @@
 -- person's reply from their own mail client superseding a held reply, which is then never sent
 -- (begin_send and the console refuse it, whichever of the two comes first).
 begin;
-select plan(52);
+select plan(53);
 
 insert into auth.users (id, email) values
   ('00000000-0000-4000-8000-0000000000e1', 'owner-e@example.test');
@@ -131,6 +131,12 @@ select is((select count(*)::int from public.job_queue q
            where q.job_type = 'mailbox_record'
              and q.store_id = '50000000-0000-4000-8000-000000000002'), 0,
           'a store with every mailbox setting off gets no job');
+select is(array(select public.mailbox_record_wanted(
+                jsonb_populate_record(s, '{"mailbox_drafts": true}'), 'sent', null, false, p)
+              from public.stores s, unnest(array[false, true]) as p
+              where s.id = '50000000-0000-4000-8000-000000000002'),
+          array[false, true],
+          'with only drafts on, only a reply a person sent can have a draft to take out');
 
 -- The load_mailbox_record context.
 select is((public.load_mailbox_record((pg_temp.reply('<r2@loja.test>')).id)

@@ -219,6 +219,9 @@ def test_a_reply_whose_worker_died_after_smtp_is_filed_once_after_its_copy_prove
     (filed,) = folder(pipeline, "Sent")
     assert filed.message_id == sent.message()["Message-ID"]
     assert len(pipeline.sent_to(JOHN)) == 1
+    # The trace copy stays in the INBOX (it is the proof), marked read: it is our own mail.
+    (copy,) = folder(pipeline, "INBOX")
+    assert copy.message_id == filed.message_id and "\\Seen" in copy.flags
 
 
 # -- Drafts --------------------------------------------------------------------------------------
