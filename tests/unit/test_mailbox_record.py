@@ -9,7 +9,7 @@ from email import message_from_bytes, policy
 import pytest
 
 from worker.errors import PermanentError
-from worker.mailbox import draft_message_id, parse_sent_header, usable_message_id
+from worker.mailbox import draft_message_id, parse_sent_header, read_sent, usable_message_id
 from worker.mailbox_record import RecordPlan, plan_for, reply_copy
 from worker.models import MailboxSettings
 
@@ -120,3 +120,60 @@ def test_the_sent_scan_reads_the_threading_headers() -> None:
 def test_a_sent_message_without_threading_headers_answers_nothing() -> None:
     found = parse_sent_header(3, b"From: someone@loja.test\r\nSubject: hello\r\n\r\n")
     assert found.message_id is None and found.in_reply_to is None and found.references == ()
+
+
+class SentFolder:
+    """The part of IMAPClient that mailbox.read_sent uses, over an in-memory Sent folder."""
+
+    def __init__(self, headers: dict[int, bytes], uidvalidity: int = 9) -> None:
+        self.headers = headers
+        self.uidvalidity = uidvalidity
+        self.fetched: list[list[int]] = []
+
+    def select_folder(self, folder: str, readonly: bool = False) -> dict[bytes, object]:
+        assert readonly, "the Sent folder is only read"
+        return {
+            b"UIDVALIDITY": self.uidvalidity,
+            b"EXISTS": len(self.headers),
+            b"UIDNEXT": max(self.headers, default=0) + 1,
+        }
+
+    def search(self, criteria: list[str]) -> list[int]:
+        assert criteria[0] == "UID"
+        start = int(criteria[1].split(":")[0])
+        # `n:*` always answers the highest UID too (RFC 3501), even when it is below n.
+        return sorted({u for u in self.headers if u >= start} | {max(self.headers)})
+
+    def fetch(self, uids: list[int], items: list[str]) -> dict[int, dict[bytes, bytes]]:
+        self.fetched.append(list(uids))
+        key = items[0].replace(".PEEK", "").encode()
+        return {u: {key: self.headers[u]} for u in uids}
+
+
+def header(n: int) -> bytes:
+    return f"Message-ID: <m{n}@loja.test>\r\nIn-Reply-To: <c{n}@x.test>\r\n\r\n".encode()
+
+
+def test_the_first_read_of_sent_starts_at_its_end_without_reading_history() -> None:
+    folder = SentFolder({n: header(n) for n in range(1, 6)})
+    batch = read_sent(folder, "Sent", 0, None, 100)
+    assert (batch.baseline, batch.messages, batch.highest_uid) == (True, [], 5)
+    assert folder.fetched == []
+
+
+def test_later_reads_take_only_new_uids_oldest_first_within_the_limit() -> None:
+    folder = SentFolder({n: header(n) for n in range(1, 9)})
+    batch = read_sent(folder, "Sent", 5, 9, 2)
+    assert [m.uid for m in batch.messages] == [6, 7] and batch.highest_uid == 7
+    assert batch.messages[0].in_reply_to == "<c6@x.test>"
+    rest = read_sent(folder, "Sent", 7, 9, 2)
+    assert [m.uid for m in rest.messages] == [8] and rest.highest_uid == 8
+    quiet = read_sent(folder, "Sent", 8, 9, 2)
+    assert (quiet.messages, quiet.highest_uid, quiet.baseline) == ([], 8, False)
+    assert folder.fetched == [[6, 7], [8]]  # the quiet read fetched nothing
+
+
+def test_a_new_uidvalidity_starts_the_sent_position_afresh() -> None:
+    folder = SentFolder({n: header(n) for n in range(1, 4)}, uidvalidity=10)
+    batch = read_sent(folder, "Sent", 40, 9, 100)
+    assert (batch.baseline, batch.highest_uid, batch.uidvalidity) == (True, 3, 10)
