@@ -91,12 +91,19 @@ def _text(value: object) -> str:
     return "" if value is None else str(value)
 
 
-def usable_message_id(message_id: str) -> str:
-    """A Message-ID fit for SEARCH HEADER (a quoted string), else a permanent error."""
+def searchable(message_id: str) -> bool:
+    """Whether a Message-ID can go into SEARCH HEADER as it is: printable ASCII without space,
+    quote, backslash or braces (a customer's Message-ID ending in `{5}` would otherwise read
+    as an IMAP literal and stall the command)."""
     wanted = message_id.strip()
-    if not wanted or any(c in wanted for c in '\r\n"\\') or not wanted.isascii():
+    return bool(wanted) and all(0x21 <= ord(c) <= 0x7E and c not in '"\\{}' for c in wanted)
+
+
+def usable_message_id(message_id: str) -> str:
+    """A Message-ID fit for SEARCH HEADER, else a permanent error."""
+    if not searchable(message_id):
         raise PermanentError(f"unusable Message-ID {message_id!r}", service=imap.SERVICE)
-    return wanted
+    return message_id.strip()
 
 
 def draft_message_id(reply_id: str, support_email: str) -> str:

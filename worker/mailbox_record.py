@@ -152,7 +152,11 @@ def apply_plan(
     if plan.mark_answered:
         original = str(message.get("message_id") or "")
         folder = str(message.get("imap_folder") or store.get("imap_folder") or "INBOX")
-        if original:
+        if not mailbox.searchable(original):
+            # The customer's Message-ID is theirs to choose; one we cannot search for safely
+            # leaves their email as it is rather than failing the job.
+            done["marked_answered"] = "unsearchable_message_id"
+        else:
             done["marked_answered"] = mailbox.add_flags(
                 client, folder, original, (mailbox.SEEN, mailbox.ANSWERED)
             )

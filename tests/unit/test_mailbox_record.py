@@ -9,7 +9,13 @@ from email import message_from_bytes, policy
 import pytest
 
 from worker.errors import PermanentError
-from worker.mailbox import draft_message_id, parse_sent_header, read_sent, usable_message_id
+from worker.mailbox import (
+    draft_message_id,
+    parse_sent_header,
+    read_sent,
+    searchable,
+    usable_message_id,
+)
 from worker.mailbox_record import RecordPlan, plan_for, reply_copy
 from worker.models import MailboxSettings
 
@@ -95,10 +101,17 @@ def test_draft_message_ids_use_the_support_domain() -> None:
     assert draft_message_id("abc", "help@Shop.Test.") == "<draft-abc@shop.test>"
 
 
-@pytest.mark.parametrize("bad", ["", "  ", '<a"b@x>', "<a\r\nb@x>", "<ação@x>"])
+@pytest.mark.parametrize(
+    "bad", ["", "  ", '<a"b@x>', "<a\r\nb@x>", "<ação@x>", "<a b@x>", "<a\\b@x>", "x{5}"]
+)
 def test_message_ids_that_cannot_be_searched_for_are_refused(bad: str) -> None:
+    assert not searchable(bad)
     with pytest.raises(PermanentError):
         usable_message_id(bad)
+
+
+def test_ordinary_message_ids_are_searched_for_as_they_are() -> None:
+    assert usable_message_id(" <reply-1.2+x=y@loja.test> ") == "<reply-1.2+x=y@loja.test>"
 
 
 def test_the_sent_scan_reads_the_threading_headers() -> None:
