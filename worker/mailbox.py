@@ -209,7 +209,7 @@ def remove(client: IMAPClient, folder: str, message_id: str) -> int:
     with _errors(f"delete {folder}"):
         client.delete_messages(uids, silent=True)
         if client.has_capability("UIDPLUS"):
-            client.expunge(uids)
+            client.uid_expunge(uids)
     return len(uids)
 
 
