@@ -22,6 +22,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from email.errors import HeaderParseError
 from typing import Any
 
 from imapclient import IMAPClient
@@ -88,21 +89,25 @@ def reply_copy(
         else str(reply["smtp_message_id"])
     )
     sent_at = reply.get("sent_at")
-    message = compose.build_reply(
-        from_address=str(store["support_email"]),
-        from_name=str(store.get("name") or ""),
-        to_address=str(reply["to_address"]),
-        original_subject=str(reply.get("subject") or ""),
-        in_reply_to=reply.get("in_reply_to"),
-        references=list(reply.get("references") or []),
-        body_text=str(reply.get("body_text") or ""),
-        message_id=message_id,
-        date=sent_at if isinstance(sent_at, datetime) and not draft else None,
-    )
-    if draft:
-        del message["Auto-Submitted"]
-        del message["X-Auto-Response-Suppress"]
-    return message_id, smtp.message_bytes(message)
+    try:
+        message = compose.build_reply(
+            from_address=str(store["support_email"]),
+            from_name=str(store.get("name") or ""),
+            to_address=str(reply["to_address"]),
+            original_subject=str(reply.get("subject") or ""),
+            in_reply_to=reply.get("in_reply_to"),
+            references=list(reply.get("references") or []),
+            body_text=str(reply.get("body_text") or ""),
+            message_id=message_id,
+            date=sent_at if isinstance(sent_at, datetime) and not draft else None,
+        )
+        if draft:
+            del message["Auto-Submitted"]
+            del message["X-Auto-Response-Suppress"]
+        return message_id, smtp.message_bytes(message)
+    except (ValueError, TypeError, LookupError, HeaderParseError) as exc:
+        # No retry writes it any better: the job ends in the dead-letter queue with the reason.
+        raise PermanentError(f"reply copy cannot be built: {exc}", service=compose.SERVICE) from exc
 
 
 def apply_plan(

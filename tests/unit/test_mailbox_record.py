@@ -190,3 +190,9 @@ def test_a_new_uidvalidity_starts_the_sent_position_afresh() -> None:
     folder = SentFolder({n: header(n) for n in range(1, 4)}, uidvalidity=10)
     batch = read_sent(folder, "Sent", 40, 9, 100)
     assert (batch.baseline, batch.highest_uid, batch.uidvalidity) == (True, 3, 10)
+
+
+def test_a_reply_that_cannot_be_written_fails_for_good() -> None:
+    broken = {**REPLY, "to_address": "not an address <"}
+    with pytest.raises(PermanentError):
+        reply_copy(broken, STORE, draft=True)
