@@ -924,6 +924,30 @@ $$;
 ALTER FUNCTION public.console_dead_letters(p_store_id uuid, p_limit integer) OWNER TO postgres;
 
 --
+-- Name: console_delete_knowledge(uuid); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_delete_knowledge(p_id uuid) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+  v_store uuid := (select store_id from public.store_knowledge where id = p_id);
+begin
+  if auth.uid() is null then
+    raise exception 'not signed in' using errcode = '42501';
+  end if;
+  if v_store is null then
+    raise exception 'knowledge entry % not found', p_id using errcode = 'PT404';
+  end if;
+  perform public.console_require_store_owner(v_store);
+  return public.remove_knowledge(v_store, p_id, public.console_actor());
+end;
+$$;
+
+ALTER FUNCTION public.console_delete_knowledge(p_id uuid) OWNER TO postgres;
+
+--
 -- Name: console_discard_reply(uuid, text); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -1021,6 +1045,29 @@ CREATE FUNCTION public.console_is_operator() RETURNS boolean
 $$;
 
 ALTER FUNCTION public.console_is_operator() OWNER TO postgres;
+
+--
+-- Name: console_knowledge(uuid); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_knowledge(p_store_id uuid) RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+  select jsonb_build_object(
+    'store', jsonb_build_object('id', s.id, 'name', s.name,
+                                'role', public.console_role_in(s.id)),
+    'entries', coalesce((
+      select jsonb_agg(jsonb_build_object(
+               'id', k.id, 'topic', k.topic, 'title', k.title, 'body', k.body,
+               'updated_at', k.updated_at, 'updated_by', k.updated_by)
+             order by k.topic, k.title)
+      from public.store_knowledge k where k.store_id = s.id), '[]'::jsonb))
+  from public.stores s
+  where s.id = p_store_id
+$$;
+
+ALTER FUNCTION public.console_knowledge(p_store_id uuid) OWNER TO postgres;
 
 --
 -- Name: console_me(); Type: FUNCTION; Schema: public; Owner: postgres
@@ -1240,6 +1287,29 @@ $$;
 ALTER FUNCTION public.console_require(p_kind text, p_id uuid, p_roles text[]) OWNER TO postgres;
 
 --
+-- Name: console_require_store_owner(uuid); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_require_store_owner(p_store_id uuid) RETURNS void
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+begin
+  if auth.uid() is null then
+    raise exception 'not signed in' using errcode = '42501';
+  end if;
+  if not exists (select 1 from public.stores where id = p_store_id) then
+    raise exception 'store % not found', p_store_id using errcode = 'PT404';
+  end if;
+  if coalesce(public.console_role_in(p_store_id), '') not in ('owner', 'operator') then
+    raise exception 'only the store''s owners change its knowledge' using errcode = '42501';
+  end if;
+end;
+$$;
+
+ALTER FUNCTION public.console_require_store_owner(p_store_id uuid) OWNER TO postgres;
+
+--
 -- Name: console_role_in(uuid); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -1253,6 +1323,26 @@ CREATE FUNCTION public.console_role_in(p_store_id uuid) RETURNS text
 $$;
 
 ALTER FUNCTION public.console_role_in(p_store_id uuid) OWNER TO postgres;
+
+--
+-- Name: console_save_knowledge(uuid, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_save_knowledge(p_store_id uuid, p_entry jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+  v_row public.store_knowledge;
+begin
+  perform public.console_require_store_owner(p_store_id);
+  v_row := public.save_knowledge(p_store_id, p_entry, public.console_actor());
+  return jsonb_build_object('id', v_row.id, 'topic', v_row.topic, 'title', v_row.title,
+                            'body', v_row.body, 'updated_at', v_row.updated_at);
+end;
+$$;
+
+ALTER FUNCTION public.console_save_knowledge(p_store_id uuid, p_entry jsonb) OWNER TO postgres;
 
 --
 -- Name: console_send_reply(uuid, text); Type: FUNCTION; Schema: public; Owner: postgres
@@ -2462,6 +2552,45 @@ $$;
 ALTER FUNCTION public.get_store_secrets(p_store_id uuid) OWNER TO postgres;
 
 --
+-- Name: import_knowledge(uuid, jsonb, boolean, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.import_knowledge(p_store_id uuid, p_entries jsonb, p_replace boolean DEFAULT false, p_actor jsonb DEFAULT NULL::jsonb) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  v_entry jsonb;
+  v_saved int := 0;
+  v_removed int := 0;
+  v_id uuid;
+begin
+  if jsonb_typeof(p_entries) is distinct from 'array' then
+    raise exception 'entries must be a JSON array' using errcode = 'PT400';
+  end if;
+  if p_replace then
+    for v_id in
+      select k.id from public.store_knowledge k
+      where k.store_id = p_store_id
+        and k.title not in (select btrim(coalesce(e ->> 'title', ''), E' \t\r\n')
+                            from jsonb_array_elements(p_entries) e)
+    loop
+      if public.remove_knowledge(p_store_id, v_id, p_actor) then
+        v_removed := v_removed + 1;
+      end if;
+    end loop;
+  end if;
+  for v_entry in select e from jsonb_array_elements(p_entries) e loop
+    perform public.save_knowledge(p_store_id, v_entry - 'id', p_actor);
+    v_saved := v_saved + 1;
+  end loop;
+  return jsonb_build_object('saved', v_saved, 'removed', v_removed);
+end;
+$$;
+
+ALTER FUNCTION public.import_knowledge(p_store_id uuid, p_entries jsonb, p_replace boolean, p_actor jsonb) OWNER TO postgres;
+
+--
 -- Name: ingest_messages(uuid, text, bigint, bigint, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -2864,6 +2993,24 @@ $$;
 ALTER FUNCTION public.list_dead_letter_jobs(p_store_id uuid, p_job_type text, p_error_type text, p_min_age_seconds integer, p_limit integer) OWNER TO postgres;
 
 --
+-- Name: list_knowledge(uuid); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.list_knowledge(p_store_id uuid) RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+  select coalesce(jsonb_agg(jsonb_build_object(
+           'id', k.id, 'topic', k.topic, 'title', k.title, 'body', k.body,
+           'updated_at', k.updated_at, 'updated_by', k.updated_by)
+         order by k.topic, k.title), '[]'::jsonb)
+  from public.store_knowledge k
+  where k.store_id = p_store_id
+$$;
+
+ALTER FUNCTION public.list_knowledge(p_store_id uuid) OWNER TO postgres;
+
+--
 -- Name: list_stores(boolean); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -2893,12 +3040,15 @@ declare
   v_reply public.replies;
   v_recent int := 0;
   v_store_hour int := 0;
+  v_thread jsonb := '[]'::jsonb;
+  v_knowledge jsonb := '[]'::jsonb;
 begin
   select to_jsonb(j) into v_job from public.job_queue j where j.id = p_job_id;
   if v_job is null then
     return jsonb_build_object('job', null, 'message', null, 'store', null,
                               'conversation', null, 'reply', null, 'recent_replies', 0,
-                              'store_replies_last_hour', 0);
+                              'store_replies_last_hour', 0, 'thread', '[]'::jsonb,
+                              'knowledge', '[]'::jsonb);
   end if;
 
   if (v_job -> 'payload' ->> 'message_id') ~* '^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$' then
@@ -2922,6 +3072,41 @@ begin
       and l.created_at > now() - interval '1 hour'
       and not exists (select 1 from public.credit_ledger r
                       where r.job_id = l.job_id and r.reason = 'refund');
+    -- The conversation's earlier messages and the replies that went out (automatic or a
+    -- person's), newest 12, each cut to 3,000 characters: the worker strips quotes and trims
+    -- them to its budget (worker/thread.py). Only this conversation's, of this store.
+    select coalesce(jsonb_agg(t.item order by t.at, t.kind), '[]'::jsonb) into v_thread
+    from (
+      select e.at, e.kind, e.item from (
+        select m.received_at as at, 0 as kind,
+               jsonb_build_object('author', 'customer', 'at', m.received_at,
+                                  'text', left(m.body_text, 3000)) as item
+        from public.messages m
+        where m.conversation_id = v_message.conversation_id
+          and m.store_id = v_message.store_id
+          and m.id <> v_message.id
+          and m.skip_reason is null
+          and (m.received_at, m.id) < (v_message.received_at, v_message.id)
+        union all
+        select r.sent_at, 1,
+               jsonb_build_object('author', 'store', 'at', r.sent_at,
+                                  'text', left(r.body_text, 3000))
+        from public.replies r
+        where r.conversation_id = v_message.conversation_id
+          and r.store_id = v_message.store_id
+          and r.status = 'sent'
+          and r.message_id <> v_message.id
+        order by at desc, kind desc
+        limit 12
+      ) e
+    ) t;
+    -- The store's knowledge base, whole (at most 200 entries): worker/knowledge.py picks what is
+    -- relevant to this email, so the pick costs no extra round trip.
+    select coalesce(jsonb_agg(jsonb_build_object('id', k.id, 'topic', k.topic,
+                                                 'title', k.title, 'body', k.body)
+                              order by k.topic, k.title), '[]'::jsonb) into v_knowledge
+    from public.store_knowledge k
+    where k.store_id = v_message.store_id;
   else
     select * into v_store from public.stores where id = (v_job ->> 'store_id')::uuid;
   end if;
@@ -2934,7 +3119,9 @@ begin
       case when v_conversation.id is null then null else to_jsonb(v_conversation) end,
     'reply', case when v_reply.id is null then null else to_jsonb(v_reply) end,
     'recent_replies', v_recent,
-    'store_replies_last_hour', v_store_hour
+    'store_replies_last_hour', v_store_hour,
+    'thread', v_thread,
+    'knowledge', v_knowledge
   );
 end;
 $_$;
@@ -3374,6 +3561,31 @@ $$;
 ALTER FUNCTION public.release_credit(p_store_id uuid, p_job_id uuid, p_reason text) OWNER TO postgres;
 
 --
+-- Name: remove_knowledge(uuid, uuid, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.remove_knowledge(p_store_id uuid, p_id uuid, p_actor jsonb DEFAULT NULL::jsonb) RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  v_title text;
+begin
+  delete from public.store_knowledge where id = p_id and store_id = p_store_id
+  returning title into v_title;
+  if v_title is null then
+    return false;
+  end if;
+  insert into public.events (store_id, event_type, detail)
+  values (p_store_id, 'knowledge.removed',
+          jsonb_build_object('id', p_id, 'title', v_title, 'by', p_actor));
+  return true;
+end;
+$$;
+
+ALTER FUNCTION public.remove_knowledge(p_store_id uuid, p_id uuid, p_actor jsonb) OWNER TO postgres;
+
+--
 -- Name: requeue_dlq_job(uuid, boolean); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -3573,6 +3785,103 @@ CREATE FUNCTION public.retry_delay(p_attempt integer, p_base_seconds integer, p_
 $$;
 
 ALTER FUNCTION public.retry_delay(p_attempt integer, p_base_seconds integer, p_cap_seconds integer, p_retry_after_seconds integer, p_jitter double precision) OWNER TO postgres;
+
+--
+-- Name: store_knowledge; Type: TABLE; Schema: public; Owner: postgres
+--
+
+CREATE TABLE public.store_knowledge (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    store_id uuid NOT NULL,
+    topic text NOT NULL,
+    title text NOT NULL,
+    body text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_by text,
+    CONSTRAINT store_knowledge_body_check CHECK (((length(btrim(body)) >= 1) AND (length(btrim(body)) <= 4000))),
+    CONSTRAINT store_knowledge_title_check CHECK (((length(btrim(title)) >= 1) AND (length(btrim(title)) <= 200))),
+    CONSTRAINT store_knowledge_topic_check CHECK ((topic = ANY (ARRAY['shipping'::text, 'returns'::text, 'payment'::text, 'contact'::text, 'faq'::text])))
+);
+
+ALTER TABLE public.store_knowledge OWNER TO postgres;
+
+--
+-- Name: save_knowledge(uuid, jsonb, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.save_knowledge(p_store_id uuid, p_entry jsonb, p_actor jsonb DEFAULT NULL::jsonb) RETURNS public.store_knowledge
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  v_max constant int := 200;
+  v_id uuid;
+  v_topic text := btrim(coalesce(p_entry ->> 'topic', ''));
+  -- Spaces, tabs and line breaks around a title or text are the editor's, not the store's.
+  v_title text := btrim(coalesce(p_entry ->> 'title', ''), E' \t\r\n');
+  v_body text := btrim(coalesce(p_entry ->> 'body', ''), E' \t\r\n');
+  v_row public.store_knowledge;
+begin
+  if jsonb_typeof(p_entry) is distinct from 'object' then
+    raise exception 'an entry must be a JSON object' using errcode = 'PT400';
+  end if;
+  if not exists (select 1 from public.stores where id = p_store_id) then
+    raise exception 'store % not found', p_store_id using errcode = 'PT404';
+  end if;
+  if v_topic not in ('shipping', 'returns', 'payment', 'contact', 'faq') then
+    raise exception 'topic must be one of shipping, returns, payment, contact, faq, not "%"',
+      v_topic using errcode = 'PT400';
+  end if;
+  if length(v_title) not between 1 and 200 then
+    raise exception 'a title needs 1 to 200 characters' using errcode = 'PT400';
+  end if;
+  if length(v_body) not between 1 and 4000 then
+    raise exception 'a text needs 1 to 4000 characters' using errcode = 'PT400';
+  end if;
+
+  if nullif(p_entry ->> 'id', '') is not null then
+    begin
+      v_id := (p_entry ->> 'id')::uuid;
+    exception when invalid_text_representation then
+      raise exception 'id must be a uuid' using errcode = 'PT400';
+    end;
+    if exists (select 1 from public.store_knowledge
+               where store_id = p_store_id and title = v_title and id <> v_id) then
+      raise exception 'another entry is already titled "%"', v_title using errcode = 'PT409';
+    end if;
+    update public.store_knowledge
+    set topic = v_topic, title = v_title, body = v_body, updated_at = now(),
+        updated_by = p_actor ->> 'email'
+    where id = v_id and store_id = p_store_id
+    returning * into v_row;
+    if v_row.id is null then
+      raise exception 'knowledge entry % not found in this store', v_id using errcode = 'PT404';
+    end if;
+  else
+    -- The store row lock serialises concurrent adds, so the bound holds.
+    perform 1 from public.stores where id = p_store_id for update;
+    if (select count(*) from public.store_knowledge
+        where store_id = p_store_id and title <> v_title) >= v_max then
+      raise exception 'a store keeps at most % knowledge entries', v_max using errcode = 'PT409';
+    end if;
+    insert into public.store_knowledge (store_id, topic, title, body, updated_by)
+    values (p_store_id, v_topic, v_title, v_body, p_actor ->> 'email')
+    on conflict (store_id, title) do update
+    set topic = excluded.topic, body = excluded.body, updated_at = now(),
+        updated_by = excluded.updated_by
+    returning * into v_row;
+  end if;
+
+  insert into public.events (store_id, event_type, detail)
+  values (p_store_id, 'knowledge.saved',
+          jsonb_build_object('id', v_row.id, 'topic', v_row.topic, 'title', v_row.title,
+                             'by', p_actor));
+  return v_row;
+end;
+$$;
+
+ALTER FUNCTION public.save_knowledge(p_store_id uuid, p_entry jsonb, p_actor jsonb) OWNER TO postgres;
 
 --
 -- Name: save_reply(uuid, uuid, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
@@ -4443,6 +4752,20 @@ ALTER TABLE ONLY public.sent_scan_state
     ADD CONSTRAINT sent_scan_state_pkey PRIMARY KEY (store_id);
 
 --
+-- Name: store_knowledge store_knowledge_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.store_knowledge
+    ADD CONSTRAINT store_knowledge_pkey PRIMARY KEY (id);
+
+--
+-- Name: store_knowledge store_knowledge_store_id_title_key; Type: CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.store_knowledge
+    ADD CONSTRAINT store_knowledge_store_id_title_key UNIQUE (store_id, title);
+
+--
 -- Name: store_members store_members_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
 --
 
@@ -4830,6 +5153,13 @@ ALTER TABLE ONLY public.sent_scan_state
     ADD CONSTRAINT sent_scan_state_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
 
 --
+-- Name: store_knowledge store_knowledge_store_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.store_knowledge
+    ADD CONSTRAINT store_knowledge_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
+
+--
 -- Name: store_members store_members_store_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
 --
 
@@ -5097,6 +5427,42 @@ CREATE POLICY sent_scan_state_owner_select ON public.sent_scan_state FOR SELECT 
 CREATE POLICY sent_scan_state_service_role ON public.sent_scan_state TO service_role USING (true) WITH CHECK (true);
 
 --
+-- Name: store_knowledge; Type: ROW SECURITY; Schema: public; Owner: postgres
+--
+
+ALTER TABLE public.store_knowledge ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: store_knowledge store_knowledge_member_select; Type: POLICY; Schema: public; Owner: postgres
+--
+
+CREATE POLICY store_knowledge_member_select ON public.store_knowledge FOR SELECT TO authenticated USING ((( SELECT public.console_is_operator() AS console_is_operator) OR (store_id IN ( SELECT public.console_member_store_ids() AS console_member_store_ids))));
+
+--
+-- Name: store_knowledge store_knowledge_owner_delete; Type: POLICY; Schema: public; Owner: postgres
+--
+
+CREATE POLICY store_knowledge_owner_delete ON public.store_knowledge FOR DELETE TO authenticated USING ((public.console_role_in(store_id) = ANY (ARRAY['owner'::text, 'operator'::text])));
+
+--
+-- Name: store_knowledge store_knowledge_owner_insert; Type: POLICY; Schema: public; Owner: postgres
+--
+
+CREATE POLICY store_knowledge_owner_insert ON public.store_knowledge FOR INSERT TO authenticated WITH CHECK ((public.console_role_in(store_id) = ANY (ARRAY['owner'::text, 'operator'::text])));
+
+--
+-- Name: store_knowledge store_knowledge_owner_update; Type: POLICY; Schema: public; Owner: postgres
+--
+
+CREATE POLICY store_knowledge_owner_update ON public.store_knowledge FOR UPDATE TO authenticated USING ((public.console_role_in(store_id) = ANY (ARRAY['owner'::text, 'operator'::text]))) WITH CHECK ((public.console_role_in(store_id) = ANY (ARRAY['owner'::text, 'operator'::text])));
+
+--
+-- Name: store_knowledge store_knowledge_service_role; Type: POLICY; Schema: public; Owner: postgres
+--
+
+CREATE POLICY store_knowledge_service_role ON public.store_knowledge TO service_role USING (true) WITH CHECK (true);
+
+--
 -- Name: store_members; Type: ROW SECURITY; Schema: public; Owner: postgres
 --
 
@@ -5275,6 +5641,13 @@ REVOKE ALL ON FUNCTION public.console_dead_letters(p_store_id uuid, p_limit inte
 GRANT ALL ON FUNCTION public.console_dead_letters(p_store_id uuid, p_limit integer) TO authenticated;
 
 --
+-- Name: FUNCTION console_delete_knowledge(p_id uuid); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_delete_knowledge(p_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.console_delete_knowledge(p_id uuid) TO authenticated;
+
+--
 -- Name: FUNCTION console_discard_reply(p_reply_id uuid, p_note text); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -5301,6 +5674,13 @@ REVOKE ALL ON FUNCTION public.console_enqueue_send(p_reply public.replies, p_job
 REVOKE ALL ON FUNCTION public.console_is_operator() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.console_is_operator() TO authenticated;
 GRANT ALL ON FUNCTION public.console_is_operator() TO service_role;
+
+--
+-- Name: FUNCTION console_knowledge(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_knowledge(p_store_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.console_knowledge(p_store_id uuid) TO authenticated;
 
 --
 -- Name: FUNCTION console_me(); Type: ACL; Schema: public; Owner: postgres
@@ -5359,11 +5739,24 @@ REVOKE ALL ON FUNCTION public.console_require(p_kind text, p_id uuid, p_roles te
 GRANT ALL ON FUNCTION public.console_require(p_kind text, p_id uuid, p_roles text[]) TO authenticated;
 
 --
+-- Name: FUNCTION console_require_store_owner(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_require_store_owner(p_store_id uuid) FROM PUBLIC;
+
+--
 -- Name: FUNCTION console_role_in(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
 --
 
 REVOKE ALL ON FUNCTION public.console_role_in(p_store_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.console_role_in(p_store_id uuid) TO authenticated;
+
+--
+-- Name: FUNCTION console_save_knowledge(p_store_id uuid, p_entry jsonb); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_save_knowledge(p_store_id uuid, p_entry jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.console_save_knowledge(p_store_id uuid, p_entry jsonb) TO authenticated;
 
 --
 -- Name: FUNCTION console_send_reply(p_reply_id uuid, p_body text); Type: ACL; Schema: public; Owner: postgres
@@ -5579,6 +5972,13 @@ REVOKE ALL ON FUNCTION public.get_store_secrets(p_store_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.get_store_secrets(p_store_id uuid) TO service_role;
 
 --
+-- Name: FUNCTION import_knowledge(p_store_id uuid, p_entries jsonb, p_replace boolean, p_actor jsonb); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.import_knowledge(p_store_id uuid, p_entries jsonb, p_replace boolean, p_actor jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.import_knowledge(p_store_id uuid, p_entries jsonb, p_replace boolean, p_actor jsonb) TO service_role;
+
+--
 -- Name: FUNCTION ingest_messages(p_store_id uuid, p_folder text, p_uidvalidity bigint, p_last_uid bigint, p_messages jsonb); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -5631,6 +6031,13 @@ GRANT ALL ON FUNCTION public.list_active_stores() TO service_role;
 
 REVOKE ALL ON FUNCTION public.list_dead_letter_jobs(p_store_id uuid, p_job_type text, p_error_type text, p_min_age_seconds integer, p_limit integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.list_dead_letter_jobs(p_store_id uuid, p_job_type text, p_error_type text, p_min_age_seconds integer, p_limit integer) TO service_role;
+
+--
+-- Name: FUNCTION list_knowledge(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.list_knowledge(p_store_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.list_knowledge(p_store_id uuid) TO service_role;
 
 --
 -- Name: FUNCTION list_stores(p_include_inactive boolean); Type: ACL; Schema: public; Owner: postgres
@@ -5723,6 +6130,13 @@ REVOKE ALL ON FUNCTION public.release_credit(p_store_id uuid, p_job_id uuid, p_r
 GRANT ALL ON FUNCTION public.release_credit(p_store_id uuid, p_job_id uuid, p_reason text) TO service_role;
 
 --
+-- Name: FUNCTION remove_knowledge(p_store_id uuid, p_id uuid, p_actor jsonb); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.remove_knowledge(p_store_id uuid, p_id uuid, p_actor jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.remove_knowledge(p_store_id uuid, p_id uuid, p_actor jsonb) TO service_role;
+
+--
 -- Name: FUNCTION requeue_dlq_job(p_job_id uuid, p_reset_attempts boolean); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -5763,6 +6177,20 @@ GRANT ALL ON FUNCTION public.resolve_notifications(p_store_id uuid, p_kind text,
 
 REVOKE ALL ON FUNCTION public.retry_delay(p_attempt integer, p_base_seconds integer, p_cap_seconds integer, p_retry_after_seconds integer, p_jitter double precision) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.retry_delay(p_attempt integer, p_base_seconds integer, p_cap_seconds integer, p_retry_after_seconds integer, p_jitter double precision) TO service_role;
+
+--
+-- Name: TABLE store_knowledge; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.store_knowledge TO authenticated;
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.store_knowledge TO service_role;
+
+--
+-- Name: FUNCTION save_knowledge(p_store_id uuid, p_entry jsonb, p_actor jsonb); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.save_knowledge(p_store_id uuid, p_entry jsonb, p_actor jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.save_knowledge(p_store_id uuid, p_entry jsonb, p_actor jsonb) TO service_role;
 
 --
 -- Name: FUNCTION save_reply(p_job_id uuid, p_message_id uuid, p_reply jsonb); Type: ACL; Schema: public; Owner: postgres
