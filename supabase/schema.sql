@@ -152,21 +152,6 @@ $$;
 ALTER FUNCTION public.admin_create_store(p_store jsonb, p_secrets jsonb) OWNER TO postgres;
 
 --
--- Name: admin_set_notification_settings(uuid, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.admin_set_notification_settings(p_store_id uuid, p_changes jsonb) RETURNS jsonb
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO ''
-    AS $$
-begin
-  return public.notification_settings_apply(p_store_id, p_changes);
-end;
-$$;
-
-ALTER FUNCTION public.admin_set_notification_settings(p_store_id uuid, p_changes jsonb) OWNER TO postgres;
-
---
 -- Name: stores; Type: TABLE; Schema: public; Owner: postgres
 --
 
@@ -197,11 +182,15 @@ CREATE TABLE public.stores (
     reply_mode text DEFAULT 'auto_send'::text NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+<<<<<<< HEAD
     mailbox_sent text DEFAULT 'auto'::text NOT NULL,
     mailbox_drafts boolean DEFAULT true NOT NULL,
     mailbox_mark_answered boolean DEFAULT true NOT NULL,
     mailbox_sent_folder text,
     mailbox_drafts_folder text,
+=======
+    low_credits_at integer DEFAULT 10 NOT NULL,
+>>>>>>> bd886e3 (Credits never lose an email: wait for credits instead of no_credits; held drafts are not charged; over the cap a person decides)
     CONSTRAINT stores_credits_check CHECK ((credits >= 0)),
     CONSTRAINT stores_extra_addresses_check CHECK (((extra_addresses)::text = lower((extra_addresses)::text))),
     CONSTRAINT stores_imap_folder_check CHECK ((imap_folder <> ''::text)),
@@ -209,7 +198,11 @@ CREATE TABLE public.stores (
     CONSTRAINT stores_imap_port_check CHECK (((imap_port >= 1) AND (imap_port <= 65535))),
     CONSTRAINT stores_imap_tls_check CHECK ((imap_tls = ANY (ARRAY['ssl'::text, 'starttls'::text, 'plain'::text]))),
     CONSTRAINT stores_imap_user_check CHECK ((imap_user <> ''::text)),
+<<<<<<< HEAD
     CONSTRAINT stores_mailbox_sent_check CHECK ((mailbox_sent = ANY (ARRAY['auto'::text, 'always'::text, 'never'::text]))),
+=======
+    CONSTRAINT stores_low_credits_at_check CHECK ((low_credits_at >= 0)),
+>>>>>>> bd886e3 (Credits never lose an email: wait for credits instead of no_credits; held drafts are not charged; over the cap a person decides)
     CONSTRAINT stores_name_check CHECK ((btrim(name) <> ''::text)),
     CONSTRAINT stores_reply_language_check CHECK ((reply_language ~ '^(auto|[a-z]{2,3}(-[A-Za-z0-9]{2,8})*)$'::text)),
     CONSTRAINT stores_reply_mode_check CHECK ((reply_mode = ANY (ARRAY['auto_send'::text, 'draft_only'::text]))),
@@ -223,6 +216,12 @@ CREATE TABLE public.stores (
 );
 
 ALTER TABLE public.stores OWNER TO postgres;
+
+--
+-- Name: COLUMN stores.low_credits_at; Type: COMMENT; Schema: public; Owner: postgres
+--
+
+COMMENT ON COLUMN public.stores.low_credits_at IS 'The store is warned (notify_people credits_low) when its credits fall below this.';
 
 --
 -- Name: admin_update_store(uuid, jsonb, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
@@ -485,6 +484,33 @@ end;
 $_$;
 
 ALTER FUNCTION public.call_worker(p_path text, p_timeout_ms integer) OWNER TO postgres;
+
+--
+-- Name: charge_for_send(uuid, uuid, text); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.charge_for_send(p_store_id uuid, p_charge_job uuid, p_recipient text) RETURNS uuid
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  v_charge uuid := public.uuid_generate_v7();
+begin
+  if p_charge_job is not null
+     and exists (select 1 from public.credit_ledger l
+                 where l.job_id = p_charge_job and l.reason = 'reply')
+     and not exists (select 1 from public.credit_ledger l
+                     where l.job_id = p_charge_job and l.reason = 'refund') then
+    return p_charge_job;
+  end if;
+  if public.reserve_reply(p_store_id, v_charge, p_recipient, null, null, null) = 'no_credits' then
+    return null;
+  end if;
+  return v_charge;
+end;
+$$;
+
+ALTER FUNCTION public.charge_for_send(p_store_id uuid, p_charge_job uuid, p_recipient text) OWNER TO postgres;
 
 --
 -- Name: circuit_allow(text); Type: FUNCTION; Schema: public; Owner: postgres
@@ -1175,37 +1201,6 @@ $$;
 ALTER FUNCTION public.console_needs_person(p_store_id uuid, p_limit integer) OWNER TO postgres;
 
 --
--- Name: console_notifications(uuid, integer); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.console_notifications(p_store_id uuid, p_limit integer DEFAULT 50) RETURNS jsonb
-    LANGUAGE plpgsql STABLE SECURITY DEFINER
-    SET search_path TO ''
-    AS $$
-begin
-  if auth.uid() is null then
-    raise exception 'not signed in' using errcode = '42501';
-  end if;
-  if not exists (select 1 from public.stores where id = p_store_id) then
-    raise exception 'store % not found', p_store_id using errcode = 'PT404';
-  end if;
-  if public.console_role_in(p_store_id) is null then
-    raise exception 'not one of the store''s people' using errcode = '42501';
-  end if;
-  return jsonb_build_object(
-    'settings', public.notification_settings_view(p_store_id),
-    'items', coalesce((select jsonb_agg(to_jsonb(n) - 'digest_job_id' order by n.created_at desc)
-                       from (select * from public.notifications
-                             where store_id = p_store_id
-                             order by created_at desc
-                             limit least(greatest(coalesce(p_limit, 50), 1), 200)) n),
-                      '[]'::jsonb));
-end;
-$$;
-
-ALTER FUNCTION public.console_notifications(p_store_id uuid, p_limit integer) OWNER TO postgres;
-
---
 -- Name: console_purge_dead_letters(uuid[]); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -1288,11 +1283,6 @@ begin
     raise exception 'job % not found', p_job_id using errcode = 'PT404';
   end if;
   if not public.requeue_dlq_job(p_job_id, true) then
-    if v_job.status = 'dead_letter' and v_job.job_type = 'fetch_mailbox' then
-      -- one live fetch job per store (decision 0021): the live one reads the same mailbox
-      raise exception 'job %: its store already has a fetch job waiting or running', p_job_id
-        using errcode = 'PT409';
-    end if;
     raise exception 'job % is %, not dead-lettered', p_job_id, v_job.status
       using errcode = 'PT409';
   end if;
@@ -1406,6 +1396,7 @@ CREATE FUNCTION public.console_send_reply(p_reply_id uuid, p_body text DEFAULT N
 declare
   v_reply public.replies;
   v_body text := nullif(btrim(coalesce(p_body, '')), '');
+  v_charge uuid;
   v_job uuid;
 begin
   perform public.console_require('reply', p_reply_id, array['operator', 'owner', 'agent']);
@@ -1413,9 +1404,17 @@ begin
   if v_reply.status <> 'held' then
     raise exception 'reply % is already %', p_reply_id, v_reply.status using errcode = 'PT409';
   end if;
+  if v_body is null and coalesce(btrim(v_reply.body_text), '') = '' then
+    raise exception 'this reply has no text yet: write it, then send' using errcode = 'PT400';
+  end if;
+  v_charge := public.charge_for_send(v_reply.store_id, v_reply.job_id, v_reply.to_address);
+  if v_charge is null then
+    raise exception 'the store has no credits left: add credits, then send this reply'
+      using errcode = 'PT409';
+  end if;
   update public.replies
   set status = 'drafted', body_text = coalesce(v_body, body_text), error = null,
-      author_id = auth.uid(), author_email = auth.email()
+      job_id = v_charge, author_id = auth.uid(), author_email = auth.email()
   where id = p_reply_id
   returning * into v_reply;
   v_job := public.console_enqueue_send(v_reply, v_reply.job_id);
@@ -1431,44 +1430,6 @@ end;
 $$;
 
 ALTER FUNCTION public.console_send_reply(p_reply_id uuid, p_body text) OWNER TO postgres;
-
---
--- Name: console_set_notification_settings(uuid, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.console_set_notification_settings(p_store_id uuid, p_changes jsonb) RETURNS jsonb
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO ''
-    AS $$
-declare
-  v_result jsonb;
-  v_detail text;
-begin
-  if auth.uid() is null then
-    raise exception 'not signed in' using errcode = '42501';
-  end if;
-  if not exists (select 1 from public.stores where id = p_store_id) then
-    raise exception 'store % not found', p_store_id using errcode = 'PT404';
-  end if;
-  if coalesce(public.console_role_in(p_store_id), '') not in ('owner', 'operator') then
-    raise exception 'only the store''s owners change its settings' using errcode = '42501';
-  end if;
-  begin
-    v_result := public.notification_settings_apply(p_store_id, p_changes);
-  exception when sqlstate '22023' then
-    -- PostgREST answers PTnnn with status nnn: a person's bad value is a 400 with its list.
-    get stacked diagnostics v_detail = pg_exception_detail;
-    raise exception '%: %', sqlerrm, v_detail using errcode = 'PT400';
-  end;
-  insert into public.events (store_id, event_type, detail)
-  values (p_store_id, 'console.notifications_updated',
-          jsonb_build_object('keys', (select jsonb_agg(k) from jsonb_object_keys(p_changes) k),
-                             'by', public.console_actor()));
-  return v_result;
-end;
-$$;
-
-ALTER FUNCTION public.console_set_notification_settings(p_store_id uuid, p_changes jsonb) OWNER TO postgres;
 
 --
 -- Name: console_status_from_event(); Type: FUNCTION; Schema: public; Owner: postgres
@@ -1684,15 +1645,14 @@ begin
 
   v_reply_id := coalesce(v_reply.id, gen_random_uuid());
   v_domain := split_part(v_store.support_email, '@', 2);
-  if v_reply.id is not null and v_reply.status = 'held' then
-    -- Charged when the pipeline drafted it; the Message-ID stays the one it was given.
-    v_charge_job := v_reply.job_id;
-  else
-    -- A new charge, keyed by a fresh id that also names the new Message-ID.
-    v_charge_job := public.uuid_generate_v7();
-    if public.reserve_credit(v_store.id, v_charge_job) = 'no_credits' then
-      raise exception 'store % has no credits left', v_store.name using errcode = 'PT409';
-    end if;
+  -- The charge that stands for this reply (one held in doubt), else a new one keyed by a fresh
+  -- id that also names the new Message-ID.
+  v_charge_job := public.charge_for_send(
+    v_store.id, case when v_reply.status = 'held' then v_reply.job_id end,
+    coalesce(v_message.from_address, v_conv.customer_email));
+  if v_charge_job is null then
+    raise exception 'the store % has no credits left: add credits, then send this reply',
+      v_store.name using errcode = 'PT409';
   end if;
 
   insert into public.replies as r (
@@ -1732,6 +1692,21 @@ end;
 $$;
 
 ALTER FUNCTION public.console_write_reply(p_conversation_id uuid, p_body text) OWNER TO postgres;
+
+--
+-- Name: credit_episode(uuid); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.credit_episode(p_store_id uuid) RETURNS text
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+  select 'topup:' || coalesce(max(l.id), 0)::text
+  from public.credit_ledger l
+  where l.store_id = p_store_id and l.reason in ('topup', 'grant', 'adjustment')
+$$;
+
+ALTER FUNCTION public.credit_episode(p_store_id uuid) OWNER TO postgres;
 
 --
 -- Name: defer_job(uuid, text, integer, text); Type: FUNCTION; Schema: public; Owner: postgres
@@ -2092,62 +2067,6 @@ $$;
 ALTER FUNCTION public.dequeue_jobs(p_worker_id text, p_batch_size integer, p_lease_seconds integer, p_job_types text[]) OWNER TO postgres;
 
 --
--- Name: enqueue_fetch_jobs(uuid[], integer); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.enqueue_fetch_jobs(p_store_ids uuid[] DEFAULT NULL::uuid[], p_priority integer DEFAULT 10) RETURNS jsonb
-    LANGUAGE plpgsql
-    SET search_path TO ''
-    AS $$
-declare
-    v_stores uuid[];
-    v_max int := (public.job_retry_policy('fetch_mailbox')).max_attempts;
-    v_ids uuid[];
-    v_new uuid[] := '{}';
-    v_rerun int := 0;
-begin
-    select coalesce(array_agg(s.id order by s.id), '{}') into v_stores
-    from public.stores s
-    where s.active and (p_store_ids is null or s.id = any (p_store_ids));
-
-    for v_pass in 1 .. 2 loop
-        with inserted as (
-            insert into public.job_queue (job_type, payload, store_id, priority, max_attempts)
-            select 'fetch_mailbox', '{}'::jsonb, s.id, coalesce(p_priority, 10), v_max
-            from unnest(v_stores) s (id)
-            order by s.id
-            on conflict (store_id)
-                where job_type = 'fetch_mailbox' and status in ('pending', 'processing')
-            do nothing
-            returning id, store_id, priority, next_retry_at
-        ), logged as (
-            insert into public.events (store_id, job_id, event_type, detail)
-            select i.store_id, i.id, 'job.enqueued',
-                   jsonb_build_object('job_type', 'fetch_mailbox', 'priority', i.priority,
-                                      'run_at', i.next_retry_at, 'reason', 'interval')
-            from inserted i
-        )
-        select coalesce(array_agg(i.id), '{}') into v_ids from inserted i;
-        v_new := v_new || v_ids;
-        exit when v_pass = 2;
-
-        insert into public.mailbox_ticks as t (store_id, ticked_at)
-        select s.id, now() from unnest(v_stores) s (id) order by s.id
-        on conflict (store_id) do update set ticked_at = excluded.ticked_at;
-        select count(*)::int into v_rerun
-        from public.job_queue q
-        where q.job_type = 'fetch_mailbox' and q.status = 'processing'
-          and q.store_id = any (v_stores);
-    end loop;
-
-    return jsonb_build_object('stores', cardinality(v_stores), 'enqueued', cardinality(v_new),
-                              'rerun', v_rerun, 'job_ids', to_jsonb(v_new));
-end;
-$$;
-
-ALTER FUNCTION public.enqueue_fetch_jobs(p_store_ids uuid[], p_priority integer) OWNER TO postgres;
-
---
 -- Name: enqueue_job(text, jsonb, text, uuid, uuid, integer, timestamp with time zone, integer); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -2401,81 +2320,6 @@ $$;
 ALTER FUNCTION public.fail_job(p_job_id uuid, p_worker_id text, p_error text, p_error_type text, p_retry_after_seconds integer) OWNER TO postgres;
 
 --
--- Name: finish_fetch_job(uuid, text, jsonb, boolean); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean DEFAULT false) RETURNS jsonb
-    LANGUAGE plpgsql
-    SET search_path TO ''
-    AS $$
-declare
-    v_job public.job_queue;
-    v_reason text;
-    v_follow_up uuid;
-begin
-    if not public.complete_job(p_job_id, p_worker_id, p_result) then
-        return jsonb_build_object('completed', false, 'follow_up', null, 'reason', null);
-    end if;
-    select * into v_job from public.job_queue q where q.id = p_job_id;
-    v_reason := case
-        when p_more then 'backlog'
-        -- claimed no later than the tick: its read may predate it (same instant counts)
-        when exists (select 1 from public.mailbox_ticks t
-                     where t.store_id = v_job.store_id and t.ticked_at >= v_job.started_at)
-            then 'rerun'
-    end;
-    if v_reason is null or v_job.job_type <> 'fetch_mailbox' then
-        return jsonb_build_object('completed', true, 'follow_up', null, 'reason', null);
-    end if;
-    insert into public.job_queue (job_type, payload, store_id, priority, max_attempts)
-    values ('fetch_mailbox', '{}'::jsonb, v_job.store_id, v_job.priority,
-            (public.job_retry_policy('fetch_mailbox')).max_attempts)
-    on conflict (store_id)
-        where job_type = 'fetch_mailbox' and status in ('pending', 'processing')
-    do nothing
-    returning id into v_follow_up;
-    if v_follow_up is not null then
-        insert into public.events (store_id, job_id, event_type, detail)
-        values (v_job.store_id, v_follow_up, 'job.enqueued',
-                jsonb_build_object('job_type', 'fetch_mailbox', 'priority', v_job.priority,
-                                   'run_at', now(), 'reason', v_reason,
-                                   'after_job', p_job_id));
-    end if;
-    return jsonb_build_object('completed', true, 'follow_up', v_follow_up, 'reason', v_reason);
-end;
-$$;
-
-ALTER FUNCTION public.finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean) OWNER TO postgres;
-
---
--- Name: finish_notification_digest(uuid, text, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.finish_notification_digest(p_job_id uuid, p_worker_id text, p_result jsonb DEFAULT NULL::jsonb) RETURNS boolean
-    LANGUAGE plpgsql
-    SET search_path TO ''
-    AS $$
-declare
-  v_store_id uuid;
-begin
-  if not public.complete_job(p_job_id, p_worker_id, p_result) then
-    return false;
-  end if;
-  update public.notifications n
-  set status = 'sent', sent_at = now()
-  where n.digest_job_id = p_job_id and n.status = 'pending';
-  update public.notification_digests d set finished_at = now()
-  where d.job_id = p_job_id
-  returning d.store_id into v_store_id;
-  insert into public.events (store_id, job_id, event_type, detail)
-  values (v_store_id, p_job_id, 'notify.sent', coalesce(p_result, '{}'::jsonb));
-  return true;
-end;
-$$;
-
-ALTER FUNCTION public.finish_notification_digest(p_job_id uuid, p_worker_id text, p_result jsonb) OWNER TO postgres;
-
---
 -- Name: finish_send(uuid, uuid, text, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -2596,6 +2440,7 @@ $$;
 ALTER FUNCTION public.get_mailbox_state(p_store_id uuid, p_folder text) OWNER TO postgres;
 
 --
+<<<<<<< HEAD
 -- Name: get_notification_webhook(uuid); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -2641,6 +2486,8 @@ $$;
 ALTER FUNCTION public.get_sent_scan_state(p_store_id uuid) OWNER TO postgres;
 
 --
+=======
+>>>>>>> bd886e3 (Credits never lose an email: wait for credits instead of no_credits; held drafts are not charged; over the cap a person decides)
 -- Name: get_store(uuid); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -3299,6 +3146,7 @@ $$;
 ALTER FUNCTION public.load_reply_context(p_reply_id uuid) OWNER TO postgres;
 
 --
+<<<<<<< HEAD
 -- Name: mailbox_record_wanted(public.stores, text, text, boolean, boolean); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -3323,355 +3171,24 @@ ALTER FUNCTION public.mailbox_record_wanted(p_store public.stores, p_status text
 
 --
 -- Name: notification_recipients(uuid); Type: FUNCTION; Schema: public; Owner: postgres
+=======
+-- Name: notify_credits(uuid, text, text, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
+>>>>>>> bd886e3 (Credits never lose an email: wait for credits instead of no_credits; held drafts are not charged; over the cap a person decides)
 --
 
-CREATE FUNCTION public.notification_recipients(p_store_id uuid) RETURNS text[]
-    LANGUAGE sql STABLE SECURITY DEFINER
-    SET search_path TO ''
-    AS $$
-  select coalesce(
-    (select ns.addresses from public.notification_settings ns where ns.store_id = p_store_id),
-    (select array_agg(lower(u.email) order by m.role desc, lower(u.email))
-     from public.store_members m join auth.users u on u.id = m.user_id
-     where m.store_id = p_store_id and u.email is not null),
-    (select array[s.support_email] from public.stores s where s.id = p_store_id))
-$$;
-
-ALTER FUNCTION public.notification_recipients(p_store_id uuid) OWNER TO postgres;
-
---
--- Name: notification_settings_apply(uuid, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.notification_settings_apply(p_store_id uuid, p_changes jsonb) RETURNS jsonb
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO ''
-    AS $_$
-declare
-  v_row public.notification_settings;
-  v_problems text[] := '{}'::text[];
-  v_unknown text[];
-  v_addresses text[];
-  v_url text;
-  v_host text;
-begin
-  if not exists (select 1 from public.stores where id = p_store_id) then
-    raise exception 'store % not found', p_store_id using errcode = 'PT404';
-  end if;
-  if jsonb_typeof(p_changes) is distinct from 'object' then
-    raise exception 'notification settings must be a JSON object' using errcode = '22023';
-  end if;
-  select array_agg(k order by k) into v_unknown from jsonb_object_keys(p_changes) k
-  where k not in ('addresses', 'digest_interval_minutes', 'digest_wait_seconds', 'webhook_url');
-  if v_unknown is not null then
-    v_problems := v_problems || ('unknown keys: ' || array_to_string(v_unknown, ', '));
-  end if;
-
-  insert into public.notification_settings (store_id) values (p_store_id)
-  on conflict (store_id) do nothing;
-  select * into v_row from public.notification_settings where store_id = p_store_id for update;
-
-  if p_changes ? 'addresses' then
-    if jsonb_typeof(p_changes -> 'addresses') = 'null' then
-      v_row.addresses := null;
-    elsif jsonb_typeof(p_changes -> 'addresses') = 'array' then
-      select array_agg(distinct lower(btrim(a)) order by lower(btrim(a))) into v_addresses
-      from jsonb_array_elements_text(p_changes -> 'addresses') a where btrim(a) <> '';
-      if v_addresses is null then
-        v_row.addresses := null;
-      elsif cardinality(v_addresses) > 20 then
-        v_problems := v_problems || 'addresses: at most 20'::text;
-      elsif exists (select 1 from unnest(v_addresses) a
-                    where a !~ '^[^@\s<>,;"]+@[^@\s<>,;"]+\.[^@\s<>,;"]+$') then
-        v_problems := v_problems || ('addresses: not an email address: ' || (
-          select string_agg(a, ', ') from unnest(v_addresses) a
-          where a !~ '^[^@\s<>,;"]+@[^@\s<>,;"]+\.[^@\s<>,;"]+$'));
-      else
-        v_row.addresses := v_addresses;
-      end if;
-    else
-      v_problems := v_problems || 'addresses must be a list of email addresses'::text;
-    end if;
-  end if;
-  if p_changes ? 'digest_interval_minutes' then
-    if jsonb_typeof(p_changes -> 'digest_interval_minutes') = 'number'
-       and (p_changes ->> 'digest_interval_minutes') ~ '^[0-9]+$'
-       and (p_changes ->> 'digest_interval_minutes')::numeric between 1 and 1440 then
-      v_row.digest_interval_minutes := (p_changes ->> 'digest_interval_minutes')::int;
-    else
-      v_problems := v_problems || 'digest_interval_minutes must be 1 to 1440'::text;
-    end if;
-  end if;
-  if p_changes ? 'digest_wait_seconds' then
-    if jsonb_typeof(p_changes -> 'digest_wait_seconds') = 'number'
-       and (p_changes ->> 'digest_wait_seconds') ~ '^[0-9]+$'
-       and (p_changes ->> 'digest_wait_seconds')::numeric between 0 and 3600 then
-      v_row.digest_wait_seconds := (p_changes ->> 'digest_wait_seconds')::int;
-    else
-      v_problems := v_problems || 'digest_wait_seconds must be 0 to 3600'::text;
-    end if;
-  end if;
-  if p_changes ? 'webhook_url' then
-    v_url := nullif(btrim(coalesce(p_changes ->> 'webhook_url', '')), '');
-    if jsonb_typeof(p_changes -> 'webhook_url') not in ('string', 'null') then
-      v_problems := v_problems || 'webhook_url must be a URL or null'::text;
-    elsif v_url is not null then
-      v_host := substring(v_url from '^https?://([^/:?#]+)');
-      if v_host is null or length(v_url) > 2000 or v_url ~ '\s' then
-        v_problems := v_problems || 'webhook_url must be an http(s) URL'::text;
-      elsif v_url !~ '^https://' and not public.is_loopback_host(v_host) then
-        -- The URL is a credential and the digest names customers: never in clear text,
-        -- except to this machine (tests, the demo).
-        v_problems := v_problems || 'webhook_url must use https'::text;
-      end if;
-    end if;
-  end if;
-  if cardinality(v_problems) > 0 then
-    raise exception 'invalid notification settings'
-      using errcode = '22023', detail = array_to_string(v_problems, '; ');
-  end if;
-
-  if p_changes ? 'webhook_url' then
-    if v_url is null then
-      if v_row.webhook_secret_id is not null then
-        delete from vault.secrets where id = v_row.webhook_secret_id;
-      end if;
-      v_row.webhook_secret_id := null;
-      v_row.webhook_hint := null;
-    else
-      v_row.webhook_secret_id := public.store_put_secret(
-        v_row.webhook_secret_id, v_url, p_store_id, 'notification_webhook',
-        'notification webhook URL');
-      v_row.webhook_hint := v_host || ' …' || right(v_url, 4);
-    end if;
-  end if;
-  update public.notification_settings set
-    addresses = v_row.addresses,
-    digest_interval_minutes = v_row.digest_interval_minutes,
-    digest_wait_seconds = v_row.digest_wait_seconds,
-    webhook_secret_id = v_row.webhook_secret_id,
-    webhook_hint = v_row.webhook_hint
-  where store_id = p_store_id;
-  return public.notification_settings_view(p_store_id);
-end;
-$_$;
-
-ALTER FUNCTION public.notification_settings_apply(p_store_id uuid, p_changes jsonb) OWNER TO postgres;
-
---
--- Name: notification_settings_view(uuid); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.notification_settings_view(p_store_id uuid) RETURNS jsonb
-    LANGUAGE sql STABLE SECURITY DEFINER
-    SET search_path TO ''
-    AS $$
-  select jsonb_build_object(
-    'store_id', s.id,
-    'addresses', ns.addresses,
-    'recipients', to_jsonb(public.notification_recipients(s.id)),
-    'digest_interval_minutes', coalesce(ns.digest_interval_minutes, 15),
-    'digest_wait_seconds', coalesce(ns.digest_wait_seconds, 60),
-    'webhook', ns.webhook_secret_id is not null,
-    'webhook_hint', ns.webhook_hint)
-  from public.stores s
-  left join public.notification_settings ns on ns.store_id = s.id
-  where s.id = p_store_id
-$$;
-
-ALTER FUNCTION public.notification_settings_view(p_store_id uuid) OWNER TO postgres;
-
---
--- Name: notify_breaker_changed(); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.notify_breaker_changed() RETURNS trigger
+CREATE FUNCTION public.notify_credits(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb) RETURNS void
     LANGUAGE plpgsql
     SET search_path TO ''
     AS $_$
-declare
-  v_parts text[];
-  v_store_id uuid;
-  v_last_error text;
 begin
-  v_parts := regexp_match(new.service,
-    '^(imap|smtp|shopify):([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$');
-  if v_parts is null then
-    return null;  -- not a store's service (claude, a webhook, ...)
+  if to_regprocedure('public.notify_people(uuid,text,text,jsonb)') is not null then
+    execute 'select public.notify_people($1, $2, $3, $4)'
+      using p_store_id, p_kind, p_ref, p_detail;
   end if;
-  v_store_id := v_parts[2]::uuid;
-  if new.state = 'closed' then
-    perform public.resolve_notifications(v_store_id, 'credentials_failed', new.service);
-    return null;
-  end if;
-  if v_parts[1] = 'imap' then
-    select e.detail ->> 'error' into v_last_error
-    from public.events e
-    where e.store_id = v_store_id and e.event_type = 'fetch.store_failed'
-    order by e.created_at desc
-    limit 1;
-  end if;
-  perform public.notify_people(
-    v_store_id, 'credentials_failed', new.service,
-    jsonb_build_object('service', v_parts[1], 'consecutive_failures', new.consecutive_failures,
-                       'opened_at', new.opened_at, 'error', left(v_last_error, 500)));
-  return null;
-exception when others then
-  insert into public.events (event_type, detail)
-  values ('notify.failed',
-          jsonb_build_object('kind', 'credentials_failed', 'ref', new.service, 'error', sqlerrm,
-                             'sqlstate', sqlstate));
-  return null;
 end;
 $_$;
 
-ALTER FUNCTION public.notify_breaker_changed() OWNER TO postgres;
-
---
--- Name: notify_digest_requeued(); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.notify_digest_requeued() RETURNS trigger
-    LANGUAGE plpgsql
-    SET search_path TO ''
-    AS $$
-begin
-  update public.notification_digests d
-  set email_error = null, webhook_error = null
-  where d.job_id = new.id and (d.email_error is not null or d.webhook_error is not null);
-  return null;
-end;
-$$;
-
-ALTER FUNCTION public.notify_digest_requeued() OWNER TO postgres;
-
---
--- Name: notify_job_dead_lettered(); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.notify_job_dead_lettered() RETURNS trigger
-    LANGUAGE plpgsql
-    SET search_path TO ''
-    AS $$
-declare
-  v_conversation public.conversations;
-begin
-  if new.status = 'dead_letter' then
-    select * into v_conversation from public.conversations c where c.id = new.conversation_id;
-    perform public.notify_people(
-      new.store_id, 'dead_letter', new.id::text,
-      jsonb_build_object('job_type', new.job_type, 'error', left(new.last_error, 500),
-                         'error_type', new.last_error_type, 'attempts', new.attempt_count,
-                         'conversation_id', new.conversation_id,
-                         'subject', v_conversation.subject,
-                         'customer', v_conversation.customer_email));
-  else
-    perform public.resolve_notifications(new.store_id, 'dead_letter', new.id::text);
-  end if;
-  return null;
-exception when others then
-  insert into public.events (store_id, job_id, conversation_id, event_type, detail)
-  values (new.store_id, new.id, new.conversation_id, 'notify.failed',
-          jsonb_build_object('kind', 'dead_letter', 'ref', new.id, 'error', sqlerrm,
-                             'sqlstate', sqlstate));
-  return null;
-end;
-$$;
-
-ALTER FUNCTION public.notify_job_dead_lettered() OWNER TO postgres;
-
---
--- Name: notify_people(uuid, text, text, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.notify_people(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb DEFAULT '{}'::jsonb) RETURNS void
-    LANGUAGE plpgsql
-    SET search_path TO ''
-    AS $$
-declare
-  v_settings public.notification_settings;
-  v_id uuid;
-  v_last timestamptz;
-  v_run_at timestamptz;
-  v_job_id uuid;
-begin
-  if p_kind is null or p_kind not in ('held_reply', 'dead_letter', 'credentials_failed',
-                                      'credits_low', 'waiting_for_credits') then
-    raise exception 'notify_people: unknown kind %', p_kind using errcode = '22023';
-  end if;
-  if p_ref is null or p_ref = '' then
-    raise exception 'notify_people: p_ref is required' using errcode = '22023';
-  end if;
-  if p_store_id is null or not exists (select 1 from public.stores s where s.id = p_store_id) then
-    return;
-  end if;
-
-  insert into public.notification_settings (store_id) values (p_store_id)
-  on conflict (store_id) do nothing;
-  select * into v_settings from public.notification_settings ns
-  where ns.store_id = p_store_id for update;
-
-  insert into public.notifications (store_id, kind, ref, detail)
-  values (p_store_id, p_kind, p_ref,
-          case when jsonb_typeof(p_detail) = 'object' then p_detail else '{}'::jsonb end)
-  on conflict (store_id, kind, ref) where resolved_at is null do nothing
-  returning id into v_id;
-  if v_id is null then
-    return;
-  end if;
-
-  -- A notify job that has not taken its digest yet will take this item too. One that did (it
-  -- is running, or pending again for a retry) keeps the items it took, so this one needs the
-  -- next digest.
-  if exists (select 1 from public.job_queue q
-             where q.store_id = p_store_id and q.status = 'pending' and q.job_type = 'notify'
-               and not exists (select 1 from public.notification_digests d
-                               where d.job_id = q.id)) then
-    return;
-  end if;
-  select max(d.created_at) into v_last
-  from public.notification_digests d where d.store_id = p_store_id;
-  v_run_at := greatest(now() + make_interval(secs => v_settings.digest_wait_seconds),
-                       coalesce(v_last, '-infinity'::timestamptz)
-                         + make_interval(mins => v_settings.digest_interval_minutes));
-  v_job_id := public.enqueue_job('notify', jsonb_build_object('store_id', p_store_id),
-                                 p_store_id => p_store_id, p_run_at => v_run_at);
-  insert into public.events (store_id, job_id, event_type, detail)
-  values (p_store_id, v_job_id, 'notify.scheduled',
-          jsonb_build_object('kind', p_kind, 'ref', p_ref, 'run_at', v_run_at));
-end;
-$$;
-
-ALTER FUNCTION public.notify_people(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb) OWNER TO postgres;
-
---
--- Name: notify_reply_held(); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.notify_reply_held() RETURNS trigger
-    LANGUAGE plpgsql
-    SET search_path TO ''
-    AS $$
-begin
-  if new.status = 'held' then
-    perform public.notify_people(
-      new.store_id, 'held_reply', new.id::text,
-      jsonb_build_object('conversation_id', new.conversation_id, 'subject', new.subject,
-                         'customer', new.to_address, 'hold_reason', new.hold_reason));
-  else
-    perform public.resolve_notifications(new.store_id, 'held_reply', new.id::text);
-  end if;
-  return null;
-exception when others then
-  insert into public.events (store_id, conversation_id, event_type, detail)
-  values (new.store_id, new.conversation_id, 'notify.failed',
-          jsonb_build_object('kind', 'held_reply', 'ref', new.id, 'error', sqlerrm,
-                             'sqlstate', sqlstate));
-  return null;
-end;
-$$;
-
-ALTER FUNCTION public.notify_reply_held() OWNER TO postgres;
+ALTER FUNCTION public.notify_credits(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb) OWNER TO postgres;
 
 --
 -- Name: purge_completed_jobs(interval, integer); Type: PROCEDURE; Schema: public; Owner: postgres
@@ -3819,6 +3336,7 @@ $$;
 ALTER FUNCTION public.record_events(p_events jsonb) OWNER TO postgres;
 
 --
+<<<<<<< HEAD
 -- Name: notification_digests; Type: TABLE; Schema: public; Owner: postgres
 --
 
@@ -4015,6 +3533,8 @@ $$;
 ALTER FUNCTION public.record_sent_scan(p_store_id uuid, p_folder text, p_uidvalidity bigint, p_last_uid bigint, p_messages jsonb) OWNER TO postgres;
 
 --
+=======
+>>>>>>> bd886e3 (Credits never lose an email: wait for credits instead of no_credits; held drafts are not charged; over the cap a person decides)
 -- Name: release_credit(uuid, uuid, text); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -4090,12 +3610,6 @@ CREATE FUNCTION public.requeue_dlq_job(p_job_id uuid, p_reset_attempts boolean D
             attempt_count = case when p_reset_attempts then 0 else q.attempt_count end,
             dead_lettered_at = null, locked_by = null, locked_until = null, updated_at = now()
         where q.id = p_job_id and q.status = 'dead_letter'
-          -- A store has at most one live fetch job (job_queue_fetch_live_idx, decision 0021);
-          -- while it has one, a dead one stays dead: the live one reads the same mailbox.
-          and not (q.job_type = 'fetch_mailbox' and exists (
-              select 1 from public.job_queue l
-              where l.store_id = q.store_id and l.job_type = 'fetch_mailbox'
-                and l.status in ('pending', 'processing')))
         returning q.id, q.store_id, q.conversation_id, q.attempt_count
     ), revived as (
         -- The draft that dead-lettering failed (settle_dead_lettered_job) may be sent again.
@@ -4236,28 +3750,6 @@ end;
 $$;
 
 ALTER FUNCTION public.reset_reply(p_reply_id uuid, p_status text, p_error text) OWNER TO postgres;
-
---
--- Name: resolve_notifications(uuid, text, text); Type: FUNCTION; Schema: public; Owner: postgres
---
-
-CREATE FUNCTION public.resolve_notifications(p_store_id uuid, p_kind text, p_ref text) RETURNS integer
-    LANGUAGE sql
-    SET search_path TO ''
-    AS $$
-  with resolved as (
-    update public.notifications n
-    set resolved_at = now(),
-        status = case when n.status = 'pending' and n.digest_job_id is null then 'resolved'
-                      else n.status end
-    where n.store_id = p_store_id and n.kind = p_kind and n.ref = p_ref
-      and n.resolved_at is null
-    returning 1
-  )
-  select count(*)::int from resolved
-$$;
-
-ALTER FUNCTION public.resolve_notifications(p_store_id uuid, p_kind text, p_ref text) OWNER TO postgres;
 
 --
 -- Name: retry_delay(integer, integer, integer, integer, double precision); Type: FUNCTION; Schema: public; Owner: postgres
@@ -4418,6 +3910,8 @@ begin
 
   if v_reply.id is null then
     select * into v_reply from public.replies where message_id = p_message_id;
+  elsif v_hold then
+    perform public.release_credit(v_message.store_id, p_job_id, 'held');
   end if;
   return v_reply;
 end;
@@ -4586,6 +4080,7 @@ begin
   v_base.imap_folder := 'INBOX';
   v_base.smtp_tls := 'starttls';
   v_base.credits := 0;
+  v_base.low_credits_at := 10;
   v_base.active := true;
   v_base.reply_language := 'auto';
   v_base.reply_tone := 'friendly';
@@ -4707,6 +4202,9 @@ begin
   if p_store.credits is null or p_store.credits < 0 then
     v_problems := v_problems || 'credits must be zero or more'::text;
   end if;
+  if p_store.low_credits_at is null or p_store.low_credits_at < 0 then
+    v_problems := v_problems || 'low_credits_at must be zero or more'::text;
+  end if;
   if p_store.reply_language is null
      or p_store.reply_language !~ '^(auto|[a-z]{2,3}(-[A-Za-z0-9]{2,8})*)$' then
     v_problems := v_problems || 'reply_language must be auto or a language tag like pt-BR'::text;
@@ -4774,8 +4272,12 @@ CREATE FUNCTION public.store_setting_keys(p_new_store boolean) RETURNS text[]
     'owner_id', 'name', 'support_email', 'extra_addresses', 'imap_host', 'imap_port',
     'imap_user', 'imap_tls', 'imap_folder', 'smtp_host', 'smtp_port', 'smtp_user', 'smtp_tls',
     'shopify_domain', 'active', 'reply_language', 'reply_signature', 'reply_tone',
+<<<<<<< HEAD
     'reply_mode', 'mailbox_sent', 'mailbox_drafts', 'mailbox_mark_answered',
     'mailbox_sent_folder', 'mailbox_drafts_folder']
+=======
+    'reply_mode', 'low_credits_at']
+>>>>>>> bd886e3 (Credits never lose an email: wait for credits instead of no_credits; held drafts are not charged; over the cap a person decides)
     || case when p_new_store then array['credits'] else '{}'::text[] end
 $$;
 
@@ -4830,66 +4332,30 @@ $$;
 ALTER FUNCTION public.store_settings_problems(p_base public.stores, p_changes jsonb, p_allowed text[]) OWNER TO postgres;
 
 --
--- Name: take_notification_digest(uuid, text); Type: FUNCTION; Schema: public; Owner: postgres
+-- Name: stores_credits_changed(); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
-CREATE FUNCTION public.take_notification_digest(p_job_id uuid, p_worker_id text) RETURNS jsonb
+CREATE FUNCTION public.stores_credits_changed() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path TO ''
     AS $$
-declare
-  v_job public.job_queue;
-  v_settings public.notification_settings;
-  v_digest public.notification_digests;
-  v_store public.stores;
 begin
-  select * into v_job from public.job_queue q
-  where q.id = p_job_id and q.job_type = 'notify' and q.status = 'processing'
-    and q.locked_by = p_worker_id;
-  if not found or v_job.store_id is null then
-    return null;
+  if new.credits > old.credits then
+    perform public.wake_credit_waiters(new.id);
   end if;
-  select * into v_store from public.stores s where s.id = v_job.store_id;
-  if not found then
-    return null;
+  if old.credits >= new.low_credits_at and new.credits < new.low_credits_at then
+    insert into public.events (store_id, event_type, detail)
+    values (new.id, 'credit.low', jsonb_build_object('credits', new.credits,
+                                                     'threshold', new.low_credits_at));
+    perform public.notify_credits(
+      new.id, 'credits_low', public.credit_episode(new.id),
+      jsonb_build_object('credits', new.credits, 'threshold', new.low_credits_at));
   end if;
-  insert into public.notification_settings (store_id) values (v_job.store_id)
-  on conflict (store_id) do nothing;
-  select * into v_settings from public.notification_settings ns
-  where ns.store_id = v_job.store_id for update;
-
-  insert into public.notification_digests (job_id, store_id) values (p_job_id, v_job.store_id)
-  on conflict (job_id) do nothing
-  returning * into v_digest;
-  if v_digest.job_id is not null then
-    -- The first attempt takes the items; a retry keeps them, and anything newer belongs to the
-    -- store's next digest job (notify_people scheduled one when this job was already running).
-    update public.notifications n
-    set digest_job_id = p_job_id
-    where n.store_id = v_job.store_id and n.status = 'pending' and n.digest_job_id is null
-      and n.resolved_at is null;
-  end if;
-  update public.notification_digests d
-  set item_count = (select count(*) from public.notifications n where n.digest_job_id = p_job_id)
-  where d.job_id = p_job_id
-  returning * into v_digest;
-
-  return jsonb_build_object(
-    'digest', to_jsonb(v_digest),
-    'store', jsonb_build_object('id', v_store.id, 'name', v_store.name,
-                                'support_email', v_store.support_email),
-    'recipients', to_jsonb(public.notification_recipients(v_job.store_id)),
-    'webhook', v_settings.webhook_secret_id is not null,
-    'items', coalesce((select jsonb_agg(jsonb_build_object(
-                                 'id', n.id, 'kind', n.kind, 'ref', n.ref, 'detail', n.detail,
-                                 'created_at', n.created_at)
-                               order by n.created_at, n.id)
-                       from public.notifications n where n.digest_job_id = p_job_id),
-                      '[]'::jsonb));
+  return null;
 end;
 $$;
 
-ALTER FUNCTION public.take_notification_digest(p_job_id uuid, p_worker_id text) OWNER TO postgres;
+ALTER FUNCTION public.stores_credits_changed() OWNER TO postgres;
 
 --
 -- Name: try_lock_conversation(uuid); Type: FUNCTION; Schema: public; Owner: postgres
@@ -4934,6 +4400,92 @@ $$;
 ALTER FUNCTION public.validate_store_settings(p_store jsonb, p_store_id uuid) OWNER TO postgres;
 
 --
+-- Name: wait_for_credits(uuid, text, integer); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.wait_for_credits(p_job_id uuid, p_worker_id text, p_wait_seconds integer) RETURNS text
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $_$
+declare
+  v_job public.job_queue;
+  v_store public.stores;
+  v_message_id uuid;
+  v_waiting int;
+begin
+  select * into v_job from public.job_queue
+  where id = p_job_id and status = 'processing' and locked_by = p_worker_id;
+  if not found then
+    return 'not_held';
+  end if;
+  select * into v_store from public.stores where id = v_job.store_id for share;
+  if not found then
+    raise exception 'store % not found', v_job.store_id using errcode = 'no_data_found';
+  end if;
+  if v_store.credits > 0 then
+    return 'has_credits';
+  end if;
+
+  perform public.defer_job(p_job_id, p_worker_id, p_wait_seconds, 'waiting_for_credits');
+  if (v_job.payload ->> 'message_id') ~* '^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$' then
+    v_message_id := (v_job.payload ->> 'message_id')::uuid;
+  end if;
+  insert into public.credit_waits (job_id, store_id, conversation_id, message_id)
+  values (p_job_id, v_store.id, v_job.conversation_id, v_message_id)
+  on conflict (job_id) do nothing;
+  update public.conversations set status = 'waiting_credits', status_at = now()
+  where id = v_job.conversation_id and status <> 'waiting_credits';
+
+  select count(*)::int into v_waiting from public.credit_waits where store_id = v_store.id;
+  perform public.notify_credits(
+    v_store.id, 'waiting_for_credits', public.credit_episode(v_store.id),
+    jsonb_build_object('credits', v_store.credits, 'waiting', v_waiting,
+                       'conversation_id', v_job.conversation_id));
+  return 'waiting';
+end;
+$_$;
+
+ALTER FUNCTION public.wait_for_credits(p_job_id uuid, p_worker_id text, p_wait_seconds integer) OWNER TO postgres;
+
+--
+-- Name: wake_credit_waiters(uuid); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.wake_credit_waiters(p_store_id uuid) RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  v_woken int;
+begin
+  with waits as (
+    delete from public.credit_waits w where w.store_id = p_store_id
+    returning w.job_id, w.conversation_id
+  ), jobs as (
+    update public.job_queue q
+    set next_retry_at = now(), updated_at = now()
+    from waits w
+    where q.id = w.job_id and q.status = 'pending' and q.next_retry_at > now()
+    returning q.id
+  ), conversations as (
+    update public.conversations c
+    set status = 'open', status_at = now()
+    from waits w
+    where c.id = w.conversation_id and c.status = 'waiting_credits'
+    returning c.id
+  )
+  select (select count(*) from jobs)::int into v_woken;
+  if v_woken > 0 then
+    insert into public.events (store_id, event_type, detail)
+    values (p_store_id, 'credit.waiters_woken', jsonb_build_object('jobs', v_woken));
+  end if;
+  return v_woken;
+end;
+$$;
+
+ALTER FUNCTION public.wake_credit_waiters(p_store_id uuid) OWNER TO postgres;
+
+--
 -- Name: circuit_breakers; Type: TABLE; Schema: public; Owner: postgres
 --
 
@@ -4976,7 +4528,7 @@ CREATE TABLE public.conversations (
     status_at timestamp with time zone DEFAULT now() NOT NULL,
     order_numbers text[] DEFAULT '{}'::text[] NOT NULL,
     CONSTRAINT conversations_customer_email_check CHECK ((customer_email = lower(customer_email))),
-    CONSTRAINT conversations_status_check CHECK ((status = ANY (ARRAY['open'::text, 'waiting'::text, 'answered_auto'::text, 'answered_human'::text, 'closed'::text, 'spam'::text, 'skipped'::text, 'failed'::text])))
+    CONSTRAINT conversations_status_check CHECK ((status = ANY (ARRAY['open'::text, 'waiting'::text, 'waiting_credits'::text, 'answered_auto'::text, 'answered_human'::text, 'closed'::text, 'spam'::text, 'skipped'::text, 'failed'::text])))
 );
 
 ALTER TABLE public.conversations OWNER TO postgres;
@@ -5013,6 +4565,20 @@ ALTER TABLE public.credit_ledger ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTIT
 );
 
 --
+-- Name: credit_waits; Type: TABLE; Schema: public; Owner: postgres
+--
+
+CREATE TABLE public.credit_waits (
+    job_id uuid NOT NULL,
+    store_id uuid NOT NULL,
+    conversation_id uuid,
+    message_id uuid,
+    since timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE public.credit_waits OWNER TO postgres;
+
+--
 -- Name: events_id_seq; Type: SEQUENCE; Schema: public; Owner: postgres
 --
 
@@ -5024,23 +4590,6 @@ ALTER TABLE public.events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     NO MAXVALUE
     CACHE 1
 );
-
---
--- Name: mailbox_ticks; Type: TABLE; Schema: public; Owner: postgres
---
-
-CREATE TABLE public.mailbox_ticks (
-    store_id uuid NOT NULL,
-    ticked_at timestamp with time zone NOT NULL
-);
-
-ALTER TABLE public.mailbox_ticks OWNER TO postgres;
-
---
--- Name: TABLE mailbox_ticks; Type: COMMENT; Schema: public; Owner: postgres
---
-
-COMMENT ON TABLE public.mailbox_ticks IS 'When enqueue_fetch_jobs last asked for each store''s mailbox; read by finish_fetch_job.';
 
 --
 -- Name: messages; Type: TABLE; Schema: public; Owner: postgres
@@ -5080,47 +4629,6 @@ CREATE TABLE public.messages (
 );
 
 ALTER TABLE public.messages OWNER TO postgres;
-
---
--- Name: notification_settings; Type: TABLE; Schema: public; Owner: postgres
---
-
-CREATE TABLE public.notification_settings (
-    store_id uuid NOT NULL,
-    addresses text[],
-    digest_interval_minutes integer DEFAULT 15 NOT NULL,
-    digest_wait_seconds integer DEFAULT 60 NOT NULL,
-    webhook_secret_id uuid,
-    webhook_hint text,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT notification_settings_addresses_check CHECK (((addresses IS NULL) OR ((cardinality(addresses) >= 1) AND (cardinality(addresses) <= 20)))),
-    CONSTRAINT notification_settings_digest_interval_minutes_check CHECK (((digest_interval_minutes >= 1) AND (digest_interval_minutes <= 1440))),
-    CONSTRAINT notification_settings_digest_wait_seconds_check CHECK (((digest_wait_seconds >= 0) AND (digest_wait_seconds <= 3600)))
-);
-
-ALTER TABLE public.notification_settings OWNER TO postgres;
-
---
--- Name: notifications; Type: TABLE; Schema: public; Owner: postgres
---
-
-CREATE TABLE public.notifications (
-    id uuid DEFAULT public.uuid_generate_v7() NOT NULL,
-    store_id uuid NOT NULL,
-    kind text NOT NULL,
-    ref text NOT NULL,
-    detail jsonb DEFAULT '{}'::jsonb NOT NULL,
-    status text DEFAULT 'pending'::text NOT NULL,
-    digest_job_id uuid,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    sent_at timestamp with time zone,
-    resolved_at timestamp with time zone,
-    CONSTRAINT notifications_kind_check CHECK ((kind = ANY (ARRAY['held_reply'::text, 'dead_letter'::text, 'credentials_failed'::text, 'credits_low'::text, 'waiting_for_credits'::text]))),
-    CONSTRAINT notifications_ref_check CHECK ((ref <> ''::text)),
-    CONSTRAINT notifications_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'sent'::text, 'resolved'::text])))
-);
-
-ALTER TABLE public.notifications OWNER TO postgres;
 
 --
 -- Name: queue_metrics; Type: TABLE; Schema: public; Owner: postgres
@@ -5181,6 +4689,13 @@ ALTER TABLE ONLY public.credit_ledger
     ADD CONSTRAINT credit_ledger_pkey PRIMARY KEY (id);
 
 --
+-- Name: credit_waits credit_waits_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.credit_waits
+    ADD CONSTRAINT credit_waits_pkey PRIMARY KEY (job_id);
+
+--
 -- Name: events events_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
 --
 
@@ -5209,13 +4724,6 @@ ALTER TABLE ONLY public.mailbox_state
     ADD CONSTRAINT mailbox_state_pkey PRIMARY KEY (store_id, folder);
 
 --
--- Name: mailbox_ticks mailbox_ticks_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
---
-
-ALTER TABLE ONLY public.mailbox_ticks
-    ADD CONSTRAINT mailbox_ticks_pkey PRIMARY KEY (store_id);
-
---
 -- Name: messages messages_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
 --
 
@@ -5228,27 +4736,6 @@ ALTER TABLE ONLY public.messages
 
 ALTER TABLE ONLY public.messages
     ADD CONSTRAINT messages_store_id_message_id_key UNIQUE (store_id, message_id);
-
---
--- Name: notification_digests notification_digests_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
---
-
-ALTER TABLE ONLY public.notification_digests
-    ADD CONSTRAINT notification_digests_pkey PRIMARY KEY (job_id);
-
---
--- Name: notification_settings notification_settings_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
---
-
-ALTER TABLE ONLY public.notification_settings
-    ADD CONSTRAINT notification_settings_pkey PRIMARY KEY (store_id);
-
---
--- Name: notifications notifications_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
---
-
-ALTER TABLE ONLY public.notifications
-    ADD CONSTRAINT notifications_pkey PRIMARY KEY (id);
 
 --
 -- Name: queue_metrics queue_metrics_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
@@ -5362,6 +4849,12 @@ CREATE INDEX credit_ledger_sender_idx ON public.credit_ledger USING btree (store
 CREATE INDEX credit_ledger_store_idx ON public.credit_ledger USING btree (store_id, created_at);
 
 --
+-- Name: credit_waits_store_idx; Type: INDEX; Schema: public; Owner: postgres
+--
+
+CREATE INDEX credit_waits_store_idx ON public.credit_waits USING btree (store_id, since);
+
+--
 -- Name: events_console_conversation_idx; Type: INDEX; Schema: public; Owner: postgres
 --
 
@@ -5408,12 +4901,6 @@ CREATE INDEX job_queue_dead_letter_idx ON public.job_queue USING btree (dead_let
 --
 
 CREATE INDEX job_queue_due_idx ON public.job_queue USING btree (priority DESC, next_retry_at, id) WHERE (status = 'pending'::text);
-
---
--- Name: job_queue_fetch_live_idx; Type: INDEX; Schema: public; Owner: postgres
---
-
-CREATE UNIQUE INDEX job_queue_fetch_live_idx ON public.job_queue USING btree (store_id) WHERE ((job_type = 'fetch_mailbox'::text) AND (status = ANY (ARRAY['pending'::text, 'processing'::text])));
 
 --
 -- Name: job_queue_idempotency_key_idx; Type: INDEX; Schema: public; Owner: postgres
@@ -5464,36 +4951,6 @@ CREATE INDEX messages_conversation_idx ON public.messages USING btree (conversat
 CREATE INDEX messages_store_received_idx ON public.messages USING btree (store_id, received_at DESC);
 
 --
--- Name: notification_digests_store_recent_idx; Type: INDEX; Schema: public; Owner: postgres
---
-
-CREATE INDEX notification_digests_store_recent_idx ON public.notification_digests USING btree (store_id, created_at DESC);
-
---
--- Name: notifications_digest_idx; Type: INDEX; Schema: public; Owner: postgres
---
-
-CREATE INDEX notifications_digest_idx ON public.notifications USING btree (digest_job_id) WHERE (digest_job_id IS NOT NULL);
-
---
--- Name: notifications_open_idx; Type: INDEX; Schema: public; Owner: postgres
---
-
-CREATE UNIQUE INDEX notifications_open_idx ON public.notifications USING btree (store_id, kind, ref) WHERE (resolved_at IS NULL);
-
---
--- Name: notifications_pending_idx; Type: INDEX; Schema: public; Owner: postgres
---
-
-CREATE INDEX notifications_pending_idx ON public.notifications USING btree (store_id, created_at) WHERE (status = 'pending'::text);
-
---
--- Name: notifications_store_recent_idx; Type: INDEX; Schema: public; Owner: postgres
---
-
-CREATE INDEX notifications_store_recent_idx ON public.notifications USING btree (store_id, created_at DESC);
-
---
 -- Name: replies_conversation_idx; Type: INDEX; Schema: public; Owner: postgres
 --
 
@@ -5530,12 +4987,6 @@ CREATE INDEX store_members_user_idx ON public.store_members USING btree (user_id
 CREATE INDEX stores_owner_id_idx ON public.stores USING btree (owner_id) WHERE (owner_id IS NOT NULL);
 
 --
--- Name: circuit_breakers circuit_breakers_notify; Type: TRIGGER; Schema: public; Owner: postgres
---
-
-CREATE TRIGGER circuit_breakers_notify AFTER UPDATE OF state ON public.circuit_breakers FOR EACH ROW WHEN ((((new.state = 'open'::text) AND (old.state = 'closed'::text)) OR ((new.state = 'closed'::text) AND (old.state <> 'closed'::text)))) EXECUTE FUNCTION public.notify_breaker_changed();
-
---
 -- Name: events events_append_only; Type: TRIGGER; Schema: public; Owner: postgres
 --
 
@@ -5554,18 +5005,6 @@ CREATE TRIGGER events_conversation_status AFTER INSERT ON public.events FOR EACH
 CREATE TRIGGER job_queue_dead_lettered AFTER UPDATE OF status ON public.job_queue FOR EACH ROW WHEN (((new.status = 'dead_letter'::text) AND (old.status IS DISTINCT FROM 'dead_letter'::text))) EXECUTE FUNCTION public.job_queue_dead_lettered();
 
 --
--- Name: job_queue job_queue_notify_dead_lettered; Type: TRIGGER; Schema: public; Owner: postgres
---
-
-CREATE TRIGGER job_queue_notify_dead_lettered AFTER UPDATE OF status ON public.job_queue FOR EACH ROW WHEN (((new.job_type <> ALL (ARRAY['notify'::text, 'fetch_mailbox'::text])) AND (new.store_id IS NOT NULL) AND ((new.status = 'dead_letter'::text) <> (old.status = 'dead_letter'::text)))) EXECUTE FUNCTION public.notify_job_dead_lettered();
-
---
--- Name: job_queue job_queue_notify_requeued; Type: TRIGGER; Schema: public; Owner: postgres
---
-
-CREATE TRIGGER job_queue_notify_requeued AFTER UPDATE OF status ON public.job_queue FOR EACH ROW WHEN (((new.job_type = 'notify'::text) AND (old.status = 'dead_letter'::text) AND (new.status <> 'dead_letter'::text))) EXECUTE FUNCTION public.notify_digest_requeued();
-
---
 -- Name: mailbox_state mailbox_state_set_updated_at; Type: TRIGGER; Schema: public; Owner: postgres
 --
 
@@ -5578,18 +5017,13 @@ CREATE TRIGGER mailbox_state_set_updated_at BEFORE UPDATE ON public.mailbox_stat
 CREATE TRIGGER messages_conversation_status AFTER INSERT ON public.messages FOR EACH ROW EXECUTE FUNCTION public.console_status_from_message();
 
 --
--- Name: notification_settings notification_settings_updated_at; Type: TRIGGER; Schema: public; Owner: postgres
---
-
-CREATE TRIGGER notification_settings_updated_at BEFORE UPDATE ON public.notification_settings FOR EACH ROW EXECUTE FUNCTION public.set_updated_at();
-
---
 -- Name: replies replies_conversation_status; Type: TRIGGER; Schema: public; Owner: postgres
 --
 
 CREATE TRIGGER replies_conversation_status AFTER INSERT OR UPDATE OF status ON public.replies FOR EACH ROW WHEN (((new.status = ANY (ARRAY['held'::text, 'sent'::text, 'failed'::text, 'discarded'::text])) AND (new.conversation_id IS NOT NULL))) EXECUTE FUNCTION public.console_status_from_reply();
 
 --
+<<<<<<< HEAD
 -- Name: replies replies_mailbox_record; Type: TRIGGER; Schema: public; Owner: postgres
 --
 
@@ -5597,15 +5031,12 @@ CREATE TRIGGER replies_mailbox_record AFTER INSERT OR UPDATE OF status ON public
 
 --
 -- Name: replies replies_notify_held; Type: TRIGGER; Schema: public; Owner: postgres
+=======
+-- Name: stores stores_credits_changed; Type: TRIGGER; Schema: public; Owner: postgres
+>>>>>>> bd886e3 (Credits never lose an email: wait for credits instead of no_credits; held drafts are not charged; over the cap a person decides)
 --
 
-CREATE TRIGGER replies_notify_held AFTER INSERT ON public.replies FOR EACH ROW WHEN ((new.status = 'held'::text)) EXECUTE FUNCTION public.notify_reply_held();
-
---
--- Name: replies replies_notify_held_change; Type: TRIGGER; Schema: public; Owner: postgres
---
-
-CREATE TRIGGER replies_notify_held_change AFTER UPDATE OF status ON public.replies FOR EACH ROW WHEN (((new.status = 'held'::text) <> (old.status = 'held'::text))) EXECUTE FUNCTION public.notify_reply_held();
+CREATE TRIGGER stores_credits_changed AFTER UPDATE OF credits ON public.stores FOR EACH ROW WHEN (((new.credits > old.credits) OR ((old.credits >= new.low_credits_at) AND (new.credits < new.low_credits_at)))) EXECUTE FUNCTION public.stores_credits_changed();
 
 --
 -- Name: sent_scan_state sent_scan_state_set_updated_at; Type: TRIGGER; Schema: public; Owner: postgres
@@ -5640,18 +5071,18 @@ ALTER TABLE ONLY public.credit_ledger
     ADD CONSTRAINT credit_ledger_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
 
 --
+-- Name: credit_waits credit_waits_store_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.credit_waits
+    ADD CONSTRAINT credit_waits_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
+
+--
 -- Name: mailbox_state mailbox_state_store_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
 --
 
 ALTER TABLE ONLY public.mailbox_state
     ADD CONSTRAINT mailbox_state_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
-
---
--- Name: mailbox_ticks mailbox_ticks_store_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
---
-
-ALTER TABLE ONLY public.mailbox_ticks
-    ADD CONSTRAINT mailbox_ticks_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
 
 --
 -- Name: messages messages_conversation_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
@@ -5666,27 +5097,6 @@ ALTER TABLE ONLY public.messages
 
 ALTER TABLE ONLY public.messages
     ADD CONSTRAINT messages_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
-
---
--- Name: notification_digests notification_digests_store_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
---
-
-ALTER TABLE ONLY public.notification_digests
-    ADD CONSTRAINT notification_digests_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
-
---
--- Name: notification_settings notification_settings_store_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
---
-
-ALTER TABLE ONLY public.notification_settings
-    ADD CONSTRAINT notification_settings_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
-
---
--- Name: notifications notifications_store_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
---
-
-ALTER TABLE ONLY public.notifications
-    ADD CONSTRAINT notifications_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
 
 --
 -- Name: replies replies_conversation_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
@@ -5793,6 +5203,24 @@ CREATE POLICY credit_ledger_owner_select ON public.credit_ledger FOR SELECT TO a
 CREATE POLICY credit_ledger_service_role ON public.credit_ledger TO service_role USING (true) WITH CHECK (true);
 
 --
+-- Name: credit_waits; Type: ROW SECURITY; Schema: public; Owner: postgres
+--
+
+ALTER TABLE public.credit_waits ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: credit_waits credit_waits_member_select; Type: POLICY; Schema: public; Owner: postgres
+--
+
+CREATE POLICY credit_waits_member_select ON public.credit_waits FOR SELECT TO authenticated USING ((( SELECT public.console_is_operator() AS console_is_operator) OR (store_id IN ( SELECT public.console_member_store_ids() AS console_member_store_ids))));
+
+--
+-- Name: credit_waits credit_waits_service_role; Type: POLICY; Schema: public; Owner: postgres
+--
+
+CREATE POLICY credit_waits_service_role ON public.credit_waits TO service_role USING (true) WITH CHECK (true);
+
+--
 -- Name: events; Type: ROW SECURITY; Schema: public; Owner: postgres
 --
 
@@ -5859,18 +5287,6 @@ CREATE POLICY mailbox_state_owner_select ON public.mailbox_state FOR SELECT TO a
 CREATE POLICY mailbox_state_service_role ON public.mailbox_state TO service_role USING (true) WITH CHECK (true);
 
 --
--- Name: mailbox_ticks; Type: ROW SECURITY; Schema: public; Owner: postgres
---
-
-ALTER TABLE public.mailbox_ticks ENABLE ROW LEVEL SECURITY;
-
---
--- Name: mailbox_ticks mailbox_ticks_service_role_all; Type: POLICY; Schema: public; Owner: postgres
---
-
-CREATE POLICY mailbox_ticks_service_role_all ON public.mailbox_ticks TO service_role USING (true) WITH CHECK (true);
-
---
 -- Name: messages; Type: ROW SECURITY; Schema: public; Owner: postgres
 --
 
@@ -5887,60 +5303,6 @@ CREATE POLICY messages_owner_select ON public.messages FOR SELECT TO authenticat
 --
 
 CREATE POLICY messages_service_role ON public.messages TO service_role USING (true) WITH CHECK (true);
-
---
--- Name: notification_digests; Type: ROW SECURITY; Schema: public; Owner: postgres
---
-
-ALTER TABLE public.notification_digests ENABLE ROW LEVEL SECURITY;
-
---
--- Name: notification_digests notification_digests_member_select; Type: POLICY; Schema: public; Owner: postgres
---
-
-CREATE POLICY notification_digests_member_select ON public.notification_digests FOR SELECT TO authenticated USING ((( SELECT public.console_is_operator() AS console_is_operator) OR (store_id IN ( SELECT public.console_member_store_ids() AS console_member_store_ids))));
-
---
--- Name: notification_digests notification_digests_service_role; Type: POLICY; Schema: public; Owner: postgres
---
-
-CREATE POLICY notification_digests_service_role ON public.notification_digests TO service_role USING (true) WITH CHECK (true);
-
---
--- Name: notification_settings; Type: ROW SECURITY; Schema: public; Owner: postgres
---
-
-ALTER TABLE public.notification_settings ENABLE ROW LEVEL SECURITY;
-
---
--- Name: notification_settings notification_settings_member_select; Type: POLICY; Schema: public; Owner: postgres
---
-
-CREATE POLICY notification_settings_member_select ON public.notification_settings FOR SELECT TO authenticated USING ((( SELECT public.console_is_operator() AS console_is_operator) OR (store_id IN ( SELECT public.console_member_store_ids() AS console_member_store_ids))));
-
---
--- Name: notification_settings notification_settings_service_role; Type: POLICY; Schema: public; Owner: postgres
---
-
-CREATE POLICY notification_settings_service_role ON public.notification_settings TO service_role USING (true) WITH CHECK (true);
-
---
--- Name: notifications; Type: ROW SECURITY; Schema: public; Owner: postgres
---
-
-ALTER TABLE public.notifications ENABLE ROW LEVEL SECURITY;
-
---
--- Name: notifications notifications_member_select; Type: POLICY; Schema: public; Owner: postgres
---
-
-CREATE POLICY notifications_member_select ON public.notifications FOR SELECT TO authenticated USING ((( SELECT public.console_is_operator() AS console_is_operator) OR (store_id IN ( SELECT public.console_member_store_ids() AS console_member_store_ids))));
-
---
--- Name: notifications notifications_service_role; Type: POLICY; Schema: public; Owner: postgres
---
-
-CREATE POLICY notifications_service_role ON public.notifications TO service_role USING (true) WITH CHECK (true);
 
 --
 -- Name: queue_metrics; Type: ROW SECURITY; Schema: public; Owner: postgres
@@ -6093,13 +5455,6 @@ REVOKE ALL ON FUNCTION public.admin_create_store(p_store jsonb, p_secrets jsonb)
 GRANT ALL ON FUNCTION public.admin_create_store(p_store jsonb, p_secrets jsonb) TO service_role;
 
 --
--- Name: FUNCTION admin_set_notification_settings(p_store_id uuid, p_changes jsonb); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.admin_set_notification_settings(p_store_id uuid, p_changes jsonb) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.admin_set_notification_settings(p_store_id uuid, p_changes jsonb) TO service_role;
-
---
 -- Name: TABLE stores; Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -6133,6 +5488,13 @@ GRANT ALL ON FUNCTION public.begin_send(p_reply_id uuid) TO service_role;
 
 REVOKE ALL ON FUNCTION public.call_worker(p_path text, p_timeout_ms integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.call_worker(p_path text, p_timeout_ms integer) TO service_role;
+
+--
+-- Name: FUNCTION charge_for_send(p_store_id uuid, p_charge_job uuid, p_recipient text); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.charge_for_send(p_store_id uuid, p_charge_job uuid, p_recipient text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.charge_for_send(p_store_id uuid, p_charge_job uuid, p_recipient text) TO service_role;
 
 --
 -- Name: FUNCTION circuit_allow(p_service text); Type: ACL; Schema: public; Owner: postgres
@@ -6282,14 +5644,6 @@ REVOKE ALL ON FUNCTION public.console_needs_person(p_store_id uuid, p_limit inte
 GRANT ALL ON FUNCTION public.console_needs_person(p_store_id uuid, p_limit integer) TO authenticated;
 
 --
--- Name: FUNCTION console_notifications(p_store_id uuid, p_limit integer); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.console_notifications(p_store_id uuid, p_limit integer) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.console_notifications(p_store_id uuid, p_limit integer) TO authenticated;
-GRANT ALL ON FUNCTION public.console_notifications(p_store_id uuid, p_limit integer) TO service_role;
-
---
 -- Name: FUNCTION console_purge_dead_letters(p_job_ids uuid[]); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -6345,14 +5699,6 @@ REVOKE ALL ON FUNCTION public.console_send_reply(p_reply_id uuid, p_body text) F
 GRANT ALL ON FUNCTION public.console_send_reply(p_reply_id uuid, p_body text) TO authenticated;
 
 --
--- Name: FUNCTION console_set_notification_settings(p_store_id uuid, p_changes jsonb); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.console_set_notification_settings(p_store_id uuid, p_changes jsonb) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.console_set_notification_settings(p_store_id uuid, p_changes jsonb) TO authenticated;
-GRANT ALL ON FUNCTION public.console_set_notification_settings(p_store_id uuid, p_changes jsonb) TO service_role;
-
---
 -- Name: FUNCTION console_status_from_event(); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -6399,6 +5745,13 @@ REVOKE ALL ON FUNCTION public.console_write_reply(p_conversation_id uuid, p_body
 GRANT ALL ON FUNCTION public.console_write_reply(p_conversation_id uuid, p_body text) TO authenticated;
 
 --
+-- Name: FUNCTION credit_episode(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.credit_episode(p_store_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.credit_episode(p_store_id uuid) TO service_role;
+
+--
 -- Name: FUNCTION defer_job(p_job_id uuid, p_worker_id text, p_delay_seconds integer, p_reason text); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -6434,13 +5787,6 @@ REVOKE ALL ON FUNCTION public.dequeue_jobs(p_worker_id text, p_batch_size intege
 GRANT ALL ON FUNCTION public.dequeue_jobs(p_worker_id text, p_batch_size integer, p_lease_seconds integer, p_job_types text[]) TO service_role;
 
 --
--- Name: FUNCTION enqueue_fetch_jobs(p_store_ids uuid[], p_priority integer); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.enqueue_fetch_jobs(p_store_ids uuid[], p_priority integer) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.enqueue_fetch_jobs(p_store_ids uuid[], p_priority integer) TO service_role;
-
---
 -- Name: FUNCTION enqueue_job(p_job_type text, p_payload jsonb, p_idempotency_key text, p_store_id uuid, p_conversation_id uuid, p_priority integer, p_run_at timestamp with time zone, p_max_attempts integer); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -6474,20 +5820,6 @@ GRANT ALL ON FUNCTION public.extend_lease(p_worker_id text, p_job_ids uuid[], p_
 
 REVOKE ALL ON FUNCTION public.fail_job(p_job_id uuid, p_worker_id text, p_error text, p_error_type text, p_retry_after_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.fail_job(p_job_id uuid, p_worker_id text, p_error text, p_error_type text, p_retry_after_seconds integer) TO service_role;
-
---
--- Name: FUNCTION finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean) TO service_role;
-
---
--- Name: FUNCTION finish_notification_digest(p_job_id uuid, p_worker_id text, p_result jsonb); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.finish_notification_digest(p_job_id uuid, p_worker_id text, p_result jsonb) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.finish_notification_digest(p_job_id uuid, p_worker_id text, p_result jsonb) TO service_role;
 
 --
 -- Name: FUNCTION finish_send(p_reply_id uuid, p_job_id uuid, p_worker_id text, p_result jsonb); Type: ACL; Schema: public; Owner: postgres
@@ -6538,6 +5870,7 @@ REVOKE ALL ON FUNCTION public.get_mailbox_state(p_store_id uuid, p_folder text) 
 GRANT ALL ON FUNCTION public.get_mailbox_state(p_store_id uuid, p_folder text) TO service_role;
 
 --
+<<<<<<< HEAD
 -- Name: FUNCTION get_notification_webhook(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -6559,6 +5892,8 @@ REVOKE ALL ON FUNCTION public.get_sent_scan_state(p_store_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.get_sent_scan_state(p_store_id uuid) TO service_role;
 
 --
+=======
+>>>>>>> bd886e3 (Credits never lose an email: wait for credits instead of no_credits; held drafts are not charged; over the cap a person decides)
 -- Name: FUNCTION get_store(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -6669,6 +6004,7 @@ REVOKE ALL ON FUNCTION public.load_reply_context(p_reply_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.load_reply_context(p_reply_id uuid) TO service_role;
 
 --
+<<<<<<< HEAD
 -- Name: FUNCTION mailbox_record_wanted(p_store public.stores, p_status text, p_hold_reason text, p_was_held boolean, p_by_person boolean); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -6677,58 +6013,13 @@ GRANT ALL ON FUNCTION public.mailbox_record_wanted(p_store public.stores, p_stat
 
 --
 -- Name: FUNCTION notification_recipients(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
+=======
+-- Name: FUNCTION notify_credits(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb); Type: ACL; Schema: public; Owner: postgres
+>>>>>>> bd886e3 (Credits never lose an email: wait for credits instead of no_credits; held drafts are not charged; over the cap a person decides)
 --
 
-REVOKE ALL ON FUNCTION public.notification_recipients(p_store_id uuid) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.notification_recipients(p_store_id uuid) TO service_role;
-
---
--- Name: FUNCTION notification_settings_apply(p_store_id uuid, p_changes jsonb); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.notification_settings_apply(p_store_id uuid, p_changes jsonb) FROM PUBLIC;
-
---
--- Name: FUNCTION notification_settings_view(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.notification_settings_view(p_store_id uuid) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.notification_settings_view(p_store_id uuid) TO service_role;
-
---
--- Name: FUNCTION notify_breaker_changed(); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.notify_breaker_changed() FROM PUBLIC;
-GRANT ALL ON FUNCTION public.notify_breaker_changed() TO service_role;
-
---
--- Name: FUNCTION notify_digest_requeued(); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.notify_digest_requeued() FROM PUBLIC;
-GRANT ALL ON FUNCTION public.notify_digest_requeued() TO service_role;
-
---
--- Name: FUNCTION notify_job_dead_lettered(); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.notify_job_dead_lettered() FROM PUBLIC;
-GRANT ALL ON FUNCTION public.notify_job_dead_lettered() TO service_role;
-
---
--- Name: FUNCTION notify_people(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.notify_people(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.notify_people(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb) TO service_role;
-
---
--- Name: FUNCTION notify_reply_held(); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.notify_reply_held() FROM PUBLIC;
-GRANT ALL ON FUNCTION public.notify_reply_held() TO service_role;
+REVOKE ALL ON FUNCTION public.notify_credits(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.notify_credits(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb) TO service_role;
 
 --
 -- Name: PROCEDURE purge_completed_jobs(IN p_older_than interval, IN p_batch_size integer); Type: ACL; Schema: public; Owner: postgres
@@ -6765,6 +6056,7 @@ REVOKE ALL ON FUNCTION public.record_events(p_events jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.record_events(p_events jsonb) TO service_role;
 
 --
+<<<<<<< HEAD
 -- Name: TABLE notification_digests; Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -6786,6 +6078,8 @@ REVOKE ALL ON FUNCTION public.record_sent_scan(p_store_id uuid, p_folder text, p
 GRANT ALL ON FUNCTION public.record_sent_scan(p_store_id uuid, p_folder text, p_uidvalidity bigint, p_last_uid bigint, p_messages jsonb) TO service_role;
 
 --
+=======
+>>>>>>> bd886e3 (Credits never lose an email: wait for credits instead of no_credits; held drafts are not charged; over the cap a person decides)
 -- Name: FUNCTION release_credit(p_store_id uuid, p_job_id uuid, p_reason text); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -6826,13 +6120,6 @@ GRANT ALL ON FUNCTION public.reserve_reply(p_store_id uuid, p_job_id uuid, p_sen
 
 REVOKE ALL ON FUNCTION public.reset_reply(p_reply_id uuid, p_status text, p_error text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.reset_reply(p_reply_id uuid, p_status text, p_error text) TO service_role;
-
---
--- Name: FUNCTION resolve_notifications(p_store_id uuid, p_kind text, p_ref text); Type: ACL; Schema: public; Owner: postgres
---
-
-REVOKE ALL ON FUNCTION public.resolve_notifications(p_store_id uuid, p_kind text, p_ref text) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.resolve_notifications(p_store_id uuid, p_kind text, p_ref text) TO service_role;
 
 --
 -- Name: FUNCTION retry_delay(p_attempt integer, p_base_seconds integer, p_cap_seconds integer, p_retry_after_seconds integer, p_jitter double precision); Type: ACL; Schema: public; Owner: postgres
@@ -6925,11 +6212,11 @@ REVOKE ALL ON FUNCTION public.store_setting_keys(p_new_store boolean) FROM PUBLI
 REVOKE ALL ON FUNCTION public.store_settings_problems(p_base public.stores, p_changes jsonb, p_allowed text[]) FROM PUBLIC;
 
 --
--- Name: FUNCTION take_notification_digest(p_job_id uuid, p_worker_id text); Type: ACL; Schema: public; Owner: postgres
+-- Name: FUNCTION stores_credits_changed(); Type: ACL; Schema: public; Owner: postgres
 --
 
-REVOKE ALL ON FUNCTION public.take_notification_digest(p_job_id uuid, p_worker_id text) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.take_notification_digest(p_job_id uuid, p_worker_id text) TO service_role;
+REVOKE ALL ON FUNCTION public.stores_credits_changed() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.stores_credits_changed() TO service_role;
 
 --
 -- Name: FUNCTION try_lock_conversation(p_conversation_id uuid); Type: ACL; Schema: public; Owner: postgres
@@ -6944,6 +6231,20 @@ GRANT ALL ON FUNCTION public.try_lock_conversation(p_conversation_id uuid) TO se
 
 REVOKE ALL ON FUNCTION public.validate_store_settings(p_store jsonb, p_store_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.validate_store_settings(p_store jsonb, p_store_id uuid) TO service_role;
+
+--
+-- Name: FUNCTION wait_for_credits(p_job_id uuid, p_worker_id text, p_wait_seconds integer); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.wait_for_credits(p_job_id uuid, p_worker_id text, p_wait_seconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.wait_for_credits(p_job_id uuid, p_worker_id text, p_wait_seconds integer) TO service_role;
+
+--
+-- Name: FUNCTION wake_credit_waiters(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.wake_credit_waiters(p_store_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.wake_credit_waiters(p_store_id uuid) TO service_role;
 
 --
 -- Name: TABLE circuit_breakers; Type: ACL; Schema: public; Owner: postgres
@@ -6966,10 +6267,11 @@ GRANT SELECT ON TABLE public.credit_ledger TO authenticated;
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.credit_ledger TO service_role;
 
 --
--- Name: TABLE mailbox_ticks; Type: ACL; Schema: public; Owner: postgres
+-- Name: TABLE credit_waits; Type: ACL; Schema: public; Owner: postgres
 --
 
-GRANT ALL ON TABLE public.mailbox_ticks TO service_role;
+GRANT ALL ON TABLE public.credit_waits TO service_role;
+GRANT SELECT ON TABLE public.credit_waits TO authenticated;
 
 --
 -- Name: TABLE messages; Type: ACL; Schema: public; Owner: postgres
@@ -6977,20 +6279,6 @@ GRANT ALL ON TABLE public.mailbox_ticks TO service_role;
 
 GRANT SELECT ON TABLE public.messages TO authenticated;
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.messages TO service_role;
-
---
--- Name: TABLE notification_settings; Type: ACL; Schema: public; Owner: postgres
---
-
-GRANT ALL ON TABLE public.notification_settings TO service_role;
-GRANT SELECT ON TABLE public.notification_settings TO authenticated;
-
---
--- Name: TABLE notifications; Type: ACL; Schema: public; Owner: postgres
---
-
-GRANT ALL ON TABLE public.notifications TO service_role;
-GRANT SELECT ON TABLE public.notifications TO authenticated;
 
 --
 -- Name: TABLE queue_metrics; Type: ACL; Schema: public; Owner: postgres

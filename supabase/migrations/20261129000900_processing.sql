@@ -190,6 +190,9 @@ $$;
 
 -- Idempotent: a retried job gets back the reply it already saved, unchanged, so the text (and the
 -- SMTP Message-ID) that may already have gone out is the one that counts.
+-- A reply held for a person gives its credit back here, in the transaction that holds it: a
+-- credit pays for a reply that is sent, and the person who sends it from the console is charged
+-- then (console_send_reply).
 create or replace function public.save_reply(p_job_id uuid, p_message_id uuid, p_reply jsonb)
 returns public.replies
 language plpgsql
@@ -231,6 +234,8 @@ begin
 
   if v_reply.id is null then
     select * into v_reply from public.replies where message_id = p_message_id;
+  elsif v_hold then
+    perform public.release_credit(v_message.store_id, p_job_id, 'held');
   end if;
   return v_reply;
 end;
@@ -349,7 +354,8 @@ $$;
 --   sending:               it may have reached the customer: it stays charged and becomes
 --                          held 'delivery_in_doubt', visible to a person (as the worker does
 --                          when the Sent folder cannot prove delivery);
---   held, sent:            left as they are and charged (a person owns a held draft).
+--   held, sent:            left as they are (a person owns a held reply; a draft held for a
+--                          person was refunded when saved, one held in doubt stays charged).
 -- Returns what was done (also recorded as a 'job.dead_letter_settled' event with the reason),
 -- or null when the job had neither a charge nor a reply.
 create or replace function public.settle_dead_lettered_job(p_job public.job_queue)

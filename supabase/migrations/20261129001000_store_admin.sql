@@ -101,6 +101,9 @@ begin
   if p_store.credits is null or p_store.credits < 0 then
     v_problems := v_problems || 'credits must be zero or more'::text;
   end if;
+  if p_store.low_credits_at is null or p_store.low_credits_at < 0 then
+    v_problems := v_problems || 'low_credits_at must be zero or more'::text;
+  end if;
   if p_store.reply_language is null
      or p_store.reply_language !~ '^(auto|[a-z]{2,3}(-[A-Za-z0-9]{2,8})*)$' then
     v_problems := v_problems || 'reply_language must be auto or a language tag like pt-BR'::text;
@@ -294,6 +297,7 @@ begin
   v_base.imap_folder := 'INBOX';
   v_base.smtp_tls := 'starttls';
   v_base.credits := 0;
+  v_base.low_credits_at := 10;
   v_base.active := true;
   v_base.reply_language := 'auto';
   v_base.reply_tone := 'friendly';
@@ -318,7 +322,7 @@ as $$
     'imap_user', 'imap_tls', 'imap_folder', 'smtp_host', 'smtp_port', 'smtp_user', 'smtp_tls',
     'shopify_domain', 'active', 'reply_language', 'reply_signature', 'reply_tone',
     'reply_mode', 'mailbox_sent', 'mailbox_drafts', 'mailbox_mark_answered',
-    'mailbox_sent_folder', 'mailbox_drafts_folder']
+    'mailbox_sent_folder', 'mailbox_drafts_folder', 'low_credits_at']
     || case when p_new_store then array['credits'] else '{}'::text[] end
 $$;
 

@@ -617,7 +617,12 @@ $$;
 -- Actions (security definer, explicit membership checks) ----------------------------------------
 
 -- Send a held reply, optionally with an edited body: held -> drafted + one send_reply job. The
--- credit was taken when the pipeline drafted it. A second call finds it no longer held: PT409.
+-- credit is taken now (charge_for_send): a draft held for a person was refunded when it was held;
+-- one held in doubt (it may have gone out) still carries its charge and is not charged twice. A
+-- store without credits is refused (PT409) with a message saying so: the person adds credits and
+-- sends again, nothing is queued behind their back. A draft without text (a customer over the
+-- reply cap is held without one) needs the person's text. A second call finds it no longer held:
+-- PT409.
 create or replace function public.console_send_reply(p_reply_id uuid, p_body text default null)
 returns jsonb
 language plpgsql
@@ -627,6 +632,7 @@ as $$
 declare
   v_reply public.replies;
   v_body text := nullif(btrim(coalesce(p_body, '')), '');
+  v_charge uuid;
   v_job uuid;
 begin
   perform public.console_require('reply', p_reply_id, array['operator', 'owner', 'agent']);
@@ -634,9 +640,17 @@ begin
   if v_reply.status <> 'held' then
     raise exception 'reply % is already %', p_reply_id, v_reply.status using errcode = 'PT409';
   end if;
+  if v_body is null and coalesce(btrim(v_reply.body_text), '') = '' then
+    raise exception 'this reply has no text yet: write it, then send' using errcode = 'PT400';
+  end if;
+  v_charge := public.charge_for_send(v_reply.store_id, v_reply.job_id, v_reply.to_address);
+  if v_charge is null then
+    raise exception 'the store has no credits left: add credits, then send this reply'
+      using errcode = 'PT409';
+  end if;
   update public.replies
   set status = 'drafted', body_text = coalesce(v_body, body_text), error = null,
-      author_id = auth.uid(), author_email = auth.email()
+      job_id = v_charge, author_id = auth.uid(), author_email = auth.email()
   where id = p_reply_id
   returning * into v_reply;
   v_job := public.console_enqueue_send(v_reply, v_reply.job_id);
@@ -652,8 +666,9 @@ end;
 $$;
 
 -- A reply written by a person to the conversation's latest customer message. A held draft of that
--- message is replaced; a failed or discarded one is drafted again (it never went out) and charged
--- anew; a reply already drafted, sending or sent answers PT409.
+-- message is replaced; a failed or discarded one is drafted again (it never went out); each is
+-- charged now (charge_for_send), except a reply held in doubt, which keeps its charge and its
+-- Message-ID; a reply already drafted, sending or sent answers PT409.
 create or replace function public.console_write_reply(p_conversation_id uuid, p_body text)
 returns jsonb
 language plpgsql
@@ -693,15 +708,14 @@ begin
 
   v_reply_id := coalesce(v_reply.id, gen_random_uuid());
   v_domain := split_part(v_store.support_email, '@', 2);
-  if v_reply.id is not null and v_reply.status = 'held' then
-    -- Charged when the pipeline drafted it; the Message-ID stays the one it was given.
-    v_charge_job := v_reply.job_id;
-  else
-    -- A new charge, keyed by a fresh id that also names the new Message-ID.
-    v_charge_job := public.uuid_generate_v7();
-    if public.reserve_credit(v_store.id, v_charge_job) = 'no_credits' then
-      raise exception 'store % has no credits left', v_store.name using errcode = 'PT409';
-    end if;
+  -- The charge that stands for this reply (one held in doubt), else a new one keyed by a fresh
+  -- id that also names the new Message-ID.
+  v_charge_job := public.charge_for_send(
+    v_store.id, case when v_reply.status = 'held' then v_reply.job_id end,
+    coalesce(v_message.from_address, v_conv.customer_email));
+  if v_charge_job is null then
+    raise exception 'the store % has no credits left: add credits, then send this reply',
+      v_store.name using errcode = 'PT409';
   end if;
 
   insert into public.replies as r (

@@ -6,7 +6,7 @@
 -- job (the console's approved reply), whose reply and charge are not keyed by its own id.
 -- Runs as service_role.
 begin;
-select plan(50);
+select plan(51);
 
 insert into public.stores (id, name, support_email, imap_host, imap_port, imap_user, smtp_host,
                            smtp_port, smtp_user, credits)
@@ -82,7 +82,7 @@ set local role service_role;
 select pg_temp.prepare(1, 'drafted'), pg_temp.prepare(2, null), pg_temp.prepare(3, 'sending'),
        pg_temp.prepare(4, 'sent'), pg_temp.prepare(5, 'held'), pg_temp.prepare(6, 'drafted'),
        pg_temp.prepare(8, 'drafted');
-select is(pg_temp.credits(), 3, 'seven jobs were charged');
+select is(pg_temp.credits(), 4, 'seven jobs were charged, the held draft of job 5 refunded as it was held');
 
 -- fail_job, permanent: a drafted reply never left -------------------------------------------
 select is(public.fail_job(pg_temp.job(1), 'w1', 'claude 400', 'permanent'), 'dead_letter',
@@ -115,7 +115,7 @@ select is(pg_temp.reply_status(4), 'sent', 'a sent reply stays sent');
 select is(pg_temp.refunds(4), 0, 'a sent reply stays charged');
 select is(public.fail_job(pg_temp.job(5), 'w1', 'late', 'permanent'), 'dead_letter', 'job 5 dead');
 select is(pg_temp.reply_status(5), 'held', 'a held draft stays held for its reviewer');
-select is(pg_temp.refunds(5), 0, 'a held draft stays charged (a person may still release it)');
+select is(pg_temp.refunds(5), 1, 'a held draft was refunded when held (a send is charged)');
 
 -- dequeue_jobs: the lease expired on the last attempt (the worker died every time) -------------
 update public.job_queue
@@ -152,14 +152,25 @@ select is(pg_temp.refunds(8), 1, 'a job dead-lettered by hand is refunded');
 select is(public.requeue_dlq_job(pg_temp.job(1)), true, 'job 1 is requeued');
 select is(pg_temp.reply_status(1), 'drafted', 'its reply is a draft again, ready to send');
 
-select is(pg_temp.credits(), 7, 'refunded: jobs 1, 2, 6 and 8; charged: 3, 4 and 5');
+select is(pg_temp.credits(), 8, 'refunded: jobs 1, 2, 5 (held), 6 and 8; charged: 3 and 4');
 
 -- send_reply: a reply a person approved --------------------------------------------------------
--- Its reply is the payload's reply_id and its charge the one keyed by the reply's job_id (here
--- the email job that drafted it, as console_send_reply keeps it), not the send job's own id.
+-- Its reply is the payload's reply_id and its charge the one keyed by the reply's job_id (the
+-- charge console_send_reply took when the person sent it, charge_for_send), not the send job's
+-- own id.
 reset role;
 create function pg_temp.reply_id(p_uid int) returns uuid language sql as $$
-  select r.id from public.replies r where r.job_id = pg_temp.job(p_uid)
+  select r.id from public.replies r
+  where r.message_id = (select (q.payload ->> 'message_id')::uuid from public.job_queue q
+                        where q.id = pg_temp.job(p_uid))
+$$;
+create function pg_temp.send_status(p_uid int) returns text language sql as $$
+  select r.status from public.replies r where r.id = pg_temp.reply_id(p_uid)
+$$;
+create function pg_temp.send_refunds(p_uid int) returns int language sql as $$
+  select count(*)::int from public.credit_ledger l
+  where l.job_id = (select r.job_id from public.replies r where r.id = pg_temp.reply_id(p_uid))
+    and l.reason = 'refund'
 $$;
 create function pg_temp.send_job(p_uid int) returns uuid language sql as $$
   select q.id from public.job_queue q
@@ -171,7 +182,8 @@ create function pg_temp.send_settled(p_uid int) returns jsonb language sql as $$
   order by e.id desc limit 1
 $$;
 grant execute on function pg_temp.reply_id(int), pg_temp.send_job(int),
-                         pg_temp.send_settled(int) to service_role;
+                         pg_temp.send_settled(int), pg_temp.send_status(int),
+                         pg_temp.send_refunds(int) to service_role;
 set local role service_role;
 
 select lives_ok($$select public.ingest_messages(
@@ -185,12 +197,15 @@ set status = 'processing', locked_by = 'w1', locked_until = now() + interval '5 
 where id in (pg_temp.job(9), pg_temp.job(10));
 set local role service_role;
 select pg_temp.prepare(9, 'held'), pg_temp.prepare(10, 'held');
-select is(pg_temp.credits(), 5, 'the email jobs 9 and 10 charged their held drafts');
+select is(pg_temp.credits(), 8, 'the email jobs 9 and 10 held their drafts, uncharged');
 select is(public.complete_job(pg_temp.job(9), 'w1'), true, 'email job 9 is done (held)');
 select is(public.complete_job(pg_temp.job(10), 'w1'), true, 'email job 10 is done (held)');
--- What console_send_reply does once a person approves: drafted again, one send_reply job.
+-- What console_send_reply does once a person approves: charged now, drafted again, one
+-- send_reply job.
 reset role;
-update public.replies set status = 'drafted', hold_reason = null
+update public.replies
+set status = 'drafted', hold_reason = null,
+    job_id = public.charge_for_send(store_id, job_id, to_address)
 where id in (pg_temp.reply_id(9), pg_temp.reply_id(10));
 select public.console_enqueue_send(r, r.job_id) from public.replies r
 where r.id in (pg_temp.reply_id(9), pg_temp.reply_id(10));
@@ -199,14 +214,15 @@ set status = 'processing', locked_by = 'w1', locked_until = now() + interval '5 
     attempt_count = 1, max_attempts = 3, started_at = now()
 where id in (pg_temp.send_job(9), pg_temp.send_job(10));
 set local role service_role;
+select is(pg_temp.credits(), 6, 'sending them charged one credit each');
 
 -- fail_job, permanent
 select is(public.fail_job(pg_temp.send_job(9), 'w1', 'smtp 550', 'permanent'), 'dead_letter',
           'a permanent send failure dead-letters the send_reply job');
-select is(pg_temp.reply_status(9), 'failed', 'the approved reply that never left ends failed');
+select is(pg_temp.send_status(9), 'failed', 'the approved reply that never left ends failed');
 select is((select error from public.replies where id = pg_temp.reply_id(9)),
           'dead_lettered: smtp 550', 'the reply says why');
-select is(pg_temp.refunds(9), 1, 'the charge of the email job that drafted it is refunded');
+select is(pg_temp.send_refunds(9), 1, 'the charge its sending took is refunded');
 select is((pg_temp.send_settled(9) ->> 'reply_id')::uuid, pg_temp.reply_id(9),
           'the settle event of the send job names the reply');
 select is((pg_temp.send_settled(9) ->> 'refunded')::boolean, true, 'and that it refunded');
@@ -219,12 +235,12 @@ select is_empty($$select * from public.dequeue_jobs('w2', 10, 60, array['send_re
                 'the claim finds no send job to run, only an expired lease to settle');
 select is((select status from public.job_queue where id = pg_temp.send_job(10)), 'dead_letter',
           'the claim dead-lettered the expired send job');
-select is(pg_temp.reply_status(10), 'failed', 'its approved reply ends failed');
-select is(pg_temp.refunds(10), 1, 'the poison send job gives the credit back');
+select is(pg_temp.send_status(10), 'failed', 'its approved reply ends failed');
+select is(pg_temp.send_refunds(10), 1, 'the poison send job gives the credit back');
 select alike(pg_temp.send_settled(10) ->> 'error', 'lease expired%',
              'the event says the lease expired');
 
-select is(pg_temp.credits(), 7, 'both approved replies that never left were refunded');
+select is(pg_temp.credits(), 8, 'both approved replies that never left were refunded');
 
 select * from finish();
 rollback;

@@ -13,7 +13,7 @@ select columns_are('public', 'stores', array[
   'smtp_user', 'smtp_tls', 'smtp_password_secret_id', 'shopify_domain', 'shopify_token_secret_id',
   'credits', 'active', 'reply_language', 'reply_signature', 'reply_tone', 'reply_mode',
   'created_at', 'updated_at', 'mailbox_sent', 'mailbox_drafts', 'mailbox_mark_answered',
-  'mailbox_sent_folder', 'mailbox_drafts_folder'
+  'mailbox_sent_folder', 'mailbox_drafts_folder', 'low_credits_at'
 ], 'stores columns as designed (secrets only as ids)');
 select columns_are('public', 'messages', array[
   'id', 'store_id', 'conversation_id', 'message_id', 'imap_folder', 'imap_uid', 'from_address',

@@ -385,6 +385,7 @@ def test_concurrent_approvals_send_the_held_reply_exactly_once(
     reply = pipeline.reply(job_id)
     assert reply is not None and reply["status"] == "held"
     credits_before = pipeline.credits()
+    assert credits_before == 10  # a held draft is not charged
 
     auth = AuthClient(auth_server.url, anon_key(TEST_JWT_SECRET))
     people = create_people(auth, uuid.uuid4().hex[:8])
@@ -434,7 +435,11 @@ def test_concurrent_approvals_send_the_held_reply_exactly_once(
     row = pipeline.sql.execute("select status, author_id::text from public.replies where id = %s",
                                (reply["id"],)).fetchone()
     assert row == {"status": "sent", "author_id": people["owner"].user_id}
-    assert pipeline.credits() == credits_before  # one credit, taken when it was drafted
+    assert pipeline.credits() == credits_before - 1  # one credit, taken when it was sent
+    charges = pipeline.sql.execute(
+        "select l.reason from public.credit_ledger l join public.replies r on r.job_id = l.job_id"
+        " where r.id = %s", (reply["id"],)).fetchall()
+    assert [c["reason"] for c in charges] == ["reply"]  # exactly one charge for the send
     view = bearer_client(app, tokens).get(
         f"/api/conversations/{reply['conversation_id']}").get_json()
     assert view["conversation"]["status"] == "answered_human"
@@ -497,7 +502,8 @@ def test_a_refused_approved_reply_is_refunded_and_can_be_rewritten(
     pipeline.run()
     reply = pipeline.reply(job_id)
     assert reply is not None and reply["status"] == "held"
-    credits_held = pipeline.credits()  # the draft's credit is taken
+    credits_held = pipeline.credits()
+    assert credits_held == 10  # a held draft is not charged
 
     auth = AuthClient(auth_server.url, anon_key(TEST_JWT_SECRET))
     people = create_people(auth, uuid.uuid4().hex[:8])
@@ -519,7 +525,7 @@ def test_a_refused_approved_reply_is_refunded_and_can_be_rewritten(
         ran = run_send_job(pipeline, send_job["id"])
         assert ran["outcomes"] == {"failed_permanent": 1}, ran
         assert pipeline.job(send_job["id"])["status"] == "dead_letter"
-        assert pipeline.credits() == credits_held + 1  # refunded once, by the draft's charge
+        assert pipeline.credits() == credits_held  # the send's charge, refunded once
         view = client.get(f"/api/conversations/{reply['conversation_id']}").get_json()
         assert view["conversation"]["status"] == "failed"
         assert view["thread"][-1]["status"] == "failed"
@@ -529,7 +535,7 @@ def test_a_refused_approved_reply_is_refunded_and_can_be_rewritten(
         written = client.post(f"/api/conversations/{reply['conversation_id']}/reply",
                               json={"body": "Olá Bruna, seu pedido sai hoje."})
         assert written.status_code == 202, written.data
-        assert pipeline.credits() == credits_held
+        assert pipeline.credits() == credits_held - 1
         ran = run_send_job(pipeline, written.get_json()["job_id"])
         assert ran["outcomes"] == {"replied": 1}, ran
         (delivered,) = pipeline.sent_to(customer)

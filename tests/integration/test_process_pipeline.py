@@ -570,17 +570,30 @@ def test_the_support_address_itself_is_never_answered(pipeline: Pipeline) -> Non
     assert pipeline.sink.messages == []
 
 
-def test_reply_cap_stops_the_fourth_reply_to_one_customer_within_the_window(
+def test_a_fourth_email_within_the_window_waits_for_a_person_instead_of_a_reply(
     pipeline: Pipeline,
 ) -> None:
     for n in range(3):
         pipeline.one(make_email(JOHN, f"Question {n}", f"Where is my order? ({n})"))
         assert pipeline.run()["outcomes"] == {"replied": 1}
+    model_calls, credits = len(pipeline.claude.messages), pipeline.credits()
     fourth = pipeline.one(make_email(JOHN, "Question 3", "Where is my order? Again."))
 
-    assert pipeline.run()["outcomes"] == {"skipped": 1}
+    assert pipeline.run()["outcomes"] == {"held": 1}
 
-    assert_skipped(pipeline, fourth, "reply_cap")
+    # Held for a person with the reason, without a model draft and without a charge.
+    reply = pipeline.reply(fourth)
+    assert reply is not None and reply["status"] == "held" and reply["hold_reason"] == "reply_cap"
+    assert reply["body_text"] == "" and reply["model"] is None and reply["to_address"] == JOHN
+    assert len(pipeline.claude.messages) == model_calls
+    assert pipeline.ledger(fourth) == [] and pipeline.credits() == credits
+    conversation = pipeline.sql.execute(
+        "select c.status from public.conversations c join public.replies r"
+        " on r.conversation_id = c.id where r.id = %s",
+        (reply["id"],),
+    ).fetchone()
+    assert conversation == {"status": "waiting"}  # in the console's needs-a-person queue
+    assert "process.over_cap" in pipeline.event_types(fourth)
     assert len(pipeline.sent_to(JOHN)) == 3
 
 
@@ -780,8 +793,9 @@ def test_a_draft_only_store_keeps_every_reply_as_a_draft(pipeline: Pipeline) -> 
     assert pipeline.sink.messages == []
     job = pipeline.job(job_id)
     assert job["status"] == "completed" and job["result"]["outcome"] == "held"
-    # The draft was made by the model, so it is paid for like a sent reply.
-    assert pipeline.ledger(job_id) == [("reply", -1)]
+    # A credit pays for a reply that is sent: the held draft's reservation was given back.
+    assert pipeline.ledger(job_id) == [("reply", -1), ("refund", 1)]
+    assert pipeline.credits() == 10
     assert pipeline.event_types(job_id).count("process.held") == 1
 
 
@@ -842,28 +856,4 @@ def test_complaints_requests_for_a_human_and_unsure_answers_are_held_for_the_sto
     assert pipeline.sink.messages == []
 
 
-def test_without_credits_no_ai_reply_is_made(
-    sql: psycopg.Connection[dict[str, Any]],
-    pipeline_dsn: str,
-    dovecot: DovecotServer,
-    mail_user: MailUser,
-    smtp_sink: SmtpSink,
-    fake_claude: FakeClaude,
-    fake_shopify: FakeShopify,
-) -> None:
-    p = make_pipeline(
-        sql, pipeline_dsn, dovecot, mail_user, smtp_sink, fake_claude, fake_shopify, credits=0
-    )
-    try:
-        job_id = p.one(make_email(JOHN, "Where is my order?", "Where is my order #1002?"))
-
-        assert p.run()["outcomes"] == {"no_credits": 1}
-
-        job = p.job(job_id)
-        assert job["status"] == "completed" and job["result"]["outcome"] == "no_credits"
-        assert "process.no_credits" in p.event_types(job_id)
-        assert p.reply(job_id) is None and p.ledger(job_id) == []
-        assert [r.tool_name for r in fake_claude.messages] == ["record_classification"]
-        assert smtp_sink.messages == [] and p.credits() == 0
-    finally:
-        p.worker.close()
+# Zero credits: an email waits for credits instead (tests/integration/test_credits_wait.py).

@@ -49,9 +49,10 @@ def context(
     store: Mapping[str, Any] = STORE,
     message: Mapping[str, Any] = MESSAGE,
     loaded: Mapping[str, Any] | None = None,
+    job_id: str = "j1",
     **fields: Any,
 ) -> JobContext:
-    job = {"id": "j1", "job_type": "process_email", "store_id": "s1"}
+    job = {"id": job_id, "job_type": "process_email", "store_id": "s1"}
     services = Services(
         db=cast(Database, LoadingDb(loaded)),
         responder=None,  # type: ignore[arg-type]
@@ -84,8 +85,9 @@ def test_the_steps_run_in_the_documented_order() -> None:
         "skip_marked",
         "validate_inbound",
         "skip_loops",
-        "cap_replies",
         "filter_spam",
+        "cap_replies",
+        "wait_for_credits",
         "classify",
         "find_orders",
         "recall_thread",
@@ -140,10 +142,74 @@ def test_an_auto_reply_is_never_answered() -> None:
     assert outcome == "skipped" and detail["reason"] == "auto_submitted"
 
 
+class HoldingDb(LoadingDb):
+    """save_reply and wait_for_credits as the SQL answers them, recording the calls."""
+
+    def __init__(self, credits_wait: str = "waiting") -> None:
+        super().__init__(None)
+        self.saved: list[dict[str, Any]] = []
+        self.waits: list[tuple[str, str, int]] = []
+        self.credits_wait = credits_wait
+
+    def save_reply(self, job_id: str, message_id: str, reply: Mapping[str, Any]) -> Any:
+        self.saved.append(dict(reply))
+        status = "held" if reply["hold"] else "drafted"
+        return {"id": "r1", **reply, "status": status}
+
+    def wait_for_credits(self, job_id: str, worker_id: str, wait_seconds: int) -> str:
+        self.waits.append((job_id, worker_id, wait_seconds))
+        return self.credits_wait
+
+
+JOB_UUID = "0190f0f0-0000-7000-8000-000000000001"  # a reply's Message-ID is built from it
+
+
+def with_db(ctx: JobContext, db: HoldingDb) -> JobContext:
+    ctx.services.db = cast(Database, db)
+    return ctx
+
+
 def test_the_reply_cap_counts_recent_replies_to_the_customer() -> None:
     steps.cap_replies(context(loaded={"recent_replies": 2}))
-    capped = context(loaded={"recent_replies": 3})
-    assert ended(steps.cap_replies, capped) == ("skipped", {"reason": "reply_cap"})
+    db = HoldingDb()
+    capped = with_db(context(loaded={"recent_replies": 3}, job_id=JOB_UUID), db)
+    outcome, detail = ended(steps.cap_replies, capped)
+    assert outcome == "held" and detail["hold_reason"] == "reply_cap"
+
+
+def test_a_customer_over_the_cap_waits_for_a_person_without_a_model_draft() -> None:
+    db = HoldingDb()
+    ctx = with_db(context(loaded={"recent_replies": 3}, job_id=JOB_UUID), db)
+    ended(steps.cap_replies, ctx)
+    [reply] = db.saved
+    assert reply["hold"] is True and reply["hold_reason"] == "reply_cap"
+    assert reply["body_text"] == "" and reply["model"] is None  # no model was asked
+    assert reply["to_address"] == "ana@example.com"
+    assert reply["in_reply_to"] == "<q1@example.com>"
+    assert [e["event_type"] for e in ctx.trace.events] == ["process.over_cap"]
+
+
+def test_a_store_with_credits_goes_on_to_the_model() -> None:
+    db = HoldingDb()
+    ctx = with_db(context(store={**STORE, "credits": 1}), db)
+    steps.wait_for_credits(ctx)
+    assert db.waits == [] and ctx.settled is None
+
+
+def test_a_store_without_credits_parks_the_email_before_any_paid_call() -> None:
+    db = HoldingDb()
+    ctx = with_db(context(store={**STORE, "credits": 0}), db)
+    steps.wait_for_credits(ctx)
+    assert db.waits == [("j1", "w1", steps.CREDIT_WAIT_SECONDS)]
+    assert ctx.settled is not None and ctx.settled["outcome"] == "waiting_for_credits"
+    assert [e["event_type"] for e in ctx.trace.events] == ["process.waiting_for_credits"]
+
+
+def test_credits_that_arrived_meanwhile_let_the_email_go_on() -> None:
+    db = HoldingDb(credits_wait="has_credits")
+    ctx = with_db(context(store={**STORE, "credits": 0}), db)
+    steps.wait_for_credits(ctx)
+    assert len(db.waits) == 1 and ctx.settled is None
 
 
 def test_mail_that_passes_the_spam_filter_is_recorded_as_validated() -> None:

@@ -33,6 +33,7 @@ ReplyReservation = Literal[
     "reserved", "already_reserved", "no_credits", "reply_cap", "rate_limited"
 ]
 SendGate = Literal["ok", "already_sent", "in_doubt", "held", "failed", "superseded"]
+CreditWait = Literal["waiting", "has_credits", "not_held"]
 
 # Nested rows inside load_job_context's jsonb, normalised like rows so callers see one type per
 # column whichever function returned it.
@@ -399,6 +400,12 @@ class Database:
             }
         )
         return cast(ReplyReservation, self._scalar("reserve_reply", args))
+
+    def wait_for_credits(self, job_id: str, worker_id: str, wait_seconds: int) -> CreditWait:
+        """Defer the job until its store has credits (woken by a top-up); 'has_credits' when it
+        has them after all, 'not_held' when this worker no longer holds the job."""
+        args = _args({"job_id": job_id, "worker_id": worker_id, "wait_seconds": wait_seconds})
+        return cast(CreditWait, self._scalar("wait_for_credits", args))
 
     def release_credit(self, store_id: str, job_id: str, reason: str) -> bool:
         """Refund the job's reserved credit once."""

@@ -96,7 +96,7 @@ class PipelineOptions:
 
 
 class JobDone(Exception):
-    """Ends a job early with an outcome (skipped, spam, no_credits, held ...); it is completed."""
+    """Ends a job early with an outcome (skipped, spam, held ...); it is completed."""
 
     def __init__(self, outcome: str, **detail: Any) -> None:
         super().__init__(outcome)

@@ -30,6 +30,7 @@ from worker.errors import CircuitOpenError
 from worker.pipeline import delivery
 from worker.pipeline.context import JobContext, JobDone, OrderLookup
 from worker.queue.breakers import guarded
+from worker.queue.trace import finish
 from worker.responder import Classification, EmailFacts, OrderFacts, ReplyContext, StoreVoice
 
 # Intents for which looking up orders helps the answer; others never touch Shopify.
@@ -41,6 +42,10 @@ HUMAN_INTENTS = frozenset({"complaint"})
 
 Step = Callable[[JobContext], None]
 RATE_LIMIT_RETRY_SECONDS = 600  # a store past its hourly reply rate is asked again this late
+# An email waiting for credits is woken by the top-up (wake_credit_waiters); this is only how
+# often it looks again by itself, so a waiting backlog costs one claim per email per period.
+CREDIT_WAIT_SECONDS = 6 * 3600
+OVER_CAP = "reply_cap"  # the hold reason of a customer past the reply cap
 
 
 # --- pure decisions the steps use --------------------------------------------------------------
@@ -160,14 +165,58 @@ def skip_loops(ctx: JobContext) -> None:
 
 
 def cap_replies(ctx: JobContext) -> None:
-    """At most reply_cap_per_customer replies to one customer per window; a store past its
-    hourly reply rate waits, before any model call (reserve_credit checks both atomically)."""
+    """At most reply_cap_per_customer automatic replies to one customer per window, then a
+    person decides (hold_over_cap); a store past its hourly reply rate waits, before any model
+    call (reserve_credit checks both atomically)."""
     recent = int(ctx.loaded.get("recent_replies") or 0)
     if loops.reply_cap_reached(recent, ctx.options.reply_cap_per_customer):
-        raise JobDone("skipped", reason="reply_cap")
+        hold_over_cap(ctx)
     per_hour = ctx.options.store_replies_per_hour
     if per_hour is not None and int(ctx.loaded.get("store_replies_last_hour") or 0) >= per_hour:
         raise rate_limited(ctx)
+
+
+def hold_over_cap(ctx: JobContext) -> None:
+    """The customer had their automatic replies: the email waits for a person, without a draft.
+
+    No model call is made for it: a sender past the cap may be a loop or an abuser, and each
+    draft would cost a paid call; the person writes the reply in the console (or discards it).
+    The held reply is not charged; sending it is (console_send_reply).
+    """
+    email = ctx.email
+    if not ctx.to_address:
+        ctx.to_address, _ = privacy.reply_recipient(email.from_address or "", email.reply_to, False)
+    ctx.hold = OVER_CAP
+    intent = ctx.classification_.intent if ctx.classification_ else None
+    ctx.trace.event("process.over_cap", intent=intent)
+    ctx.reply = ctx.db.save_reply(
+        ctx.job_id,
+        str(ctx.message["id"]),
+        reply_row(ctx, body_text="", intent=intent, language=None, model=None),
+    )
+    delivery.resume_reply(ctx)
+
+
+def park_until_credits(ctx: JobContext) -> bool:
+    """Defer the job until its store has credits (wait_for_credits); False if it has them now.
+
+    The SQL defers the job without spending an attempt, marks the conversation as waiting for
+    credits and tells the store's people; a top-up makes the job due again.
+    """
+    state = ctx.db.wait_for_credits(ctx.job_id, ctx.run.worker_id, CREDIT_WAIT_SECONDS)
+    if state == "has_credits":
+        return False
+    ctx.trace.event("process.waiting_for_credits", state=state)
+    ctx.settled = finish(
+        ctx.trace, "waiting_for_credits" if state == "waiting" else "lease_lost", state=state
+    )
+    return True
+
+
+def wait_for_credits(ctx: JobContext) -> None:
+    """A store without credits makes no paid call (Claude, Shopify): the email waits instead."""
+    if int(ctx.store.get("credits") or 0) < 1:
+        park_until_credits(ctx)
 
 
 def filter_spam(ctx: JobContext) -> None:
@@ -291,27 +340,31 @@ def find_products(ctx: JobContext) -> None:
 
 
 def reserve_credit(ctx: JobContext) -> None:
-    """One credit per answered email, taken before the model drafts (refunded if never sent).
+    """One credit per answered email, taken before the model drafts (refunded if never sent,
+    and when the reply is held for a person: save_reply). Out of credits: the email waits.
 
     The reply cap is checked again here, where the credit is reserved, atomically per store:
     cap_replies is only a cheap early exit, and concurrent jobs of one sender all pass it.
     """
     options = ctx.options
-    ctx.credit = ctx.db.reserve_reply(
-        str(ctx.store["id"]),
-        ctx.job_id,
-        ctx.to_address,
-        cap=options.reply_cap_per_customer,
-        window_hours=options.reply_cap_window_hours,
-        per_hour=options.store_replies_per_hour,
-    )
+    for _ in range(2):  # again only when the credits came back between the two calls
+        ctx.credit = ctx.db.reserve_reply(
+            str(ctx.store["id"]),
+            ctx.job_id,
+            ctx.to_address,
+            cap=options.reply_cap_per_customer,
+            window_hours=options.reply_cap_window_hours,
+            per_hour=options.store_replies_per_hour,
+        )
+        if ctx.credit != "no_credits" or park_until_credits(ctx):
+            break
+    else:
+        # Credits came and went twice within this step: try the whole job again shortly.
+        raise CircuitOpenError(f"credits:{ctx.store['id']}", retry_after=5)
     if ctx.credit == "reply_cap":
-        raise JobDone("skipped", reason="reply_cap", intent=ctx.classification.intent)
+        hold_over_cap(ctx)
     if ctx.credit == "rate_limited":
         raise rate_limited(ctx)
-    if ctx.credit == "no_credits":
-        ctx.trace.event("process.no_credits")
-        raise JobDone("no_credits", intent=ctx.classification.intent)
 
 
 def draft(ctx: JobContext) -> None:
@@ -364,25 +417,39 @@ def decide_hold(ctx: JobContext) -> None:
 
 def save_reply(ctx: JobContext) -> None:
     """The reply row (drafted, or held), with the threading every attempt sends identically."""
-    email, store, reply_draft = ctx.email, ctx.store, ctx.draft
-    domain = str(store["support_email"]).rpartition("@")[2] or "localhost"
+    reply_draft = ctx.draft
     ctx.reply = ctx.db.save_reply(
         ctx.job_id,
         str(ctx.message["id"]),
-        {
-            "to_address": ctx.to_address,
-            "subject": reply_guard.safe_subject(email.subject, store.get("name")),
-            "body_text": reply_draft.body_text,
-            "smtp_message_id": compose.reply_message_id(ctx.job_id, domain),
-            "in_reply_to": email.message_id,
-            "references": compose.thread_references(email.references, email.message_id),
-            "hold": ctx.hold is not None,
-            "hold_reason": ctx.hold,
-            "intent": ctx.classification.intent,
-            "language": reply_draft.language,
-            "model": reply_draft.model,
-        },
+        reply_row(
+            ctx,
+            body_text=reply_draft.body_text,
+            intent=ctx.classification.intent,
+            language=reply_draft.language,
+            model=reply_draft.model,
+        ),
     )
+
+
+def reply_row(
+    ctx: JobContext, *, body_text: str, intent: str | None, language: str | None, model: str | None
+) -> dict[str, Any]:
+    """What save_reply stores: the text, the hold, and the threading every attempt sends."""
+    email, store = ctx.email, ctx.store
+    domain = str(store["support_email"]).rpartition("@")[2] or "localhost"
+    return {
+        "to_address": ctx.to_address,
+        "subject": reply_guard.safe_subject(email.subject, store.get("name")),
+        "body_text": body_text,
+        "smtp_message_id": compose.reply_message_id(ctx.job_id, domain),
+        "in_reply_to": email.message_id,
+        "references": compose.thread_references(email.references, email.message_id),
+        "hold": ctx.hold is not None,
+        "hold_reason": ctx.hold,
+        "intent": intent,
+        "language": language,
+        "model": model,
+    }
 
 
 def deliver(ctx: JobContext) -> None:
@@ -397,8 +464,9 @@ STEPS: tuple[Step, ...] = (
     skip_marked,
     validate_inbound,
     skip_loops,
-    cap_replies,
     filter_spam,
+    cap_replies,
+    wait_for_credits,
     classify,
     find_orders,
     recall_thread,
