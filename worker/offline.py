@@ -246,6 +246,7 @@ class OfflineResponder:
         """A templated reply in pt, en or es, stating only the given order and product facts."""
         store, orders = context.store, context.orders
         language = reply_language(classification, store)
+        handoff = context.handoff or classification.needs_human
         body = compose_reply(
             classification.intent,
             orders,
@@ -253,6 +254,7 @@ class OfflineResponder:
             store.tone,
             products=context.products,
             knowledge=context.knowledge,
+            handoff=handoff,
         )
         return Draft(
             body_text=with_signature(body, store),
@@ -273,9 +275,18 @@ _TEXT = {
             "responda a partir do e-mail usado na compra, informando o número do pedido "
             "(por exemplo, #1001), e nossa equipe vai verificar."
         ),
+        "no_orders_auto": (
+            "Não conseguimos localizar um pedido com as informações desta mensagem. Por favor, "
+            "responda a partir do e-mail usado na compra, informando o número do pedido "
+            "(por exemplo, #1001)."
+        ),
         "delay": (
             "Sentimos muito pela demora. Se o prazo de entrega já passou, nossa equipe vai "
             "verificar com a transportadora e retornar."
+        ),
+        "delay_auto": (
+            "Sentimos muito pela demora. Se o prazo de entrega já passou, responda a este "
+            "e-mail para nos avisar."
         ),
         "return_refund": (
             "Recebemos sua solicitação de troca, devolução ou reembolso. Nossa equipe vai "
@@ -323,9 +334,18 @@ _TEXT = {
             "email address used for the purchase and include the order number (for example "
             "#1001), and our team will check."
         ),
+        "no_orders_auto": (
+            "We could not find an order from the details in this message. Please reply from the "
+            "email address used for the purchase and include the order number (for example "
+            "#1001)."
+        ),
         "delay": (
             "We are sorry for the wait. If the delivery date has passed, our team will check "
             "with the carrier and get back to you."
+        ),
+        "delay_auto": (
+            "We are sorry for the wait. If the delivery date has passed, please reply to this "
+            "email to let us know."
         ),
         "return_refund": (
             "We have received your return, exchange or refund request. Our team will review "
@@ -373,9 +393,18 @@ _TEXT = {
             "desde el correo electrónico usado en la compra, indicando el número del pedido "
             "(por ejemplo, #1001), y nuestro equipo lo revisará."
         ),
+        "no_orders_auto": (
+            "No hemos encontrado un pedido con los datos de este mensaje. Por favor, responde "
+            "desde el correo electrónico usado en la compra, indicando el número del pedido "
+            "(por ejemplo, #1001)."
+        ),
         "delay": (
             "Sentimos mucho la espera. Si el plazo de entrega ya ha pasado, nuestro equipo lo "
             "consultará con la transportista y te responderá."
+        ),
+        "delay_auto": (
+            "Sentimos mucho la espera. Si el plazo de entrega ya ha pasado, responde a este "
+            "correo para avisarnos."
         ),
         "return_refund": (
             "Hemos recibido tu solicitud de cambio, devolución o reembolso. Nuestro equipo la "
@@ -646,9 +675,17 @@ def compose_reply(
     tone: str,
     products: Sequence[ProductFacts] = (),
     knowledge: Sequence[KnowledgeEntry] = (),
+    *,
+    handoff: bool = False,
 ) -> str:
     """The reply body (no signature) for an intent, in pt, en or es (pure); the store's own
-    answer (a knowledge entry) quoted as it wrote it when one fits."""
+    answer (a knowledge entry) quoted as it wrote it when one fits.
+
+    Without a handoff (nobody at the store will read the conversation) the order replies promise
+    no follow-up; the texts of requests only the team can settle do, and are therefore held for a
+    person by the pipeline (worker.promises), which makes the promise true.
+    """
+    auto = "" if handoff else "_auto"
     text = _TEXT[_lang_key(language)]
     formal = tone.strip().lower() in {"formal", "professional"}
     paragraphs = [text["greeting_formal" if formal else "greeting"], text["thanks"]]
@@ -663,7 +700,7 @@ def compose_reply(
     elif intent in ("return_refund", "cancellation", "product_question", "complaint"):
         paragraphs.append(text[intent])
     elif intent == "shipping_delay":
-        paragraphs.append(text["delay"])
+        paragraphs.append(text["delay" + auto])
     elif intent not in ORDER_INTENTS:
         paragraphs.append(text["other"])
 
@@ -682,7 +719,7 @@ def compose_reply(
     elif intent in ORDER_INTENTS:
         # Identical whether the sender has no orders, gave an unknown number or someone else's:
         # the reply must not reveal which.
-        paragraphs.append(text["no_orders"])
+        paragraphs.append(text["no_orders" + auto])
 
     paragraphs.append(text["closing"])
     return "\n\n".join(paragraphs)

@@ -247,6 +247,9 @@ class ReplyContext:
     thread: list[ThreadMessage] = field(default_factory=list)
     knowledge: list[KnowledgeEntry] = field(default_factory=list)
     products: list[ProductFacts] = field(default_factory=list)
+    # Whether a person at the store will read this conversation before anything is sent (the
+    # reply is held for them): only then may the reply say that the team will follow up.
+    handoff: bool = False
 
     def grounding_data(self) -> dict[str, Any]:
         """The facts as plain JSON-able data: orders always, the other parts when present."""

@@ -25,7 +25,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from tests.support.mail_servers import MailUser
-from worker import fetch, imap, mime, process, services
+from worker import fetch, imap, mime, process, promises, services
 from worker.config import load_settings
 from worker.db import Database
 from worker.devstack.dovecot import DovecotServer
@@ -716,11 +716,12 @@ def test_forged_from_with_an_attackers_reply_to_gets_the_attacker_no_order_data(
 
 
 def test_reply_to_is_honoured_when_the_reply_carries_no_order_data(pipeline: Pipeline) -> None:
+    # A sender without orders asking for one: answered automatically, without order data.
     pipeline.one(
         make_email(
-            JOHN,
-            "Sizes",
-            "Do you have the wool scarf in size M?",
+            "noorders@example.com",
+            "My order",
+            "Where is my order?",
             reply_to="john.work@example.com",
         )
     )
@@ -737,11 +738,12 @@ INJECTION = (
 
 
 def test_a_prompt_injection_changes_nothing_the_system_does(pipeline: Pipeline) -> None:
-    # The worst case: the model is fully taken over and answers what the attacker wants.
+    # The worst case: the model is fully taken over and answers what the attacker wants. (An
+    # order question, which is answered automatically; a refund request would go to a person.)
     pipeline.claude.reply_tool(
         "record_classification",
         {
-            "intent": "return_refund",
+            "intent": "order_status",
             "language": "en",
             "sentiment": "neutral",
             "needs_human": False,
@@ -857,3 +859,38 @@ def test_complaints_requests_for_a_human_and_unsure_answers_are_held_for_the_sto
 
 
 # Zero credits: an email waits for credits instead (tests/integration/test_credits_wait.py).
+
+
+def test_a_sent_reply_never_promises_a_follow_up_that_nobody_will_make(
+    pipeline: Pipeline,
+) -> None:
+    # Every path through the real pipeline (the fake model as a well-behaved one): a reply that
+    # goes out automatically promises no follow-up; whatever needs the team waits for a person.
+    cases = {
+        "order": make_email(ANA, "Onde está meu pedido #1001?", "Cadê meu pedido #1001?"),
+        "no-order": make_email("nobody@example.com", "My order", "Where is my order?"),
+        "delay": make_email(JOHN, "Order #1002 is late", "My order #1002 is late, still waiting."),
+        "refund": make_email(JOHN, "Refund", "I want to return my order #1002 and get a refund."),
+        "product": make_email("emma@example.co.uk", "Scarf", "Do you have the scarf in navy?"),
+        "complaint": make_email(ANA, "Quebrado", "Chegou quebrado, é um absurdo! Péssimo."),
+    }
+    jobs = {key: pipeline.one(raw) for key, raw in cases.items()}
+
+    pipeline.run()
+
+    for key, job_id in jobs.items():
+        reply = pipeline.reply(job_id)
+        assert reply is not None, key
+        if reply["status"] == "sent":
+            assert not promises.promises_follow_up(reply["body_text"]), (key, reply["body_text"])
+        else:
+            assert reply["status"] == "held", (key, reply["status"])
+            status = pipeline.sql.execute(
+                "select status from public.conversations where id = %s",
+                (reply["conversation_id"],),
+            ).fetchone()
+            assert status == {"status": "waiting"}, key  # in the needs-a-person queue
+    sent = {k for k, j in jobs.items() if (pipeline.reply(j) or {}).get("status") == "sent"}
+    assert sent == {"order", "no-order", "delay"}
+    for message in pipeline.sink.messages:
+        assert not promises.promises_follow_up(message.message().get_content())

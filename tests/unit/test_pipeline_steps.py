@@ -230,6 +230,53 @@ def test_the_hold_decision_is_recorded_with_the_draft() -> None:
     assert event["event_type"] == "process.drafted" and event["detail"]["hold"] == "complaint"
 
 
+def test_an_automatic_reply_that_promises_a_persons_follow_up_goes_to_a_person() -> None:
+    classification = Classification(
+        intent="other", language="en", sentiment="neutral", needs_human=False, confidence=0.9
+    )
+    promising = Draft(body_text="Our team will review it and reply soon.", language="en",
+                      model="m")
+    ctx = context(classification_=classification, draft_=promising)
+    steps.decide_hold(ctx)
+    assert ctx.hold == "follow_up_promised"
+    plain = Draft(body_text="Your order #1001 ships today.", language="en", model="m")
+    ctx = context(classification_=classification, draft_=plain)
+    steps.decide_hold(ctx)
+    assert ctx.hold is None
+
+
+@pytest.mark.parametrize(
+    ("store", "needs_human", "handoff"),
+    [
+        (STORE, False, False),
+        (STORE, True, True),
+        ({**STORE, "reply_mode": "draft_only"}, False, True),
+    ],
+)
+def test_the_model_is_told_whether_a_person_will_read_the_conversation(
+    store: Mapping[str, Any], needs_human: bool, handoff: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[bool] = []
+    monkeypatch.setattr(steps, "guarded", lambda breakers, service, call: call())
+
+    class Recording:
+        model = "m"
+
+        def draft(self, email: Any, classification: Any, reply_context: Any) -> Draft:
+            seen.append(reply_context.handoff)
+            return Draft(body_text="ok", language="en", model="m")
+
+    classification = Classification(
+        intent="order_status", language="en", sentiment="neutral", needs_human=needs_human,
+        confidence=0.9,
+    )
+    ctx = context(store=store, classification_=classification,
+                  facts_=EmailFacts("ana@example.com", "s", "b"))
+    ctx.services.responder = cast(Any, Recording())
+    steps.draft(ctx)
+    assert seen == [handoff]
+
+
 def test_a_step_that_reads_what_no_earlier_step_filled_in_says_so() -> None:
     with pytest.raises(RuntimeError, match="the draft is not known yet"):
         steps.decide_hold(context())

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
-from worker import offline, prompts
+from worker import offline, promises, prompts
 from worker.responder import (
     FulfillmentFacts,
     KnowledgeEntry,
@@ -397,12 +397,16 @@ def plausible_tool_input(request: RecordedRequest) -> dict[str, Any] | None:
             for k in context.get("store_knowledge") or []
         ]
         products = [_product_from_prompt(p) for p in context.get("products") or []]
+        handoff = bool(context.get("person_follows_up"))
+        body = offline.compose_reply(
+            intent, orders, language, tone, products=products, knowledge=knowledge, handoff=handoff
+        )
         return {
-            "body_text": offline.compose_reply(
-                intent, orders, language, tone, products=products, knowledge=knowledge
-            ),
+            "body_text": body,
             "language": language,
-            "needs_human": False,
+            # As the prompt asks: what needs the store's people is handed to them, and only
+            # then does the reply say that they will follow up.
+            "needs_human": not handoff and promises.promises_follow_up(body),
         }
     return None
 

@@ -19,6 +19,7 @@ from worker import (
     mime,
     privacy,
     product_query,
+    promises,
     quotes,
     reply_guard,
     sender_auth,
@@ -376,6 +377,7 @@ def draft(ctx: JobContext) -> None:
         thread=ctx.thread,
         knowledge=ctx.knowledge,
         products=ctx.products,
+        handoff=held_before_drafting(ctx) is not None,
     )
     with ctx.trace.timed("draft"):
         ctx.draft_ = guarded(
@@ -383,6 +385,15 @@ def draft(ctx: JobContext) -> None:
             "claude",
             lambda: services.responder.draft(facts, classification, context),
         )
+
+
+def held_before_drafting(ctx: JobContext) -> str | None:
+    """The hold the classification, the store and the sender already decide, before any draft:
+    the model is told whether a person will read the conversation (ReplyContext.handoff)."""
+    hold = hold_reason(ctx.classification, None, ctx.store, ctx.options.min_confidence)
+    if hold is None and ctx.unauthenticated:
+        hold = sender_auth.UNAUTHENTICATED
+    return hold
 
 
 def decide_hold(ctx: JobContext) -> None:
@@ -393,6 +404,10 @@ def decide_hold(ctx: JobContext) -> None:
     )
     if ctx.hold is None and ctx.unauthenticated:
         ctx.hold = sender_auth.UNAUTHENTICATED
+    if ctx.hold is None and promises.promises_follow_up(reply_draft.body_text):
+        # Nobody is queued behind an automatic reply: a reply that says a person will follow up
+        # goes to a person, so that what it says is true.
+        ctx.hold = promises.FOLLOW_UP_PROMISED
     if ctx.hold is None:
         # Whatever the model was talked into, nothing it wrote beyond the facts goes out unseen.
         ctx.hold = reply_guard.check_reply(
