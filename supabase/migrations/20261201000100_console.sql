@@ -366,6 +366,8 @@ as $$
     'role', public.console_role_in(s.id),
     'waiting', (select count(*) from public.conversations c
                 where c.store_id = s.id and c.status = 'waiting'),
+    'waiting_for_credits', (select count(*) from public.conversations c
+                            where c.store_id = s.id and c.status = 'waiting_credits'),
     'last_fetch_at', (select max(ms.updated_at) from public.mailbox_state ms
                       where ms.store_id = s.id),
     'last_error', (select jsonb_build_object('at', e.created_at, 'detail', e.detail)
@@ -641,11 +643,11 @@ begin
     raise exception 'reply % is already %', p_reply_id, v_reply.status using errcode = 'PT409';
   end if;
   if v_body is null and coalesce(btrim(v_reply.body_text), '') = '' then
-    raise exception 'this reply has no text yet: write it, then send' using errcode = 'PT400';
+    raise exception 'this reply has no text yet; write it, then send' using errcode = 'PT400';
   end if;
   v_charge := public.charge_for_send(v_reply.store_id, v_reply.job_id, v_reply.to_address);
   if v_charge is null then
-    raise exception 'the store has no credits left: add credits, then send this reply'
+    raise exception 'the store has no credits left; add credits, then send this reply'
       using errcode = 'PT409';
   end if;
   update public.replies
@@ -714,7 +716,7 @@ begin
     v_store.id, case when v_reply.status = 'held' then v_reply.job_id end,
     coalesce(v_message.from_address, v_conv.customer_email));
   if v_charge_job is null then
-    raise exception 'the store % has no credits left: add credits, then send this reply',
+    raise exception 'the store % has no credits left; add credits, then send this reply',
       v_store.name using errcode = 'PT409';
   end if;
 

@@ -182,12 +182,12 @@ set local request.jwt.claims to
     "email": "owner-credits@example.test"}';
 select throws_ok(format($$select public.console_send_reply(
                    (select id from public.replies where smtp_message_id = '<r3@broke.test>'))$$),
-                 'PT400', 'this reply has no text yet: write it, then send',
+                 'PT400', 'this reply has no text yet; write it, then send',
                  'a draft held without text (over the cap) needs the person''s text');
 select throws_ok(format($$select public.console_send_reply(
                    (select id from public.replies where smtp_message_id = '<r3@broke.test>'),
                    'Olá, seu pedido sai hoje.')$$),
-                 'PT409', 'the store has no credits left: add credits, then send this reply',
+                 'PT409', 'the store has no credits left; add credits, then send this reply',
                  'at zero credits sending is refused with what to do');
 select is((select status from public.replies where smtp_message_id = '<r3@broke.test>'), 'held',
           'the reply stays held for later');

@@ -2,8 +2,10 @@
 
 A store owner signs in, opens the needs-a-person queue, edits the held draft and sends it; the
 worker's send_reply job delivers it to the SMTP sink and the thread shows it answered by a
-person. An operator requeues a dead letter from its page and looks at the health page. Every page
-is saved as a screenshot under the test's temporary folder (phone and laptop sizes).
+person. An operator requeues a dead letter from its page and looks at the health page. An owner
+sees an email waiting for credits and a customer over the reply cap, and is told to add credits
+when sending at zero. Every page is saved as a screenshot under the test's temporary folder
+(phone and laptop sizes).
 """
 
 # The pipeline harness's fixtures are imported by name, which ruff reads as redefinitions.
@@ -259,3 +261,74 @@ def test_a_held_reply_answered_from_the_mail_client_shows_who_answered(
             browser.close()
     assert shot.stat().st_size > 0
     assert pipeline.sink.messages == []
+
+
+def test_waiting_for_credits_and_a_customer_over_the_cap_as_a_person_sees_them(
+    pipeline: Pipeline, auth_server: AuthServer, console_url: str, tmp_path: Path
+) -> None:
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    # One reply per customer here: Bia's second email goes to a person without a draft.
+    pipeline.one(make_email("bia@example.com.br", "Pedido #1001", "Onde está o pedido #1001?"))
+    assert pipeline.run(reply_cap_per_customer=1)["outcomes"] == {"replied": 1}
+    over_cap = pipeline.one(make_email("bia@example.com.br", "De novo", "E o pedido #1001?"))
+    assert pipeline.run(reply_cap_per_customer=1)["outcomes"] == {"held": 1}
+    # The store runs out of credits; Carla's email waits for them.
+    pipeline.db.admin_add_credits(pipeline.store_id, -pipeline.credits(), "adjustment")
+    waiting = pipeline.one(make_email("carla@example.com.br", "Troca de tamanho",
+                                      "Quero saber do pedido #1003."))
+    assert pipeline.run()["outcomes"] == {"waiting_for_credits": 1}
+    held = pipeline.reply(over_cap)
+    assert held is not None and held["hold_reason"] == "reply_cap"
+    conversation = pipeline.job(waiting)["conversation_id"]
+    auth = AuthClient(auth_server.url, anon_key(TEST_JWT_SECRET))
+    people = create_people(auth, uuid.uuid4().hex[:8])
+    auth.close()
+    pipeline.sql.execute("update public.stores set owner_id = %s where id = %s",
+                         (people["owner"].user_id, pipeline.store_id))
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
+        )
+        try:
+            page = browser.new_context(viewport=LAPTOP).new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(f"{console_url}/login")
+            page.fill("input[name=email]", people["owner"].email)
+            page.fill("input[name=password]", PASSWORD)
+            with page.expect_navigation():
+                page.click("button[type=submit]")
+            reason = page.locator(".reason", has_text="over the reply cap")
+            reason.wait_for()
+            page.screenshot(path=str(shots / "10-needs-a-person-over-cap.png"), full_page=True)
+
+            page.goto(f"{console_url}/console/conversations?status=waiting_credits")
+            page.locator("ol.list .status", has_text="waiting for credits").first.wait_for()
+            assert "Troca de tamanho" in page.locator("ol.list").inner_text()
+            page.screenshot(path=str(shots / "11-conversations-waiting-for-credits.png"),
+                            full_page=True)
+            page.goto(f"{console_url}/console/conversations/{conversation}")
+            notice = page.locator("p.notice")
+            notice.wait_for()
+            assert "answered automatically as soon as credits are added" in notice.inner_text()
+            page.screenshot(path=str(shots / "12-conversation-waiting-for-credits.png"),
+                            full_page=True)
+
+            # Sending the over-cap reply at zero credits is refused with what to do.
+            page.goto(f"{console_url}/console/conversations/{held['conversation_id']}")
+            page.fill("textarea[name=body]", "Olá Bia, seu pedido #1001 chega amanhã.")
+            page.get_by_role("button", name="Send this reply").click()
+            error = page.locator("p.form-error", has_text="no credits left")
+            error.wait_for()
+            assert "add credits, then send this reply" in error.inner_text()
+            page.screenshot(path=str(shots / "13-send-refused-without-credits.png"),
+                            full_page=True)
+        finally:
+            browser.close()
+
+    row = pipeline.sql.execute("select status from public.replies where id = %s",
+                               (held["id"],)).fetchone()
+    assert row == {"status": "held"}  # nothing was queued behind the person's back
+    assert pipeline.job(waiting)["status"] == "pending"
+    assert len(list(shots.iterdir())) == 4

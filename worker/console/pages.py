@@ -33,12 +33,23 @@ bp = Blueprint(
 STATUS_LABELS = {
     "open": "in progress",
     "waiting": "waiting for a person",
+    "waiting_credits": "waiting for credits",
     "answered_auto": "answered automatically",
     "answered_human": "answered by a person",
     "closed": "closed",
     "spam": "spam",
     "skipped": "skipped",
     "failed": "failed",
+}
+
+# Why a reply waits for a person, in words; other reasons are shown as they are.
+HOLD_LABELS = {
+    "reply_cap": "over the reply cap: no automatic reply, write one or discard",
+    "follow_up_promised": "the draft promises a follow-up: a person answers",
+    "needs_human": "asks for a person",
+    "draft_only": "this store sends drafts only",
+    "low_confidence": "unsure of the request",
+    "delivery_in_doubt": "may already have been sent",
 }
 
 
@@ -65,6 +76,7 @@ def _render(template: str, person: Person, status: int = 200, **context: Any) ->
         person=person,
         csrf=session.page_csrf_token(),
         status_labels=STATUS_LABELS,
+        hold_labels=HOLD_LABELS,
         **context,
     )
     return Response(html, status=status, content_type="text/html; charset=utf-8")
