@@ -53,6 +53,7 @@ STORE_DEFAULTS: dict[str, Any] = {
     "mailbox_sent": "auto",
     "mailbox_drafts": True,
     "mailbox_mark_answered": True,
+    "low_credits_at": 10,
 }
 # SQLSTATEs of admin_* refusals: invalid settings, and a missing store.
 INVALID_PARAMETER = "22023"
@@ -291,6 +292,12 @@ def _add_setting_flags(parser: argparse.ArgumentParser, *, creating: bool) -> No
     mailbox.add_argument(
         "--mailbox-drafts-folder", metavar="NAME", help="default: the \\Drafts special-use folder"
     )
+    group.add_argument(
+        "--low-credits-at",
+        type=int,
+        metavar="N",
+        help="warn the store's people when its credits fall below N (default: 10)",
+    )
     if creating:
         group.add_argument("--credits", type=int, help="initial credits (default: 0)")
 
@@ -344,6 +351,7 @@ SETTING_KEYS = (
     "mailbox_drafts_folder",
     "owner_id",
     "credits",
+    "low_credits_at",
 )
 
 

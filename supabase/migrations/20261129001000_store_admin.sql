@@ -520,7 +520,8 @@ begin
     mailbox_drafts = v_store.mailbox_drafts,
     mailbox_mark_answered = v_store.mailbox_mark_answered,
     mailbox_sent_folder = v_store.mailbox_sent_folder,
-    mailbox_drafts_folder = v_store.mailbox_drafts_folder
+    mailbox_drafts_folder = v_store.mailbox_drafts_folder,
+    low_credits_at = v_store.low_credits_at
   where id = p_store_id
   returning * into v_store;
   return v_store;

@@ -790,3 +790,15 @@ def test_python_m_worker_stores_delegates_here(database_url: str, email: str) ->
     assert bad.returncode == 2
     for text in (added.stdout, added.stderr, bad.stdout, bad.stderr):
         assert IMAP_PASSWORD not in text and SMTP_PASSWORD not in text
+
+
+def test_the_low_credit_threshold_is_a_store_setting(cli: Cli, db: Conn, email: str) -> None:
+    store_id = create(cli, email)
+    assert store_row(db, store_id)["low_credits_at"] == 10  # the default
+    code, _, err = cli("update", store_id, "--low-credits-at", "25")
+    assert code == 0, err
+    assert store_row(db, store_id)["low_credits_at"] == 25
+    code, _, err = cli("update", store_id, "--low-credits-at", "-1")
+    assert code == 2
+    assert "low_credits_at must be zero or more" in err
+    assert store_row(db, store_id)["low_credits_at"] == 25
