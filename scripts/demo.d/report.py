@@ -23,13 +23,21 @@ REASONS = {
     "noreply_sender": "no-reply sender",
     "own_address": "sent by the store itself",
     "invalid_sender": "no valid sender address",
-    "reply_cap": "reply cap per customer reached",
     "oversized": "too large",
     "message_gone": "message deleted before processing",
 }
 # Outcomes an email can settle in.
 ANSWERED, HELD, SKIPPED, SPAM, DEAD_LETTER = "answered", "held", "skipped", "spam", "dead_letter"
-NO_CREDITS, FAILED, WAITING = "no_credits", "failed", "waiting"
+WAITING_CREDITS, FAILED, WAITING = "waiting_for_credits", "failed", "waiting"
+# Why a reply waits for a person, in words (the codes come from the pipeline's hold rules).
+HOLD_REASONS = {
+    "reply_cap": "the customer is over the reply cap; a person writes the answer",
+    "follow_up_promised": "the reply says the team will follow up, so a person does",
+    "needs_human": "the customer needs a person",
+    "complaint": "a complaint",
+    "draft_only": "the store sends drafts only",
+    "low_confidence": "unsure of the request",
+}
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,11 @@ def outcome_of(row: Mapping[str, Any]) -> Outcome:
     status = row.get("job_status")
     if status is None:
         return Outcome(WAITING, "stored, no job yet", False)
+    if status == "pending" and row.get("waiting_for_credits"):
+        # An end state until someone adds credits; then it is answered without anyone's help.
+        return Outcome(
+            WAITING_CREDITS, "waiting for credits: answered once credits are added", True
+        )
     if status == "dead_letter":
         return Outcome(DEAD_LETTER, str(row.get("last_error") or "no error recorded"), True)
     if status != "completed":
@@ -59,16 +72,16 @@ def outcome_of(row: Mapping[str, Any]) -> Outcome:
     if kind == "replied":
         return Outcome(ANSWERED, f"reply sent ({row.get('language') or '?'})", True)
     if kind == "held":
-        reason = result.get("hold_reason") or row.get("hold_reason") or "?"
-        return Outcome(HELD, f"held as a draft for a person (reason: {reason})", True)
+        reason = str(result.get("hold_reason") or row.get("hold_reason") or "?")
+        return Outcome(
+            HELD, f"held for a person (reason: {HOLD_REASONS.get(reason, reason)})", True
+        )
     if kind == "skipped":
         reason = str(result.get("reason") or "?")
         return Outcome(SKIPPED, f"not answered: {REASONS.get(reason, reason)}", True)
     if kind == "spam":
         reasons = ", ".join(str(r) for r in result.get("reasons") or []) or "?"
         return Outcome(SPAM, f"not answered ({reasons})", True)
-    if kind == "no_credits":
-        return Outcome(NO_CREDITS, "not answered: the store had no credits left", True)
     error = result.get("error") or row.get("reply_error")
     return Outcome(FAILED, f"{kind or 'completed'}: {error}", True)
 
@@ -270,8 +283,8 @@ def report_lines(inputs: ReportInputs) -> list[str]:
     ]
     used = inputs.credits_start - inputs.credits_left
     lines.append(
-        f"Credits: {inputs.credits_left} left of {inputs.credits_start} ({used} used; a reply "
-        "that could not be delivered is refunded)"
+        f"Credits: {inputs.credits_left} left of {inputs.credits_start} ({used} used: one per "
+        "reply sent; a held draft or a reply that could not be delivered costs nothing)"
     )
     if inputs.mailbox is not None:
         lines += mailbox_lines(inputs.mailbox)
@@ -341,7 +354,7 @@ def summary(
 def counts_line(summary_data: Mapping[str, Any]) -> str:
     """'4 answered, 1 held, ...' in a fixed order."""
     counts = summary_data["counts"]
-    order = [ANSWERED, HELD, SKIPPED, SPAM, DEAD_LETTER, NO_CREDITS, FAILED, WAITING]
+    order = [ANSWERED, HELD, SKIPPED, SPAM, DEAD_LETTER, WAITING_CREDITS, FAILED, WAITING]
     return ", ".join(f"{counts[k]} {k.replace('_', '-')}" for k in order if counts.get(k))
 
 

@@ -62,7 +62,8 @@ select m.id, m.conversation_id, m.message_id, m.imap_uid, m.from_name, m.from_ad
        r.smtp_message_id, r.error as reply_error,
        (select e.detail -> 'knowledge' from public.events e
         where e.job_id = q.id and e.event_type = 'process.context'
-        order by e.id desc limit 1) as knowledge_given
+        order by e.id desc limit 1) as knowledge_given,
+       exists (select 1 from public.credit_waits w where w.job_id = q.id) as waiting_for_credits
 from public.messages m
 left join public.job_queue q
   on q.job_type = 'process_email' and q.payload ->> 'message_id' = m.id::text
