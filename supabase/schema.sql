@@ -1683,10 +1683,33 @@ CREATE FUNCTION public.credit_episode(p_store_id uuid) RETURNS text
     AS $$
   select 'topup:' || coalesce(max(l.id), 0)::text
   from public.credit_ledger l
-  where l.store_id = p_store_id and l.reason in ('topup', 'grant', 'adjustment')
+  where l.store_id = p_store_id and l.reason in ('topup', 'grant', 'adjustment') and l.delta > 0
 $$;
 
 ALTER FUNCTION public.credit_episode(p_store_id uuid) OWNER TO postgres;
+
+--
+-- Name: credit_ledger_topped_up(); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.credit_ledger_topped_up() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  v_episode text;
+begin
+  select 'topup:' || coalesce(max(l.id), 0)::text into v_episode
+  from public.credit_ledger l
+  where l.store_id = new.store_id and l.reason in ('topup', 'grant', 'adjustment')
+    and l.delta > 0 and l.id < new.id;
+  perform public.resolve_notifications(new.store_id, 'credits_low', v_episode);
+  perform public.resolve_notifications(new.store_id, 'waiting_for_credits', v_episode);
+  return null;
+end;
+$$;
+
+ALTER FUNCTION public.credit_ledger_topped_up() OWNER TO postgres;
 
 --
 -- Name: defer_job(uuid, text, integer, text); Type: FUNCTION; Schema: public; Owner: postgres
@@ -3025,22 +3048,65 @@ $$;
 ALTER FUNCTION public.load_reply_context(p_reply_id uuid) OWNER TO postgres;
 
 --
--- Name: notify_credits(uuid, text, text, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
+-- Name: notify_people(uuid, text, text, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
-CREATE FUNCTION public.notify_credits(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb) RETURNS void
+CREATE FUNCTION public.notify_people(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb DEFAULT '{}'::jsonb) RETURNS void
     LANGUAGE plpgsql
     SET search_path TO ''
-    AS $_$
+    AS $$
+declare
+  v_settings public.notification_settings;
+  v_id uuid;
+  v_last timestamptz;
+  v_run_at timestamptz;
+  v_job_id uuid;
 begin
-  if to_regprocedure('public.notify_people(uuid,text,text,jsonb)') is not null then
-    execute 'select public.notify_people($1, $2, $3, $4)'
-      using p_store_id, p_kind, p_ref, p_detail;
+  if p_kind is null or p_kind not in ('held_reply', 'dead_letter', 'credentials_failed',
+                                      'credits_low', 'waiting_for_credits') then
+    raise exception 'notify_people: unknown kind %', p_kind using errcode = '22023';
   end if;
-end;
-$_$;
+  if p_ref is null or p_ref = '' then
+    raise exception 'notify_people: p_ref is required' using errcode = '22023';
+  end if;
+  if p_store_id is null or not exists (select 1 from public.stores s where s.id = p_store_id) then
+    return;
+  end if;
 
-ALTER FUNCTION public.notify_credits(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb) OWNER TO postgres;
+  insert into public.notification_settings (store_id) values (p_store_id)
+  on conflict (store_id) do nothing;
+  select * into v_settings from public.notification_settings ns
+  where ns.store_id = p_store_id for update;
+
+  insert into public.notifications (store_id, kind, ref, detail)
+  values (p_store_id, p_kind, p_ref,
+          case when jsonb_typeof(p_detail) = 'object' then p_detail else '{}'::jsonb end)
+  on conflict (store_id, kind, ref) where resolved_at is null do nothing
+  returning id into v_id;
+  if v_id is null then
+    return;
+  end if;
+
+  -- A notify job that is still pending will take this item too; one that is already running
+  -- took its items when it started, so this one needs the next digest.
+  if exists (select 1 from public.job_queue q
+             where q.store_id = p_store_id and q.status = 'pending' and q.job_type = 'notify') then
+    return;
+  end if;
+  select max(d.created_at) into v_last
+  from public.notification_digests d where d.store_id = p_store_id;
+  v_run_at := greatest(now() + make_interval(secs => v_settings.digest_wait_seconds),
+                       coalesce(v_last, '-infinity'::timestamptz)
+                         + make_interval(mins => v_settings.digest_interval_minutes));
+  v_job_id := public.enqueue_job('notify', jsonb_build_object('store_id', p_store_id),
+                                 p_store_id => p_store_id, p_run_at => v_run_at);
+  insert into public.events (store_id, job_id, event_type, detail)
+  values (p_store_id, v_job_id, 'notify.scheduled',
+          jsonb_build_object('kind', p_kind, 'ref', p_ref, 'run_at', v_run_at));
+end;
+$$;
+
+ALTER FUNCTION public.notify_people(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb) OWNER TO postgres;
 
 --
 -- Name: purge_completed_jobs(interval, integer); Type: PROCEDURE; Schema: public; Owner: postgres
@@ -3403,6 +3469,28 @@ end;
 $$;
 
 ALTER FUNCTION public.reset_reply(p_reply_id uuid, p_status text, p_error text) OWNER TO postgres;
+
+--
+-- Name: resolve_notifications(uuid, text, text); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.resolve_notifications(p_store_id uuid, p_kind text, p_ref text) RETURNS integer
+    LANGUAGE sql
+    SET search_path TO ''
+    AS $$
+  with resolved as (
+    update public.notifications n
+    set resolved_at = now(),
+        status = case when n.status = 'pending' and n.digest_job_id is null then 'resolved'
+                      else n.status end
+    where n.store_id = p_store_id and n.kind = p_kind and n.ref = p_ref
+      and n.resolved_at is null
+    returning 1
+  )
+  select count(*)::int from resolved
+$$;
+
+ALTER FUNCTION public.resolve_notifications(p_store_id uuid, p_kind text, p_ref text) OWNER TO postgres;
 
 --
 -- Name: retry_delay(integer, integer, integer, integer, double precision); Type: FUNCTION; Schema: public; Owner: postgres
@@ -3976,7 +4064,7 @@ begin
     insert into public.events (store_id, event_type, detail)
     values (new.id, 'credit.low', jsonb_build_object('credits', new.credits,
                                                      'threshold', new.low_credits_at));
-    perform public.notify_credits(
+    perform public.notify_people(
       new.id, 'credits_low', public.credit_episode(new.id),
       jsonb_build_object('credits', new.credits, 'threshold', new.low_credits_at));
   end if;
@@ -4066,7 +4154,7 @@ begin
   where id = v_job.conversation_id and status <> 'waiting_credits';
 
   select count(*)::int into v_waiting from public.credit_waits where store_id = v_store.id;
-  perform public.notify_credits(
+  perform public.notify_people(
     v_store.id, 'waiting_for_credits', public.credit_episode(v_store.id),
     jsonb_build_object('credits', v_store.credits, 'waiting', v_waiting,
                        'conversation_id', v_job.conversation_id));
@@ -4260,6 +4348,66 @@ CREATE TABLE public.messages (
 ALTER TABLE public.messages OWNER TO postgres;
 
 --
+-- Name: notification_digests; Type: TABLE; Schema: public; Owner: postgres
+--
+
+CREATE TABLE public.notification_digests (
+    job_id uuid NOT NULL,
+    store_id uuid NOT NULL,
+    item_count integer DEFAULT 0 NOT NULL,
+    email_to text[] DEFAULT '{}'::text[] NOT NULL,
+    email_message_id text,
+    email_sent_at timestamp with time zone,
+    webhook_sent_at timestamp with time zone,
+    webhook_error text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone
+);
+
+ALTER TABLE public.notification_digests OWNER TO postgres;
+
+--
+-- Name: notification_settings; Type: TABLE; Schema: public; Owner: postgres
+--
+
+CREATE TABLE public.notification_settings (
+    store_id uuid NOT NULL,
+    addresses text[],
+    digest_interval_minutes integer DEFAULT 15 NOT NULL,
+    digest_wait_seconds integer DEFAULT 60 NOT NULL,
+    webhook_secret_id uuid,
+    webhook_hint text,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT notification_settings_addresses_check CHECK (((addresses IS NULL) OR ((cardinality(addresses) >= 1) AND (cardinality(addresses) <= 20)))),
+    CONSTRAINT notification_settings_digest_interval_minutes_check CHECK (((digest_interval_minutes >= 1) AND (digest_interval_minutes <= 1440))),
+    CONSTRAINT notification_settings_digest_wait_seconds_check CHECK (((digest_wait_seconds >= 0) AND (digest_wait_seconds <= 3600)))
+);
+
+ALTER TABLE public.notification_settings OWNER TO postgres;
+
+--
+-- Name: notifications; Type: TABLE; Schema: public; Owner: postgres
+--
+
+CREATE TABLE public.notifications (
+    id uuid DEFAULT public.uuid_generate_v7() NOT NULL,
+    store_id uuid NOT NULL,
+    kind text NOT NULL,
+    ref text NOT NULL,
+    detail jsonb DEFAULT '{}'::jsonb NOT NULL,
+    status text DEFAULT 'pending'::text NOT NULL,
+    digest_job_id uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    sent_at timestamp with time zone,
+    resolved_at timestamp with time zone,
+    CONSTRAINT notifications_kind_check CHECK ((kind = ANY (ARRAY['held_reply'::text, 'dead_letter'::text, 'credentials_failed'::text, 'credits_low'::text, 'waiting_for_credits'::text]))),
+    CONSTRAINT notifications_ref_check CHECK ((ref <> ''::text)),
+    CONSTRAINT notifications_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'sent'::text, 'resolved'::text])))
+);
+
+ALTER TABLE public.notifications OWNER TO postgres;
+
+--
 -- Name: queue_metrics; Type: TABLE; Schema: public; Owner: postgres
 --
 
@@ -4365,6 +4513,27 @@ ALTER TABLE ONLY public.messages
 
 ALTER TABLE ONLY public.messages
     ADD CONSTRAINT messages_store_id_message_id_key UNIQUE (store_id, message_id);
+
+--
+-- Name: notification_digests notification_digests_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.notification_digests
+    ADD CONSTRAINT notification_digests_pkey PRIMARY KEY (job_id);
+
+--
+-- Name: notification_settings notification_settings_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.notification_settings
+    ADD CONSTRAINT notification_settings_pkey PRIMARY KEY (store_id);
+
+--
+-- Name: notifications notifications_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.notifications
+    ADD CONSTRAINT notifications_pkey PRIMARY KEY (id);
 
 --
 -- Name: queue_metrics queue_metrics_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
@@ -4573,6 +4742,36 @@ CREATE INDEX messages_conversation_idx ON public.messages USING btree (conversat
 CREATE INDEX messages_store_received_idx ON public.messages USING btree (store_id, received_at DESC);
 
 --
+-- Name: notification_digests_store_recent_idx; Type: INDEX; Schema: public; Owner: postgres
+--
+
+CREATE INDEX notification_digests_store_recent_idx ON public.notification_digests USING btree (store_id, created_at DESC);
+
+--
+-- Name: notifications_digest_idx; Type: INDEX; Schema: public; Owner: postgres
+--
+
+CREATE INDEX notifications_digest_idx ON public.notifications USING btree (digest_job_id) WHERE (digest_job_id IS NOT NULL);
+
+--
+-- Name: notifications_open_idx; Type: INDEX; Schema: public; Owner: postgres
+--
+
+CREATE UNIQUE INDEX notifications_open_idx ON public.notifications USING btree (store_id, kind, ref) WHERE (resolved_at IS NULL);
+
+--
+-- Name: notifications_pending_idx; Type: INDEX; Schema: public; Owner: postgres
+--
+
+CREATE INDEX notifications_pending_idx ON public.notifications USING btree (store_id, created_at) WHERE (status = 'pending'::text);
+
+--
+-- Name: notifications_store_recent_idx; Type: INDEX; Schema: public; Owner: postgres
+--
+
+CREATE INDEX notifications_store_recent_idx ON public.notifications USING btree (store_id, created_at DESC);
+
+--
 -- Name: replies_conversation_idx; Type: INDEX; Schema: public; Owner: postgres
 --
 
@@ -4609,6 +4808,12 @@ CREATE INDEX store_members_user_idx ON public.store_members USING btree (user_id
 CREATE INDEX stores_owner_id_idx ON public.stores USING btree (owner_id) WHERE (owner_id IS NOT NULL);
 
 --
+-- Name: credit_ledger credit_ledger_topped_up; Type: TRIGGER; Schema: public; Owner: postgres
+--
+
+CREATE TRIGGER credit_ledger_topped_up AFTER INSERT ON public.credit_ledger FOR EACH ROW WHEN (((new.reason = ANY (ARRAY['topup'::text, 'grant'::text, 'adjustment'::text])) AND (new.delta > 0))) EXECUTE FUNCTION public.credit_ledger_topped_up();
+
+--
 -- Name: events events_append_only; Type: TRIGGER; Schema: public; Owner: postgres
 --
 
@@ -4637,6 +4842,12 @@ CREATE TRIGGER mailbox_state_set_updated_at BEFORE UPDATE ON public.mailbox_stat
 --
 
 CREATE TRIGGER messages_conversation_status AFTER INSERT ON public.messages FOR EACH ROW EXECUTE FUNCTION public.console_status_from_message();
+
+--
+-- Name: notification_settings notification_settings_updated_at; Type: TRIGGER; Schema: public; Owner: postgres
+--
+
+CREATE TRIGGER notification_settings_updated_at BEFORE UPDATE ON public.notification_settings FOR EACH ROW EXECUTE FUNCTION public.set_updated_at();
 
 --
 -- Name: replies replies_conversation_status; Type: TRIGGER; Schema: public; Owner: postgres
@@ -4703,6 +4914,27 @@ ALTER TABLE ONLY public.messages
 
 ALTER TABLE ONLY public.messages
     ADD CONSTRAINT messages_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
+
+--
+-- Name: notification_digests notification_digests_store_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.notification_digests
+    ADD CONSTRAINT notification_digests_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
+
+--
+-- Name: notification_settings notification_settings_store_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.notification_settings
+    ADD CONSTRAINT notification_settings_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
+
+--
+-- Name: notifications notifications_store_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.notifications
+    ADD CONSTRAINT notifications_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
 
 --
 -- Name: replies replies_conversation_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
@@ -4902,6 +5134,60 @@ CREATE POLICY messages_owner_select ON public.messages FOR SELECT TO authenticat
 --
 
 CREATE POLICY messages_service_role ON public.messages TO service_role USING (true) WITH CHECK (true);
+
+--
+-- Name: notification_digests; Type: ROW SECURITY; Schema: public; Owner: postgres
+--
+
+ALTER TABLE public.notification_digests ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: notification_digests notification_digests_member_select; Type: POLICY; Schema: public; Owner: postgres
+--
+
+CREATE POLICY notification_digests_member_select ON public.notification_digests FOR SELECT TO authenticated USING ((( SELECT public.console_is_operator() AS console_is_operator) OR (store_id IN ( SELECT public.console_member_store_ids() AS console_member_store_ids))));
+
+--
+-- Name: notification_digests notification_digests_service_role; Type: POLICY; Schema: public; Owner: postgres
+--
+
+CREATE POLICY notification_digests_service_role ON public.notification_digests TO service_role USING (true) WITH CHECK (true);
+
+--
+-- Name: notification_settings; Type: ROW SECURITY; Schema: public; Owner: postgres
+--
+
+ALTER TABLE public.notification_settings ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: notification_settings notification_settings_member_select; Type: POLICY; Schema: public; Owner: postgres
+--
+
+CREATE POLICY notification_settings_member_select ON public.notification_settings FOR SELECT TO authenticated USING ((( SELECT public.console_is_operator() AS console_is_operator) OR (store_id IN ( SELECT public.console_member_store_ids() AS console_member_store_ids))));
+
+--
+-- Name: notification_settings notification_settings_service_role; Type: POLICY; Schema: public; Owner: postgres
+--
+
+CREATE POLICY notification_settings_service_role ON public.notification_settings TO service_role USING (true) WITH CHECK (true);
+
+--
+-- Name: notifications; Type: ROW SECURITY; Schema: public; Owner: postgres
+--
+
+ALTER TABLE public.notifications ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: notifications notifications_member_select; Type: POLICY; Schema: public; Owner: postgres
+--
+
+CREATE POLICY notifications_member_select ON public.notifications FOR SELECT TO authenticated USING ((( SELECT public.console_is_operator() AS console_is_operator) OR (store_id IN ( SELECT public.console_member_store_ids() AS console_member_store_ids))));
+
+--
+-- Name: notifications notifications_service_role; Type: POLICY; Schema: public; Owner: postgres
+--
+
+CREATE POLICY notifications_service_role ON public.notifications TO service_role USING (true) WITH CHECK (true);
 
 --
 -- Name: queue_metrics; Type: ROW SECURITY; Schema: public; Owner: postgres
@@ -5333,6 +5619,13 @@ REVOKE ALL ON FUNCTION public.credit_episode(p_store_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.credit_episode(p_store_id uuid) TO service_role;
 
 --
+-- Name: FUNCTION credit_ledger_topped_up(); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.credit_ledger_topped_up() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.credit_ledger_topped_up() TO service_role;
+
+--
 -- Name: FUNCTION defer_job(p_job_id uuid, p_worker_id text, p_delay_seconds integer, p_reason text); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -5547,11 +5840,11 @@ REVOKE ALL ON FUNCTION public.load_reply_context(p_reply_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.load_reply_context(p_reply_id uuid) TO service_role;
 
 --
--- Name: FUNCTION notify_credits(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb); Type: ACL; Schema: public; Owner: postgres
+-- Name: FUNCTION notify_people(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb); Type: ACL; Schema: public; Owner: postgres
 --
 
-REVOKE ALL ON FUNCTION public.notify_credits(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.notify_credits(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb) TO service_role;
+REVOKE ALL ON FUNCTION public.notify_people(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.notify_people(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb) TO service_role;
 
 --
 -- Name: PROCEDURE purge_completed_jobs(IN p_older_than interval, IN p_batch_size integer); Type: ACL; Schema: public; Owner: postgres
@@ -5628,6 +5921,13 @@ GRANT ALL ON FUNCTION public.reserve_reply(p_store_id uuid, p_job_id uuid, p_sen
 
 REVOKE ALL ON FUNCTION public.reset_reply(p_reply_id uuid, p_status text, p_error text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.reset_reply(p_reply_id uuid, p_status text, p_error text) TO service_role;
+
+--
+-- Name: FUNCTION resolve_notifications(p_store_id uuid, p_kind text, p_ref text); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.resolve_notifications(p_store_id uuid, p_kind text, p_ref text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.resolve_notifications(p_store_id uuid, p_kind text, p_ref text) TO service_role;
 
 --
 -- Name: FUNCTION retry_delay(p_attempt integer, p_base_seconds integer, p_cap_seconds integer, p_retry_after_seconds integer, p_jitter double precision); Type: ACL; Schema: public; Owner: postgres
@@ -5787,6 +6087,27 @@ GRANT SELECT ON TABLE public.credit_waits TO authenticated;
 
 GRANT SELECT ON TABLE public.messages TO authenticated;
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.messages TO service_role;
+
+--
+-- Name: TABLE notification_digests; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT ALL ON TABLE public.notification_digests TO service_role;
+GRANT SELECT ON TABLE public.notification_digests TO authenticated;
+
+--
+-- Name: TABLE notification_settings; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT ALL ON TABLE public.notification_settings TO service_role;
+GRANT SELECT ON TABLE public.notification_settings TO authenticated;
+
+--
+-- Name: TABLE notifications; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT ALL ON TABLE public.notifications TO service_role;
+GRANT SELECT ON TABLE public.notifications TO authenticated;
 
 --
 -- Name: TABLE queue_metrics; Type: ACL; Schema: public; Owner: postgres

@@ -12,9 +12,9 @@
 --
 -- A store is told when its balance falls below its threshold (stores.low_credits_at, 10 by
 -- default) and when an email starts waiting for credits, through public.notify_people (the
--- notifications concern), once per episode: the episode is the last credit top-up, so each
--- top-up that is spent down warns again, and refunds that move the balance back and forth
--- around the threshold do not.
+-- notifications concern), once per episode: the episode is the last credit top-up (the ref of
+-- both notifications), so each top-up that is spent down warns again, refunds that move the
+-- balance back and forth around the threshold do not, and the next top-up resolves them.
 
 alter table public.stores
   add column low_credits_at int not null default 10 check (low_credits_at >= 0);
@@ -51,8 +51,9 @@ create policy credit_waits_member_select on public.credit_waits
   using ((select public.console_is_operator())
          or store_id in (select public.console_member_store_ids()));
 
--- The store's current credit episode: the id of its last top-up (or grant, or correction). A
--- notification ref built from it is new after each top-up and the same until the next one.
+-- The store's current credit episode: the id of its last top-up (or grant, or upward
+-- correction). A notification ref built from it is new after each top-up and the same until the
+-- next one.
 create or replace function public.credit_episode(p_store_id uuid)
 returns text
 language sql
@@ -61,28 +62,7 @@ set search_path = ''
 as $$
   select 'topup:' || coalesce(max(l.id), 0)::text
   from public.credit_ledger l
-  where l.store_id = p_store_id and l.reason in ('topup', 'grant', 'adjustment')
-$$;
-
--- Tell the store's people (public.notify_people, idempotent per store, kind and ref).
--- TODO(s2-notify merge): call notify_people directly once the notifications concern is on main;
--- until then a database without it records the event only.
-create or replace function public.notify_credits(
-  p_store_id uuid,
-  p_kind text,
-  p_ref text,
-  p_detail jsonb
-)
-returns void
-language plpgsql
-set search_path = ''
-as $$
-begin
-  if to_regprocedure('public.notify_people(uuid,text,text,jsonb)') is not null then
-    execute 'select public.notify_people($1, $2, $3, $4)'
-      using p_store_id, p_kind, p_ref, p_detail;
-  end if;
-end;
+  where l.store_id = p_store_id and l.reason in ('topup', 'grant', 'adjustment') and l.delta > 0
 $$;
 
 -- The job's store has no credits: the job waits for them (deferred p_wait_seconds without
@@ -130,7 +110,7 @@ begin
   where id = v_job.conversation_id and status <> 'waiting_credits';
 
   select count(*)::int into v_waiting from public.credit_waits where store_id = v_store.id;
-  perform public.notify_credits(
+  perform public.notify_people(
     v_store.id, 'waiting_for_credits', public.credit_episode(v_store.id),
     jsonb_build_object('credits', v_store.credits, 'waiting', v_waiting,
                        'conversation_id', v_job.conversation_id));
@@ -189,7 +169,7 @@ begin
     insert into public.events (store_id, event_type, detail)
     values (new.id, 'credit.low', jsonb_build_object('credits', new.credits,
                                                      'threshold', new.low_credits_at));
-    perform public.notify_credits(
+    perform public.notify_people(
       new.id, 'credits_low', public.credit_episode(new.id),
       jsonb_build_object('credits', new.credits, 'threshold', new.low_credits_at));
   end if;
@@ -234,11 +214,36 @@ begin
 end;
 $$;
 
+-- A top-up (or grant, or correction upwards) ends the episode: what the store's people were told
+-- about it (credits ran low, emails waited) is resolved, so the next episode is told afresh. A
+-- refund is not a top-up: it wakes waiting emails (the stores trigger) but resolves nothing, so
+-- a balance moving around the threshold does not warn twice.
+create or replace function public.credit_ledger_topped_up()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_episode text;
+begin
+  select 'topup:' || coalesce(max(l.id), 0)::text into v_episode
+  from public.credit_ledger l
+  where l.store_id = new.store_id and l.reason in ('topup', 'grant', 'adjustment')
+    and l.delta > 0 and l.id < new.id;
+  perform public.resolve_notifications(new.store_id, 'credits_low', v_episode);
+  perform public.resolve_notifications(new.store_id, 'waiting_for_credits', v_episode);
+  return null;
+end;
+$$;
+
+create trigger credit_ledger_topped_up
+  after insert on public.credit_ledger
+  for each row
+  when (new.reason in ('topup', 'grant', 'adjustment') and new.delta > 0)
+  execute function public.credit_ledger_topped_up();
+
 revoke all on function public.credit_episode(uuid) from public, anon, authenticated;
 grant execute on function public.credit_episode(uuid) to service_role;
-revoke all on function public.notify_credits(uuid, text, text, jsonb)
-  from public, anon, authenticated;
-grant execute on function public.notify_credits(uuid, text, text, jsonb) to service_role;
 revoke all on function public.charge_for_send(uuid, uuid, text) from public, anon, authenticated;
 grant execute on function public.charge_for_send(uuid, uuid, text) to service_role;
 revoke all on function public.wait_for_credits(uuid, text, int) from public, anon, authenticated;
@@ -246,3 +251,4 @@ grant execute on function public.wait_for_credits(uuid, text, int) to service_ro
 revoke all on function public.wake_credit_waiters(uuid) from public, anon, authenticated;
 grant execute on function public.wake_credit_waiters(uuid) to service_role;
 revoke all on function public.stores_credits_changed() from public, anon, authenticated;
+revoke all on function public.credit_ledger_topped_up() from public, anon, authenticated;

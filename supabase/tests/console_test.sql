@@ -10,13 +10,15 @@ insert into auth.users (id, email) values
   ('00000000-0000-4000-8000-0000000000b1', 'owner-b@example.test'),
   ('00000000-0000-4000-8000-0000000000c1', 'stranger@example.test'),
   ('00000000-0000-4000-8000-0000000000d1', 'operator@example.test');
+-- A low-credit threshold below the balances used here, so no warning (and its notify job) joins
+-- the jobs this test counts (credits_wait_test covers the warning).
 insert into public.stores (id, owner_id, name, support_email, imap_host, imap_port, imap_user,
-                           smtp_host, smtp_port, smtp_user, credits)
+                           smtp_host, smtp_port, smtp_user, credits, low_credits_at)
 values
   ('10000000-0000-4000-8000-00000000000a', '00000000-0000-4000-8000-0000000000a1', 'A',
-   'help@a.test', 'imap.a.test', 993, 'help', 'smtp.a.test', 587, 'help', 10),
+   'help@a.test', 'imap.a.test', 993, 'help', 'smtp.a.test', 587, 'help', 10, 5),
   ('10000000-0000-4000-8000-00000000000b', '00000000-0000-4000-8000-0000000000b1', 'B',
-   'help@b.test', 'imap.b.test', 993, 'help', 'smtp.b.test', 587, 'help', 10);
+   'help@b.test', 'imap.b.test', 993, 'help', 'smtp.b.test', 587, 'help', 10, 5);
 -- This file counts the console's jobs; the mailbox's own jobs (a reply's trigger) are proven in
 -- mailbox_record_test.sql.
 update public.stores set mailbox_sent = 'never', mailbox_drafts = false,
@@ -58,7 +60,8 @@ insert into public.messages (id, store_id, conversation_id, message_id, from_add
   ('30000000-0000-4000-8000-0000000000b1', '10000000-0000-4000-8000-00000000000b',
    '20000000-0000-4000-8000-0000000000b1', '<b1@c.test>', 'yan@c.test', 'Re: Refund',
    'Refund please', '{<b0@c.test>}');
--- The pipeline charged a credit for each held draft (keyed by its process job).
+-- Held replies that still carry their charge (keyed by the process job), as a reply held in
+-- doubt does: a draft the pipeline holds is refunded when saved (credits_wait_test).
 select public.reserve_credit(s, j::uuid) from (values
   ('10000000-0000-4000-8000-00000000000a'::uuid, '40000000-0000-4000-8000-0000000000a1'),
   ('10000000-0000-4000-8000-00000000000a'::uuid, '40000000-0000-4000-8000-0000000000a2'),
@@ -228,7 +231,7 @@ select is(public.begin_send('50000000-0000-4000-8000-0000000000a1'), 'ok',
 select is(public.begin_send('50000000-0000-4000-8000-0000000000a1'), 'in_doubt',
           'and never again');
 select is((select credits from public.stores where name = 'A'), 9,
-          'approving a held reply charges nothing more (its draft was charged)');
+          'approving a held reply that carries its charge charges nothing more');
 select is((select detail -> 'by' ->> 'email' from public.events
            where event_type = 'console.reply_approved'), 'owner-a@example.test',
           'the approval event records who');

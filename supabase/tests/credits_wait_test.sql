@@ -5,19 +5,7 @@
 -- low-credit warning reaches notify_people once per top-up. Runs as service_role, the console
 -- part as a signed-in owner.
 begin;
-select plan(51);
-
--- notify_people belongs to the notifications concern; this test records what reaches it.
-create table pg_temp.notified (store_id uuid, kind text, ref text, detail jsonb);
-create or replace function public.notify_people(
-  p_store_id uuid, p_kind text, p_ref text, p_detail jsonb default '{}'::jsonb
-) returns void language sql as $$
-  insert into pg_temp.notified
-  select p_store_id, p_kind, p_ref, p_detail
-  where not exists (select 1 from pg_temp.notified n
-                    where n.store_id = p_store_id and n.kind = p_kind and n.ref = p_ref)
-$$;
-grant all on pg_temp.notified to service_role;
+select plan(54);
 
 insert into auth.users (id, email) values
   ('00000000-0000-4000-8000-0000000000e1', 'owner-credits@example.test');
@@ -86,10 +74,13 @@ select is(public.wait_for_credits((pg_temp.job(:broke, 2)).id, 'w1', 3600), 'wai
           'a second email waits too');
 select is(public.wait_for_credits((pg_temp.job(:other, 9)).id, 'w1', 3600), 'waiting',
           'and one at the other store');
-select is((select count(*)::int from pg_temp.notified
+select is((select count(*)::int from public.notifications
            where store_id = :broke and kind = 'waiting_for_credits'), 1,
           'the store''s people are told once, not once per email');
-select is((select (detail ->> 'waiting')::int from pg_temp.notified
+select is((select ref from public.notifications
+           where store_id = :broke and kind = 'waiting_for_credits'), 'topup:0',
+          'about this credit episode (no top-up yet)');
+select is((select (detail ->> 'waiting')::int from public.notifications
            where store_id = :broke and kind = 'waiting_for_credits'), 1,
           'with how many emails waited then');
 
@@ -101,6 +92,9 @@ select ok((pg_temp.job(:broke, 1)).next_retry_at <= now()
 select is(pg_temp.conversation_status(:broke, 1), 'open', 'their conversations are open again');
 select is((select count(*)::int from public.credit_waits where store_id = :broke), 0,
           'and no longer recorded as waiting');
+select isnt((select resolved_at from public.notifications
+             where store_id = :broke and kind = 'waiting_for_credits'), null,
+            'the top-up resolves what the store''s people were told');
 select ok((pg_temp.job(:other, 9)).next_retry_at > now() + interval '59 minutes',
           'the other store''s waiting job sleeps on');
 select is((select (e.detail ->> 'jobs')::int from public.events e
@@ -195,7 +189,8 @@ reset role;
 
 -- the low-credit warning -------------------------------------------------------------------------
 set local role service_role;
-select is((select count(*)::int from pg_temp.notified where kind = 'credits_low'), 0,
+select is((select count(*)::int from public.notifications
+           where store_id = :broke and kind = 'credits_low'), 0,
           'no warning yet: the balance never fell below the threshold from above it');
 select is(public.admin_add_credits(:broke, 5, 'topup'), 5, 'a top-up to 5 (threshold 3)');
 create function pg_temp.charge(p_n int) returns text language sql as $$
@@ -204,24 +199,32 @@ create function pg_temp.charge(p_n int) returns text language sql as $$
 $$;
 grant execute on function pg_temp.charge(int) to service_role;
 select pg_temp.charge(1), pg_temp.charge(2);
-select is((select count(*)::int from pg_temp.notified where kind = 'credits_low'), 0,
+select is((select count(*)::int from public.notifications
+           where store_id = :broke and kind = 'credits_low'), 0,
           'at 3 credits (the threshold) no warning');
 select pg_temp.charge(3);
-select is((select count(*)::int from pg_temp.notified where kind = 'credits_low'), 1,
+select is((select count(*)::int from public.notifications
+           where store_id = :broke and kind = 'credits_low'), 1,
           'falling to 2 warns the store''s people');
-select is((select detail from pg_temp.notified where kind = 'credits_low'),
+select is((select detail from public.notifications
+           where store_id = :broke and kind = 'credits_low'),
           '{"credits": 2, "threshold": 3}'::jsonb, 'with the balance and the threshold');
 select ok(public.release_credit(:broke, '60000000-0000-4000-8000-000000000003', 'send_failed'),
           'a refund lifts the balance back to the threshold');
 select pg_temp.charge(4);
-select is((select count(*)::int from pg_temp.notified where kind = 'credits_low'), 1,
+select is((select count(*)::int from public.notifications
+           where store_id = :broke and kind = 'credits_low'), 1,
           'crossing again within the same top-up does not warn twice');
 select is((select count(*)::int from public.events
            where store_id = :broke and event_type = 'credit.low'), 2,
           'each crossing is on the record');
 select is(public.admin_add_credits(:broke, 10), 12, 'a new top-up');
+select is((select count(*)::int from public.notifications
+           where store_id = :broke and kind = 'credits_low' and resolved_at is not null), 1,
+          'the top-up resolves the warning about the last episode');
 select pg_temp.charge(n) from generate_series(5, 14) n;
-select is((select count(*)::int from pg_temp.notified where kind = 'credits_low'), 2,
+select is((select count(*)::int from public.notifications
+           where store_id = :broke and kind = 'credits_low'), 2,
           'after a new top-up, falling below warns again');
 
 select * from finish();
