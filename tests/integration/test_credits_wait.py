@@ -72,6 +72,17 @@ def top_up(p: Pipeline, dsn: str, amount: str) -> str:
     return done.stdout
 
 
+def notifications(p: Pipeline, kind: str) -> list[dict[str, Any]]:
+    """What the store's people were told (public.notify_people), oldest first."""
+    return list(
+        p.sql.execute(
+            "select ref, detail, resolved_at from public.notifications"
+            " where store_id = %s and kind = %s order by created_at, id",
+            (p.store_id, kind),
+        ).fetchall()
+    )
+
+
 def conversation_status(p: Pipeline, job_id: str) -> str:
     row = p.sql.execute(
         "select c.status from public.conversations c join public.job_queue j"
@@ -127,6 +138,8 @@ def test_a_waiting_backlog_is_claimed_once_then_sleeps_until_credits_arrive(
         "select count(*) as n from public.credit_waits where store_id = %s", (p.store_id,)
     ).fetchone()
     assert waiting == {"n": 12}
+    [told] = notifications(p, "waiting_for_credits")  # once, not once per email
+    assert told["resolved_at"] is None and told["detail"]["credits"] == 0
 
     top_up(p, pipeline_dsn, "+50")
     assert all(p.job(j)["next_retry_at"] <= datetime.now(UTC) for j in jobs)
@@ -134,6 +147,8 @@ def test_a_waiting_backlog_is_claimed_once_then_sleeps_until_credits_arrive(
     # The customer's cap lets three automatic replies through; the rest wait for a person.
     assert ran["outcomes"] == {"replied": 3, "held": 9}, ran
     assert len(p.sent_to(JOHN)) == 3 and p.credits() == 47
+    [told] = notifications(p, "waiting_for_credits")
+    assert told["resolved_at"] is not None  # the top-up resolved it
 
 
 def test_a_held_draft_costs_nothing_and_the_low_credit_warning_fires_once(
@@ -162,5 +177,7 @@ def test_a_held_draft_costs_nothing_and_the_low_credit_warning_fires_once(
         assert p.credits() == 0
         low = [e for e in p.events_of_store() if e["event_type"] == "credit.low"]
         assert [e["detail"] for e in low] == [{"credits": 1, "threshold": 2}]
+        [told] = notifications(p, "credits_low")  # once
+        assert told["detail"] == {"credits": 1, "threshold": 2} and told["resolved_at"] is None
     finally:
         p.worker.close()

@@ -1,6 +1,7 @@
 """Concurrency of the pipeline's SQL: reserve_credit never overdraws and stays idempotent per job,
-two fetch runs storing the same message produce one message and one job, and one sender's
-concurrent reservations never pass the reply cap.
+two fetch runs storing the same message produce one message and one job, one sender's
+concurrent reservations never pass the reply cap, and a top-up racing an email that starts
+waiting for credits never leaves it asleep.
 
 These need several sessions at once. They were pgTAP files driving sessions through dblink,
 which only a superuser may open without a password; Supabase runs `supabase test db` as
@@ -217,3 +218,78 @@ def test_one_sender_in_four_sessions_gets_exactly_the_reply_cap(
         "select count(*) as n from public.credit_ledger where store_id = %s", (store_id,)
     ).fetchone()
     assert row == {"n": 2}
+
+
+def processing_job(db: psycopg.Connection[Any], store_id: str) -> str:
+    """A process_email job of the store, held by worker w1."""
+    job_id = str(uuid.uuid4())
+    db.execute(
+        "insert into public.job_queue (id, job_type, store_id, status, locked_by, locked_until,"
+        " attempt_count, started_at) values (%s, 'process_email_concurrency', %s, 'processing',"
+        " 'w1', now() + interval '5 minutes', 1, now())",
+        (job_id, store_id),
+    )
+    return job_id
+
+
+def job_state(db: psycopg.Connection[Any], job_id: str) -> dict[str, Any]:
+    row = db.execute(
+        "select status, next_retry_at <= now() as due,"
+        " exists (select 1 from public.credit_waits w where w.job_id = q.id) as waiting"
+        " from public.job_queue q where q.id = %s",
+        (job_id,),
+    ).fetchone()
+    assert row is not None
+    return dict(row)
+
+
+def wait_for_credits(conn: psycopg.Connection[Any], job_id: str) -> str:
+    row = conn.execute("select public.wait_for_credits(%s, 'w1', 21600)", (job_id,)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def top_up(conn: psycopg.Connection[Any], store_id: str) -> int:
+    row = conn.execute("select public.admin_add_credits(%s, 5)", (store_id,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_top_up_committing_after_a_job_starts_waiting_wakes_it(
+    db: psycopg.Connection[Any], sessions: list[psycopg.Connection[Any]], store_id: str
+) -> None:
+    db.execute("update public.stores set credits = 0 where id = %s", (store_id,))
+    job_id = processing_job(db, store_id)
+    waiter, payer = sessions[:2]
+
+    assert wait_for_credits(waiter, job_id) == "waiting"  # its transaction still open
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(top_up, payer, store_id)
+        try:
+            assert blocked(db, payer.info.backend_pid), "the top-up did not wait for the waiter"
+        finally:
+            waiter.commit()
+        assert pending.result(timeout=BLOCKED_WAIT_LIMIT) == 5
+    payer.commit()
+
+    # The top-up saw the wait the job recorded and made it due: no email sleeps on credits.
+    assert job_state(db, job_id) == {"status": "pending", "due": True, "waiting": False}
+
+
+def test_a_job_that_would_wait_while_a_top_up_commits_goes_on_instead(
+    db: psycopg.Connection[Any], sessions: list[psycopg.Connection[Any]], store_id: str
+) -> None:
+    db.execute("update public.stores set credits = 0 where id = %s", (store_id,))
+    job_id = processing_job(db, store_id)
+    waiter, payer = sessions[:2]
+
+    assert top_up(payer, store_id) == 5  # its transaction still open
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(wait_for_credits, waiter, job_id)
+        try:
+            assert blocked(db, waiter.info.backend_pid), "the waiter did not wait for the top-up"
+        finally:
+            payer.commit()
+        assert pending.result(timeout=BLOCKED_WAIT_LIMIT) == "has_credits"
+    waiter.commit()
+    assert job_state(db, job_id) == {"status": "processing", "due": True, "waiting": False}
