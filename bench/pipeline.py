@@ -45,7 +45,7 @@ from typing import Any
 
 import psycopg
 
-from worker import offline
+from worker import offline, promises
 from worker.devstack.dovecot import DovecotServer, free_port
 from worker.devstack.tls import TestCA, create_test_ca
 from worker.pipeline import steps
@@ -68,7 +68,9 @@ IN_REPLY_TO = re.compile(rb"^In-Reply-To:[ \t]*(<[^>\r\n]+>)", re.I | re.M)
 
 # (language, subject, body); {n} is the order number, {name} the customer's first name.
 # Every template classifies as an intent the worker answers on its own (never a hold), which
-# `check_sendable` verifies before anything is delivered.
+# `check_sendable` verifies before anything is delivered. Order questions only: a refund or a
+# product question without the store's knowledge or catalogue is held for a person (its reply
+# would have to promise that the team follows up; decision 0020).
 TEMPLATES: tuple[tuple[str, str, str], ...] = (
     (
         "pt",
@@ -84,15 +86,14 @@ TEMPLATES: tuple[tuple[str, str, str], ...] = (
     ),
     (
         "pt",
-        "Troca do pedido {n}",
-        "Olá! Recebi o pedido {n}, mas a camiseta ficou pequena. Gostaria de trocar por um "
-        "tamanho maior. Como faço a devolução?\n\n{name}",
+        "Rastreio do pedido {n}",
+        "Olá! Qual é o código de rastreio do pedido {n}? Quero acompanhar a entrega.\n\n{name}",
     ),
     (
         "pt",
-        "Dúvida sobre tamanho",
-        "Bom dia! Vocês têm a jaqueta jeans disponível no tamanho G? Qual é o material do "
-        "forro?\n\nObrigado,\n{name}",
+        "Status do meu pedido #{n}",
+        "Bom dia! Meu pedido #{n} já foi enviado? Gostaria de saber o status.\n\nObrigado,\n"
+        "{name}",
     ),
     (
         "en",
@@ -108,14 +109,14 @@ TEMPLATES: tuple[tuple[str, str, str], ...] = (
     ),
     (
         "en",
-        "Refund for order {n}",
-        "Hi,\n\nThe shoes from order {n} don't fit. I'd like to return them and get a refund. "
-        "What are the next steps?\n\nKind regards,\n{name}",
+        "Tracking number for order {n}",
+        "Hi,\n\nCould you send me the tracking number for order {n}? I'd like to follow the "
+        "delivery.\n\nKind regards,\n{name}",
     ),
     (
         "en",
-        "Question about sizes",
-        "Hello! Do you have the linen shirt in size L, and is it available in blue?\n\n{name}",
+        "Has order #{n} shipped?",
+        "Hello! Has my order #{n} shipped yet? Please let me know its status.\n\n{name}",
     ),
 )
 NAMES = {
@@ -192,6 +193,11 @@ def check_sendable(emails: list[BenchEmail]) -> None:
         c = offline.classify_text(email.subject, email.body)
         if c.is_spam or c.needs_human or c.intent in steps.HUMAN_INTENTS or c.confidence < 0.6:
             raise SystemExit(f"template would not be answered automatically: {email.subject!r} {c}")
+        # Without any order found the reply must still go out: a promise of the team's
+        # follow-up would hold it for a person.
+        body = offline.compose_reply(c.intent, [], c.language, "friendly")
+        if promises.promises_follow_up(body):
+            raise SystemExit(f"template's reply would be held for a person: {email.subject!r}")
 
 
 def catalogue_for(emails: list[BenchEmail]) -> Any:

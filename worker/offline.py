@@ -517,6 +517,8 @@ _PRICE = re.compile(
 _MONTHS_EN = ("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec").split()
 
 ORDER_INTENTS = frozenset({"order_status", "shipping_delay", "return_refund", "cancellation"})
+# Intents a store's knowledge entry can answer by itself (without a person following up).
+POLICY_ANSWERS = frozenset({"return_refund", "product_question", "other"})
 # The knowledge topics that answer an intent; an intent not listed ('other': a question the
 # rules cannot place) takes the best entry of any topic, one listed with an empty set never
 # quotes one (an order's own facts answer its status; a complaint is for a person).
@@ -681,14 +683,25 @@ def compose_reply(
     """The reply body (no signature) for an intent, in pt, en or es (pure); the store's own
     answer (a knowledge entry) quoted as it wrote it when one fits.
 
-    Without a handoff (nobody at the store will read the conversation) the order replies promise
-    no follow-up; the texts of requests only the team can settle do, and are therefore held for a
-    person by the pipeline (worker.promises), which makes the promise true.
+    Without a handoff (nobody at the store will read the conversation) the reply promises no
+    follow-up when it has an answer: the order facts, the catalogue's, or the store's own policy
+    for a return or a general question. The texts of requests only the team can settle (a
+    cancellation, a complaint, a question nothing here answers) say the team will act, and the
+    pipeline holds them for a person (worker.promises), which makes the promise true.
     """
     auto = "" if handoff else "_auto"
     text = _TEXT[_lang_key(language)]
     formal = tone.strip().lower() in {"formal", "professional"}
     paragraphs = [text["greeting_formal" if formal else "greeting"], text["thanks"]]
+
+    entry = matching_entry(intent, knowledge)
+    # Rules cannot translate: a policy written in another language than the reply's stays out.
+    if entry is not None and _lang_key(detect_language(f"{entry.title}\n{entry.body}")) != (
+        _lang_key(language)
+    ):
+        entry = None
+    # The store's policy answers a return or a general question; it cannot cancel an order.
+    policy_answers = entry is not None and not handoff and intent in POLICY_ANSWERS
 
     if products:
         details = [text["products_intro"]]
@@ -697,6 +710,8 @@ def compose_reply(
         paragraphs.append("\n".join(details))
     if intent == "product_question" and products:
         pass  # the catalogue facts are the answer, not "our team will check"
+    elif policy_answers:
+        pass  # the store's own answer, quoted below, is the reply
     elif intent in ("return_refund", "cancellation", "product_question", "complaint"):
         paragraphs.append(text[intent])
     elif intent == "shipping_delay":
@@ -704,11 +719,7 @@ def compose_reply(
     elif intent not in ORDER_INTENTS:
         paragraphs.append(text["other"])
 
-    entry = matching_entry(intent, knowledge)
-    # Rules cannot translate: a policy written in another language than the reply's stays out.
-    if entry is not None and _lang_key(detect_language(f"{entry.title}\n{entry.body}")) == (
-        _lang_key(language)
-    ):
+    if entry is not None:
         paragraphs.append(text["knowledge"].format(title=entry.title, text=entry.body.strip()))
 
     if orders:

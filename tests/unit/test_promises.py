@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from worker import offline, promises
-from worker.responder import OrderFacts
+from worker.responder import KnowledgeEntry, OrderFacts
 
 
 @pytest.mark.parametrize(
@@ -72,3 +72,25 @@ def test_with_a_person_queued_the_no_order_reply_may_say_the_team_will_check() -
     text = offline.compose_reply("order_status", [], "en", "friendly", handoff=True)
     assert promises.promises_follow_up(text)
     assert "our team will check" in text
+
+
+RETURNS = KnowledgeEntry(
+    "returns",
+    "Trocas e devoluções",
+    "Você pode devolver ou trocar em até 30 dias corridos após o recebimento.",
+)
+
+
+def test_the_stores_own_policy_answers_a_return_without_promising_a_person() -> None:
+    text = offline.compose_reply(
+        "return_refund", [], "pt-BR", "friendly", knowledge=[RETURNS], handoff=False
+    )
+    assert "em até 30 dias corridos" in text
+    assert not promises.promises_follow_up(text), text
+
+
+def test_a_cancellation_still_needs_the_team_whatever_the_policy_says() -> None:
+    text = offline.compose_reply(
+        "cancellation", [], "pt-BR", "friendly", knowledge=[RETURNS], handoff=False
+    )
+    assert promises.promises_follow_up(text), text  # so the pipeline holds it for a person
