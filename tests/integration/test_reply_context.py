@@ -51,6 +51,9 @@ def test_a_follow_up_sees_the_earlier_messages_and_our_reply_without_quotes(
     pipeline: Pipeline,
 ) -> None:
     first_id = "<troca-ana-1@mail.example.com.br>"
+    # The store's returns policy answers the exchange question (without it the request would
+    # wait for a person: a reply may not promise that the team follows up, decision 0020).
+    pipeline.db.import_knowledge(pipeline.store_id, DEMO_KNOWLEDGE)
     first_job = pipeline.one(
         make_email(
             f"Ana Souza <{ANA}>",
@@ -153,6 +156,7 @@ def test_a_store_without_knowledge_sends_none_to_the_model(pipeline: Pipeline) -
     pipeline.one(
         make_email("Carlos Lima <carlos.lima@example.com.br>", "Devolução", "Quero devolver.")
     )
-    assert pipeline.run()["outcomes"] == {"replied": 1}
+    # Without a returns policy only the team can settle it: held for a person (decision 0020).
+    assert pipeline.run()["outcomes"] == {"held": 1}
     _, context = draft_context(pipeline.claude)
     assert "store_knowledge" not in context and "earlier_messages" not in context
