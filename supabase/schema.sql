@@ -152,6 +152,21 @@ $$;
 ALTER FUNCTION public.admin_create_store(p_store jsonb, p_secrets jsonb) OWNER TO postgres;
 
 --
+-- Name: admin_set_notification_settings(uuid, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.admin_set_notification_settings(p_store_id uuid, p_changes jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+begin
+  return public.notification_settings_apply(p_store_id, p_changes);
+end;
+$$;
+
+ALTER FUNCTION public.admin_set_notification_settings(p_store_id uuid, p_changes jsonb) OWNER TO postgres;
+
+--
 -- Name: stores; Type: TABLE; Schema: public; Owner: postgres
 --
 
@@ -1179,6 +1194,37 @@ $$;
 ALTER FUNCTION public.console_needs_person(p_store_id uuid, p_limit integer) OWNER TO postgres;
 
 --
+-- Name: console_notifications(uuid, integer); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_notifications(p_store_id uuid, p_limit integer DEFAULT 50) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+begin
+  if auth.uid() is null then
+    raise exception 'not signed in' using errcode = '42501';
+  end if;
+  if not exists (select 1 from public.stores where id = p_store_id) then
+    raise exception 'store % not found', p_store_id using errcode = 'PT404';
+  end if;
+  if public.console_role_in(p_store_id) is null then
+    raise exception 'not one of the store''s people' using errcode = '42501';
+  end if;
+  return jsonb_build_object(
+    'settings', public.notification_settings_view(p_store_id),
+    'items', coalesce((select jsonb_agg(to_jsonb(n) - 'digest_job_id' order by n.created_at desc)
+                       from (select * from public.notifications
+                             where store_id = p_store_id
+                             order by created_at desc
+                             limit least(greatest(coalesce(p_limit, 50), 1), 200)) n),
+                      '[]'::jsonb));
+end;
+$$;
+
+ALTER FUNCTION public.console_notifications(p_store_id uuid, p_limit integer) OWNER TO postgres;
+
+--
 -- Name: console_purge_dead_letters(uuid[]); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -1261,6 +1307,11 @@ begin
     raise exception 'job % not found', p_job_id using errcode = 'PT404';
   end if;
   if not public.requeue_dlq_job(p_job_id, true) then
+    if v_job.status = 'dead_letter' and v_job.job_type = 'fetch_mailbox' then
+      -- one live fetch job per store (decision 0021): the live one reads the same mailbox
+      raise exception 'job %: its store already has a fetch job waiting or running', p_job_id
+        using errcode = 'PT409';
+    end if;
     raise exception 'job % is %, not dead-lettered', p_job_id, v_job.status
       using errcode = 'PT409';
   end if;
@@ -1408,6 +1459,44 @@ end;
 $$;
 
 ALTER FUNCTION public.console_send_reply(p_reply_id uuid, p_body text) OWNER TO postgres;
+
+--
+-- Name: console_set_notification_settings(uuid, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.console_set_notification_settings(p_store_id uuid, p_changes jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+  v_result jsonb;
+  v_detail text;
+begin
+  if auth.uid() is null then
+    raise exception 'not signed in' using errcode = '42501';
+  end if;
+  if not exists (select 1 from public.stores where id = p_store_id) then
+    raise exception 'store % not found', p_store_id using errcode = 'PT404';
+  end if;
+  if coalesce(public.console_role_in(p_store_id), '') not in ('owner', 'operator') then
+    raise exception 'only the store''s owners change its settings' using errcode = '42501';
+  end if;
+  begin
+    v_result := public.notification_settings_apply(p_store_id, p_changes);
+  exception when sqlstate '22023' then
+    -- PostgREST answers PTnnn with status nnn: a person's bad value is a 400 with its list.
+    get stacked diagnostics v_detail = pg_exception_detail;
+    raise exception '%: %', sqlerrm, v_detail using errcode = 'PT400';
+  end;
+  insert into public.events (store_id, event_type, detail)
+  values (p_store_id, 'console.notifications_updated',
+          jsonb_build_object('keys', (select jsonb_agg(k) from jsonb_object_keys(p_changes) k),
+                             'by', public.console_actor()));
+  return v_result;
+end;
+$$;
+
+ALTER FUNCTION public.console_set_notification_settings(p_store_id uuid, p_changes jsonb) OWNER TO postgres;
 
 --
 -- Name: console_status_from_event(); Type: FUNCTION; Schema: public; Owner: postgres
@@ -2070,6 +2159,62 @@ $$;
 ALTER FUNCTION public.dequeue_jobs(p_worker_id text, p_batch_size integer, p_lease_seconds integer, p_job_types text[]) OWNER TO postgres;
 
 --
+-- Name: enqueue_fetch_jobs(uuid[], integer); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.enqueue_fetch_jobs(p_store_ids uuid[] DEFAULT NULL::uuid[], p_priority integer DEFAULT 10) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+    v_stores uuid[];
+    v_max int := (public.job_retry_policy('fetch_mailbox')).max_attempts;
+    v_ids uuid[];
+    v_new uuid[] := '{}';
+    v_rerun int := 0;
+begin
+    select coalesce(array_agg(s.id order by s.id), '{}') into v_stores
+    from public.stores s
+    where s.active and (p_store_ids is null or s.id = any (p_store_ids));
+
+    for v_pass in 1 .. 2 loop
+        with inserted as (
+            insert into public.job_queue (job_type, payload, store_id, priority, max_attempts)
+            select 'fetch_mailbox', '{}'::jsonb, s.id, coalesce(p_priority, 10), v_max
+            from unnest(v_stores) s (id)
+            order by s.id
+            on conflict (store_id)
+                where job_type = 'fetch_mailbox' and status in ('pending', 'processing')
+            do nothing
+            returning id, store_id, priority, next_retry_at
+        ), logged as (
+            insert into public.events (store_id, job_id, event_type, detail)
+            select i.store_id, i.id, 'job.enqueued',
+                   jsonb_build_object('job_type', 'fetch_mailbox', 'priority', i.priority,
+                                      'run_at', i.next_retry_at, 'reason', 'interval')
+            from inserted i
+        )
+        select coalesce(array_agg(i.id), '{}') into v_ids from inserted i;
+        v_new := v_new || v_ids;
+        exit when v_pass = 2;
+
+        insert into public.mailbox_ticks as t (store_id, ticked_at)
+        select s.id, now() from unnest(v_stores) s (id) order by s.id
+        on conflict (store_id) do update set ticked_at = excluded.ticked_at;
+        select count(*)::int into v_rerun
+        from public.job_queue q
+        where q.job_type = 'fetch_mailbox' and q.status = 'processing'
+          and q.store_id = any (v_stores);
+    end loop;
+
+    return jsonb_build_object('stores', cardinality(v_stores), 'enqueued', cardinality(v_new),
+                              'rerun', v_rerun, 'job_ids', to_jsonb(v_new));
+end;
+$$;
+
+ALTER FUNCTION public.enqueue_fetch_jobs(p_store_ids uuid[], p_priority integer) OWNER TO postgres;
+
+--
 -- Name: enqueue_job(text, jsonb, text, uuid, uuid, integer, timestamp with time zone, integer); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -2292,6 +2437,81 @@ $$;
 ALTER FUNCTION public.fail_job(p_job_id uuid, p_worker_id text, p_error text, p_error_type text, p_retry_after_seconds integer) OWNER TO postgres;
 
 --
+-- Name: finish_fetch_job(uuid, text, jsonb, boolean); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean DEFAULT false) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+    v_job public.job_queue;
+    v_reason text;
+    v_follow_up uuid;
+begin
+    if not public.complete_job(p_job_id, p_worker_id, p_result) then
+        return jsonb_build_object('completed', false, 'follow_up', null, 'reason', null);
+    end if;
+    select * into v_job from public.job_queue q where q.id = p_job_id;
+    v_reason := case
+        when p_more then 'backlog'
+        -- claimed no later than the tick: its read may predate it (same instant counts)
+        when exists (select 1 from public.mailbox_ticks t
+                     where t.store_id = v_job.store_id and t.ticked_at >= v_job.started_at)
+            then 'rerun'
+    end;
+    if v_reason is null or v_job.job_type <> 'fetch_mailbox' then
+        return jsonb_build_object('completed', true, 'follow_up', null, 'reason', null);
+    end if;
+    insert into public.job_queue (job_type, payload, store_id, priority, max_attempts)
+    values ('fetch_mailbox', '{}'::jsonb, v_job.store_id, v_job.priority,
+            (public.job_retry_policy('fetch_mailbox')).max_attempts)
+    on conflict (store_id)
+        where job_type = 'fetch_mailbox' and status in ('pending', 'processing')
+    do nothing
+    returning id into v_follow_up;
+    if v_follow_up is not null then
+        insert into public.events (store_id, job_id, event_type, detail)
+        values (v_job.store_id, v_follow_up, 'job.enqueued',
+                jsonb_build_object('job_type', 'fetch_mailbox', 'priority', v_job.priority,
+                                   'run_at', now(), 'reason', v_reason,
+                                   'after_job', p_job_id));
+    end if;
+    return jsonb_build_object('completed', true, 'follow_up', v_follow_up, 'reason', v_reason);
+end;
+$$;
+
+ALTER FUNCTION public.finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean) OWNER TO postgres;
+
+--
+-- Name: finish_notification_digest(uuid, text, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.finish_notification_digest(p_job_id uuid, p_worker_id text, p_result jsonb DEFAULT NULL::jsonb) RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  v_store_id uuid;
+begin
+  if not public.complete_job(p_job_id, p_worker_id, p_result) then
+    return false;
+  end if;
+  update public.notifications n
+  set status = 'sent', sent_at = now()
+  where n.digest_job_id = p_job_id and n.status = 'pending';
+  update public.notification_digests d set finished_at = now()
+  where d.job_id = p_job_id
+  returning d.store_id into v_store_id;
+  insert into public.events (store_id, job_id, event_type, detail)
+  values (v_store_id, p_job_id, 'notify.sent', coalesce(p_result, '{}'::jsonb));
+  return true;
+end;
+$$;
+
+ALTER FUNCTION public.finish_notification_digest(p_job_id uuid, p_worker_id text, p_result jsonb) OWNER TO postgres;
+
+--
 -- Name: finish_send(uuid, uuid, text, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -2410,6 +2630,22 @@ CREATE FUNCTION public.get_mailbox_state(p_store_id uuid, p_folder text) RETURNS
 $$;
 
 ALTER FUNCTION public.get_mailbox_state(p_store_id uuid, p_folder text) OWNER TO postgres;
+
+--
+-- Name: get_notification_webhook(uuid); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.get_notification_webhook(p_store_id uuid) RETURNS text
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+  select ds.decrypted_secret
+  from public.notification_settings ns
+  join vault.decrypted_secrets ds on ds.id = ns.webhook_secret_id
+  where ns.store_id = p_store_id
+$$;
+
+ALTER FUNCTION public.get_notification_webhook(p_store_id uuid) OWNER TO postgres;
 
 --
 -- Name: get_store(uuid); Type: FUNCTION; Schema: public; Owner: postgres
@@ -3048,6 +3284,265 @@ $$;
 ALTER FUNCTION public.load_reply_context(p_reply_id uuid) OWNER TO postgres;
 
 --
+-- Name: notification_recipients(uuid); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.notification_recipients(p_store_id uuid) RETURNS text[]
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+  select coalesce(
+    (select ns.addresses from public.notification_settings ns where ns.store_id = p_store_id),
+    (select array_agg(lower(u.email) order by m.role desc, lower(u.email))
+     from public.store_members m join auth.users u on u.id = m.user_id
+     where m.store_id = p_store_id and u.email is not null),
+    (select array[s.support_email] from public.stores s where s.id = p_store_id))
+$$;
+
+ALTER FUNCTION public.notification_recipients(p_store_id uuid) OWNER TO postgres;
+
+--
+-- Name: notification_settings_apply(uuid, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.notification_settings_apply(p_store_id uuid, p_changes jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $_$
+declare
+  v_row public.notification_settings;
+  v_problems text[] := '{}'::text[];
+  v_unknown text[];
+  v_addresses text[];
+  v_url text;
+  v_host text;
+begin
+  if not exists (select 1 from public.stores where id = p_store_id) then
+    raise exception 'store % not found', p_store_id using errcode = 'PT404';
+  end if;
+  if jsonb_typeof(p_changes) is distinct from 'object' then
+    raise exception 'notification settings must be a JSON object' using errcode = '22023';
+  end if;
+  select array_agg(k order by k) into v_unknown from jsonb_object_keys(p_changes) k
+  where k not in ('addresses', 'digest_interval_minutes', 'digest_wait_seconds', 'webhook_url');
+  if v_unknown is not null then
+    v_problems := v_problems || ('unknown keys: ' || array_to_string(v_unknown, ', '));
+  end if;
+
+  insert into public.notification_settings (store_id) values (p_store_id)
+  on conflict (store_id) do nothing;
+  select * into v_row from public.notification_settings where store_id = p_store_id for update;
+
+  if p_changes ? 'addresses' then
+    if jsonb_typeof(p_changes -> 'addresses') = 'null' then
+      v_row.addresses := null;
+    elsif jsonb_typeof(p_changes -> 'addresses') = 'array' then
+      select array_agg(distinct lower(btrim(a)) order by lower(btrim(a))) into v_addresses
+      from jsonb_array_elements_text(p_changes -> 'addresses') a where btrim(a) <> '';
+      if v_addresses is null then
+        v_row.addresses := null;
+      elsif cardinality(v_addresses) > 20 then
+        v_problems := v_problems || 'addresses: at most 20'::text;
+      elsif exists (select 1 from unnest(v_addresses) a
+                    where a !~ '^[^@\s<>,;"]+@[^@\s<>,;"]+\.[^@\s<>,;"]+$') then
+        v_problems := v_problems || ('addresses: not an email address: ' || (
+          select string_agg(a, ', ') from unnest(v_addresses) a
+          where a !~ '^[^@\s<>,;"]+@[^@\s<>,;"]+\.[^@\s<>,;"]+$'));
+      else
+        v_row.addresses := v_addresses;
+      end if;
+    else
+      v_problems := v_problems || 'addresses must be a list of email addresses'::text;
+    end if;
+  end if;
+  if p_changes ? 'digest_interval_minutes' then
+    if jsonb_typeof(p_changes -> 'digest_interval_minutes') = 'number'
+       and (p_changes ->> 'digest_interval_minutes') ~ '^[0-9]+$'
+       and (p_changes ->> 'digest_interval_minutes')::numeric between 1 and 1440 then
+      v_row.digest_interval_minutes := (p_changes ->> 'digest_interval_minutes')::int;
+    else
+      v_problems := v_problems || 'digest_interval_minutes must be 1 to 1440'::text;
+    end if;
+  end if;
+  if p_changes ? 'digest_wait_seconds' then
+    if jsonb_typeof(p_changes -> 'digest_wait_seconds') = 'number'
+       and (p_changes ->> 'digest_wait_seconds') ~ '^[0-9]+$'
+       and (p_changes ->> 'digest_wait_seconds')::numeric between 0 and 3600 then
+      v_row.digest_wait_seconds := (p_changes ->> 'digest_wait_seconds')::int;
+    else
+      v_problems := v_problems || 'digest_wait_seconds must be 0 to 3600'::text;
+    end if;
+  end if;
+  if p_changes ? 'webhook_url' then
+    v_url := nullif(btrim(coalesce(p_changes ->> 'webhook_url', '')), '');
+    if jsonb_typeof(p_changes -> 'webhook_url') not in ('string', 'null') then
+      v_problems := v_problems || 'webhook_url must be a URL or null'::text;
+    elsif v_url is not null then
+      v_host := substring(v_url from '^https?://([^/:?#]+)');
+      if v_host is null or length(v_url) > 2000 or v_url ~ '\s' then
+        v_problems := v_problems || 'webhook_url must be an http(s) URL'::text;
+      elsif v_url !~ '^https://' and not public.is_loopback_host(v_host) then
+        -- The URL is a credential and the digest names customers: never in clear text,
+        -- except to this machine (tests, the demo).
+        v_problems := v_problems || 'webhook_url must use https'::text;
+      end if;
+    end if;
+  end if;
+  if cardinality(v_problems) > 0 then
+    raise exception 'invalid notification settings'
+      using errcode = '22023', detail = array_to_string(v_problems, '; ');
+  end if;
+
+  if p_changes ? 'webhook_url' then
+    if v_url is null then
+      if v_row.webhook_secret_id is not null then
+        delete from vault.secrets where id = v_row.webhook_secret_id;
+      end if;
+      v_row.webhook_secret_id := null;
+      v_row.webhook_hint := null;
+    else
+      v_row.webhook_secret_id := public.store_put_secret(
+        v_row.webhook_secret_id, v_url, p_store_id, 'notification_webhook',
+        'notification webhook URL');
+      v_row.webhook_hint := v_host || ' …' || right(v_url, 4);
+    end if;
+  end if;
+  update public.notification_settings set
+    addresses = v_row.addresses,
+    digest_interval_minutes = v_row.digest_interval_minutes,
+    digest_wait_seconds = v_row.digest_wait_seconds,
+    webhook_secret_id = v_row.webhook_secret_id,
+    webhook_hint = v_row.webhook_hint
+  where store_id = p_store_id;
+  return public.notification_settings_view(p_store_id);
+end;
+$_$;
+
+ALTER FUNCTION public.notification_settings_apply(p_store_id uuid, p_changes jsonb) OWNER TO postgres;
+
+--
+-- Name: notification_settings_view(uuid); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.notification_settings_view(p_store_id uuid) RETURNS jsonb
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+  select jsonb_build_object(
+    'store_id', s.id,
+    'addresses', ns.addresses,
+    'recipients', to_jsonb(public.notification_recipients(s.id)),
+    'digest_interval_minutes', coalesce(ns.digest_interval_minutes, 15),
+    'digest_wait_seconds', coalesce(ns.digest_wait_seconds, 60),
+    'webhook', ns.webhook_secret_id is not null,
+    'webhook_hint', ns.webhook_hint)
+  from public.stores s
+  left join public.notification_settings ns on ns.store_id = s.id
+  where s.id = p_store_id
+$$;
+
+ALTER FUNCTION public.notification_settings_view(p_store_id uuid) OWNER TO postgres;
+
+--
+-- Name: notify_breaker_changed(); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.notify_breaker_changed() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $_$
+declare
+  v_parts text[];
+  v_store_id uuid;
+  v_last_error text;
+begin
+  v_parts := regexp_match(new.service,
+    '^(imap|smtp|shopify):([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$');
+  if v_parts is null then
+    return null;  -- not a store's service (claude, a webhook, ...)
+  end if;
+  v_store_id := v_parts[2]::uuid;
+  if new.state = 'closed' then
+    perform public.resolve_notifications(v_store_id, 'credentials_failed', new.service);
+    return null;
+  end if;
+  if v_parts[1] = 'imap' then
+    select e.detail ->> 'error' into v_last_error
+    from public.events e
+    where e.store_id = v_store_id and e.event_type = 'fetch.store_failed'
+    order by e.created_at desc
+    limit 1;
+  end if;
+  perform public.notify_people(
+    v_store_id, 'credentials_failed', new.service,
+    jsonb_build_object('service', v_parts[1], 'consecutive_failures', new.consecutive_failures,
+                       'opened_at', new.opened_at, 'error', left(v_last_error, 500)));
+  return null;
+exception when others then
+  insert into public.events (event_type, detail)
+  values ('notify.failed',
+          jsonb_build_object('kind', 'credentials_failed', 'ref', new.service, 'error', sqlerrm,
+                             'sqlstate', sqlstate));
+  return null;
+end;
+$_$;
+
+ALTER FUNCTION public.notify_breaker_changed() OWNER TO postgres;
+
+--
+-- Name: notify_digest_requeued(); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.notify_digest_requeued() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+begin
+  update public.notification_digests d
+  set email_error = null, webhook_error = null
+  where d.job_id = new.id and (d.email_error is not null or d.webhook_error is not null);
+  return null;
+end;
+$$;
+
+ALTER FUNCTION public.notify_digest_requeued() OWNER TO postgres;
+
+--
+-- Name: notify_job_dead_lettered(); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.notify_job_dead_lettered() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  v_conversation public.conversations;
+begin
+  if new.status = 'dead_letter' then
+    select * into v_conversation from public.conversations c where c.id = new.conversation_id;
+    perform public.notify_people(
+      new.store_id, 'dead_letter', new.id::text,
+      jsonb_build_object('job_type', new.job_type, 'error', left(new.last_error, 500),
+                         'error_type', new.last_error_type, 'attempts', new.attempt_count,
+                         'conversation_id', new.conversation_id,
+                         'subject', v_conversation.subject,
+                         'customer', v_conversation.customer_email));
+  else
+    perform public.resolve_notifications(new.store_id, 'dead_letter', new.id::text);
+  end if;
+  return null;
+exception when others then
+  insert into public.events (store_id, job_id, conversation_id, event_type, detail)
+  values (new.store_id, new.id, new.conversation_id, 'notify.failed',
+          jsonb_build_object('kind', 'dead_letter', 'ref', new.id, 'error', sqlerrm,
+                             'sqlstate', sqlstate));
+  return null;
+end;
+$$;
+
+ALTER FUNCTION public.notify_job_dead_lettered() OWNER TO postgres;
+
+--
 -- Name: notify_people(uuid, text, text, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -3087,10 +3582,13 @@ begin
     return;
   end if;
 
-  -- A notify job that is still pending will take this item too; one that is already running
-  -- took its items when it started, so this one needs the next digest.
+  -- A notify job that has not taken its digest yet will take this item too. One that did (it
+  -- is running, or pending again for a retry) keeps the items it took, so this one needs the
+  -- next digest.
   if exists (select 1 from public.job_queue q
-             where q.store_id = p_store_id and q.status = 'pending' and q.job_type = 'notify') then
+             where q.store_id = p_store_id and q.status = 'pending' and q.job_type = 'notify'
+               and not exists (select 1 from public.notification_digests d
+                               where d.job_id = q.id)) then
     return;
   end if;
   select max(d.created_at) into v_last
@@ -3107,6 +3605,35 @@ end;
 $$;
 
 ALTER FUNCTION public.notify_people(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb) OWNER TO postgres;
+
+--
+-- Name: notify_reply_held(); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.notify_reply_held() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+begin
+  if new.status = 'held' then
+    perform public.notify_people(
+      new.store_id, 'held_reply', new.id::text,
+      jsonb_build_object('conversation_id', new.conversation_id, 'subject', new.subject,
+                         'customer', new.to_address, 'hold_reason', new.hold_reason));
+  else
+    perform public.resolve_notifications(new.store_id, 'held_reply', new.id::text);
+  end if;
+  return null;
+exception when others then
+  insert into public.events (store_id, conversation_id, event_type, detail)
+  values (new.store_id, new.conversation_id, 'notify.failed',
+          jsonb_build_object('kind', 'held_reply', 'ref', new.id, 'error', sqlerrm,
+                             'sqlstate', sqlstate));
+  return null;
+end;
+$$;
+
+ALTER FUNCTION public.notify_reply_held() OWNER TO postgres;
 
 --
 -- Name: purge_completed_jobs(interval, integer); Type: PROCEDURE; Schema: public; Owner: postgres
@@ -3254,6 +3781,73 @@ $$;
 ALTER FUNCTION public.record_events(p_events jsonb) OWNER TO postgres;
 
 --
+-- Name: notification_digests; Type: TABLE; Schema: public; Owner: postgres
+--
+
+CREATE TABLE public.notification_digests (
+    job_id uuid NOT NULL,
+    store_id uuid NOT NULL,
+    item_count integer DEFAULT 0 NOT NULL,
+    email_to text[] DEFAULT '{}'::text[] NOT NULL,
+    email_message_id text,
+    email_sent_at timestamp with time zone,
+    email_error text,
+    webhook_sent_at timestamp with time zone,
+    webhook_error text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone
+);
+
+ALTER TABLE public.notification_digests OWNER TO postgres;
+
+--
+-- Name: record_notification_channel(uuid, text, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.record_notification_channel(p_job_id uuid, p_channel text, p_detail jsonb DEFAULT '{}'::jsonb) RETURNS public.notification_digests
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  v_digest public.notification_digests;
+begin
+  if p_channel = 'email' and p_detail ? 'error' then
+    update public.notification_digests d
+    set email_error = p_detail ->> 'error'
+    where d.job_id = p_job_id
+    returning * into v_digest;
+  elsif p_channel = 'email' then
+    update public.notification_digests d
+    set email_sent_at = coalesce(d.email_sent_at, now()),
+        email_to = coalesce(array(select jsonb_array_elements_text(p_detail -> 'to')), '{}'),
+        email_message_id = p_detail ->> 'message_id',
+        email_error = null
+    where d.job_id = p_job_id
+    returning * into v_digest;
+  elsif p_channel = 'webhook' then
+    update public.notification_digests d
+    set webhook_sent_at = case when p_detail ? 'error' then d.webhook_sent_at
+                               else coalesce(d.webhook_sent_at, now()) end,
+        webhook_error = p_detail ->> 'error'
+    where d.job_id = p_job_id
+    returning * into v_digest;
+  else
+    raise exception 'record_notification_channel: unknown channel %', p_channel
+      using errcode = '22023';
+  end if;
+  if v_digest.job_id is not null then
+    insert into public.events (store_id, job_id, event_type, detail)
+    values (v_digest.store_id, p_job_id,
+            case when p_detail ? 'error' then 'notify.channel_failed' else 'notify.channel_sent' end,
+            jsonb_build_object('channel', p_channel) || coalesce(p_detail, '{}'::jsonb));
+  end if;
+  return v_digest;
+end;
+$$;
+
+ALTER FUNCTION public.record_notification_channel(p_job_id uuid, p_channel text, p_detail jsonb) OWNER TO postgres;
+
+--
 -- Name: release_credit(uuid, uuid, text); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -3329,6 +3923,12 @@ CREATE FUNCTION public.requeue_dlq_job(p_job_id uuid, p_reset_attempts boolean D
             attempt_count = case when p_reset_attempts then 0 else q.attempt_count end,
             dead_lettered_at = null, locked_by = null, locked_until = null, updated_at = now()
         where q.id = p_job_id and q.status = 'dead_letter'
+          -- A store has at most one live fetch job (job_queue_fetch_live_idx, decision 0021);
+          -- while it has one, a dead one stays dead: the live one reads the same mailbox.
+          and not (q.job_type = 'fetch_mailbox' and exists (
+              select 1 from public.job_queue l
+              where l.store_id = q.store_id and l.job_type = 'fetch_mailbox'
+                and l.status in ('pending', 'processing')))
         returning q.id, q.store_id, q.conversation_id, q.attempt_count
     ), revived as (
         -- The draft that dead-lettering failed (settle_dead_lettered_job) may be sent again.
@@ -4075,6 +4675,68 @@ $$;
 ALTER FUNCTION public.stores_credits_changed() OWNER TO postgres;
 
 --
+-- Name: take_notification_digest(uuid, text); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.take_notification_digest(p_job_id uuid, p_worker_id text) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  v_job public.job_queue;
+  v_settings public.notification_settings;
+  v_digest public.notification_digests;
+  v_store public.stores;
+begin
+  select * into v_job from public.job_queue q
+  where q.id = p_job_id and q.job_type = 'notify' and q.status = 'processing'
+    and q.locked_by = p_worker_id;
+  if not found or v_job.store_id is null then
+    return null;
+  end if;
+  select * into v_store from public.stores s where s.id = v_job.store_id;
+  if not found then
+    return null;
+  end if;
+  insert into public.notification_settings (store_id) values (v_job.store_id)
+  on conflict (store_id) do nothing;
+  select * into v_settings from public.notification_settings ns
+  where ns.store_id = v_job.store_id for update;
+
+  insert into public.notification_digests (job_id, store_id) values (p_job_id, v_job.store_id)
+  on conflict (job_id) do nothing
+  returning * into v_digest;
+  if v_digest.job_id is not null then
+    -- The first attempt takes the items; a retry keeps them, and anything newer belongs to the
+    -- store's next digest job (notify_people scheduled one when this job was already running).
+    update public.notifications n
+    set digest_job_id = p_job_id
+    where n.store_id = v_job.store_id and n.status = 'pending' and n.digest_job_id is null
+      and n.resolved_at is null;
+  end if;
+  update public.notification_digests d
+  set item_count = (select count(*) from public.notifications n where n.digest_job_id = p_job_id)
+  where d.job_id = p_job_id
+  returning * into v_digest;
+
+  return jsonb_build_object(
+    'digest', to_jsonb(v_digest),
+    'store', jsonb_build_object('id', v_store.id, 'name', v_store.name,
+                                'support_email', v_store.support_email),
+    'recipients', to_jsonb(public.notification_recipients(v_job.store_id)),
+    'webhook', v_settings.webhook_secret_id is not null,
+    'items', coalesce((select jsonb_agg(jsonb_build_object(
+                                 'id', n.id, 'kind', n.kind, 'ref', n.ref, 'detail', n.detail,
+                                 'created_at', n.created_at)
+                               order by n.created_at, n.id)
+                       from public.notifications n where n.digest_job_id = p_job_id),
+                      '[]'::jsonb));
+end;
+$$;
+
+ALTER FUNCTION public.take_notification_digest(p_job_id uuid, p_worker_id text) OWNER TO postgres;
+
+--
 -- Name: try_lock_conversation(uuid); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -4309,6 +4971,23 @@ ALTER TABLE public.events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
 );
 
 --
+-- Name: mailbox_ticks; Type: TABLE; Schema: public; Owner: postgres
+--
+
+CREATE TABLE public.mailbox_ticks (
+    store_id uuid NOT NULL,
+    ticked_at timestamp with time zone NOT NULL
+);
+
+ALTER TABLE public.mailbox_ticks OWNER TO postgres;
+
+--
+-- Name: TABLE mailbox_ticks; Type: COMMENT; Schema: public; Owner: postgres
+--
+
+COMMENT ON TABLE public.mailbox_ticks IS 'When enqueue_fetch_jobs last asked for each store''s mailbox; read by finish_fetch_job.';
+
+--
 -- Name: messages; Type: TABLE; Schema: public; Owner: postgres
 --
 
@@ -4346,25 +5025,6 @@ CREATE TABLE public.messages (
 );
 
 ALTER TABLE public.messages OWNER TO postgres;
-
---
--- Name: notification_digests; Type: TABLE; Schema: public; Owner: postgres
---
-
-CREATE TABLE public.notification_digests (
-    job_id uuid NOT NULL,
-    store_id uuid NOT NULL,
-    item_count integer DEFAULT 0 NOT NULL,
-    email_to text[] DEFAULT '{}'::text[] NOT NULL,
-    email_message_id text,
-    email_sent_at timestamp with time zone,
-    webhook_sent_at timestamp with time zone,
-    webhook_error text,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    finished_at timestamp with time zone
-);
-
-ALTER TABLE public.notification_digests OWNER TO postgres;
 
 --
 -- Name: notification_settings; Type: TABLE; Schema: public; Owner: postgres
@@ -4499,6 +5159,13 @@ ALTER TABLE ONLY public.job_retry_policies
 
 ALTER TABLE ONLY public.mailbox_state
     ADD CONSTRAINT mailbox_state_pkey PRIMARY KEY (store_id, folder);
+
+--
+-- Name: mailbox_ticks mailbox_ticks_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.mailbox_ticks
+    ADD CONSTRAINT mailbox_ticks_pkey PRIMARY KEY (store_id);
 
 --
 -- Name: messages messages_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
@@ -4694,6 +5361,12 @@ CREATE INDEX job_queue_dead_letter_idx ON public.job_queue USING btree (dead_let
 CREATE INDEX job_queue_due_idx ON public.job_queue USING btree (priority DESC, next_retry_at, id) WHERE (status = 'pending'::text);
 
 --
+-- Name: job_queue_fetch_live_idx; Type: INDEX; Schema: public; Owner: postgres
+--
+
+CREATE UNIQUE INDEX job_queue_fetch_live_idx ON public.job_queue USING btree (store_id) WHERE ((job_type = 'fetch_mailbox'::text) AND (status = ANY (ARRAY['pending'::text, 'processing'::text])));
+
+--
 -- Name: job_queue_idempotency_key_idx; Type: INDEX; Schema: public; Owner: postgres
 --
 
@@ -4808,6 +5481,12 @@ CREATE INDEX store_members_user_idx ON public.store_members USING btree (user_id
 CREATE INDEX stores_owner_id_idx ON public.stores USING btree (owner_id) WHERE (owner_id IS NOT NULL);
 
 --
+-- Name: circuit_breakers circuit_breakers_notify; Type: TRIGGER; Schema: public; Owner: postgres
+--
+
+CREATE TRIGGER circuit_breakers_notify AFTER UPDATE OF state ON public.circuit_breakers FOR EACH ROW WHEN ((((new.state = 'open'::text) AND (old.state = 'closed'::text)) OR ((new.state = 'closed'::text) AND (old.state <> 'closed'::text)))) EXECUTE FUNCTION public.notify_breaker_changed();
+
+--
 -- Name: credit_ledger credit_ledger_topped_up; Type: TRIGGER; Schema: public; Owner: postgres
 --
 
@@ -4832,6 +5511,18 @@ CREATE TRIGGER events_conversation_status AFTER INSERT ON public.events FOR EACH
 CREATE TRIGGER job_queue_dead_lettered AFTER UPDATE OF status ON public.job_queue FOR EACH ROW WHEN (((new.status = 'dead_letter'::text) AND (old.status IS DISTINCT FROM 'dead_letter'::text))) EXECUTE FUNCTION public.job_queue_dead_lettered();
 
 --
+-- Name: job_queue job_queue_notify_dead_lettered; Type: TRIGGER; Schema: public; Owner: postgres
+--
+
+CREATE TRIGGER job_queue_notify_dead_lettered AFTER UPDATE OF status ON public.job_queue FOR EACH ROW WHEN (((new.job_type <> ALL (ARRAY['notify'::text, 'fetch_mailbox'::text])) AND (new.store_id IS NOT NULL) AND ((new.status = 'dead_letter'::text) <> (old.status = 'dead_letter'::text)))) EXECUTE FUNCTION public.notify_job_dead_lettered();
+
+--
+-- Name: job_queue job_queue_notify_requeued; Type: TRIGGER; Schema: public; Owner: postgres
+--
+
+CREATE TRIGGER job_queue_notify_requeued AFTER UPDATE OF status ON public.job_queue FOR EACH ROW WHEN (((new.job_type = 'notify'::text) AND (old.status = 'dead_letter'::text) AND (new.status <> 'dead_letter'::text))) EXECUTE FUNCTION public.notify_digest_requeued();
+
+--
 -- Name: mailbox_state mailbox_state_set_updated_at; Type: TRIGGER; Schema: public; Owner: postgres
 --
 
@@ -4854,6 +5545,18 @@ CREATE TRIGGER notification_settings_updated_at BEFORE UPDATE ON public.notifica
 --
 
 CREATE TRIGGER replies_conversation_status AFTER INSERT OR UPDATE OF status ON public.replies FOR EACH ROW WHEN (((new.status = ANY (ARRAY['held'::text, 'sent'::text, 'failed'::text, 'discarded'::text])) AND (new.conversation_id IS NOT NULL))) EXECUTE FUNCTION public.console_status_from_reply();
+
+--
+-- Name: replies replies_notify_held; Type: TRIGGER; Schema: public; Owner: postgres
+--
+
+CREATE TRIGGER replies_notify_held AFTER INSERT ON public.replies FOR EACH ROW WHEN ((new.status = 'held'::text)) EXECUTE FUNCTION public.notify_reply_held();
+
+--
+-- Name: replies replies_notify_held_change; Type: TRIGGER; Schema: public; Owner: postgres
+--
+
+CREATE TRIGGER replies_notify_held_change AFTER UPDATE OF status ON public.replies FOR EACH ROW WHEN (((new.status = 'held'::text) <> (old.status = 'held'::text))) EXECUTE FUNCTION public.notify_reply_held();
 
 --
 -- Name: stores stores_credits_changed; Type: TRIGGER; Schema: public; Owner: postgres
@@ -4900,6 +5603,13 @@ ALTER TABLE ONLY public.credit_waits
 
 ALTER TABLE ONLY public.mailbox_state
     ADD CONSTRAINT mailbox_state_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
+
+--
+-- Name: mailbox_ticks mailbox_ticks_store_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.mailbox_ticks
+    ADD CONSTRAINT mailbox_ticks_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
 
 --
 -- Name: messages messages_conversation_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
@@ -5118,6 +5828,18 @@ CREATE POLICY mailbox_state_owner_select ON public.mailbox_state FOR SELECT TO a
 CREATE POLICY mailbox_state_service_role ON public.mailbox_state TO service_role USING (true) WITH CHECK (true);
 
 --
+-- Name: mailbox_ticks; Type: ROW SECURITY; Schema: public; Owner: postgres
+--
+
+ALTER TABLE public.mailbox_ticks ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: mailbox_ticks mailbox_ticks_service_role_all; Type: POLICY; Schema: public; Owner: postgres
+--
+
+CREATE POLICY mailbox_ticks_service_role_all ON public.mailbox_ticks TO service_role USING (true) WITH CHECK (true);
+
+--
 -- Name: messages; Type: ROW SECURITY; Schema: public; Owner: postgres
 --
 
@@ -5322,6 +6044,13 @@ REVOKE ALL ON FUNCTION public.admin_create_store(p_store jsonb, p_secrets jsonb)
 GRANT ALL ON FUNCTION public.admin_create_store(p_store jsonb, p_secrets jsonb) TO service_role;
 
 --
+-- Name: FUNCTION admin_set_notification_settings(p_store_id uuid, p_changes jsonb); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.admin_set_notification_settings(p_store_id uuid, p_changes jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.admin_set_notification_settings(p_store_id uuid, p_changes jsonb) TO service_role;
+
+--
 -- Name: TABLE stores; Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -5511,6 +6240,14 @@ REVOKE ALL ON FUNCTION public.console_needs_person(p_store_id uuid, p_limit inte
 GRANT ALL ON FUNCTION public.console_needs_person(p_store_id uuid, p_limit integer) TO authenticated;
 
 --
+-- Name: FUNCTION console_notifications(p_store_id uuid, p_limit integer); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_notifications(p_store_id uuid, p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.console_notifications(p_store_id uuid, p_limit integer) TO authenticated;
+GRANT ALL ON FUNCTION public.console_notifications(p_store_id uuid, p_limit integer) TO service_role;
+
+--
 -- Name: FUNCTION console_purge_dead_letters(p_job_ids uuid[]); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -5564,6 +6301,14 @@ GRANT ALL ON FUNCTION public.console_save_knowledge(p_store_id uuid, p_entry jso
 
 REVOKE ALL ON FUNCTION public.console_send_reply(p_reply_id uuid, p_body text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.console_send_reply(p_reply_id uuid, p_body text) TO authenticated;
+
+--
+-- Name: FUNCTION console_set_notification_settings(p_store_id uuid, p_changes jsonb); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.console_set_notification_settings(p_store_id uuid, p_changes jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.console_set_notification_settings(p_store_id uuid, p_changes jsonb) TO authenticated;
+GRANT ALL ON FUNCTION public.console_set_notification_settings(p_store_id uuid, p_changes jsonb) TO service_role;
 
 --
 -- Name: FUNCTION console_status_from_event(); Type: ACL; Schema: public; Owner: postgres
@@ -5661,6 +6406,13 @@ REVOKE ALL ON FUNCTION public.dequeue_jobs(p_worker_id text, p_batch_size intege
 GRANT ALL ON FUNCTION public.dequeue_jobs(p_worker_id text, p_batch_size integer, p_lease_seconds integer, p_job_types text[]) TO service_role;
 
 --
+-- Name: FUNCTION enqueue_fetch_jobs(p_store_ids uuid[], p_priority integer); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.enqueue_fetch_jobs(p_store_ids uuid[], p_priority integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.enqueue_fetch_jobs(p_store_ids uuid[], p_priority integer) TO service_role;
+
+--
 -- Name: FUNCTION enqueue_job(p_job_type text, p_payload jsonb, p_idempotency_key text, p_store_id uuid, p_conversation_id uuid, p_priority integer, p_run_at timestamp with time zone, p_max_attempts integer); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -5687,6 +6439,20 @@ GRANT ALL ON FUNCTION public.extend_lease(p_worker_id text, p_job_ids uuid[], p_
 
 REVOKE ALL ON FUNCTION public.fail_job(p_job_id uuid, p_worker_id text, p_error text, p_error_type text, p_retry_after_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.fail_job(p_job_id uuid, p_worker_id text, p_error text, p_error_type text, p_retry_after_seconds integer) TO service_role;
+
+--
+-- Name: FUNCTION finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean) TO service_role;
+
+--
+-- Name: FUNCTION finish_notification_digest(p_job_id uuid, p_worker_id text, p_result jsonb); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.finish_notification_digest(p_job_id uuid, p_worker_id text, p_result jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.finish_notification_digest(p_job_id uuid, p_worker_id text, p_result jsonb) TO service_role;
 
 --
 -- Name: FUNCTION finish_send(p_reply_id uuid, p_job_id uuid, p_worker_id text, p_result jsonb); Type: ACL; Schema: public; Owner: postgres
@@ -5735,6 +6501,13 @@ GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.mailbox_state TO service_role;
 
 REVOKE ALL ON FUNCTION public.get_mailbox_state(p_store_id uuid, p_folder text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.get_mailbox_state(p_store_id uuid, p_folder text) TO service_role;
+
+--
+-- Name: FUNCTION get_notification_webhook(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.get_notification_webhook(p_store_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.get_notification_webhook(p_store_id uuid) TO service_role;
 
 --
 -- Name: FUNCTION get_store(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
@@ -5840,11 +6613,59 @@ REVOKE ALL ON FUNCTION public.load_reply_context(p_reply_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.load_reply_context(p_reply_id uuid) TO service_role;
 
 --
+-- Name: FUNCTION notification_recipients(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.notification_recipients(p_store_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.notification_recipients(p_store_id uuid) TO service_role;
+
+--
+-- Name: FUNCTION notification_settings_apply(p_store_id uuid, p_changes jsonb); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.notification_settings_apply(p_store_id uuid, p_changes jsonb) FROM PUBLIC;
+
+--
+-- Name: FUNCTION notification_settings_view(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.notification_settings_view(p_store_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.notification_settings_view(p_store_id uuid) TO service_role;
+
+--
+-- Name: FUNCTION notify_breaker_changed(); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.notify_breaker_changed() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.notify_breaker_changed() TO service_role;
+
+--
+-- Name: FUNCTION notify_digest_requeued(); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.notify_digest_requeued() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.notify_digest_requeued() TO service_role;
+
+--
+-- Name: FUNCTION notify_job_dead_lettered(); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.notify_job_dead_lettered() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.notify_job_dead_lettered() TO service_role;
+
+--
 -- Name: FUNCTION notify_people(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb); Type: ACL; Schema: public; Owner: postgres
 --
 
 REVOKE ALL ON FUNCTION public.notify_people(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.notify_people(p_store_id uuid, p_kind text, p_ref text, p_detail jsonb) TO service_role;
+
+--
+-- Name: FUNCTION notify_reply_held(); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.notify_reply_held() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.notify_reply_held() TO service_role;
 
 --
 -- Name: PROCEDURE purge_completed_jobs(IN p_older_than interval, IN p_batch_size integer); Type: ACL; Schema: public; Owner: postgres
@@ -5879,6 +6700,20 @@ GRANT ALL ON FUNCTION public.queue_stats() TO service_role;
 
 REVOKE ALL ON FUNCTION public.record_events(p_events jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.record_events(p_events jsonb) TO service_role;
+
+--
+-- Name: TABLE notification_digests; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT ALL ON TABLE public.notification_digests TO service_role;
+GRANT SELECT ON TABLE public.notification_digests TO authenticated;
+
+--
+-- Name: FUNCTION record_notification_channel(p_job_id uuid, p_channel text, p_detail jsonb); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.record_notification_channel(p_job_id uuid, p_channel text, p_detail jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.record_notification_channel(p_job_id uuid, p_channel text, p_detail jsonb) TO service_role;
 
 --
 -- Name: FUNCTION release_credit(p_store_id uuid, p_job_id uuid, p_reason text); Type: ACL; Schema: public; Owner: postgres
@@ -6027,6 +6862,13 @@ REVOKE ALL ON FUNCTION public.stores_credits_changed() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.stores_credits_changed() TO service_role;
 
 --
+-- Name: FUNCTION take_notification_digest(p_job_id uuid, p_worker_id text); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.take_notification_digest(p_job_id uuid, p_worker_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.take_notification_digest(p_job_id uuid, p_worker_id text) TO service_role;
+
+--
 -- Name: FUNCTION try_lock_conversation(p_conversation_id uuid); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -6082,18 +6924,17 @@ GRANT ALL ON TABLE public.credit_waits TO service_role;
 GRANT SELECT ON TABLE public.credit_waits TO authenticated;
 
 --
+-- Name: TABLE mailbox_ticks; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT ALL ON TABLE public.mailbox_ticks TO service_role;
+
+--
 -- Name: TABLE messages; Type: ACL; Schema: public; Owner: postgres
 --
 
 GRANT SELECT ON TABLE public.messages TO authenticated;
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.messages TO service_role;
-
---
--- Name: TABLE notification_digests; Type: ACL; Schema: public; Owner: postgres
---
-
-GRANT ALL ON TABLE public.notification_digests TO service_role;
-GRANT SELECT ON TABLE public.notification_digests TO authenticated;
 
 --
 -- Name: TABLE notification_settings; Type: ACL; Schema: public; Owner: postgres
