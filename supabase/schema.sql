@@ -197,6 +197,11 @@ CREATE TABLE public.stores (
     reply_mode text DEFAULT 'auto_send'::text NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    mailbox_sent text DEFAULT 'auto'::text NOT NULL,
+    mailbox_drafts boolean DEFAULT true NOT NULL,
+    mailbox_mark_answered boolean DEFAULT true NOT NULL,
+    mailbox_sent_folder text,
+    mailbox_drafts_folder text,
     low_credits_at integer DEFAULT 10 NOT NULL,
     CONSTRAINT stores_credits_check CHECK ((credits >= 0)),
     CONSTRAINT stores_extra_addresses_check CHECK (((extra_addresses)::text = lower((extra_addresses)::text))),
@@ -206,6 +211,7 @@ CREATE TABLE public.stores (
     CONSTRAINT stores_imap_tls_check CHECK ((imap_tls = ANY (ARRAY['ssl'::text, 'starttls'::text, 'plain'::text]))),
     CONSTRAINT stores_imap_user_check CHECK ((imap_user <> ''::text)),
     CONSTRAINT stores_low_credits_at_check CHECK ((low_credits_at >= 0)),
+    CONSTRAINT stores_mailbox_sent_check CHECK ((mailbox_sent = ANY (ARRAY['auto'::text, 'always'::text, 'never'::text]))),
     CONSTRAINT stores_name_check CHECK ((btrim(name) <> ''::text)),
     CONSTRAINT stores_reply_language_check CHECK ((reply_language ~ '^(auto|[a-z]{2,3}(-[A-Za-z0-9]{2,8})*)$'::text)),
     CONSTRAINT stores_reply_mode_check CHECK ((reply_mode = ANY (ARRAY['auto_send'::text, 'draft_only'::text]))),
@@ -312,6 +318,11 @@ begin
     reply_signature = v_store.reply_signature,
     reply_tone = v_store.reply_tone,
     reply_mode = v_store.reply_mode,
+    mailbox_sent = v_store.mailbox_sent,
+    mailbox_drafts = v_store.mailbox_drafts,
+    mailbox_mark_answered = v_store.mailbox_mark_answered,
+    mailbox_sent_folder = v_store.mailbox_sent_folder,
+    mailbox_drafts_folder = v_store.mailbox_drafts_folder,
     low_credits_at = v_store.low_credits_at
   where id = p_store_id
   returning * into v_store;
@@ -431,6 +442,8 @@ begin
     when 'sent' then return 'already_sent';
     when 'sending' then return 'in_doubt';
     when 'held' then return 'held';
+    -- A person answered from their own mail client (record_sent_scan): never sent by us.
+    when 'superseded' then return 'superseded';
     else return 'failed';
   end case;
 end;
@@ -858,6 +871,7 @@ begin
                  'intent', r.intent, 'language', r.language, 'model', r.model,
                  'error', r.error, 'smtp_message_id', r.smtp_message_id,
                  'in_reply_to_message', r.message_id,
+                 'answered_by', r.answered_by, 'answered_at', r.answered_at,
                  'author', case when r.author_id is null then 'automatic'
                                 else coalesce(r.author_email, r.author_id::text) end)
         from public.replies r where r.conversation_id = v_conv.id
@@ -1044,9 +1058,12 @@ CREATE TABLE public.replies (
     sent_at timestamp with time zone,
     author_id uuid,
     author_email text,
+    answered_by text,
+    answered_message_id text,
+    answered_at timestamp with time zone,
     CONSTRAINT replies_check CHECK (((status <> 'sent'::text) OR (sent_at IS NOT NULL))),
     CONSTRAINT replies_check1 CHECK (((status <> 'sending'::text) OR (sending_at IS NOT NULL))),
-    CONSTRAINT replies_status_check CHECK ((status = ANY (ARRAY['drafted'::text, 'sending'::text, 'sent'::text, 'held'::text, 'failed'::text, 'discarded'::text]))),
+    CONSTRAINT replies_status_check CHECK ((status = ANY (ARRAY['drafted'::text, 'sending'::text, 'sent'::text, 'held'::text, 'failed'::text, 'discarded'::text, 'superseded'::text]))),
     CONSTRAINT replies_to_address_check CHECK ((to_address = lower(to_address)))
 );
 
@@ -2351,6 +2368,37 @@ $$;
 ALTER FUNCTION public.enqueue_jobs(p_jobs jsonb) OWNER TO postgres;
 
 --
+-- Name: enqueue_mailbox_record(); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.enqueue_mailbox_record() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  v_store public.stores;
+  v_was_held boolean := tg_op = 'UPDATE' and old.status = 'held';
+begin
+  if tg_op = 'UPDATE' and old.status is not distinct from new.status then
+    return null;
+  end if;
+  select * into v_store from public.stores where id = new.store_id;
+  if not found
+     or not public.mailbox_record_wanted(v_store, new.status, new.hold_reason, v_was_held,
+                                         new.author_id is not null) then
+    return null;
+  end if;
+  -- Below the sends (console 10, email 0): filing waits behind answering customers.
+  perform public.enqueue_job('mailbox_record',
+                             jsonb_build_object('reply_id', new.id, 'status', new.status),
+                             null, new.store_id, new.conversation_id, -1);
+  return null;
+end;
+$$;
+
+ALTER FUNCTION public.enqueue_mailbox_record() OWNER TO postgres;
+
+--
 -- Name: extend_lease(text, uuid[], integer); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -2646,6 +2694,35 @@ CREATE FUNCTION public.get_notification_webhook(p_store_id uuid) RETURNS text
 $$;
 
 ALTER FUNCTION public.get_notification_webhook(p_store_id uuid) OWNER TO postgres;
+
+--
+-- Name: sent_scan_state; Type: TABLE; Schema: public; Owner: postgres
+--
+
+CREATE TABLE public.sent_scan_state (
+    store_id uuid NOT NULL,
+    folder text NOT NULL,
+    uidvalidity bigint NOT NULL,
+    last_uid bigint DEFAULT 0 NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT sent_scan_state_last_uid_check CHECK ((last_uid >= 0)),
+    CONSTRAINT sent_scan_state_uidvalidity_check CHECK ((uidvalidity >= 0))
+);
+
+ALTER TABLE public.sent_scan_state OWNER TO postgres;
+
+--
+-- Name: get_sent_scan_state(uuid); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.get_sent_scan_state(p_store_id uuid) RETURNS SETOF public.sent_scan_state
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+  select * from public.sent_scan_state where store_id = p_store_id
+$$;
+
+ALTER FUNCTION public.get_sent_scan_state(p_store_id uuid) OWNER TO postgres;
 
 --
 -- Name: get_store(uuid); Type: FUNCTION; Schema: public; Owner: postgres
@@ -3269,6 +3346,28 @@ $_$;
 ALTER FUNCTION public.load_job_context(p_job_id uuid, p_reply_window_hours integer) OWNER TO postgres;
 
 --
+-- Name: load_mailbox_record(uuid); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.load_mailbox_record(p_reply_id uuid) RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+  select jsonb_build_object(
+    'reply', to_jsonb(r),
+    'store', to_jsonb(s),
+    'message', jsonb_build_object(
+      'message_id', coalesce(m.headers ->> 'message-id', m.message_id),
+      'imap_folder', m.imap_folder))
+  from public.replies r
+  join public.stores s on s.id = r.store_id
+  left join public.messages m on m.id = r.message_id
+  where r.id = p_reply_id
+$$;
+
+ALTER FUNCTION public.load_mailbox_record(p_reply_id uuid) OWNER TO postgres;
+
+--
 -- Name: load_reply_context(uuid); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -3282,6 +3381,29 @@ CREATE FUNCTION public.load_reply_context(p_reply_id uuid) RETURNS jsonb
 $$;
 
 ALTER FUNCTION public.load_reply_context(p_reply_id uuid) OWNER TO postgres;
+
+--
+-- Name: mailbox_record_wanted(public.stores, text, text, boolean, boolean); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.mailbox_record_wanted(p_store public.stores, p_status text, p_hold_reason text, p_was_held boolean, p_by_person boolean) RETURNS boolean
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO ''
+    AS $$
+  select case
+    when p_status = 'sent' then
+      p_store.mailbox_sent <> 'never' or p_store.mailbox_mark_answered
+      or (p_store.mailbox_drafts and p_by_person)
+    when p_status = 'held' then
+      p_store.mailbox_drafts and coalesce(p_hold_reason, '') <> 'delivery_in_doubt'
+    -- Leaving held (approved in the console, discarded, superseded): the draft comes out.
+    when p_status in ('discarded', 'superseded') or p_was_held then
+      p_store.mailbox_drafts
+    else false
+  end
+$$;
+
+ALTER FUNCTION public.mailbox_record_wanted(p_store public.stores, p_status text, p_hold_reason text, p_was_held boolean, p_by_person boolean) OWNER TO postgres;
 
 --
 -- Name: notification_recipients(uuid); Type: FUNCTION; Schema: public; Owner: postgres
@@ -3846,6 +3968,135 @@ end;
 $$;
 
 ALTER FUNCTION public.record_notification_channel(p_job_id uuid, p_channel text, p_detail jsonb) OWNER TO postgres;
+
+--
+-- Name: record_sent_scan(uuid, text, bigint, bigint, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.record_sent_scan(p_store_id uuid, p_folder text, p_uidvalidity bigint, p_last_uid bigint, p_messages jsonb) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  v_item jsonb;
+  v_refs text[];
+  v_message public.messages;
+  v_reply public.replies;
+  v_superseded int := 0;
+  v_answered int := 0;
+  v_from text;
+  v_previous text;
+begin
+  if jsonb_typeof(p_messages) is distinct from 'array' then
+    raise exception 'p_messages must be a JSON array' using errcode = 'invalid_parameter_value';
+  end if;
+  if not exists (select 1 from public.stores where id = p_store_id) then
+    raise exception 'store % not found', p_store_id using errcode = 'no_data_found';
+  end if;
+
+  for v_item in select e from jsonb_array_elements(p_messages) as t(e) loop
+    if exists (select 1 from public.replies
+               where store_id = p_store_id and smtp_message_id = btrim(v_item ->> 'message_id'))
+    then
+      continue;  -- our own reply, filed by us or by the provider
+    end if;
+    v_refs := array(
+      select distinct btrim(x)
+      from jsonb_array_elements_text(
+             case when jsonb_typeof(v_item -> 'references') = 'array'
+                  then v_item -> 'references' else '[]'::jsonb end
+             || case when coalesce(v_item ->> 'in_reply_to', '') <> ''
+                     then jsonb_build_array(v_item ->> 'in_reply_to') else '[]'::jsonb end)
+           as r(x)
+      where btrim(x) <> '');
+    if cardinality(v_refs) = 0 then
+      continue;
+    end if;
+    v_from := nullif(btrim(coalesce(v_item ->> 'from', '')), '');
+
+    for v_message in
+      select * from public.messages
+      where store_id = p_store_id and message_id = any (v_refs)
+      order by received_at, id
+    loop
+      v_answered := v_answered + 1;
+      select * into v_reply from public.replies where message_id = v_message.id for update;
+      v_previous := v_reply.status;
+      if v_reply.id is null then
+        -- Answered before our pipeline drafted anything: a superseded row keeps it that way
+        -- (the email job finds it at its first step and ends; save_reply returns it unchanged).
+        insert into public.replies (store_id, conversation_id, message_id, status, to_address,
+                                    subject, in_reply_to, answered_by, answered_message_id,
+                                    answered_at)
+        values (p_store_id, v_message.conversation_id, v_message.id, 'superseded',
+                lower(coalesce(v_message.from_address, '')),
+                'Re: ' || coalesce(v_message.subject, ''), v_message.message_id, v_from,
+                v_item ->> 'message_id', now())
+        on conflict (message_id) do nothing
+        returning * into v_reply;
+        if v_reply.id is null then
+          -- The pipeline saved its reply meanwhile: decide on that one below.
+          select * into v_reply from public.replies where message_id = v_message.id for update;
+          v_previous := v_reply.status;
+        end if;
+      end if;
+      if v_previous is null and v_reply.status = 'superseded' then
+        v_superseded := v_superseded + 1;
+        insert into public.events (store_id, conversation_id, message_id, event_type, detail)
+        values (p_store_id, v_message.conversation_id, v_message.id, 'reply.superseded',
+                jsonb_build_object('reply_id', v_reply.id, 'previous_status', null,
+                                   'answered_by', v_from,
+                                   'answered_message_id', v_item ->> 'message_id',
+                                   'folder', p_folder, 'uid', v_item -> 'uid'));
+      elsif v_reply.status in ('held', 'drafted') then
+        -- 'drafted' here is a held reply a person approved in the console whose send_reply job
+        -- has not reached begin_send: the row lock orders us against it, and begin_send refuses
+        -- a superseded reply.
+        update public.replies
+        set status = 'superseded', answered_by = v_from,
+            answered_message_id = v_item ->> 'message_id', answered_at = now()
+        where id = v_reply.id;
+        if v_reply.job_id is not null then
+          perform public.release_credit(v_reply.store_id, v_reply.job_id, 'answered_by_person');
+        end if;
+        v_superseded := v_superseded + 1;
+        insert into public.events (store_id, job_id, conversation_id, message_id, event_type,
+                                   detail)
+        values (p_store_id, v_reply.job_id, v_message.conversation_id, v_message.id,
+                'reply.superseded',
+                jsonb_build_object('reply_id', v_reply.id, 'previous_status', v_reply.status,
+                                   'answered_by', v_from,
+                                   'answered_message_id', v_item ->> 'message_id',
+                                   'folder', p_folder, 'uid', v_item -> 'uid'));
+      else
+        insert into public.events (store_id, conversation_id, message_id, event_type, detail)
+        values (p_store_id, v_message.conversation_id, v_message.id,
+                'conversation.answered_by_person',
+                jsonb_build_object('reply_id', v_reply.id, 'reply_status', v_reply.status,
+                                   'answered_by', v_from,
+                                   'answered_message_id', v_item ->> 'message_id',
+                                   'folder', p_folder, 'uid', v_item -> 'uid'));
+      end if;
+      if v_previous is null or v_previous in ('held', 'drafted') then
+        update public.conversations set status = 'answered_human', status_at = now()
+        where id = v_message.conversation_id and status <> 'closed';
+      end if;
+    end loop;
+  end loop;
+
+  insert into public.sent_scan_state as s (store_id, folder, uidvalidity, last_uid)
+  values (p_store_id, p_folder, p_uidvalidity, greatest(coalesce(p_last_uid, 0), 0))
+  on conflict (store_id) do update
+  set folder = excluded.folder, uidvalidity = excluded.uidvalidity,
+      last_uid = case when s.folder = excluded.folder and s.uidvalidity = excluded.uidvalidity
+                      then greatest(s.last_uid, excluded.last_uid)
+                      else excluded.last_uid end;
+  return jsonb_build_object('answered', v_answered, 'superseded', v_superseded,
+                            'last_uid', p_last_uid);
+end;
+$$;
+
+ALTER FUNCTION public.record_sent_scan(p_store_id uuid, p_folder text, p_uidvalidity bigint, p_last_uid bigint, p_messages jsonb) OWNER TO postgres;
 
 --
 -- Name: release_credit(uuid, uuid, text); Type: FUNCTION; Schema: public; Owner: postgres
@@ -4426,6 +4677,9 @@ begin
   v_base.reply_language := 'auto';
   v_base.reply_tone := 'friendly';
   v_base.reply_mode := 'auto_send';
+  v_base.mailbox_sent := 'auto';
+  v_base.mailbox_drafts := true;
+  v_base.mailbox_mark_answered := true;
   return v_base;
 end;
 $$;
@@ -4556,6 +4810,22 @@ begin
   if p_store.active is null then
     v_problems := v_problems || 'active must be true or false'::text;
   end if;
+  -- The mailbox as the record (migration 20261202000200_mailbox_record, decision 0019).
+  if p_store.mailbox_sent is null or p_store.mailbox_sent not in ('auto', 'always', 'never') then
+    v_problems := v_problems || 'mailbox_sent must be auto, always or never'::text;
+  end if;
+  if p_store.mailbox_drafts is null then
+    v_problems := v_problems || 'mailbox_drafts must be true or false'::text;
+  end if;
+  if p_store.mailbox_mark_answered is null then
+    v_problems := v_problems || 'mailbox_mark_answered must be true or false'::text;
+  end if;
+  if p_store.mailbox_sent_folder is not null and btrim(p_store.mailbox_sent_folder) = '' then
+    v_problems := v_problems || 'mailbox_sent_folder must be a folder name or null'::text;
+  end if;
+  if p_store.mailbox_drafts_folder is not null and btrim(p_store.mailbox_drafts_folder) = '' then
+    v_problems := v_problems || 'mailbox_drafts_folder must be a folder name or null'::text;
+  end if;
   return v_problems;
 end;
 $_$;
@@ -4594,7 +4864,8 @@ CREATE FUNCTION public.store_setting_keys(p_new_store boolean) RETURNS text[]
     'owner_id', 'name', 'support_email', 'extra_addresses', 'imap_host', 'imap_port',
     'imap_user', 'imap_tls', 'imap_folder', 'smtp_host', 'smtp_port', 'smtp_user', 'smtp_tls',
     'shopify_domain', 'active', 'reply_language', 'reply_signature', 'reply_tone',
-    'reply_mode', 'low_credits_at']
+    'reply_mode', 'mailbox_sent', 'mailbox_drafts', 'mailbox_mark_answered',
+    'mailbox_sent_folder', 'mailbox_drafts_folder', 'low_credits_at']
     || case when p_new_store then array['credits'] else '{}'::text[] end
 $$;
 
@@ -5231,6 +5502,13 @@ ALTER TABLE ONLY public.replies
     ADD CONSTRAINT replies_smtp_message_id_key UNIQUE (smtp_message_id);
 
 --
+-- Name: sent_scan_state sent_scan_state_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.sent_scan_state
+    ADD CONSTRAINT sent_scan_state_pkey PRIMARY KEY (store_id);
+
+--
 -- Name: store_knowledge store_knowledge_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
 --
 
@@ -5547,6 +5825,12 @@ CREATE TRIGGER notification_settings_updated_at BEFORE UPDATE ON public.notifica
 CREATE TRIGGER replies_conversation_status AFTER INSERT OR UPDATE OF status ON public.replies FOR EACH ROW WHEN (((new.status = ANY (ARRAY['held'::text, 'sent'::text, 'failed'::text, 'discarded'::text])) AND (new.conversation_id IS NOT NULL))) EXECUTE FUNCTION public.console_status_from_reply();
 
 --
+-- Name: replies replies_mailbox_record; Type: TRIGGER; Schema: public; Owner: postgres
+--
+
+CREATE TRIGGER replies_mailbox_record AFTER INSERT OR UPDATE OF status ON public.replies FOR EACH ROW EXECUTE FUNCTION public.enqueue_mailbox_record();
+
+--
 -- Name: replies replies_notify_held; Type: TRIGGER; Schema: public; Owner: postgres
 --
 
@@ -5557,6 +5841,12 @@ CREATE TRIGGER replies_notify_held AFTER INSERT ON public.replies FOR EACH ROW W
 --
 
 CREATE TRIGGER replies_notify_held_change AFTER UPDATE OF status ON public.replies FOR EACH ROW WHEN (((new.status = 'held'::text) <> (old.status = 'held'::text))) EXECUTE FUNCTION public.notify_reply_held();
+
+--
+-- Name: sent_scan_state sent_scan_state_set_updated_at; Type: TRIGGER; Schema: public; Owner: postgres
+--
+
+CREATE TRIGGER sent_scan_state_set_updated_at BEFORE UPDATE ON public.sent_scan_state FOR EACH ROW EXECUTE FUNCTION public.set_updated_at();
 
 --
 -- Name: stores stores_credits_changed; Type: TRIGGER; Schema: public; Owner: postgres
@@ -5666,6 +5956,13 @@ ALTER TABLE ONLY public.replies
 
 ALTER TABLE ONLY public.replies
     ADD CONSTRAINT replies_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
+
+--
+-- Name: sent_scan_state sent_scan_state_store_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.sent_scan_state
+    ADD CONSTRAINT sent_scan_state_store_id_fkey FOREIGN KEY (store_id) REFERENCES public.stores(id) ON DELETE CASCADE;
 
 --
 -- Name: store_knowledge store_knowledge_store_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
@@ -5940,6 +6237,24 @@ CREATE POLICY replies_owner_select ON public.replies FOR SELECT TO authenticated
 --
 
 CREATE POLICY replies_service_role ON public.replies TO service_role USING (true) WITH CHECK (true);
+
+--
+-- Name: sent_scan_state; Type: ROW SECURITY; Schema: public; Owner: postgres
+--
+
+ALTER TABLE public.sent_scan_state ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: sent_scan_state sent_scan_state_owner_select; Type: POLICY; Schema: public; Owner: postgres
+--
+
+CREATE POLICY sent_scan_state_owner_select ON public.sent_scan_state FOR SELECT TO authenticated USING ((( SELECT public.console_is_operator() AS console_is_operator) OR (store_id IN ( SELECT public.console_member_store_ids() AS console_member_store_ids))));
+
+--
+-- Name: sent_scan_state sent_scan_state_service_role; Type: POLICY; Schema: public; Owner: postgres
+--
+
+CREATE POLICY sent_scan_state_service_role ON public.sent_scan_state TO service_role USING (true) WITH CHECK (true);
 
 --
 -- Name: store_knowledge; Type: ROW SECURITY; Schema: public; Owner: postgres
@@ -6427,6 +6742,13 @@ REVOKE ALL ON FUNCTION public.enqueue_jobs(p_jobs jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.enqueue_jobs(p_jobs jsonb) TO service_role;
 
 --
+-- Name: FUNCTION enqueue_mailbox_record(); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.enqueue_mailbox_record() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.enqueue_mailbox_record() TO service_role;
+
+--
 -- Name: FUNCTION extend_lease(p_worker_id text, p_job_ids uuid[], p_lease_seconds integer); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -6508,6 +6830,20 @@ GRANT ALL ON FUNCTION public.get_mailbox_state(p_store_id uuid, p_folder text) T
 
 REVOKE ALL ON FUNCTION public.get_notification_webhook(p_store_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.get_notification_webhook(p_store_id uuid) TO service_role;
+
+--
+-- Name: TABLE sent_scan_state; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT SELECT ON TABLE public.sent_scan_state TO authenticated;
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.sent_scan_state TO service_role;
+
+--
+-- Name: FUNCTION get_sent_scan_state(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.get_sent_scan_state(p_store_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.get_sent_scan_state(p_store_id uuid) TO service_role;
 
 --
 -- Name: FUNCTION get_store(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
@@ -6606,11 +6942,25 @@ REVOKE ALL ON FUNCTION public.load_job_context(p_job_id uuid, p_reply_window_hou
 GRANT ALL ON FUNCTION public.load_job_context(p_job_id uuid, p_reply_window_hours integer) TO service_role;
 
 --
+-- Name: FUNCTION load_mailbox_record(p_reply_id uuid); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.load_mailbox_record(p_reply_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.load_mailbox_record(p_reply_id uuid) TO service_role;
+
+--
 -- Name: FUNCTION load_reply_context(p_reply_id uuid); Type: ACL; Schema: public; Owner: postgres
 --
 
 REVOKE ALL ON FUNCTION public.load_reply_context(p_reply_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.load_reply_context(p_reply_id uuid) TO service_role;
+
+--
+-- Name: FUNCTION mailbox_record_wanted(p_store public.stores, p_status text, p_hold_reason text, p_was_held boolean, p_by_person boolean); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.mailbox_record_wanted(p_store public.stores, p_status text, p_hold_reason text, p_was_held boolean, p_by_person boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.mailbox_record_wanted(p_store public.stores, p_status text, p_hold_reason text, p_was_held boolean, p_by_person boolean) TO service_role;
 
 --
 -- Name: FUNCTION notification_recipients(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres
@@ -6714,6 +7064,13 @@ GRANT SELECT ON TABLE public.notification_digests TO authenticated;
 
 REVOKE ALL ON FUNCTION public.record_notification_channel(p_job_id uuid, p_channel text, p_detail jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.record_notification_channel(p_job_id uuid, p_channel text, p_detail jsonb) TO service_role;
+
+--
+-- Name: FUNCTION record_sent_scan(p_store_id uuid, p_folder text, p_uidvalidity bigint, p_last_uid bigint, p_messages jsonb); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.record_sent_scan(p_store_id uuid, p_folder text, p_uidvalidity bigint, p_last_uid bigint, p_messages jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.record_sent_scan(p_store_id uuid, p_folder text, p_uidvalidity bigint, p_last_uid bigint, p_messages jsonb) TO service_role;
 
 --
 -- Name: FUNCTION release_credit(p_store_id uuid, p_job_id uuid, p_reason text); Type: ACL; Schema: public; Owner: postgres
