@@ -35,6 +35,9 @@ def prepare_database(port: int, dbname: str) -> str:
     """
     env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(port), "PGDATABASE": dbname}
     env.pop("PGUSER", None)
+    # pg_cron stays in the cluster's own database: moving it to this one would restart a cluster
+    # the test suite shares, and its pg_cron and pg_net tests would then find their worker gone.
+    env.setdefault("CRON_DATABASE", "postgres")
     # local-db keeps its lock file open in the servers it starts; closing every descriptor but
     # the standard ones keeps it from leaking ours in the other direction.
     out = subprocess.run(
