@@ -4109,7 +4109,10 @@ CREATE FUNCTION public.release_credit(p_store_id uuid, p_job_id uuid, p_reason t
 declare
   v_credits int;
 begin
-  select credits into v_credits from public.stores where id = p_store_id for update;
+  -- NO KEY UPDATE, as reserve_reply: serialises the store's credit changes without blocking the
+  -- key-share locks that inserting its replies, ledger rows and events take (FOR UPDATE would,
+  -- and two transactions that each inserted a reply and then asked for it deadlocked).
+  select credits into v_credits from public.stores where id = p_store_id for no key update;
   if not found then
     raise exception 'store % not found', p_store_id using errcode = 'no_data_found';
   end if;
@@ -4235,7 +4238,9 @@ begin
   if p_job_id is null then
     raise exception 'reserve_reply needs a job id' using errcode = 'invalid_parameter_value';
   end if;
-  select credits into v_credits from public.stores where id = p_store_id for update;
+  -- NO KEY UPDATE: one credit change of a store at a time, while inserts that reference the
+  -- store (key-share locks) go on; see release_credit.
+  select credits into v_credits from public.stores where id = p_store_id for no key update;
   if not found then
     raise exception 'store % not found', p_store_id using errcode = 'no_data_found';
   end if;
@@ -4477,6 +4482,13 @@ begin
   end if;
   if nullif(btrim(p_reply ->> 'to_address'), '') is null then
     raise exception 'reply needs a to_address' using errcode = 'invalid_parameter_value';
+  end if;
+
+  if v_hold then
+    -- The store's credit row before the held reply's triggers run: the held-reply notification
+    -- locks the store's notification settings, and a credit change that notifies (credits_low)
+    -- takes the store first; one order for both (the refund below needs this lock anyway).
+    perform 1 from public.stores where id = v_message.store_id for no key update;
   end if;
 
   insert into public.replies (

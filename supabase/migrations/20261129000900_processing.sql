@@ -164,7 +164,10 @@ as $$
 declare
   v_credits int;
 begin
-  select credits into v_credits from public.stores where id = p_store_id for update;
+  -- NO KEY UPDATE, as reserve_reply: serialises the store's credit changes without blocking the
+  -- key-share locks that inserting its replies, ledger rows and events take (FOR UPDATE would,
+  -- and two transactions that each inserted a reply and then asked for it deadlocked).
+  select credits into v_credits from public.stores where id = p_store_id for no key update;
   if not found then
     raise exception 'store % not found', p_store_id using errcode = 'no_data_found';
   end if;
@@ -209,6 +212,13 @@ begin
   end if;
   if nullif(btrim(p_reply ->> 'to_address'), '') is null then
     raise exception 'reply needs a to_address' using errcode = 'invalid_parameter_value';
+  end if;
+
+  if v_hold then
+    -- The store's credit row before the held reply's triggers run: the held-reply notification
+    -- locks the store's notification settings, and a credit change that notifies (credits_low)
+    -- takes the store first; one order for both (the refund below needs this lock anyway).
+    perform 1 from public.stores where id = v_message.store_id for no key update;
   end if;
 
   insert into public.replies (

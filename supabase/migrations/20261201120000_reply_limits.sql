@@ -74,7 +74,9 @@ begin
   if p_job_id is null then
     raise exception 'reserve_reply needs a job id' using errcode = 'invalid_parameter_value';
   end if;
-  select credits into v_credits from public.stores where id = p_store_id for update;
+  -- NO KEY UPDATE: one credit change of a store at a time, while inserts that reference the
+  -- store (key-share locks) go on; see release_credit.
+  select credits into v_credits from public.stores where id = p_store_id for no key update;
   if not found then
     raise exception 'store % not found', p_store_id using errcode = 'no_data_found';
   end if;
