@@ -1,20 +1,23 @@
-"""The Claude responder: classification and drafting through the anthropic SDK's Messages API.
+"""The Claude responder: classification and reply in one call of the anthropic SDK's Messages API.
 
 Structured output comes from a forced tool call (`tool_choice` of type `tool`), so the answer is
-the tool's JSON input, validated here; nothing is parsed out of free text.
+the tool's JSON input, validated here; nothing is parsed out of free text. Each answer carries
+the tokens it cost (`usage`, with the prompt cache's writes and reads).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 import anthropic
 
 from worker import errors, prompts
+from worker.model_cost import ModelUsage
 from worker.responder import (
     HOLD_NEEDS_HUMAN,
+    Answer,
     Classification,
     Draft,
     EmailFacts,
@@ -26,8 +29,6 @@ from worker.responder import (
 )
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 SERVICE = "claude"
 DEFAULT_MODEL = "claude-haiku-4-5"
@@ -70,39 +71,24 @@ class ClaudeResponder:
         """Release the SDK's connection pool."""
         self._client.close()
 
-    def classify(self, email: EmailFacts) -> Classification:
-        """Classify one email with a forced `record_classification` tool call."""
-        request = prompts.classify_request(email)
-        return self._structured(request, prompts.CLASSIFY_TOOL_NAME, validate_classification)
-
-    def draft(
-        self,
-        email: EmailFacts,
-        classification: Classification,
-        context: ReplyContext,
-    ) -> Draft:
-        """Draft the reply with a forced `record_reply` tool call; the signature is ours."""
-        store = context.store
-        request = prompts.draft_request(email, classification, context)
-        fallback_language = reply_language(classification, store)
-
-        def validate(data: Mapping[str, Any]) -> Draft:
-            return self._validate_draft(data, store, fallback_language)
-
-        return self._structured(request, prompts.DRAFT_TOOL_NAME, validate)
-
-    def _structured(
-        self,
-        request: dict[str, Any],
-        tool_name: str,
-        validate: Callable[[Mapping[str, Any]], T],
-    ) -> T:
+    def answer(self, email: EmailFacts, context: ReplyContext) -> Answer:
+        """Classify and reply in one forced `record_answer` call; the signature is ours."""
+        request = prompts.answer_request(email, context)
+        usage = ModelUsage()
         last: InvalidModelOutputError | None = None
         for attempt in range(1, INVALID_OUTPUT_ATTEMPTS + 1):
             message = self._create(request)
+            # Every attempt is paid for, the rejected ones too.
+            usage += ModelUsage.from_api(getattr(message, "usage", None))
             try:
-                data = tool_input(message, tool_name)
-                return validate(data)
+                data = tool_input(message, prompts.ANSWER_TOOL_NAME)
+                classification = validate_classification(data)
+                draft = (
+                    None
+                    if classification.is_spam
+                    else self._validate_draft(data, classification, context.store)
+                )
+                return Answer(classification, draft, usage)
             except InvalidModelOutputError as exc:
                 log.warning("claude output rejected (attempt %d): %s", attempt, exc.message)
                 last = exc
@@ -116,19 +102,19 @@ class ClaudeResponder:
             raise map_sdk_error(exc) from exc
 
     def _validate_draft(
-        self, data: Mapping[str, Any], store: StoreVoice, fallback_language: str
+        self, data: Mapping[str, Any], classification: Classification, store: StoreVoice
     ) -> Draft:
-        body = data.get("body_text")
+        reply = data.get("reply")
+        if not isinstance(reply, Mapping):
+            raise InvalidModelOutputError("no reply for an email that is not spam")
+        body = reply.get("body_text")
         if not isinstance(body, str) or not body.strip():
             raise InvalidModelOutputError("empty reply body")
-        needs_human = data.get("needs_human", False)
-        if not isinstance(needs_human, bool):
-            raise InvalidModelOutputError("needs_human is not a boolean")
-        language = data.get("language")
+        language = reply.get("language")
         if not isinstance(language, str) or not language.strip():
-            language = fallback_language
+            language = reply_language(classification, store)
         hold_reason = None
-        if needs_human:
+        if classification.needs_human:
             reason = data.get("human_reason")
             detail = reason.strip()[:MAX_HUMAN_REASON_CHARS] if isinstance(reason, str) else ""
             hold_reason = f"{HOLD_NEEDS_HUMAN}: {detail}" if detail else HOLD_NEEDS_HUMAN

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from worker.prompts import with_signature
 from worker.responder import (
     HOLD_NEEDS_HUMAN,
+    Answer,
     Classification,
     Draft,
     EmailFacts,
@@ -232,6 +233,13 @@ class OfflineResponder:
     def model(self) -> str:
         """Always 'offline-responder', so replies show they were not written by a model."""
         return MODEL_NAME
+
+    def answer(self, email: EmailFacts, context: ReplyContext) -> Answer:
+        """The classification and, unless spam, the templated reply (no tokens spent)."""
+        classification = self.classify(email)
+        if classification.is_spam:
+            return Answer(classification, None)
+        return Answer(classification, self.draft(email, classification, context))
 
     def classify(self, email: EmailFacts) -> Classification:
         """Keyword classification in Portuguese and English."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, get_args
 
 from worker import errors
+from worker.model_cost import ModelUsage
 
 Intent = Literal[
     "order_status",
@@ -273,6 +274,19 @@ class Draft:
     hold_reason: str | None = None
 
 
+@dataclass(frozen=True)
+class Answer:
+    """One email's classification and reply, from one model call.
+
+    `draft` is None for spam: no reply is written. `usage` is what the call cost in tokens
+    (all zero for the offline responder).
+    """
+
+    classification: Classification
+    draft: Draft | None
+    usage: ModelUsage = field(default_factory=ModelUsage)
+
+
 class Responder(Protocol):
     """Classifies an email and drafts the reply; implemented by Claude and the offline rules."""
 
@@ -281,17 +295,9 @@ class Responder(Protocol):
         """The model name recorded on replies ('offline-responder' for the rule-based one)."""
         ...
 
-    def classify(self, email: EmailFacts) -> Classification:
-        """Intent, language, sentiment, need for a human, confidence, order numbers, spam."""
-        ...
-
-    def draft(
-        self,
-        email: EmailFacts,
-        classification: Classification,
-        context: ReplyContext,
-    ) -> Draft:
-        """The reply, grounded only in `context` (orders already filtered by `privacy`)."""
+    def answer(self, email: EmailFacts, context: ReplyContext) -> Answer:
+        """Intent, language, sentiment, need for a human, confidence, order numbers, spam, and
+        the reply grounded only in `context` (orders already filtered by `privacy`)."""
         ...
 
 

@@ -222,10 +222,12 @@ def test_a_reflected_subject_is_not_echoed_and_the_next_mail_is_answered(
 def test_an_injected_reply_is_held_with_the_reason_and_the_next_mail_is_answered(
     pipeline: Pipeline,
 ) -> None:
-    pipeline.claude.reply_tool("record_classification", classification(order_numbers=["1001"]))
     pipeline.claude.reply_tool(
-        "record_reply",
-        {"body_text": hostile.INJECTED_REPLY, "language": "pt-BR", "needs_human": False},
+        "record_answer",
+        classification(
+            order_numbers=["1001"],
+            reply={"body_text": hostile.INJECTED_REPLY, "language": "pt-BR"},
+        ),
     )
     fetch_and_process(pipeline, hostile.injection())
     assert pipeline.claude.pending_replies == 0  # the scripted answers went to this message

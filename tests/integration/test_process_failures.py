@@ -66,12 +66,15 @@ def test_claude_429_is_retried_no_sooner_than_its_retry_after_and_then_answered(
     assert "HTTP 429" in job["last_error"] and job["attempt_count"] == 1
     assert retry_delay(job) >= timedelta(seconds=900)
     assert len(pipeline.claude.messages) == 1  # the SDK did not retry on its own
-    assert pipeline.ledger(job_id) == [] and pipeline.sink.messages == []
+    # The credit is reserved before the one model call and stays with the job while it waits
+    # (a dead-lettered job gets it back); the retry does not charge again.
+    assert pipeline.ledger(job_id) == [("reply", -1)] and pipeline.sink.messages == []
     assert "job.retry_scheduled" in pipeline.event_types(job_id)
 
     pipeline.make_due(job_id)
     assert pipeline.run()["outcomes"] == {"replied": 1}
     assert len(pipeline.sent_to(JOHN)) == 1 and pipeline.job(job_id)["attempt_count"] == 2
+    assert pipeline.ledger(job_id) == [("reply", -1)]
 
 
 @pytest.mark.parametrize("status", [529, 500])
@@ -109,11 +112,8 @@ def test_claude_request_and_credential_errors_go_to_the_dead_letter_queue(
 def test_a_permanent_drafting_failure_after_the_charge_refunds_the_credit(
     pipeline: Pipeline,
 ) -> None:
-    # Classification works; the draft request, made after the credit was taken, is rejected.
-    pipeline.claude.script(
-        tool_use_reply("record_classification", classification(intent="order_status")),
-        error_reply(400, "prompt is too long"),
-    )
+    # The one model call, made after the credit was taken, is rejected.
+    pipeline.claude.script(error_reply(400, "prompt is too long"))
     job_id = john_asks(pipeline)
 
     assert pipeline.run()["outcomes"] == {"failed_permanent": 1}
@@ -168,7 +168,7 @@ def test_smtp_451_puts_the_reply_back_to_drafted_and_the_retry_sends_the_same_me
     assert sent.message()["Message-ID"] == reply["smtp_message_id"]
     assert sent.message().get_content().split() == reply["body_text"].split()
     assert pipeline.ledger(job_id) == [("reply", -1)]  # charged once across both attempts
-    assert [r.tool_name for r in pipeline.claude.messages].count("record_reply") == 1
+    assert [r.tool_name for r in pipeline.claude.messages].count("record_answer") == 1
 
 
 def test_smtp_550_fails_the_reply_dead_letters_the_job_and_refunds_the_credit(
@@ -602,9 +602,9 @@ def test_a_sigkilled_workers_job_is_taken_over_once_its_default_lease_expires(
     pipeline: Pipeline, pipeline_dsn: str
 ) -> None:
     job_id = john_asks(pipeline)
-    # The worker hangs in the classification request until it is killed.
+    # The worker hangs in the model call until it is killed.
     pipeline.claude.script(
-        tool_use_reply("record_classification", classification(intent="order_status"), delay=600)
+        tool_use_reply("record_answer", classification(intent="order_status"), delay=600)
     )
     env = {
         **os.environ,

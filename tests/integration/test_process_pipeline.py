@@ -412,11 +412,28 @@ def test_pt_br_order_question_gets_one_threaded_reply_with_the_customers_trackin
         assert expected in types, (expected, types)
     # Claude saw the customer's text only inside the JSON data block, and the Shopify lookup
     # asked for the order she named.
-    assert [r.tool_name for r in pipeline.claude.messages] == [
-        "record_classification",
-        "record_reply",
-    ]
+    # One model call classified the email and wrote the reply, and its tokens were recorded.
+    assert [r.tool_name for r in pipeline.claude.messages] == ["record_answer"]
     assert any("#1001" in str(q.body) for q in pipeline.shopify.queries)
+    [usage] = [
+        e["detail"] for e in pipeline.events(job_id) if e["event_type"] == "process.model_usage"
+    ]
+    [request] = pipeline.claude.messages
+    assert request.usage is not None
+    assert usage == {
+        "model": "claude-haiku-4-5",
+        "calls": 1,
+        **{
+            k: request.usage[k]
+            for k in (
+                "input_tokens",
+                "output_tokens",
+                "cache_creation_input_tokens",
+                "cache_read_input_tokens",
+            )
+        },
+    }
+    assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0
 
 
 def test_en_reply_goes_to_the_customer_in_english_with_status_of_their_order(
@@ -639,7 +656,7 @@ def test_spam_that_only_the_classifier_recognises_gets_no_reply_and_costs_no_cre
     pipeline: Pipeline,
 ) -> None:
     pipeline.claude.reply_tool(
-        "record_classification",
+        "record_answer",
         {
             "intent": "spam",
             "language": "en",
@@ -657,8 +674,10 @@ def test_spam_that_only_the_classifier_recognises_gets_no_reply_and_costs_no_cre
     assert pipeline.run()["outcomes"] == {"spam": 1}
 
     assert pipeline.job(job_id)["result"]["reasons"] == ["classifier"]
-    assert [r.tool_name for r in pipeline.claude.messages] == ["record_classification"]
-    assert pipeline.sink.messages == [] and pipeline.ledger(job_id) == []
+    assert [r.tool_name for r in pipeline.claude.messages] == ["record_answer"]
+    assert pipeline.reply(job_id) is None and pipeline.sink.messages == []
+    # The credit reserved before the one model call came back when it said spam.
+    assert pipeline.ledger(job_id) == [("reply", -1), ("refund", 1)]
     assert pipeline.credits() == 10
 
 
@@ -689,8 +708,8 @@ def test_another_customers_order_number_discloses_exactly_what_an_unknown_number
     for leaked in ("BR123456789BR", "Camiseta", "ana.souza", "Correios", "#1001"):
         assert leaked not in bodies[someone_elses]
     # The model never saw Ana's order either.
-    drafts = [r for r in pipeline.claude.messages if r.tool_name == "record_reply"]
-    assert drafts and all("BR123456789BR" not in r.user_text for r in drafts)
+    answers = [r for r in pipeline.claude.messages if r.tool_name == "record_answer"]
+    assert len(answers) == 2 and all("BR123456789BR" not in r.user_text for r in answers)
 
 
 def test_forged_from_with_an_attackers_reply_to_gets_the_attacker_no_order_data(
@@ -741,7 +760,7 @@ def test_a_prompt_injection_changes_nothing_the_system_does(pipeline: Pipeline) 
     # The worst case: the model is fully taken over and answers what the attacker wants. (An
     # order question, which is answered automatically; a refund request would go to a person.)
     pipeline.claude.reply_tool(
-        "record_classification",
+        "record_answer",
         {
             "intent": "order_status",
             "language": "en",
@@ -750,6 +769,7 @@ def test_a_prompt_injection_changes_nothing_the_system_does(pipeline: Pipeline) 
             "confidence": 0.99,
             "order_numbers": ["1001", "1002", "1003", "1004"],
             "is_spam": False,
+            "reply": {"body_text": "Hello! The team will review your request.", "language": "en"},
         },
     )
     job_id = pipeline.one(make_email(JOHN, "Refund", INJECTION))
@@ -761,22 +781,23 @@ def test_a_prompt_injection_changes_nothing_the_system_does(pipeline: Pipeline) 
     (sent,) = pipeline.sink.messages
     assert sent.rcpt_tos == (JOHN, pipeline.support_email)
     assert pipeline.credits() == 9
-    # Only John's own order reached the drafting prompt; Ana's never left Shopify's answer.
-    draft_request = next(r for r in pipeline.claude.messages if r.tool_name == "record_reply")
-    assert "#1002" in draft_request.user_text
+    # Only John's own order reached the prompt; Ana's never left Shopify's answer. The order
+    # numbers the model "found" change nothing: lookups happen before it is asked, from the text.
+    [request] = pipeline.claude.messages
+    assert "#1002" in request.user_text
     for other in ("BR123456789BR", "#1003", "#1004", "JT998877665BR", "1Z999AA10123456784"):
-        assert other not in draft_request.user_text
+        assert other not in request.user_text
         assert other not in sent.message().get_content()
     # The customer's text reached the model only as escaped JSON data, never as instructions:
     # the system prompt is the same one every email gets, and the fake closing tag is inert.
-    classify_request = pipeline.claude.messages[0]
-    assert INJECTION not in classify_request.user_text  # JSON-escaped, not verbatim
-    assert "<\\/customer_email>" in classify_request.user_text or (
-        "\\u003c/customer_email\\u003e" in classify_request.user_text
+    assert INJECTION not in request.user_text  # JSON-escaped, not verbatim
+    assert "<\\/customer_email>" in request.user_text or (
+        "\\u003c/customer_email\\u003e" in request.user_text
     )
-    assert ATTACKER not in str(classify_request.body.get("system"))
+    assert ATTACKER not in str(request.body.get("system"))
     lookup = [e for e in pipeline.events(job_id) if e["event_type"] == "process.shopify_lookup"]
-    assert lookup[0]["detail"] == {"found": 3, "disclosed": 1}
+    # #1001 (named in the text, Ana's) and John's recent #1002; only his own is disclosed.
+    assert lookup[0]["detail"] == {"found": 2, "disclosed": 1}
 
 
 # -- held for a person, and no credits ------------------------------------------------------------
@@ -815,7 +836,7 @@ def test_a_deactivated_store_answers_nothing_already_queued(pipeline: Pipeline) 
 
 
 def classification(**overrides: Any) -> dict[str, Any]:
-    """A valid record_classification tool input."""
+    """A valid record_answer tool input (the classification and a plain reply)."""
     return {
         "intent": "order_status",
         "language": "pt-BR",
@@ -824,6 +845,7 @@ def classification(**overrides: Any) -> dict[str, Any]:
         "confidence": 0.9,
         "order_numbers": [],
         "is_spam": False,
+        "reply": {"body_text": "Olá! Nossa equipe vai verificar.", "language": "pt-BR"},
         **overrides,
     }
 
@@ -841,7 +863,7 @@ def classification(**overrides: Any) -> dict[str, Any]:
 def test_complaints_requests_for_a_human_and_unsure_answers_are_held_for_the_store(
     pipeline: Pipeline, scripted: dict[str, Any], hold: str
 ) -> None:
-    pipeline.claude.reply_tool("record_classification", scripted)
+    pipeline.claude.reply_tool("record_answer", scripted)
     job_id = pipeline.one(
         make_email(
             f"Ana Souza <{ANA}>",

@@ -15,13 +15,22 @@ import pytest
 from worker.db import Database
 from worker.errors import TransientError
 from worker.mime import ParsedEmail
+from worker.model_cost import ModelUsage
+from worker.offline import OfflineResponder
 from worker.pipeline import steps
 from worker.pipeline.context import JobContext, JobDone, PipelineOptions, Services
 from worker.pipeline.handler import EmailHandler
 from worker.queue.handlers import JobRun
 from worker.queue.outcome import Complete
 from worker.queue.trace import JobTrace
-from worker.responder import Classification, Draft, EmailFacts, ProductFacts, VariantFacts
+from worker.responder import (
+    Classification,
+    Draft,
+    EmailFacts,
+    OrderFacts,
+    ProductFacts,
+    VariantFacts,
+)
 
 STORE = {"id": "s1", "support_email": "suporte@loja.test", "active": True}
 MESSAGE = {
@@ -35,13 +44,28 @@ MESSAGE = {
 
 
 class LoadingDb:
-    """load_job_context only: what the first step reads."""
+    """load_job_context (what the first step reads) and release_credit (recorded)."""
 
     def __init__(self, loaded: Mapping[str, Any] | None) -> None:
         self.loaded = loaded
+        self.released: list[tuple[str, str, str]] = []
 
     def load_job_context(self, job_id: str, window: int | None = None) -> Any:
         return self.loaded
+
+    def release_credit(self, store_id: str, job_id: str, reason: str) -> bool:
+        self.released.append((store_id, job_id, reason))
+        return True
+
+    def get_store_secrets(self, store_id: str) -> dict[str, Any]:
+        return {"shopify_token": "t"}
+
+    # The breakers the model and Shopify calls go through: always closed here.
+    def circuit_allow(self, service: str) -> bool:
+        return True
+
+    def circuit_record(self, service: str, success: bool) -> str:
+        return "closed"
 
 
 def context(
@@ -55,7 +79,7 @@ def context(
     job = {"id": job_id, "job_type": "process_email", "store_id": "s1"}
     services = Services(
         db=cast(Database, LoadingDb(loaded)),
-        responder=None,  # type: ignore[arg-type]
+        responder=OfflineResponder(),
         mail=None,  # type: ignore[arg-type]
         shop_for=lambda store, secrets: None,
     )
@@ -88,13 +112,13 @@ def test_the_steps_run_in_the_documented_order() -> None:
         "filter_spam",
         "cap_replies",
         "wait_for_credits",
-        "classify",
+        "read_email",
         "find_orders",
         "recall_thread",
         "select_knowledge",
         "find_products",
         "reserve_credit",
-        "draft",
+        "answer",
         "decide_hold",
         "save_reply",
         "deliver",
@@ -216,6 +240,78 @@ def test_mail_that_passes_the_spam_filter_is_recorded_as_validated() -> None:
     ctx = context()
     steps.filter_spam(ctx)
     assert [e["event_type"] for e in ctx.trace.events] == ["process.validated"]
+
+
+def test_order_numbers_come_from_the_text_before_any_model_call() -> None:
+    ctx = context(message={**MESSAGE, "subject": "Pedido 2002", "body_text": "E o #1001?"})
+    steps.read_email(ctx)
+    assert ctx.order_numbers == ["2002", "1001"]
+    assert ctx.facts.sender == "ana@example.com"
+
+
+class RecordingShop:
+    """An OrderLookup with one of the sender's orders and one of someone else's."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.orders = [
+            OrderFacts("#1001", None, "ana@example.com", None, "PAID", "FULFILLED"),
+            OrderFacts("#2002", None, "john@example.com", None, "PAID", "FULFILLED"),
+        ]
+
+    def order_by_number(self, number: str) -> OrderFacts | None:
+        self.calls.append(f"number:{number}")
+        return next((o for o in self.orders if o.name == f"#{number}"), None)
+
+    def recent_orders_for_email(self, email: str, limit: int = 5) -> list[OrderFacts]:
+        self.calls.append(f"email:{email}")
+        return [o for o in self.orders if o.email == email][:limit]
+
+
+def test_orders_are_looked_up_for_any_email_before_the_model_is_asked() -> None:
+    # "Is the jacket I bought machine-washable?" names no order and no order intent: the one
+    # model call still needs the sender's own orders in front of it.
+    shop = RecordingShop()
+    question = {**MESSAGE, "subject": "Lavagem", "body_text": "Posso lavar a jaqueta na máquina?"}
+    ctx = context(store={**STORE, "shopify_domain": "loja.myshopify.com"}, message=question)
+    ctx.services.shop_for = lambda store, secrets: shop
+    steps.read_email(ctx)
+    steps.find_orders(ctx)
+    assert shop.calls == ["email:ana@example.com"]
+    assert [o.name for o in ctx.orders] == ["#1001"]
+
+
+def test_someone_elses_mentioned_order_never_reaches_the_context() -> None:
+    shop = RecordingShop()
+    probe = {**MESSAGE, "subject": "Pedido #2002", "body_text": "Cadê o pedido #2002?"}
+    ctx = context(store={**STORE, "shopify_domain": "loja.myshopify.com"}, message=probe)
+    ctx.services.shop_for = lambda store, secrets: shop
+    steps.read_email(ctx)
+    steps.find_orders(ctx)
+    assert shop.calls == ["number:2002", "email:ana@example.com"]
+    assert [o.name for o in ctx.orders] == ["#1001"]
+
+
+def test_one_call_gives_classification_and_draft_and_records_its_tokens() -> None:
+    ctx = context()
+    steps.read_email(ctx)
+    steps.answer(ctx)
+    assert ctx.classification.intent == "order_status"
+    assert ctx.draft.body_text
+    usage, classified = ctx.trace.events
+    assert usage["event_type"] == "process.model_usage"
+    assert usage["detail"] == {"model": "offline-responder", **ModelUsage().as_event()}
+    assert classified["event_type"] == "process.classified"
+
+
+def test_spam_found_by_the_model_gives_the_credit_back_and_writes_no_reply() -> None:
+    spam = {**MESSAGE, "subject": "Ganhe dinheiro fácil", "body_text": "Cassino online, bitcoin!"}
+    ctx = context(message=spam)
+    steps.read_email(ctx)
+    outcome, detail = ended(steps.answer, ctx)
+    assert (outcome, detail["reasons"]) == ("spam", ["classifier"])
+    assert cast(LoadingDb, ctx.db).released == [("s1", "j1", "spam")]
+    assert ctx.draft_ is None
 
 
 def test_the_hold_decision_is_recorded_with_the_draft() -> None:

@@ -1,5 +1,5 @@
-"""The pure decisions of the email pipeline (worker.pipeline.steps): when to hold, when to ask
-Shopify, what to look up; the job trace (worker.queue.trace) and the breaker guard
+"""The pure decisions of the email pipeline (worker.pipeline.steps): when to hold, what to look
+up in Shopify; the job trace (worker.queue.trace) and the breaker guard
 (worker.queue.breakers)."""
 
 from __future__ import annotations
@@ -80,25 +80,6 @@ def test_confidence_at_the_threshold_is_enough() -> None:
     assert steps.hold_reason(classification(confidence=0.6), None, AUTO, 0.6) is None
 
 
-# -- wants_orders -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "intent", ["order_status", "shipping_delay", "return_refund", "cancellation", "complaint"]
-)
-def test_order_intents_look_up_orders(intent: str) -> None:
-    assert steps.wants_orders(classification(intent=intent))
-
-
-@pytest.mark.parametrize("intent", ["product_question", "other"])
-def test_other_intents_do_not_touch_shopify(intent: str) -> None:
-    assert not steps.wants_orders(classification(intent=intent))
-
-
-def test_a_mentioned_order_number_always_justifies_a_lookup() -> None:
-    assert steps.wants_orders(classification(intent="other", order_numbers=["1001"]))
-
-
 # -- lookup_orders -------------------------------------------------------------------------------
 
 
@@ -124,14 +105,14 @@ SHOP = (order("#1001", ANA), order("#1002", JOHN))
 
 def test_the_senders_own_mentioned_order_needs_no_second_query() -> None:
     shop = FakeShop(*SHOP)
-    found = steps.lookup_orders(shop, JOHN, classification(order_numbers=["1002"]))
+    found = steps.lookup_orders(shop, JOHN, ["1002"])
     assert [o.name for o in found] == ["#1002"]
     assert shop.calls == [("number", "1002")]
 
 
 def test_without_a_number_the_senders_recent_orders_are_used() -> None:
     shop = FakeShop(*SHOP)
-    found = steps.lookup_orders(shop, JOHN, classification())
+    found = steps.lookup_orders(shop, JOHN, [])
     assert [o.name for o in found] == ["#1002"]
     assert shop.calls == [("email", JOHN)]
 
@@ -141,7 +122,7 @@ def test_someone_elses_number_and_an_unknown_one_lead_to_the_same_queries_and_or
     results = {}
     for number in ("1001", "9999"):
         shop = FakeShop(*SHOP)
-        found = steps.lookup_orders(shop, JOHN, classification(order_numbers=[number]))
+        found = steps.lookup_orders(shop, JOHN, [number])
         results[number] = ([o.name for o in found if o.email == JOHN], [c[0] for c in shop.calls])
     assert results["1001"] == results["9999"] == (["#1002"], ["number", "email"])
 
@@ -149,7 +130,7 @@ def test_someone_elses_number_and_an_unknown_one_lead_to_the_same_queries_and_or
 def test_at_most_three_mentioned_numbers_are_looked_up() -> None:
     shop = FakeShop(*SHOP)
     numbers = ["1", "2", "3", "4", "5"]
-    steps.lookup_orders(shop, JOHN, classification(order_numbers=numbers))
+    steps.lookup_orders(shop, JOHN, numbers)
     assert [c for c in shop.calls if c[0] == "number"] == [("number", n) for n in numbers[:3]]
 
 
@@ -313,3 +294,18 @@ def test_a_breaker_seen_closed_is_trusted_briefly_and_our_failures_end_that(
     db.allow = False
     with pytest.raises(CircuitOpenError):
         guarded(services, "claude", lambda: 4)
+
+
+# -- wants_orders --------------------------------------------------------------------------------
+
+
+def test_orders_are_wanted_for_a_named_order_or_a_reply_to_the_sender() -> None:
+    assert steps.wants_orders(["1001"], ANA, None)
+    assert steps.wants_orders([], ANA, None)  # "where is my parcel?": the sender's recent orders
+    assert steps.wants_orders([], ANA, ANA.upper())
+    assert steps.wants_orders(["1001"], ANA, "ana.work@example.com")
+
+
+def test_a_reply_to_elsewhere_without_a_named_order_needs_no_lookup() -> None:
+    # The reply goes to the Reply-To address, and a reply there never carries order facts.
+    assert not steps.wants_orders([], ANA, "ana.work@example.com")

@@ -14,10 +14,14 @@ Run standalone: `python -m worker.devstack.fake_claude --port 8787 --latency 0.3
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import itertools
 import json
+import math
 import re
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -60,6 +64,8 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: Any
+    # What the fake answered with in `usage` (Messages requests answered 200 only).
+    usage: dict[str, Any] | None = None
 
     @property
     def tool_name(self) -> str | None:
@@ -174,6 +180,10 @@ class ScriptedServer:
         """An answer that overrides the script (e.g. a bad credential), or None."""
         return None
 
+    def finalize(self, request: RecordedRequest, reply: FakeReply) -> FakeReply:
+        """The answer as it goes out (a subclass may fill in what depends on the request)."""
+        return reply
+
     # -- serving ---------------------------------------------------------------------------
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         length = int(handler.headers.get("Content-Length") or 0)
@@ -195,6 +205,7 @@ class ScriptedServer:
                 reply = self._script.popleft()
         if reply is None:
             reply = self.default_reply(request)
+        reply = self.finalize(request, reply)
 
         delay = self.latency_seconds + reply.delay
         if delay > 0 and self._stopping.wait(delay):
@@ -226,6 +237,109 @@ class ScriptedServer:
 # Anthropic Messages API shapes
 
 _ids = itertools.count(1)
+
+# Token counts. The fake cannot run Claude's tokenizer, so it estimates: one token per
+# CHARS_PER_TOKEN characters of the JSON the API would see (mixed pt/en/es prose and JSON keys
+# tokenise at 3-4 characters; the lower end keeps cost estimates on the safe side).
+CHARS_PER_TOKEN = 3.5
+# The tool-use system prompt the API adds when tools are given, for tool_choice any/tool on
+# current Claude models (Anthropic docs, "Tool use: pricing"), counted once per request.
+TOOL_USE_SYSTEM_TOKENS = 313
+# A tool_use block's own wrapper (id, name, type) on top of its input.
+TOOL_USE_BLOCK_TOKENS = 12
+# The smallest prefix the API caches, per model (Anthropic docs, "Prompt caching": 4,096 for
+# Haiku 4.5 and Opus 4.5+, 1,024 for Sonnet 4.x); a shorter marked prefix is simply not cached.
+MIN_CACHEABLE_TOKENS = {"claude-haiku-4-5": 4096, "claude-opus-4-5": 4096, "claude-opus-4-6": 4096}
+DEFAULT_MIN_CACHEABLE_TOKENS = 1024
+CACHE_TTL_SECONDS = 300.0  # the default "5m" ephemeral cache, refreshed on every hit
+
+
+def estimate_tokens(text: str) -> int:
+    """The fake's token estimate for a piece of prompt or output text."""
+    return math.ceil(len(text) / CHARS_PER_TOKEN) if text else 0
+
+
+def _usage(
+    input_tokens: int, output_tokens: int, cache_creation: int = 0, cache_read: int = 0
+) -> dict[str, Any]:
+    """A `usage` object in the API's shape (the 5-minute cache is the only one we use)."""
+    return {
+        "input_tokens": input_tokens,
+        "cache_creation_input_tokens": cache_creation,
+        "cache_read_input_tokens": cache_read,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": cache_creation,
+            "ephemeral_1h_input_tokens": 0,
+        },
+        "output_tokens": output_tokens,
+        "service_tier": "standard",
+    }
+
+
+def _without_cache_control(block: Any) -> str:
+    if isinstance(block, dict):
+        if block.get("type") == "text" and isinstance(block.get("text"), str):
+            return str(block["text"])
+        block = {k: v for k, v in block.items() if k != "cache_control"}
+    return block if isinstance(block, str) else json.dumps(block, ensure_ascii=False)
+
+
+def prompt_blocks(body: dict[str, Any]) -> list[tuple[str, bool]]:
+    """The request's prompt in the order the API caches it (tools, system, messages), as
+    (text, marked with cache_control) pairs."""
+    blocks: list[tuple[str, bool]] = []
+    for tool in body.get("tools") or []:
+        blocks.append((_without_cache_control(tool), "cache_control" in tool))
+    system = body.get("system")
+    for block in [system] if isinstance(system, str) else system or []:
+        blocks.append(
+            (_without_cache_control(block), isinstance(block, dict) and "cache_control" in block)
+        )
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        for block in [content] if isinstance(content, str) else content or []:
+            marked = isinstance(block, dict) and "cache_control" in block
+            blocks.append((_without_cache_control(block), marked))
+    return blocks
+
+
+class PromptCache:
+    """The API's prompt cache as the fake models it: prefixes up to a cache_control mark, at
+    least the model's minimum long, live CACHE_TTL_SECONDS after their last use."""
+
+    def __init__(self) -> None:
+        self._expiry: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._expiry.clear()
+
+    def usage(self, body: dict[str, Any], output_tokens: int) -> dict[str, Any]:
+        """The `usage` the API would report for this request (input split by the cache)."""
+        model = str(body.get("model") or "")
+        minimum = MIN_CACHEABLE_TOKENS.get(model, DEFAULT_MIN_CACHEABLE_TOKENS)
+        total = TOOL_USE_SYSTEM_TOKENS if body.get("tools") else 0
+        digest = hashlib.sha256(model.encode())
+        breakpoints: list[tuple[str, int]] = []
+        for text, marked in prompt_blocks(body):
+            total += estimate_tokens(text)
+            digest.update(text.encode())
+            digest.update(b"\x00")
+            if marked and total >= minimum:
+                breakpoints.append((digest.hexdigest(), total))
+        now = time.monotonic()
+        read = created = 0
+        with self._lock:
+            for key, tokens in breakpoints:
+                if self._expiry.get(key, 0.0) > now:
+                    read = tokens
+            for key, _tokens in breakpoints:
+                self._expiry[key] = now + CACHE_TTL_SECONDS
+        if breakpoints and breakpoints[-1][1] > read:
+            created = breakpoints[-1][1] - read
+        return _usage(total - read - created, output_tokens, created, read)
+
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -267,7 +381,8 @@ def tool_use_reply(
         ],
         "stop_reason": stop_reason,
         "stop_sequence": None,
-        "usage": {"input_tokens": 412, "output_tokens": 87},
+        # Replaced by FakeClaude.finalize with counts computed from the request.
+        "usage": _usage(412, 87),
     }
     return FakeReply(200, body, {"request-id": _request_id()}, delay)
 
@@ -282,7 +397,7 @@ def text_reply(text: str, *, model: str = "claude-haiku-4-5") -> FakeReply:
         "content": [{"type": "text", "text": text}],
         "stop_reason": "end_turn",
         "stop_sequence": None,
-        "usage": {"input_tokens": 400, "output_tokens": 20},
+        "usage": _usage(400, 20),
     }
     return FakeReply(200, body, {"request-id": _request_id()})
 
@@ -375,50 +490,81 @@ def plausible_tool_input(request: RecordedRequest) -> dict[str, Any] | None:
     blocks = data_blocks(request.user_text)
     email = blocks.get(prompts.EMAIL_BLOCK) or {}
     subject, body = str(email.get("subject") or ""), str(email.get("body") or "")
-    if request.tool_name == prompts.CLASSIFY_TOOL_NAME:
-        c = offline.classify_text(subject, body, email.get("language_hint"))
-        return {
-            "intent": c.intent,
-            "language": c.language,
-            "sentiment": c.sentiment,
-            "needs_human": c.needs_human,
-            "confidence": c.confidence,
-            "order_numbers": c.order_numbers,
-            "is_spam": c.is_spam,
-        }
-    if request.tool_name == prompts.DRAFT_TOOL_NAME:
-        context = blocks.get(prompts.CONTEXT_BLOCK) or {}
-        language = str(context.get("reply_language") or "en")
-        intent = str((context.get("classification") or {}).get("intent") or "other")
-        tone = str((context.get("store") or {}).get("tone") or "friendly")
-        orders = [_order_from_prompt(o) for o in context.get("orders") or []]
-        knowledge = [
-            KnowledgeEntry(str(k.get("topic")), str(k.get("title")), str(k.get("text")))
-            for k in context.get("store_knowledge") or []
-        ]
-        products = [_product_from_prompt(p) for p in context.get("products") or []]
-        handoff = bool(context.get("person_follows_up"))
-        body = offline.compose_reply(
-            intent, orders, language, tone, products=products, knowledge=knowledge, handoff=handoff
-        )
-        return {
-            "body_text": body,
-            "language": language,
-            # As the prompt asks: what needs the store's people is handed to them, and only
-            # then does the reply say that they will follow up.
-            "needs_human": not handoff and promises.promises_follow_up(body),
-        }
-    return None
+    if request.tool_name != prompts.ANSWER_TOOL_NAME:
+        return None
+    c = offline.classify_text(subject, body, email.get("language_hint"))
+    answer: dict[str, Any] = {
+        "intent": c.intent,
+        "language": c.language,
+        "sentiment": c.sentiment,
+        "needs_human": c.needs_human,
+        "confidence": c.confidence,
+        "order_numbers": c.order_numbers,
+        "is_spam": c.is_spam,
+    }
+    if c.needs_human:
+        answer["human_reason"] = "the customer asks for a person"
+    if c.is_spam:
+        return answer
+    context = blocks.get(prompts.CONTEXT_BLOCK) or {}
+    store_facts = blocks.get(prompts.STORE_BLOCK) or {}
+    store = store_facts.get("store") or {}
+    language = str(context.get("reply_language") or "auto")
+    if language == "auto":
+        language = c.language
+    tone = str(store.get("tone") or "friendly")
+    orders = [_order_from_prompt(o) for o in context.get("orders") or []]
+    knowledge = [
+        KnowledgeEntry(str(k.get("topic")), str(k.get("title")), str(k.get("text")))
+        for k in store_facts.get("store_knowledge") or []
+    ]
+    products = [_product_from_prompt(p) for p in context.get("products") or []]
+    handoff = bool(context.get("person_follows_up")) or c.needs_human
+    reply_body = offline.compose_reply(
+        c.intent, orders, language, tone, products=products, knowledge=knowledge, handoff=handoff
+    )
+    # As the prompt asks: what needs the store's people is handed to them (needs_human), and
+    # only then may the reply say that they will follow up.
+    if not handoff and promises.promises_follow_up(reply_body):
+        answer["needs_human"] = True
+        answer["human_reason"] = "the store has to decide"
+    answer["reply"] = {"body_text": reply_body, "language": language}
+    return answer
 
 
 class FakeClaude(ScriptedServer):
     """POST /v1/messages with scripted or computed answers; checks the API key like the API."""
 
     def __init__(
-        self, *, api_key: str = TEST_API_KEY, port: int = 0, latency_seconds: float = 0.0
+        self,
+        *,
+        api_key: str = TEST_API_KEY,
+        port: int = 0,
+        latency_seconds: float = 0.0,
+        seconds_per_output_token: float = 0.0,
     ) -> None:
         super().__init__(port=port, latency_seconds=latency_seconds)
         self.api_key = api_key
+        # Generation time: a real answer takes longer the more tokens it writes.
+        self.seconds_per_output_token = seconds_per_output_token
+        self.prompt_cache = PromptCache()
+
+    def finalize(self, request: RecordedRequest, reply: FakeReply) -> FakeReply:
+        """A 200 message gets the usage the API would report for this request and answer."""
+        body = reply.body
+        if reply.status != 200 or not isinstance(body, dict) or body.get("type") != "message":
+            return reply
+        output_tokens = 0
+        for block in body.get("content") or []:
+            if block.get("type") == "tool_use":
+                text = json.dumps(block.get("input"), ensure_ascii=False)
+                output_tokens += estimate_tokens(text) + TOOL_USE_BLOCK_TOKENS
+            else:
+                output_tokens += estimate_tokens(str(block.get("text") or ""))
+        usage = self.prompt_cache.usage(request.body, output_tokens)
+        request.usage = usage
+        delay = reply.delay + self.seconds_per_output_token * output_tokens
+        return dataclasses.replace(reply, body={**body, "usage": usage}, delay=delay)
 
     @property
     def messages(self) -> list[RecordedRequest]:
@@ -460,9 +606,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8787)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per request")
+    parser.add_argument(
+        "--per-token", type=float, default=0.0, help="seconds per output token on top"
+    )
     parser.add_argument("--api-key", default=TEST_API_KEY)
     args = parser.parse_args(argv)
-    fake = FakeClaude(api_key=args.api_key, port=args.port, latency_seconds=args.latency)
+    fake = FakeClaude(
+        api_key=args.api_key,
+        port=args.port,
+        latency_seconds=args.latency,
+        seconds_per_output_token=args.per_token,
+    )
     fake.start()
     print(f"ANTHROPIC_BASE_URL={fake.base_url}", flush=True)
     try:

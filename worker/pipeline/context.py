@@ -129,6 +129,7 @@ class JobContext:
     email_: ParsedEmail | None = None
     facts_: EmailFacts | None = None
     classification_: Classification | None = None
+    order_numbers: list[str] = field(default_factory=list)  # mentioned in the email's text
     to_address: str = ""
     unauthenticated: str | None = None  # why the receiving server failed the sender, if it did
     orders: list[OrderFacts] = field(default_factory=list)

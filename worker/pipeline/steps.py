@@ -17,6 +17,7 @@ from worker import (
     knowledge,
     loops,
     mime,
+    offline,
     privacy,
     product_query,
     promises,
@@ -32,12 +33,15 @@ from worker.pipeline import delivery
 from worker.pipeline.context import JobContext, JobDone, OrderLookup
 from worker.queue.breakers import guarded
 from worker.queue.trace import finish
-from worker.responder import Classification, EmailFacts, OrderFacts, ReplyContext, StoreVoice
-
-# Intents for which looking up orders helps the answer; others never touch Shopify.
-ORDER_INTENTS = frozenset(
-    {"order_status", "shipping_delay", "return_refund", "cancellation", "complaint"}
+from worker.responder import (
+    Answer,
+    Classification,
+    EmailFacts,
+    OrderFacts,
+    ReplyContext,
+    StoreVoice,
 )
+
 # Intents that always go to a person as a draft (angry customers deserve a human).
 HUMAN_INTENTS = frozenset({"complaint"})
 
@@ -88,14 +92,21 @@ def rate_limited(ctx: JobContext) -> CircuitOpenError:
     return CircuitOpenError(f"reply_rate:{ctx.store['id']}", retry_after=RATE_LIMIT_RETRY_SECONDS)
 
 
-def wants_orders(classification: Classification) -> bool:
-    """Whether order data can help answer this email."""
-    return classification.intent in ORDER_INTENTS or bool(classification.order_numbers)
+def wants_orders(order_numbers: list[str], sender: str, reply_to: str | None) -> bool:
+    """Whether to look up orders before the model call.
+
+    Every email that names an order, or whose reply goes back to the sender: their recent
+    orders are what "where is my parcel?" needs. A reply the customer asked to go to another
+    address (Reply-To) can carry no order facts (privacy.reply_recipient), so without a named
+    order there is nothing to look up for it, and the customer gets the reply where they asked.
+    """
+    if order_numbers:
+        return True
+    to_address, _ = privacy.reply_recipient(sender, reply_to, False)
+    return privacy.same_address(to_address, sender)
 
 
-def lookup_orders(
-    shop: OrderLookup, sender: str, classification: Classification
-) -> list[OrderFacts]:
+def lookup_orders(shop: OrderLookup, sender: str, order_numbers: list[str]) -> list[OrderFacts]:
     """Orders the customer mentioned, else their recent ones; `privacy` filters them after.
 
     The fallback to recent orders depends on whether a mentioned order is the sender's own, not
@@ -104,7 +115,7 @@ def lookup_orders(
     prober that the number exists.
     """
     found: list[OrderFacts] = []
-    for number in classification.order_numbers[:3]:
+    for number in order_numbers[:3]:
         order = shop.order_by_number(number)
         if order is not None:
             found.append(order)
@@ -228,42 +239,32 @@ def filter_spam(ctx: JobContext) -> None:
     ctx.trace.event("process.validated")
 
 
-def classify(ctx: JobContext) -> None:
-    """The model's reading of the email: intent, language, order numbers, spam."""
-    email, services = ctx.email, ctx.services
-    facts = EmailFacts(
+def read_email(ctx: JobContext) -> None:
+    """The email as the model may see it, and the order numbers it mentions.
+
+    The numbers come from the text (offline.find_order_numbers), not from the model, so every
+    fact the reply may use is looked up before the one model call.
+    """
+    email = ctx.email
+    ctx.facts_ = EmailFacts(
         sender=email.from_address or "",
         subject=email.subject or "",
         # The model reads what the customer wrote now; the history comes as the thread. A body
         # that is nothing but a quote (a bare forward) is kept whole.
         body=quotes.own_text(email.body_text) or email.body_text or "",
     )
-    ctx.facts_ = facts
-    with ctx.trace.timed("classify"):
-        classification: Classification = guarded(
-            services.breakers, "claude", lambda: services.responder.classify(facts)
-        )
-    ctx.classification_ = classification
-    ctx.trace.event(
-        "process.classified",
-        intent=classification.intent,
-        language=classification.language,
-        sentiment=classification.sentiment,
-        needs_human=classification.needs_human,
-        confidence=classification.confidence,
-        model=services.responder.model,
-    )
-    if classification.is_spam:
-        raise JobDone("spam", reasons=["classifier"], intent=classification.intent)
+    ctx.order_numbers = offline.find_order_numbers(f"{ctx.facts.subject}\n{ctx.facts.body}")
 
 
 def find_orders(ctx: JobContext) -> None:
     """The reply's recipient and the orders it may mention (privacy rules applied).
 
-    A sender the receiving server failed to authenticate learns nothing about orders, and what
-    we would say is held for a person (worker/sender_auth.py).
+    The lookup comes before the model call, for every email that wants it (wants_orders): the
+    orders it names, else the sender's recent ones ("where is my parcel?" names none). A sender
+    the receiving server failed to authenticate learns nothing about orders, and what we would
+    say is held for a person (worker/sender_auth.py).
     """
-    email, store, services, classification = ctx.email, ctx.store, ctx.services, ctx.classification
+    email, store, services = ctx.email, ctx.store, ctx.services
     sender = email.from_address or ""
     orders: list[OrderFacts] = []
     ctx.unauthenticated = sender_auth.failure(email.headers)
@@ -271,13 +272,14 @@ def find_orders(ctx: JobContext) -> None:
         ctx.trace.event("process.sender_unauthenticated", verdict=ctx.unauthenticated)
         ctx.to_address, ctx.orders = sender, []
         return
-    if store.get("shopify_domain") and wants_orders(classification):
+    if store.get("shopify_domain") and wants_orders(ctx.order_numbers, sender, email.reply_to):
         shop = services.shop_for(store, services.secrets(str(store["id"])))
         if shop is not None:
             service = f"shopify:{store['id']}"
+            numbers = ctx.order_numbers
             with ctx.trace.timed("shopify"):
                 found = guarded(
-                    services.breakers, service, lambda: lookup_orders(shop, sender, classification)
+                    services.breakers, service, lambda: lookup_orders(shop, sender, numbers)
                 )
             orders = privacy.disclosable_orders(sender, found)
             ctx.trace.event("process.shopify_lookup", found=len(found), disclosed=len(orders))
@@ -341,8 +343,8 @@ def find_products(ctx: JobContext) -> None:
 
 
 def reserve_credit(ctx: JobContext) -> None:
-    """One credit per answered email, taken before the model drafts (refunded if never sent,
-    and when the reply is held for a person: save_reply). Out of credits: the email waits.
+    """One credit per answered email, taken before the model call (refunded if never sent, and
+    when the reply is held for a person: save_reply). Out of credits: the email waits.
 
     The reply cap is checked again here, where the credit is reserved, atomically per store:
     cap_replies is only a cheap early exit, and concurrent jobs of one sender all pass it.
@@ -368,32 +370,56 @@ def reserve_credit(ctx: JobContext) -> None:
         raise rate_limited(ctx)
 
 
-def draft(ctx: JobContext) -> None:
-    """The model's reply in the store's voice, grounded in the reply context (worker.responder)."""
-    services, facts, classification = ctx.services, ctx.facts, ctx.classification
+def answer(ctx: JobContext) -> None:
+    """One model call: the classification and the reply in the store's voice, grounded in the
+    reply context (worker.responder); the tokens it cost go into a process.model_usage event.
+
+    Spam the heuristics missed is only known now, after the credit was reserved: the credit
+    goes back and no reply is written.
+    """
+    services, facts = ctx.services, ctx.facts
     context = ReplyContext(
         store=StoreVoice.from_store_row(ctx.store),
         orders=ctx.orders,
         thread=ctx.thread,
         knowledge=ctx.knowledge,
         products=ctx.products,
-        handoff=held_before_drafting(ctx) is not None,
+        handoff=held_before_answering(ctx) is not None,
     )
-    with ctx.trace.timed("draft"):
-        ctx.draft_ = guarded(
-            services.breakers,
-            "claude",
-            lambda: services.responder.draft(facts, classification, context),
+    with ctx.trace.timed("answer"):
+        result: Answer = guarded(
+            services.breakers, "claude", lambda: services.responder.answer(facts, context)
         )
+    classification = ctx.classification_ = result.classification
+    ctx.trace.event(
+        "process.model_usage",
+        model=services.responder.model,
+        **result.usage.as_event(),
+    )
+    ctx.trace.event(
+        "process.classified",
+        intent=classification.intent,
+        language=classification.language,
+        sentiment=classification.sentiment,
+        needs_human=classification.needs_human,
+        confidence=classification.confidence,
+        model=services.responder.model,
+    )
+    if classification.is_spam or result.draft is None:
+        ctx.db.release_credit(str(ctx.store["id"]), ctx.job_id, "spam")
+        raise JobDone("spam", reasons=["classifier"], intent=classification.intent)
+    ctx.draft_ = result.draft
 
 
-def held_before_drafting(ctx: JobContext) -> str | None:
-    """The hold the classification, the store and the sender already decide, before any draft:
-    the model is told whether a person will read the conversation (ReplyContext.handoff)."""
-    hold = hold_reason(ctx.classification, None, ctx.store, ctx.options.min_confidence)
-    if hold is None and ctx.unauthenticated:
-        hold = sender_auth.UNAUTHENTICATED
-    return hold
+def held_before_answering(ctx: JobContext) -> str | None:
+    """The hold the store and the sender already decide before the model call (a draft-only
+    store, a sender the receiving server failed to authenticate): the model is told whether a
+    person will read the conversation (ReplyContext.handoff). A hold the model's own reading
+    brings (needs_human, a complaint, low confidence) comes with its answer, and the prompt lets
+    it promise a person's follow-up only together with needs_human."""
+    if ctx.store.get("reply_mode") == "draft_only":
+        return "draft_only"
+    return sender_auth.UNAUTHENTICATED if ctx.unauthenticated else None
 
 
 def decide_hold(ctx: JobContext) -> None:
@@ -482,13 +508,13 @@ STEPS: tuple[Step, ...] = (
     filter_spam,
     cap_replies,
     wait_for_credits,
-    classify,
+    read_email,
     find_orders,
     recall_thread,
     select_knowledge,
     find_products,
     reserve_credit,
-    draft,
+    answer,
     decide_hold,
     save_reply,
     deliver,
