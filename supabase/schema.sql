@@ -3406,6 +3406,40 @@ $$;
 ALTER FUNCTION public.mailbox_record_wanted(p_store public.stores, p_status text, p_hold_reason text, p_was_held boolean, p_by_person boolean) OWNER TO postgres;
 
 --
+-- Name: model_usage_stats(integer); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.model_usage_stats(p_hours integer DEFAULT 1) RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+    select coalesce(jsonb_agg(jsonb_build_object(
+               'model', u.model, 'emails', u.emails, 'calls', u.calls,
+               'input_tokens', u.input_tokens, 'output_tokens', u.output_tokens,
+               'cache_creation_input_tokens', u.cache_creation_input_tokens,
+               'cache_read_input_tokens', u.cache_read_input_tokens)
+             order by u.model), '[]'::jsonb)
+    from (
+        select coalesce(e.detail ->> 'model', 'unknown') as model,
+               count(*) as emails,
+               sum(coalesce((e.detail ->> 'calls')::bigint, 0)) as calls,
+               sum(coalesce((e.detail ->> 'input_tokens')::bigint, 0)) as input_tokens,
+               sum(coalesce((e.detail ->> 'output_tokens')::bigint, 0)) as output_tokens,
+               sum(coalesce((e.detail ->> 'cache_creation_input_tokens')::bigint, 0))
+                 as cache_creation_input_tokens,
+               sum(coalesce((e.detail ->> 'cache_read_input_tokens')::bigint, 0))
+                 as cache_read_input_tokens
+        from public.events e
+        where e.event_type = 'process.model_usage'
+          and e.created_at >= now() - make_interval(
+                hours => least(greatest(coalesce(p_hours, 1), 1), 24 * 31))
+        group by 1
+    ) u;
+$$;
+
+ALTER FUNCTION public.model_usage_stats(p_hours integer) OWNER TO postgres;
+
+--
 -- Name: notification_recipients(uuid); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -6973,6 +7007,13 @@ GRANT ALL ON FUNCTION public.load_reply_context(p_reply_id uuid) TO service_role
 
 REVOKE ALL ON FUNCTION public.mailbox_record_wanted(p_store public.stores, p_status text, p_hold_reason text, p_was_held boolean, p_by_person boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.mailbox_record_wanted(p_store public.stores, p_status text, p_hold_reason text, p_was_held boolean, p_by_person boolean) TO service_role;
+
+--
+-- Name: FUNCTION model_usage_stats(p_hours integer); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.model_usage_stats(p_hours integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.model_usage_stats(p_hours integer) TO service_role;
 
 --
 -- Name: FUNCTION notification_recipients(p_store_id uuid); Type: ACL; Schema: public; Owner: postgres

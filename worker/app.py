@@ -41,6 +41,10 @@ class Database(Protocol):
         """The JSON of the `queue_stats()` SQL function."""
         ...
 
+    def model_usage_stats(self, hours: int = 1) -> list[dict[str, Any]]:
+        """The JSON of the `model_usage_stats()` SQL function."""
+        ...
+
 
 class Services(Protocol):
     """What `worker.services.build_services(settings)` must return (and tests fake)."""
@@ -144,7 +148,7 @@ def create_app(
 
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    collected = metrics.Metrics(_queue_stats_reader(lazy), manager.stats)
+    collected = metrics.Metrics(_queue_stats_reader(lazy), manager.stats, _model_usage_reader(lazy))
     app.extensions[EXTENSION_KEY] = WorkerState(settings, lazy, manager, collected)
     app.before_request(_start_timer)
     app.after_request(_count_request)
@@ -164,6 +168,17 @@ def _queue_stats_reader(services: LazyServices) -> metrics.QueueStats:
             return services.get().db.queue_stats()
         except Exception as exc:
             logger.warning("queue_stats failed for /metrics: %s: %s", type(exc).__name__, exc)
+            return None
+
+    return read
+
+
+def _model_usage_reader(services: LazyServices) -> metrics.ModelUsageStats:
+    def read() -> list[dict[str, Any]] | None:
+        try:
+            return services.get().db.model_usage_stats(1)
+        except Exception as exc:
+            logger.warning("model_usage_stats failed for /metrics: %s: %s", type(exc).__name__, exc)
             return None
 
     return read

@@ -15,7 +15,7 @@ are counted per kind of service and state instead; job types are the fixed names
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -34,6 +34,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from worker import model_cost
 from worker.runs import RunStats
 
 # What a scraper that asks for nothing in particular gets: the classic text format.
@@ -49,6 +50,15 @@ SERVICE_KINDS = frozenset({"claude", "imap", "smtp", "shopify"})
 
 QueueStats = Callable[[], Mapping[str, Any] | None]
 RunStatsSource = Callable[[], RunStats]
+ModelUsageStats = Callable[[], Sequence[Mapping[str, Any]] | None]
+
+# model_usage_stats() fields by the `kind` label they get.
+TOKEN_KINDS = {
+    "input": "input_tokens",
+    "output": "output_tokens",
+    "cache_write": "cache_creation_input_tokens",
+    "cache_read": "cache_read_input_tokens",
+}
 
 
 def service_kind(service: str) -> str:
@@ -113,19 +123,22 @@ def run_families(stats: RunStats) -> list[Metric]:
     """Metric families for this container's background runs."""
     kinds = sorted(set(stats.running) | set(stats.duration_count) | {k for k, _ in stats.finished})
     total = CounterMetricFamily(
-        PREFIX + "runs", "Finished runs in this container by kind and status.",
+        PREFIX + "runs",
+        "Finished runs in this container by kind and status.",
         labels=["kind", "status"],
     )
     for (kind, status), n in sorted(stats.finished.items()):
         total.add_metric([kind, status], n)
     running = GaugeMetricFamily(
-        PREFIX + "runs_in_progress", "Runs currently in progress in this container, by kind.",
+        PREFIX + "runs_in_progress",
+        "Runs currently in progress in this container, by kind.",
         labels=["kind"],
     )
     for kind, n in sorted(stats.running.items()):
         running.add_metric([kind], n)
     duration = SummaryMetricFamily(
-        PREFIX + "run_duration_seconds", "Wall time of finished runs in this container, by kind.",
+        PREFIX + "run_duration_seconds",
+        "Wall time of finished runs in this container, by kind.",
         labels=["kind"],
     )
     for kind in kinds:
@@ -140,6 +153,49 @@ def run_families(stats: RunStats) -> list[Metric]:
     for kind, ts in sorted(stats.last_success.items()):
         last.add_metric([kind], ts)
     return [total, running, duration, last]
+
+
+def model_usage_families(rows: Sequence[Mapping[str, Any]] | None) -> list[Metric]:
+    """Metric families from `model_usage_stats(1)`: the last hour's model tokens, calls and
+    list-price cost, per model (None, the database unreachable, gives none)."""
+    if rows is None:
+        return []
+    tokens = GaugeMetricFamily(
+        PREFIX + "model_tokens_last_hour",
+        "Model tokens of the emails answered in the last hour, by model and kind "
+        "(input: uncached input; cache_write, cache_read: the prompt cache's).",
+        labels=["model", "kind"],
+    )
+    calls = GaugeMetricFamily(
+        PREFIX + "model_calls_last_hour",
+        "Model calls in the last hour, by model.",
+        labels=["model"],
+    )
+    emails = GaugeMetricFamily(
+        PREFIX + "model_emails_last_hour",
+        "Emails given to the model in the last hour.",
+        labels=["model"],
+    )
+    cost = GaugeMetricFamily(
+        PREFIX + "model_cost_usd_last_hour",
+        f"What the last hour's model calls cost at list price (read {model_cost.PRICES_READ_ON}).",
+        labels=["model"],
+    )
+    for row in rows:
+        if not isinstance(row, Mapping):
+            continue
+        model = str(row.get("model"))
+        for kind, key in TOKEN_KINDS.items():
+            if (n := _number(row.get(key))) is not None:
+                tokens.add_metric([model, kind], n)
+        if (n := _number(row.get("calls"))) is not None:
+            calls.add_metric([model], n)
+        if (n := _number(row.get("emails"))) is not None:
+            emails.add_metric([model], n)
+        usage = model_cost.ModelUsage.from_api(dict(row))
+        if (usd := model_cost.cost_usd(model, usage)) is not None:
+            cost.add_metric([model], usd)
+    return [tokens, calls, emails, cost]
 
 
 def exposition(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
@@ -168,15 +224,32 @@ class RunCollector(Collector):
         yield from run_families(self._stats())
 
 
+class ModelUsageCollector(Collector):
+    """Reads model_usage_stats() at each scrape (the events are the record of what was spent)."""
+
+    def __init__(self, usage: ModelUsageStats) -> None:
+        self._usage = usage
+
+    def collect(self) -> Iterator[Metric]:
+        yield from model_usage_families(self._usage())
+
+
 class Metrics:
     """An app's registry and its request instruments."""
 
-    def __init__(self, queue_stats: QueueStats, run_stats: RunStatsSource) -> None:
+    def __init__(
+        self,
+        queue_stats: QueueStats,
+        run_stats: RunStatsSource,
+        model_usage: ModelUsageStats | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self.registry.register(QueueCollector(queue_stats))
         self.registry.register(RunCollector(run_stats))
+        if model_usage is not None:
+            self.registry.register(ModelUsageCollector(model_usage))
         self.requests = Counter(
             PREFIX + "http_requests",
             "HTTP requests answered, by method, route and status.",

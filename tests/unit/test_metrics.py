@@ -130,3 +130,38 @@ def test_service_kinds() -> None:
     assert metrics.service_kind(f"smtp:{STORE_A}") == "smtp"
     assert metrics.service_kind("claude") == "claude"
     assert metrics.service_kind(STORE_A) == "other"
+
+
+def test_the_last_hours_model_usage_becomes_token_call_and_cost_gauges() -> None:
+    usage = [
+        {
+            "model": "claude-haiku-4-5",
+            "emails": 10,
+            "calls": 11,
+            "input_tokens": 17_000,
+            "output_tokens": 1_800,
+            "cache_creation_input_tokens": 4_000,
+            "cache_read_input_tokens": 40_000,
+        },
+        {"model": "offline-responder", "emails": 2, "calls": 0, "input_tokens": 0},
+    ]
+    collected = metrics.Metrics(lambda: QUEUE_STATS, lambda: NO_RUNS, lambda: usage)
+    found = samples(generate_latest(collected.registry).decode())
+    haiku = {"model": "claude-haiku-4-5"}
+    assert value(found, P + "model_tokens_last_hour", kind="input", **haiku) == 17_000
+    assert value(found, P + "model_tokens_last_hour", kind="cache_read", **haiku) == 40_000
+    assert value(found, P + "model_tokens_last_hour", kind="cache_write", **haiku) == 4_000
+    assert value(found, P + "model_calls_last_hour", **haiku) == 11
+    assert value(found, P + "model_emails_last_hour", **haiku) == 10
+    # $1 per million uncached input, $1.25 cache writes, $0.10 cache reads, $5 output.
+    expected = (17_000 * 1.00 + 4_000 * 1.25 + 40_000 * 0.10 + 1_800 * 5.00) / 1_000_000
+    assert abs(value(found, P + "model_cost_usd_last_hour", **haiku) - expected) < 1e-12
+    # A model without a list price gets tokens but no made-up cost.
+    assert value(found, P + "model_emails_last_hour", model="offline-responder") == 2
+    assert ("model_cost_usd_last_hour", frozenset({("model", "offline-responder")})) not in found
+
+
+def test_an_unreachable_database_leaves_model_usage_out() -> None:
+    collected = metrics.Metrics(lambda: QUEUE_STATS, lambda: NO_RUNS, lambda: None)
+    found = samples(generate_latest(collected.registry).decode())
+    assert not any(name.startswith(P + "model_") for name, _ in found)

@@ -284,6 +284,12 @@ class Database:
         """Counts by type and status, oldest due age and breaker states (for /metrics)."""
         return cast(dict[str, Any], self._scalar("queue_stats", {}))
 
+    def model_usage_stats(self, hours: int = 1) -> list[dict[str, Any]]:
+        """Model tokens and calls of the last `hours`, per model (for /metrics)."""
+        return cast(
+            list[dict[str, Any]], self._scalar("model_usage_stats", _args({"hours": hours}))
+        )
+
     def deployment_report(self, worker_secret_sha256: str | None = None) -> dict[str, Any]:
         """Applied migrations, cron jobs, Vault's worker_url and whether worker_secret matches."""
         args = _args({}, {"worker_secret_sha256": worker_secret_sha256})
