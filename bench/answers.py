@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pgport", type=int, default=int(os.environ.get("PGPORT", DEFAULT_PGPORT)))
     parser.add_argument("--url", help="an already prepared database (shared is fine)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--label", help="the table's name for this checkout (default: git log)")
     args = parser.parse_args(argv)
 
     if args.live and not os.environ.get("ANTHROPIC_API_KEY"):
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or DEFAULTS.claude_model
     tally = run_set(args, cases, url)
     result = summary(tally, model)
-    result["label"] = git_label()
+    result["label"] = args.label or git_label()
     result["claude"] = (
         "live"
         if args.live
