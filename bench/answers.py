@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import DEFAULT_PGPORT, percentile, prepare_database, render_table
-from worker import offline
 from worker.config import DEFAULTS
 from worker.devstack import answer_set
 from worker.devstack.fake_claude import TEST_API_KEY, FakeClaude
@@ -76,25 +75,6 @@ def usage_from_events(run: answer_set.CaseRun) -> ModelUsage:
             detail = event["detail"] or {}
             total += ModelUsage(**{k: int(detail.get(k) or 0) for k in ModelUsage().as_event()})
     return total
-
-
-def score_reply(run: answer_set.CaseRun) -> dict[str, Any]:
-    """Must-contain facts present, must-not facts absent, language right (live replies)."""
-    case = run.case
-    body = str((run.reply or {}).get("body_text") or "")
-    folded = offline.fold(body)
-    present = [f for f in case.must_contain if offline.fold(f) in folded]
-    leaked = [f for f in case.must_not_contain if offline.fold(f) in folded]
-    language = str((run.reply or {}).get("language") or "")
-    return {
-        "id": case.id,
-        "outcome": run.outcome,
-        "has_reply": bool(body),
-        "must_contain": f"{len(present)}/{len(case.must_contain)}",
-        "all_present": len(present) == len(case.must_contain),
-        "leaked": leaked,
-        "language_ok": language.lower().startswith(case.language),
-    }
 
 
 def run_set(args: argparse.Namespace, cases: list[answer_set.Case], url: str) -> Tally:
@@ -145,7 +125,7 @@ def run_set(args: argparse.Namespace, cases: list[answer_set.Case], url: str) ->
                     usage = usage_from_events(run)
                 tally.add(run, usage)
                 if args.live and repeat == 0:
-                    tally.scores.append(score_reply(run))
+                    tally.scores.append(answer_set.score_reply(run))
                 print(
                     f"{case.id:<40} {run.outcome:<8} calls {usage.calls} "
                     f"in {usage.input_tokens} out {usage.output_tokens} "

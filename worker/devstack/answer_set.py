@@ -29,7 +29,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from worker import mime, process, services
+from worker import mime, offline, process, services
 from worker.config import load_settings
 from worker.devstack.fake_shopify import Catalogue, Fulfillment, Order, Tracking
 from worker.runs import Budget
@@ -167,6 +167,27 @@ class CaseRun:
     reply: dict[str, Any] | None  # the replies row (sent or held), if one was drafted
     events: list[dict[str, Any]]
     processing_ms: float  # the job's claim to its completion (server clock)
+
+
+def score_reply(run: CaseRun) -> dict[str, Any]:
+    """How a real reply did: every must-contain fact present, no must-not fact (the case's or
+    the neighbour's), the language the case expects; accents and case do not matter."""
+    case = run.case
+    body = str((run.reply or {}).get("body_text") or "")
+    folded = offline.fold(body)
+    present = [f for f in case.must_contain if offline.fold(f) in folded]
+    never = [*case.must_not_contain, *load_neighbour().facts]
+    leaked = [f for f in never if offline.fold(f) in folded]
+    language = str((run.reply or {}).get("language") or "")
+    return {
+        "id": case.id,
+        "outcome": run.outcome,
+        "has_reply": bool(body),
+        "must_contain": f"{len(present)}/{len(case.must_contain)}",
+        "all_present": len(present) == len(case.must_contain),
+        "leaked": leaked,
+        "language_ok": language.lower().startswith(case.language),
+    }
 
 
 @dataclasses.dataclass(frozen=True)
