@@ -31,6 +31,8 @@ from psycopg.rows import dict_row
 
 from worker import mime, offline, process, services
 from worker.config import load_settings
+from worker.db import Database
+from worker.devstack import fake_shopify
 from worker.devstack.fake_shopify import Catalogue, Fulfillment, Order, Tracking
 from worker.runs import Budget
 
@@ -134,9 +136,11 @@ def order_from_json(data: Mapping[str, Any]) -> Order:
 
 def catalogue_for(case: Case, neighbour: Neighbour) -> Catalogue:
     """The fake shop for one case: its orders and the neighbour customers' orders."""
+    # The catalogue feature's own reader knows the fuller order fields (events, refunds).
+    read = getattr(fake_shopify, "order_from_json", order_from_json)
     catalogue = Catalogue(shop_name="Loja Qualidade")
     for data in [*case.orders, *neighbour.orders]:
-        catalogue.add(order_from_json(data))
+        catalogue.add(read(data))
     return catalogue
 
 
@@ -273,8 +277,10 @@ class AnswerHarness:
             with _unless_missing():
                 seed_knowledge(self, self.neighbour_store_id, self.neighbour.knowledge)
         self.shopify.catalogue = catalogue_for(case, self.neighbour)
+        # The neighbour's products belong to another shop, which the one fake shop cannot
+        # serve beside this one; its orders are other customers' orders in this shop.
         with _unless_missing():
-            seed_products(self.shopify, [*case.products, *self.neighbour.products])
+            seed_products(self.shopify, case.products)
         store_id, support = self._create_store(
             str(case.store.get("name") or "Loja Qualidade"), case.store
         )
@@ -328,17 +334,34 @@ class AnswerHarness:
 
 
 # --- seeding the parts other features provide ----------------------------------------------------
-# Each raises FeatureMissing while this checkout has no such feature; a case that needs it is
-# then a strict xfail in tests/integration/test_answer_quality.py, which turns into a failure
-# the moment the feature lands, so the seeding gets written then.
-
-
-# The features whose seeding below is written: add yours when you write its seed_* function.
-SEEDABLE: frozenset[str] = frozenset()
+# Knowledge (issue 15 item 2) and products (item 3) are built on other branches at the same time
+# as this set; each seeding function uses the feature's own entry point when this checkout has
+# it (Database.import_knowledge, fake_shopify.seed_products) and raises FeatureMissing when not.
+# A case needing a missing part is a strict xfail in tests/integration/test_answer_quality.py,
+# so it turns into a real check by itself the moment the feature is merged.
 
 
 class FeatureMissing(NotImplementedError):
     """The checkout has no way yet to give the pipeline this kind of fact."""
+
+
+def _knowledge_importer(harness: AnswerHarness | None) -> Any:
+    return getattr(Database if harness is None else harness.worker.db, "import_knowledge", None)
+
+
+def _product_seeder() -> Any:
+    return getattr(fake_shopify, "seed_products", None)
+
+
+# The features this checkout can seed (thread: not yet, see seed_thread).
+SEEDABLE: frozenset[str] = frozenset(
+    name
+    for name, available in (
+        ("knowledge", _knowledge_importer(None) is not None),
+        ("products", _product_seeder() is not None),
+    )
+    if available
+)
 
 
 @contextlib.contextmanager
@@ -352,21 +375,33 @@ def _unless_missing() -> Iterator[None]:
 
 
 def seed_knowledge(harness: AnswerHarness, store_id: str, entries: list[dict[str, Any]]) -> None:
-    """The store's knowledge entries (issue 15 item 2, s2-knowledge)."""
-    if entries:
+    """The store's knowledge entries ({topic, title, body}) through the feature's import."""
+    if not entries:
+        return
+    importer = _knowledge_importer(harness)
+    if importer is None:
         raise FeatureMissing("store knowledge")
+    importer(store_id, entries)
 
 
 def seed_products(shopify: Any, products: list[dict[str, Any]]) -> None:
-    """Catalogue products in the fake shop (issue 15 item 3, s2-catalog)."""
-    if products:
+    """Catalogue products in the fake shop, in the case's format."""
+    if not products:
+        return
+    seeder = _product_seeder()
+    if seeder is None:
         raise FeatureMissing("products")
+    seeder(shopify.catalogue, products)
 
 
 def seed_thread(
     harness: AnswerHarness, store_id: str, support: str, thread: list[dict[str, Any]]
 ) -> str | None:
-    """Earlier messages of the conversation; returns the Message-ID the email answers."""
+    """Earlier messages of the conversation; returns the Message-ID the email answers.
+
+    Not written yet: it needs the earlier customer messages ingested on one References chain
+    and the store's replies as sent `replies` rows (what the thread step reads).
+    """
     if thread:
         raise FeatureMissing("thread")
     return None
