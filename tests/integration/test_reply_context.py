@@ -40,11 +40,15 @@ NEIGHBOUR_POLICY = "Neighbour store: returns within 7 days, restocking fee 15%."
 
 
 def draft_context(claude: FakeClaude) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The email and reply-context blocks of the last draft request the model got."""
-    drafts = [r for r in claude.messages if r.tool_name == prompts.DRAFT_TOOL_NAME]
-    assert drafts, "no draft request reached the model"
-    blocks = data_blocks(drafts[-1].user_text)
-    return blocks[prompts.EMAIL_BLOCK], blocks[prompts.CONTEXT_BLOCK]
+    """The email block of the last request the model got, and what it was given beside it: the
+    reply context and the store's block (voice and knowledge), as one dict."""
+    answers = [r for r in claude.messages if r.tool_name == prompts.ANSWER_TOOL_NAME]
+    assert answers, "no request reached the model"
+    blocks = data_blocks(answers[-1].user_text)
+    return blocks[prompts.EMAIL_BLOCK], {
+        **blocks[prompts.CONTEXT_BLOCK],
+        **blocks[prompts.STORE_BLOCK],
+    }
 
 
 def test_a_follow_up_sees_the_earlier_messages_and_our_reply_without_quotes(

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from worker import knowledge, prompts, quotes, thread
-from worker.offline import classify_text
 from worker.responder import EmailFacts, ReplyContext, StoreVoice
 
 CASES_DIR = Path(__file__).resolve().parents[1] / "answers" / "cases"
@@ -21,7 +20,7 @@ CASES = sorted(p for p in CASES_DIR.glob("*.json") if p.name.startswith(("kn-", 
 
 
 def draft_text(case: dict[str, Any]) -> str:
-    """The user turn of the draft request the pipeline would build for the case."""
+    """The user turn of the request the pipeline would build for the case."""
     email = case["email"]
     body = quotes.own_text(email["body"]) or email["body"]
     facts = EmailFacts(email["from"], email["subject"], body)
@@ -35,9 +34,8 @@ def draft_text(case: dict[str, Any]) -> str:
         thread=thread.thread_messages(rows),
         knowledge=knowledge.select(entries, facts.subject, facts.body),
     )
-    classification = classify_text(facts.subject, facts.body)
-    request = prompts.draft_request(facts, classification, context)
-    return str(request["messages"][0]["content"])
+    request = prompts.answer_request(facts, context)
+    return "\n".join(block["text"] for block in request["messages"][0]["content"])
 
 
 def test_there_are_thread_and_knowledge_cases() -> None:

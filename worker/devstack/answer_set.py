@@ -409,5 +409,7 @@ def seed_thread(
 
 def missing_features(case: Case) -> list[str]:
     """The parts of `case` this checkout cannot seed yet."""
-    wanted = set(case.needs) | {f for f in FEATURES if getattr(case, f)}
+    # `needs` names the features a case is about; only facts to seed can be missing (a case
+    # about quote stripping, say, needs the thread feature but no earlier messages).
+    wanted = {f for f in FEATURES if getattr(case, f)}
     return sorted(wanted - SEEDABLE)
