@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime, make_msgid, parseaddr
 from pathlib import Path
 from typing import Any
 
@@ -144,21 +144,41 @@ def catalogue_for(case: Case, neighbour: Neighbour) -> Catalogue:
     return catalogue
 
 
-def raw_email(case: Case, to: str, *, in_reply_to: str | None = None) -> bytes:
-    """The case's email as a customer's mail client sends it."""
+def _raw(
+    sender: str,
+    to: str,
+    subject: str,
+    body: str,
+    message_id: str,
+    references: list[str],
+    reply_to: str | None = None,
+) -> bytes:
     msg = EmailMessage()
-    msg["From"] = case.sender
+    msg["From"] = sender
     msg["To"] = to
-    msg["Subject"] = case.email["subject"]
+    if reply_to:
+        msg["Reply-To"] = reply_to
+    msg["Subject"] = subject
     msg["Date"] = format_datetime(datetime.now(UTC))
-    msg["Message-ID"] = make_msgid(domain="customer.example")
-    if case.email.get("reply_to"):
-        msg["Reply-To"] = case.email["reply_to"]
-    if in_reply_to:
-        msg["In-Reply-To"] = in_reply_to
-        msg["References"] = in_reply_to
-    msg.set_content(case.email["body"])
+    msg["Message-ID"] = message_id
+    if references:
+        msg["In-Reply-To"] = references[-1]
+        msg["References"] = " ".join(references)
+    msg.set_content(body)
     return msg.as_bytes()
+
+
+def raw_email(case: Case, to: str, references: list[str] | None = None) -> bytes:
+    """The case's email as a customer's mail client sends it (answering `references`)."""
+    return _raw(
+        case.sender,
+        to,
+        case.email["subject"],
+        case.email["body"],
+        make_msgid(domain="customer.example"),
+        references or [],
+        case.email.get("reply_to"),
+    )
 
 
 @dataclasses.dataclass
@@ -286,10 +306,8 @@ class AnswerHarness:
         )
         with _unless_missing():
             seed_knowledge(self, store_id, case.knowledge)
-        in_reply_to = None
-        with _unless_missing():
-            in_reply_to = seed_thread(self, store_id, support, case.thread)
-        raw = raw_email(case, support, in_reply_to=in_reply_to)
+        references = seed_thread(self, store_id, support, case)
+        raw = raw_email(case, support, references)
         parsed = mime.parse_message(raw, uid=1000).to_ingest_json()
         parsed["size_bytes"] = len(raw)
         result = db.ingest_messages(store_id, "INBOX", 1, 1000, [parsed])
@@ -353,12 +371,13 @@ def _product_seeder() -> Any:
     return getattr(fake_shopify, "seed_products", None)
 
 
-# The features this checkout can seed (thread: not yet, see seed_thread).
+# The features this checkout can seed.
 SEEDABLE: frozenset[str] = frozenset(
     name
     for name, available in (
         ("knowledge", _knowledge_importer(None) is not None),
         ("products", _product_seeder() is not None),
+        ("thread", True),
     )
     if available
 )
@@ -394,17 +413,50 @@ def seed_products(shopify: Any, products: list[dict[str, Any]]) -> None:
     seeder(shopify.catalogue, products)
 
 
-def seed_thread(
-    harness: AnswerHarness, store_id: str, support: str, thread: list[dict[str, Any]]
-) -> str | None:
-    """Earlier messages of the conversation; returns the Message-ID the email answers.
+def seed_thread(harness: AnswerHarness, store_id: str, support: str, case: Case) -> list[str]:
+    """The case's earlier messages as the conversation the email answers; returns the Message-IDs
+    its References name (oldest first).
 
-    Not written yet: it needs the earlier customer messages ingested on one References chain
-    and the store's replies as sent `replies` rows (what the thread step reads).
+    A customer's message is stored through ingest_messages (its job completed at once, so it
+    is never answered); a store's message is a `sent` reply to the customer message before it,
+    which is what the thread step reads (only replies that went out are in the thread).
     """
-    if thread:
-        raise FeatureMissing("thread")
-    return None
+    references: list[str] = []
+    last_message_id: str | None = None
+    sender = parseaddr(case.sender)[1].lower()
+    db = harness.worker.db
+    for uid, item in enumerate(case.thread, start=100):
+        subject = str(item.get("subject") or case.email["subject"])
+        if item["from"] == "customer":
+            message_id = make_msgid(domain="customer.example")
+            raw = _raw(case.sender, support, subject, str(item["body"]), message_id, references)
+            parsed = mime.parse_message(raw, uid=uid).to_ingest_json()
+            parsed["size_bytes"] = len(raw)
+            result = db.ingest_messages(store_id, "INBOX", 1, uid, [parsed])
+            harness.sql.execute(
+                "update public.job_queue set status = 'completed', completed_at = now()"
+                " where id = any(%s::uuid[])",
+                ([str(j) for j in result.get("job_ids") or []],),
+            )
+            row = harness.sql.execute(
+                "select id from public.messages where store_id = %s and message_id = %s",
+                (store_id, message_id),
+            ).fetchone()
+            assert row is not None, message_id
+            last_message_id = str(row["id"])
+        else:
+            if last_message_id is None:
+                raise ValueError(f"case {case.id}: a store message needs a customer one before it")
+            message_id = make_msgid(domain=support.rpartition("@")[2])
+            harness.sql.execute(
+                "insert into public.replies (store_id, conversation_id, message_id, status,"
+                " to_address, subject, body_text, smtp_message_id, sending_at, sent_at)"
+                " select m.store_id, m.conversation_id, m.id, 'sent', %s, %s, %s, %s, now(), now()"
+                " from public.messages m where m.id = %s",
+                (sender, f"Re: {subject}", str(item["body"]), message_id, last_message_id),
+            )
+        references.append(message_id)
+    return references
 
 
 def missing_features(case: Case) -> list[str]:
