@@ -1,8 +1,8 @@
 """The answer-quality set through the real pipeline: exactly the right facts reach the model.
 
 Each case of tests/answers/cases runs through worker.devstack.answer_set's harness: its own
-store, its orders (and other customers' orders) in the fake Shopify, a neighbour store with
-facts of its own, the email stored with ingest_messages and processed by process.run_process
+store with its knowledge entries, its orders (and other customers' orders) and products in the
+fake Shopify, its earlier messages as the conversation, a neighbour store with facts of its own, the email stored with ingest_messages and processed by process.run_process
 with the real anthropic SDK talking to the fake Claude, which records every request. The test
 then reads what the model was shown: every must-contain fact, exactly the orders the case
 allows, and none of the must-not facts, nor any neighbour fact, nor in the reply that was
