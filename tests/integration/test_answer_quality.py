@@ -2,8 +2,9 @@
 
 Each case of tests/answers/cases runs through worker.devstack.answer_set's harness: its own
 store with its knowledge entries, its orders (and other customers' orders) and products in the
-fake Shopify, its earlier messages as the conversation, a neighbour store with facts of its own, the email stored with ingest_messages and processed by process.run_process
-with the real anthropic SDK talking to the fake Claude, which records every request. The test
+fake Shopify, its earlier messages as the conversation, a neighbour store with facts of its
+own; the email is stored with ingest_messages and processed by process.run_process with the
+real anthropic SDK talking to the fake Claude, which records every request. The test
 then reads what the model was shown: every must-contain fact, exactly the orders the case
 allows, and none of the must-not facts, nor any neighbour fact, nor in the reply that was
 written. Cases whose facts this checkout cannot seed yet (answer_set.SEEDABLE) are strict
