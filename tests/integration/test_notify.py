@@ -84,7 +84,7 @@ def notify_jobs(pipeline: Pipeline, status: str = "pending") -> list[dict[str, A
 
 def hold_a_complaint(pipeline: Pipeline) -> str:
     pipeline.claude.reply_tool(
-        "record_classification", classification(intent="complaint", sentiment="negative")
+        "record_answer", classification(intent="complaint", sentiment="negative")
     )
     return pipeline.one(make_email(f"Ana Souza <{ANA}>", *COMPLAINT))
 
