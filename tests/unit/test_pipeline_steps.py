@@ -24,6 +24,7 @@ from worker.queue.handlers import JobRun
 from worker.queue.outcome import Complete
 from worker.queue.trace import JobTrace
 from worker.responder import (
+    Answer,
     Classification,
     Draft,
     EmailFacts,
@@ -342,34 +343,39 @@ def test_an_automatic_reply_that_promises_a_persons_follow_up_goes_to_a_person()
 
 
 @pytest.mark.parametrize(
-    ("store", "needs_human", "handoff"),
+    ("store", "unauthenticated", "handoff"),
     [
-        (STORE, False, False),
-        (STORE, True, True),
-        ({**STORE, "reply_mode": "draft_only"}, False, True),
+        (STORE, None, False),
+        ({**STORE, "reply_mode": "draft_only"}, None, True),
+        (STORE, "dmarc=fail", True),
     ],
 )
 def test_the_model_is_told_whether_a_person_will_read_the_conversation(
-    store: Mapping[str, Any], needs_human: bool, handoff: bool, monkeypatch: pytest.MonkeyPatch
+    store: Mapping[str, Any],
+    unauthenticated: str | None,
+    handoff: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Known before the one call: the store's mode and the sender's authentication. A hold the
+    # model's own reading brings comes with needs_human in the same answer (the prompt's rule).
     seen: list[bool] = []
     monkeypatch.setattr(steps, "guarded", lambda breakers, service, call: call())
 
     class Recording:
         model = "m"
 
-        def draft(self, email: Any, classification: Any, reply_context: Any) -> Draft:
+        def answer(self, email: Any, reply_context: Any) -> Answer:
             seen.append(reply_context.handoff)
-            return Draft(body_text="ok", language="en", model="m")
+            classification = Classification(
+                intent="order_status", language="en", sentiment="neutral", needs_human=False,
+                confidence=0.9,
+            )
+            return Answer(classification, Draft(body_text="ok", language="en", model="m"))
 
-    classification = Classification(
-        intent="order_status", language="en", sentiment="neutral", needs_human=needs_human,
-        confidence=0.9,
-    )
-    ctx = context(store=store, classification_=classification,
-                  facts_=EmailFacts("ana@example.com", "s", "b"))
+    ctx = context(store=store, facts_=EmailFacts("ana@example.com", "s", "b"))
+    ctx.unauthenticated = unauthenticated
     ctx.services.responder = cast(Any, Recording())
-    steps.draft(ctx)
+    steps.answer(ctx)
     assert seen == [handoff]
 
 

@@ -166,13 +166,14 @@ def test_context_block_holds_only_the_given_facts() -> None:
 def test_the_model_is_told_whether_a_person_follows_up(handoff: bool) -> None:
     email = EmailFacts("a@example.com", "Pedido", "Cadê meu pedido #1001?")
     context = ReplyContext(StoreVoice("S"), [ORDER], handoff=handoff)
-    request = prompts.draft_request(email, CLASSIFICATION, context)
+    request = prompts.answer_request(email, context)
     found = blocks(user_text(request))
     assert json.loads(found[prompts.CONTEXT_BLOCK])["person_follows_up"] is handoff
-    # The rule lives in the system prompt, the same for every email.
-    assert "person_follows_up" in request["system"]
-    assert "never say or imply that anyone will review" in request["system"]
-    assert "Say that the team will review" not in request["system"]
+    # The rule lives in the system prompt, the same for every email (one cached block).
+    system = "".join(block["text"] for block in request["system"])
+    assert "person_follows_up" in system
+    assert "never say or imply that anyone will review" in system
+    assert "Say that the team will review" not in system
 
 
 def test_no_orders_yields_an_empty_list_not_a_hint() -> None:
