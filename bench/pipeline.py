@@ -25,6 +25,7 @@ import ctypes
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import statistics
@@ -403,13 +404,28 @@ def prepare_database(pgport: int, database: str, enable_statements: bool) -> str
     return url
 
 
+def as_platform_admin(pgport: int, database: str, sql: str) -> str:
+    """Run one statement as the platform superuser; returns its output.
+
+    `postgres` is not a superuser (scripts/local-db, as on Supabase): reading server settings
+    and creating pg_stat_statements take the platform superuser, who logs in by peer
+    authentication from the postgres OS user.
+    """
+    command = f"psql -X -p {pgport} -U supabase_admin -d {shlex.quote(database)} -Atc {shlex.quote(sql)}"
+    return subprocess.run(
+        ["su", "postgres", "-c", command], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
 def enable_pg_stat_statements(url: str, pgport: int) -> None:
     """Load pg_stat_statements in the bench's own cluster (a drop-in after local-db's)."""
     import psycopg
 
-    with psycopg.connect(url, autocommit=True) as conn:
-        preload = str(conn.execute("show shared_preload_libraries").fetchone()[0])  # type: ignore[index]
-        config = str(conn.execute("show config_file").fetchone()[0])  # type: ignore[index]
+    from urllib.parse import urlsplit
+
+    database = urlsplit(url).path.lstrip("/") or "postgres"
+    preload = as_platform_admin(pgport, database, "show shared_preload_libraries")
+    config = as_platform_admin(pgport, database, "show config_file")
     if "pg_stat_statements" not in preload:
         libraries = ",".join(
             x for x in [*preload.replace(" ", "").split(","), "pg_stat_statements"] if x
@@ -423,10 +439,11 @@ def enable_pg_stat_statements(url: str, pgport: int) -> None:
     deadline = time.monotonic() + START_WAIT
     while True:
         try:
-            with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute("create extension if not exists pg_stat_statements")
+            with psycopg.connect(url, autocommit=True):
+                pass
+            as_platform_admin(pgport, database, "create extension if not exists pg_stat_statements")
             return
-        except psycopg.OperationalError:
+        except (psycopg.OperationalError, subprocess.CalledProcessError):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
