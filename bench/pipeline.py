@@ -411,7 +411,10 @@ def as_platform_admin(pgport: int, database: str, sql: str) -> str:
     and creating pg_stat_statements take the platform superuser, who logs in by peer
     authentication from the postgres OS user.
     """
-    command = f"psql -X -p {pgport} -U supabase_admin -d {shlex.quote(database)} -Atc {shlex.quote(sql)}"
+    command = (
+        f"psql -X -p {pgport} -U supabase_admin -d {shlex.quote(database)}"
+        f" -Atc {shlex.quote(sql)}"
+    )
     return subprocess.run(
         ["su", "postgres", "-c", command], check=True, capture_output=True, text=True
     ).stdout.strip()
@@ -473,9 +476,19 @@ def db_counters(conn: Any) -> DbCounters:
 
 
 def create_stores(
-    url: str, stores: int, dovecot: DovecotServer, smtp: str, shopify: bool, credits: int
+    url: str,
+    stores: int,
+    dovecot: DovecotServer,
+    smtp: str,
+    shopify: bool,
+    credits: int,
+    imap_address: tuple[str, int] | None = None,
 ) -> list[str]:
-    """Create the stores through the admin API, as an operator would."""
+    """Create the stores through the admin API, as an operator would.
+
+    `imap_address` replaces Dovecot's IMAPS address (bench/scale puts a latency proxy there).
+    """
+    imap_host, imap_port = imap_address or (dovecot.host, dovecot.imaps_port)
     from worker.db import Database
     from worker.db.pg import PgTransport
 
@@ -486,8 +499,8 @@ def create_stores(
             store: dict[str, Any] = {
                 "name": f"Bench Store {i}",
                 "support_email": store_address(i),
-                "imap_host": dovecot.host,
-                "imap_port": dovecot.imaps_port,
+                "imap_host": imap_host,
+                "imap_port": imap_port,
                 "imap_user": store_address(i),
                 "imap_tls": "ssl",
                 "smtp_host": smtp_host,

@@ -32,7 +32,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -50,6 +49,7 @@ from worker.devstack.dovecot import DovecotServer
 from worker.devstack.tls import create_test_ca
 
 SAMPLE_SECONDS = 0.5  # how often the driver samples connections while a row runs
+BACKENDS_EXIT_SECONDS = 10.0  # how long stopped instances' backends may take to go
 
 
 # --- what a row costs: counters read before and after -------------------------------------------
@@ -64,6 +64,15 @@ class DbCounters:
     wal_bytes: int
     statements: int | None
     postgres_cpu: float  # seconds, the server's processes (reaped ones through the postmaster)
+    table_writes: dict[str, int]  # rows inserted, updated or deleted, per table
+
+    def writes_since(self, before: DbCounters, per: int) -> dict[str, float]:
+        """Rows written per table (per `per` emails or stores) since `before`, most first."""
+        changed = {
+            name: (n - before.table_writes.get(name, 0)) / per
+            for name, n in self.table_writes.items()
+        }
+        return {k: round(v, 2) for k, v in sorted(changed.items(), key=lambda kv: -kv[1]) if v}
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -116,6 +125,10 @@ def read_db_counters(url: str, postmaster: int) -> DbCounters:
     """Read with no worker connected: a backend reports its statistics when it exits, or up to
     ten seconds after it went idle (PGSTAT_IDLE_INTERVAL), so the instances are stopped first."""
     with psycopg.connect(url, autocommit=True) as conn:
+        # A stopped instance's backends exit (and report) a moment after its pool closed them.
+        deadline = time.monotonic() + BACKENDS_EXIT_SECONDS
+        while connections_held(conn, conn.info.backend_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
         row = conn.execute(
             "select xact_commit + xact_rollback, tup_inserted + tup_updated + tup_deleted,"
             " pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint"
@@ -123,12 +136,18 @@ def read_db_counters(url: str, postmaster: int) -> DbCounters:
         ).fetchone()
         assert row is not None
         statements = pipeline.db_counters(conn).statements
+        tables = conn.execute(
+            "select schemaname || '.' || relname, n_tup_ins + n_tup_upd + n_tup_del"
+            " from pg_stat_all_tables where schemaname not in ('pg_catalog', 'information_schema')"
+            " and schemaname not like 'pg_toast%%'"
+        ).fetchall()
     return DbCounters(
         xacts=int(row[0]),
         rows_written=int(row[1]),
         wal_bytes=int(row[2]),
         statements=statements,
         postgres_cpu=postgres_cpu(postmaster),
+        table_writes={str(name): int(n) for name, n in tables},
     )
 
 
@@ -153,9 +172,11 @@ def process_cpu(pids: list[int]) -> dict[int, float]:
 
 
 def connections_held(conn: psycopg.Connection[Any], own_pid: int) -> int:
-    """Connections to this database other than the driver's own."""
+    """Client connections to this database other than the driver's own (pg_cron's launcher
+    and the pg_net worker are background workers, not clients)."""
     row = conn.execute(
-        "select count(*) from pg_stat_activity where datname = current_database() and pid <> %s",
+        "select count(*) from pg_stat_activity where datname = current_database()"
+        " and backend_type = 'client backend' and pid <> %s",
         (own_pid,),
     ).fetchone()
     return int(row[0]) if row else 0
@@ -242,9 +263,10 @@ def run_row(
     ids = [e.message_id for e in emails]
     wanted = set(ids)
     before = read_db_counters(stack.url, stack.postmaster)
-    with instances(stack, workers, row_dir) as running, psycopg.connect(
-        stack.url, autocommit=True
-    ) as conn:
+    with (
+        instances(stack, workers, row_dir) as running,
+        psycopg.connect(stack.url, autocommit=True) as conn,
+    ):
         own_pid = conn.info.backend_pid
         roots = [proc.pid for proc, _ in running]
         cpu_before = process_cpu([p for root in roots for p in process_tree(root)])
@@ -324,9 +346,7 @@ def run_row(
         rows_written_per_email=round((after.rows_written - before.rows_written) / n, 1),
         wal_kb_per_email=round((after.wal_bytes - before.wal_bytes) / n / 1024, 1),
         worker_cpu_ms_per_email=round(
-            sum(t - cpu_before.get(pid, 0.0) for pid, t in cpu_after.items())
-            * 1000
-            / n,
+            sum(t - cpu_before.get(pid, 0.0) for pid, t in cpu_after.items()) * 1000 / n,
             1,
         ),
         postgres_cpu_ms_per_email=round((after.postgres_cpu - before.postgres_cpu) * 1000 / n, 1),
@@ -334,6 +354,7 @@ def run_row(
         load_average=round(load, 2),
         connections_max=most_connections,
         bound_emails_per_hour=round(bound) if bound else None,
+        extra={"rows_per_email_by_table": after.writes_since(before, n)},
     )
 
 
@@ -345,9 +366,10 @@ def warm_up(stack: Stack, args: argparse.Namespace, stores: int) -> float:
     """
     row_dir = stack.work / "warm-up"
     row_dir.mkdir()
-    with instances(stack, 1, row_dir) as running, psycopg.connect(
-        stack.url, autocommit=True
-    ) as conn:
+    with (
+        instances(stack, 1, row_dir) as running,
+        psycopg.connect(stack.url, autocommit=True) as conn,
+    ):
         port = running[0][1]
         started = time.monotonic()
         deadline = started + args.timeout
@@ -364,6 +386,110 @@ def warm_up(stack: Stack, args: argparse.Namespace, stores: int) -> float:
             if now > deadline:
                 raise SystemExit(f"warm-up: {row[0] if row else 0} of {stores} stores connected")
             time.sleep(pipeline.POLL_SECONDS)
+
+
+@dataclass
+class IdleSweep:
+    """One sweep of every store with no new mail: what polling costs, per store."""
+
+    stores: int
+    seconds: float
+    xacts_per_store: float
+    statements_per_store: float | None
+    rows_written_per_store: float
+    wal_bytes_per_store: float
+    worker_cpu_ms_per_store: float
+    postgres_cpu_ms_per_store: float
+    rows_per_store_by_table: dict[str, float] = field(default_factory=dict)
+
+
+def queue_is_idle(conn: psycopg.Connection[Any]) -> bool:
+    """No job due or running (fetch jobs included, once fetching is a job)."""
+    row = conn.execute(
+        "select count(*) from public.job_queue where status = 'processing'"
+        " or (status = 'pending' and next_retry_at <= now())"
+    ).fetchone()
+    return row is not None and int(row[0]) == 0
+
+
+def idle_sweep(stack: Stack, args: argparse.Namespace, stores: int) -> IdleSweep:
+    """Trigger one fetch with every mailbox empty and wait until it and its jobs are done."""
+    row_dir = stack.work / "idle-sweep"
+    row_dir.mkdir()
+    before = read_db_counters(stack.url, stack.postmaster)
+    with (
+        instances(stack, 1, row_dir) as running,
+        psycopg.connect(stack.url, autocommit=True) as conn,
+    ):
+        port = running[0][1]
+        roots = [proc.pid for proc, _ in running]
+        cpu_before = process_cpu([p for root in roots for p in process_tree(root)])
+        started = time.monotonic()
+        status, body = pipeline.http(port, "POST", "/fetch-emails")
+        if status != 202:
+            raise SystemExit(f"idle sweep: /fetch-emails answered {status} {body}")
+        run_id = body["run_id"]
+        deadline = started + args.timeout
+        next_process = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_process:
+                pipeline.http(port, "POST", "/process-queue")
+                next_process = now + args.process_every
+            _, record = pipeline.http(port, "GET", f"/runs/{run_id}")
+            if record.get("status") != "running" and queue_is_idle(conn):
+                break
+            if now > deadline:
+                raise SystemExit("idle sweep: timed out")
+            time.sleep(pipeline.POLL_SECONDS / 4)
+        seconds = time.monotonic() - started
+        cpu_after = process_cpu([p for root in roots for p in process_tree(root)])
+    after = read_db_counters(stack.url, stack.postmaster)
+    statements = (
+        (after.statements - before.statements) / stores
+        if after.statements is not None and before.statements is not None
+        else None
+    )
+    worker_cpu = sum(t - cpu_before.get(pid, 0.0) for pid, t in cpu_after.items())
+    return IdleSweep(
+        stores=stores,
+        seconds=round(seconds, 2),
+        xacts_per_store=round((after.xacts - before.xacts) / stores, 2),
+        statements_per_store=round(statements, 2) if statements is not None else None,
+        rows_written_per_store=round((after.rows_written - before.rows_written) / stores, 2),
+        wal_bytes_per_store=round((after.wal_bytes - before.wal_bytes) / stores),
+        worker_cpu_ms_per_store=round(worker_cpu * 1000 / stores, 2),
+        postgres_cpu_ms_per_store=round(
+            (after.postgres_cpu - before.postgres_cpu) * 1000 / stores, 2
+        ),
+        rows_per_store_by_table=after.writes_since(before, stores),
+    )
+
+
+def start_latency_proxy(target: tuple[str, int], round_trip: float) -> pipeline.Child:
+    """worker/devstack/latency_proxy in its own process: round_trip seconds per round trip."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "worker.devstack.latency_proxy",
+            "--target",
+            f"{target[0]}:{target[1]}",
+            "--delay",
+            str(round_trip / 2),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=pipeline._die_with_parent,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if not line.startswith("READY "):
+        proc.kill()
+        raise RuntimeError(f"latency proxy did not start: {line!r}")
+    return pipeline.Child(proc, line.split(" ", 1)[1])
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -418,8 +544,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sink_log = work / "sink.log"
         sink = pipeline.start_child("smtp", "--ca-dir", str(ca.directory), "--log", str(sink_log))
         es.callback(sink.stop)
+        imap_address = None
+        if args.imap_rtt > 0:
+            proxy = start_latency_proxy((dovecot.host, dovecot.imaps_port), args.imap_rtt)
+            es.callback(proxy.stop)
+            host, _, port = proxy.address.rpartition(":")
+            imap_address = (host, int(port))
         created = time.monotonic()
-        pipeline.create_stores(url, args.stores, dovecot, sink.address, True, len(all_emails) + 100)
+        pipeline.create_stores(
+            url, args.stores, dovecot, sink.address, True, len(all_emails) + 100, imap_address
+        )
         create_seconds = time.monotonic() - created
 
         concurrency = args.concurrency or DEFAULTS.process_concurrency
@@ -449,6 +583,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "fetch_every_s": args.fetch_every,
             "process_every_s": args.process_every,
             "fetch_trigger": args.fetch_trigger,
+            "imap_rtt_s": args.imap_rtt,
             "env": list(args.env),
             "cpus": os.cpu_count(),
             "max_connections": max_connections,
@@ -456,7 +591,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), flush=True)
         print(f"{args.stores} stores created in {create_seconds:.1f} s", flush=True)
         warm = warm_up(stack, args, args.stores)
-        print(f"warm-up sweep of {args.stores} empty mailboxes: {warm:.1f} s", flush=True)
+        print(f"first sweep of {args.stores} empty mailboxes: {warm:.1f} s", flush=True)
+        idle = idle_sweep(stack, args, args.stores)
+        print(f"idle sweep (no new mail, 1 instance): {idle}", flush=True)
         rows = []
         for r, workers in enumerate(counts):
             emails = all_emails[r * per_row : (r + 1) * per_row]
@@ -467,7 +604,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         subprocess.run(["rm", "-rf", str(work)], check=False)
     else:
         print(f"kept {work}", flush=True)
-    return {"settings": settings, "warm_up_sweep_s": round(warm, 1), "rows": rows}
+    return {
+        "settings": settings,
+        "first_sweep_s": round(warm, 1),
+        "idle_sweep": idle,
+        "rows": rows,
+    }
 
 
 def table(rows: Sequence[Row]) -> str:
@@ -519,6 +661,10 @@ def table(rows: Sequence[Row]) -> str:
     return render_table(headers, body)
 
 
+def _jsonable(value: Any) -> Any:
+    return asdict(value) if hasattr(value, "__dataclass_fields__") else str(value)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stores", type=int, default=20, help="stores (mailboxes); 1000 full")
@@ -531,6 +677,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--claude-latency", type=float, default=1.5, help="seconds per call")
     parser.add_argument("--shopify-latency", type=float, default=0.3, help="seconds per call")
+    parser.add_argument(
+        "--imap-rtt",
+        type=float,
+        default=0.1,
+        help="seconds per IMAP round trip (a latency proxy in front of Dovecot; 0: none)",
+    )
     parser.add_argument(
         "--fetch-every", type=float, default=5.0, help="seconds between /fetch-emails triggers"
     )
@@ -558,7 +710,7 @@ def main(argv: list[str] | None = None) -> None:
     result = run(args)
     print(table(result["rows"]))
     if args.json:
-        print(json.dumps(result, default=lambda o: asdict(o) if hasattr(o, "__dataclass_fields__") else str(o)))
+        print(json.dumps(result, default=_jsonable))
 
 
 if __name__ == "__main__":
