@@ -422,9 +422,9 @@ def as_platform_admin(pgport: int, database: str, sql: str) -> str:
 
 def enable_pg_stat_statements(url: str, pgport: int) -> None:
     """Load pg_stat_statements in the bench's own cluster (a drop-in after local-db's)."""
-    import psycopg
-
     from urllib.parse import urlsplit
+
+    import psycopg
 
     database = urlsplit(url).path.lstrip("/") or "postgres"
     preload = as_platform_admin(pgport, database, "show shared_preload_libraries")
