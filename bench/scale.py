@@ -171,6 +171,19 @@ def process_cpu(pids: list[int]) -> dict[int, float]:
     return {pid: pipeline.cpu_seconds([pid]) for pid in pids}
 
 
+def rss_mb(pids: list[int]) -> float:
+    """Resident memory of the processes, in MB (shared pages counted in each)."""
+    total_kb = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+        except OSError:
+            continue
+    return total_kb / 1024
+
+
 def connections_held(conn: psycopg.Connection[Any], own_pid: int) -> int:
     """Client connections to this database other than the driver's own (pg_cron's launcher
     and the pg_net worker are background workers, not clients)."""
@@ -207,6 +220,7 @@ class Row:
     machine_cpu_busy_pct: float
     load_average: float
     connections_max: int
+    instance_rss_mb_max: float
     bound_emails_per_hour: float | None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -279,6 +293,7 @@ def run_row(
         deadline = time.monotonic() + args.timeout
         next_fetch = next_process = next_sample = 0.0
         most_connections = 0
+        most_rss = 0.0
         replies: list[tuple[float, str]] = []
         while True:
             now = time.monotonic()
@@ -292,6 +307,7 @@ def run_row(
                 next_process = now + args.process_every
             if now >= next_sample:
                 most_connections = max(most_connections, connections_held(conn, own_pid))
+                most_rss = max([most_rss, *(rss_mb(process_tree(root)) for root in roots)])
                 next_sample = now + SAMPLE_SECONDS
             replies = [
                 r for r in pipeline.read_sink_log(stack.sink_log)[replied_before:] if r[1] in wanted
@@ -353,6 +369,7 @@ def run_row(
         machine_cpu_busy_pct=round(100 * busy / total, 1) if total else 0.0,
         load_average=round(load, 2),
         connections_max=most_connections,
+        instance_rss_mb_max=round(most_rss, 1),
         bound_emails_per_hour=round(bound) if bound else None,
         extra={"rows_per_email_by_table": after.writes_since(before, n)},
     )
@@ -634,6 +651,7 @@ def table(rows: Sequence[Row]) -> str:
         "machine CPU %",
         "load",
         "conns max",
+        "RSS MB/instance",
     ]
     body = [
         [
@@ -655,6 +673,7 @@ def table(rows: Sequence[Row]) -> str:
             r.machine_cpu_busy_pct,
             r.load_average,
             r.connections_max,
+            r.instance_rss_mb_max,
         ]
         for r in rows
     ]
