@@ -65,6 +65,10 @@ class DbCounters:
     statements: int | None
     postgres_cpu: float  # seconds, the server's processes (reaped ones through the postmaster)
     table_writes: dict[str, int]  # rows inserted, updated or deleted, per table
+    # the cluster's, not the database's (a bench cluster runs nothing else)
+    wal_syncs: int  # WAL flushes to disk: a commit waits for one (or shares one)
+    wal_full_pages: int  # full-page images, the first change of a page after a checkpoint
+    pages_written: int  # data pages the checkpointer, bgwriter and backends wrote
 
     def writes_since(self, before: DbCounters, per: int) -> dict[str, float]:
         """Rows written per table (per `per` emails or stores) since `before`, most first."""
@@ -136,6 +140,12 @@ def read_db_counters(url: str, postmaster: int) -> DbCounters:
         ).fetchone()
         assert row is not None
         statements = pipeline.db_counters(conn).statements
+        wal = conn.execute(
+            "select w.wal_sync, w.wal_fpi,"
+            " b.buffers_checkpoint + b.buffers_clean + b.buffers_backend"
+            " from pg_stat_wal w, pg_stat_bgwriter b"
+        ).fetchone()
+        assert wal is not None
         tables = conn.execute(
             "select schemaname || '.' || relname, n_tup_ins + n_tup_upd + n_tup_del"
             " from pg_stat_all_tables where schemaname not in ('pg_catalog', 'information_schema')"
@@ -148,6 +158,9 @@ def read_db_counters(url: str, postmaster: int) -> DbCounters:
         statements=statements,
         postgres_cpu=postgres_cpu(postmaster),
         table_writes={str(name): int(n) for name, n in tables},
+        wal_syncs=int(wal[0]),
+        wal_full_pages=int(wal[1]),
+        pages_written=int(wal[2]),
     )
 
 
@@ -215,6 +228,8 @@ class Row:
     statements_per_email: float | None
     rows_written_per_email: float
     wal_kb_per_email: float
+    wal_syncs_per_email: float
+    pages_written_per_email: float
     worker_cpu_ms_per_email: float
     postgres_cpu_ms_per_email: float
     machine_cpu_busy_pct: float
@@ -361,6 +376,8 @@ def run_row(
         statements_per_email=round(statements, 1) if statements is not None else None,
         rows_written_per_email=round((after.rows_written - before.rows_written) / n, 1),
         wal_kb_per_email=round((after.wal_bytes - before.wal_bytes) / n / 1024, 1),
+        wal_syncs_per_email=round((after.wal_syncs - before.wal_syncs) / n, 2),
+        pages_written_per_email=round((after.pages_written - before.pages_written) / n, 2),
         worker_cpu_ms_per_email=round(
             sum(t - cpu_before.get(pid, 0.0) for pid, t in cpu_after.items()) * 1000 / n,
             1,
@@ -371,7 +388,12 @@ def run_row(
         connections_max=most_connections,
         instance_rss_mb_max=round(most_rss, 1),
         bound_emails_per_hour=round(bound) if bound else None,
-        extra={"rows_per_email_by_table": after.writes_since(before, n)},
+        extra={
+            "rows_per_email_by_table": after.writes_since(before, n),
+            "wal_full_pages_per_email": round(
+                (after.wal_full_pages - before.wal_full_pages) / n, 2
+            ),
+        },
     )
 
 
@@ -415,6 +437,7 @@ class IdleSweep:
     statements_per_store: float | None
     rows_written_per_store: float
     wal_bytes_per_store: float
+    wal_syncs_per_store: float
     worker_cpu_ms_per_store: float
     postgres_cpu_ms_per_store: float
     rows_per_store_by_table: dict[str, float] = field(default_factory=dict)
@@ -475,6 +498,7 @@ def idle_sweep(stack: Stack, args: argparse.Namespace, stores: int) -> IdleSweep
         statements_per_store=round(statements, 2) if statements is not None else None,
         rows_written_per_store=round((after.rows_written - before.rows_written) / stores, 2),
         wal_bytes_per_store=round((after.wal_bytes - before.wal_bytes) / stores),
+        wal_syncs_per_store=round((after.wal_syncs - before.wal_syncs) / stores, 3),
         worker_cpu_ms_per_store=round(worker_cpu * 1000 / stores, 2),
         postgres_cpu_ms_per_store=round(
             (after.postgres_cpu - before.postgres_cpu) * 1000 / stores, 2
@@ -646,6 +670,8 @@ def table(rows: Sequence[Row]) -> str:
         "stmts/email",
         "rows/email",
         "WAL KB/email",
+        "WAL syncs/email",
+        "pages written/email",
         "worker CPU ms/email",
         "pg CPU ms/email",
         "machine CPU %",
@@ -668,6 +694,8 @@ def table(rows: Sequence[Row]) -> str:
             r.statements_per_email if r.statements_per_email is not None else "-",
             r.rows_written_per_email,
             r.wal_kb_per_email,
+            r.wal_syncs_per_email,
+            r.pages_written_per_email,
             r.worker_cpu_ms_per_email,
             r.postgres_cpu_ms_per_email,
             r.machine_cpu_busy_pct,
