@@ -233,6 +233,7 @@ class Row:
     worker_cpu_ms_per_email: float
     postgres_cpu_ms_per_email: float
     machine_cpu_busy_pct: float
+    own_cpu_pct: float  # the instances' and the server's share of the machine during the row
     load_average: float
     connections_max: int
     instance_rss_mb_max: float
@@ -358,6 +359,7 @@ def run_row(
         else None
     )
     busy, total = busy_after - busy_before, total_after - total_before
+    worker_cpu = sum(t - cpu_before.get(pid, 0.0) for pid, t in cpu_after.items())
     # Two Claude calls (classify, draft) and a Shopify lookup per email, one slot each.
     external = 2 * args.claude_latency + args.shopify_latency
     concurrency = int(stack.env["PROCESS_CONCURRENCY"])
@@ -378,12 +380,12 @@ def run_row(
         wal_kb_per_email=round((after.wal_bytes - before.wal_bytes) / n / 1024, 1),
         wal_syncs_per_email=round((after.wal_syncs - before.wal_syncs) / n, 2),
         pages_written_per_email=round((after.pages_written - before.pages_written) / n, 2),
-        worker_cpu_ms_per_email=round(
-            sum(t - cpu_before.get(pid, 0.0) for pid, t in cpu_after.items()) * 1000 / n,
-            1,
-        ),
+        worker_cpu_ms_per_email=round(worker_cpu * 1000 / n, 1),
         postgres_cpu_ms_per_email=round((after.postgres_cpu - before.postgres_cpu) * 1000 / n, 1),
         machine_cpu_busy_pct=round(100 * busy / total, 1) if total else 0.0,
+        own_cpu_pct=round(100 * (worker_cpu + after.postgres_cpu - before.postgres_cpu) / total, 1)
+        if total
+        else 0.0,
         load_average=round(load, 2),
         connections_max=most_connections,
         instance_rss_mb_max=round(most_rss, 1),
@@ -675,6 +677,7 @@ def table(rows: Sequence[Row]) -> str:
         "worker CPU ms/email",
         "pg CPU ms/email",
         "machine CPU %",
+        "ours %",
         "load",
         "conns max",
         "RSS MB/instance",
@@ -699,6 +702,7 @@ def table(rows: Sequence[Row]) -> str:
             r.worker_cpu_ms_per_email,
             r.postgres_cpu_ms_per_email,
             r.machine_cpu_busy_pct,
+            r.own_cpu_pct,
             r.load_average,
             r.connections_max,
             r.instance_rss_mb_max,
