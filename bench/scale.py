@@ -343,6 +343,11 @@ def run_row(
         busy_after, total_after = machine_cpu()
         load = os.getloadavg()[0]
         stored = stored_times(conn, ids)
+        polls = conn.execute(
+            "select count(*) from public.job_queue where job_type = 'fetch_mailbox'"
+            " and completed_at >= to_timestamp(%s)",
+            (started,),
+        ).fetchone()
     after = read_db_counters(stack.url, stack.postmaster)
 
     finished = max(stamp for stamp, _ in replies)
@@ -391,6 +396,8 @@ def run_row(
         instance_rss_mb_max=round(most_rss, 1),
         bound_emails_per_hour=round(bound) if bound else None,
         extra={
+            # mailbox reads as jobs (none before fetching was a job): the row's polling
+            "fetch_jobs_per_email": round(int(polls[0]) / n, 2) if polls else 0.0,
             "rows_per_email_by_table": after.writes_since(before, n),
             "wal_full_pages_per_email": round(
                 (after.wal_full_pages - before.wal_full_pages) / n, 2
@@ -535,6 +542,25 @@ def start_latency_proxy(target: tuple[str, int], round_trip: float) -> pipeline.
     return pipeline.Child(proc, line.split(" ", 1)[1])
 
 
+def table_sizes(url: str) -> dict[str, dict[str, float]]:
+    """Rows and bytes (indexes and TOAST included) of the tables history grows in."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("analyze public.events, public.job_queue, public.messages, public.replies")
+        found = conn.execute(
+            "select c.relname, c.reltuples, pg_total_relation_size(c.oid)"
+            " from pg_class c join pg_namespace n on n.oid = c.relnamespace"
+            " where n.nspname = 'public' and c.relkind = 'r'"
+            " and c.relname in ('events', 'job_queue', 'messages', 'replies', 'conversations')"
+        ).fetchall()
+    return {
+        str(name): {
+            "rows": int(rows),
+            "bytes_per_row": round(int(size) / rows) if rows > 0 else 0,
+        }
+        for name, rows, size in found
+    }
+
+
 # --- the run -------------------------------------------------------------------------------
 
 
@@ -643,6 +669,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row = run_row(stack, args, workers, emails)
             rows.append(row)
             print(f"{workers} instance(s): {row.emails_per_hour:,} emails/h", flush=True)
+        sizes = table_sizes(url)
     if not args.keep:
         subprocess.run(["rm", "-rf", str(work)], check=False)
     else:
@@ -652,6 +679,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "first_sweep_s": round(warm, 1),
         "idle_sweep": idle,
         "rows": rows,
+        "table_sizes": sizes,
     }
 
 
@@ -760,6 +788,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     result = run(args)
     print(table(result["rows"]))
+    print("history: " + ", ".join(f"{k} {v}" for k, v in result["table_sizes"].items()))
     if args.json:
         print(json.dumps(result, default=_jsonable))
 
