@@ -81,9 +81,11 @@ class Settings:
     # Connection pooling (h3-localstack, issue 17). Supabase's transaction pooler (Supavisor on
     # port 6543, or pgbouncer in transaction mode) cannot keep prepared statements or session
     # settings: 'auto' treats port 6543 as that pooler, 'off' forces pooler mode, 'on' never.
-    # The pool stays within the smallest Supabase plans' pooler size (15 server connections).
+    # 7 connections per machine (issue 14, docs/scaling.md): one machine at 16 slots answers as
+    # fast with a pool of 5 as with 15 (bench/scale.py), and two machines then fit the smallest
+    # plans' session-pooler pool of 15 server connections, with one left for a CLI.
     database_prepared_statements: PreparedStatements = "auto"
-    db_pool_max: int = 15
+    db_pool_max: int = 7
 
     @property
     def supabase_key(self) -> str | None:

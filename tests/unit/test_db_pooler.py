@@ -59,7 +59,7 @@ def test_what_the_call_itself_did_wrong_stays_permanent(code: str) -> None:
 def test_pooling_settings_default_and_parse() -> None:
     base = {"DATABASE_URL": f"{POOLER}:6543/postgres", "WORKER_SECRET": SECRET}
     settings = load_settings(base)
-    assert (settings.database_prepared_statements, settings.db_pool_max) == ("auto", 15)
+    assert (settings.database_prepared_statements, settings.db_pool_max) == ("auto", 7)
     settings = load_settings({**base, "DATABASE_PREPARED_STATEMENTS": "OFF", "DB_POOL_MAX": "4"})
     assert (settings.database_prepared_statements, settings.db_pool_max) == ("off", 4)
 
