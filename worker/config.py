@@ -53,7 +53,11 @@ class Settings:
     shopify_api_version: str = DEFAULT_SHOPIFY_API_VERSION
     shopify_base_url: str | None = None
     fetch_concurrency: int = 10
-    fetch_max_per_store: int = 50
+    # Messages one mailbox read takes (a backlog gets follow-up reads): 200 drains a backlog at
+    # the rate of one read for all of it, 1.7x the rate at 50, and the other stores' mail is
+    # stored as soon either way (bench/fetch_bound.py, decision 0022); a read's memory is capped
+    # by imap.MAX_BATCH_BYTES whatever this says.
+    fetch_max_per_store: int = 200
     store_timeout_seconds: float = 60.0
     imap_timeout_seconds: float = 30.0
     smtp_timeout_seconds: float = 30.0

@@ -27,7 +27,7 @@ def test_defaults_match_the_design() -> None:
     assert settings.claude_timeout_seconds == 30.0
     assert settings.shopify_api_version == "2026-10"
     assert settings.shopify_base_url is None
-    assert (settings.fetch_concurrency, settings.fetch_max_per_store) == (10, 50)
+    assert (settings.fetch_concurrency, settings.fetch_max_per_store) == (10, 200)
     assert settings.store_timeout_seconds == 60.0
     assert settings.imap_timeout_seconds == settings.smtp_timeout_seconds == 30.0
     assert settings.max_message_bytes == 26_214_400
