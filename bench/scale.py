@@ -396,7 +396,7 @@ def run_row(
         instance_rss_mb_max=round(most_rss, 1),
         bound_emails_per_hour=round(bound) if bound else None,
         extra={
-            # mailbox reads as jobs (none before fetching was a job): the row's polling
+            # the row's mailbox reads (fetch jobs, decision 0021)
             "fetch_jobs_per_email": round(int(polls[0]) / n, 2) if polls else 0.0,
             "rows_per_email_by_table": after.writes_since(before, n),
             "wal_full_pages_per_email": round(
@@ -426,7 +426,7 @@ def warm_up(stack: Stack, args: argparse.Namespace, stores: int) -> float:
             now = time.monotonic()
             if now >= next_trigger:
                 pipeline.http(port, "POST", "/fetch-emails")
-                pipeline.http(port, "POST", "/process-queue")  # fetch jobs, once they are jobs
+                pipeline.http(port, "POST", "/process-queue")  # its fetch lane reads mailboxes too
                 next_trigger = now + args.process_every
             row = conn.execute("select count(*) from public.mailbox_state").fetchone()
             if row and int(row[0]) >= stores:
@@ -453,7 +453,7 @@ class IdleSweep:
 
 
 def queue_is_idle(conn: psycopg.Connection[Any]) -> bool:
-    """No job due or running (fetch jobs included, once fetching is a job)."""
+    """No job due or running, fetch jobs included."""
     row = conn.execute(
         "select count(*) from public.job_queue where status = 'processing'"
         " or (status = 'pending' and next_retry_at <= now())"
