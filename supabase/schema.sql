@@ -2203,13 +2203,7 @@ begin
             on conflict (store_id)
                 where job_type = 'fetch_mailbox' and status in ('pending', 'processing')
             do nothing
-            returning id, store_id, priority, next_retry_at
-        ), logged as (
-            insert into public.events (store_id, job_id, event_type, detail)
-            select i.store_id, i.id, 'job.enqueued',
-                   jsonb_build_object('job_type', 'fetch_mailbox', 'priority', i.priority,
-                                      'run_at', i.next_retry_at, 'reason', 'interval')
-            from inserted i
+            returning id
         )
         select coalesce(array_agg(i.id), '{}') into v_ids from inserted i;
         v_new := v_new || v_ids;
@@ -2485,10 +2479,10 @@ $$;
 ALTER FUNCTION public.fail_job(p_job_id uuid, p_worker_id text, p_error text, p_error_type text, p_retry_after_seconds integer) OWNER TO postgres;
 
 --
--- Name: finish_fetch_job(uuid, text, jsonb, boolean); Type: FUNCTION; Schema: public; Owner: postgres
+-- Name: finish_fetch_job(uuid, text, jsonb, boolean, boolean); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
-CREATE FUNCTION public.finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean DEFAULT false) RETURNS jsonb
+CREATE FUNCTION public.finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean DEFAULT false, p_idle boolean DEFAULT false) RETURNS jsonb
     LANGUAGE plpgsql
     SET search_path TO ''
     AS $$
@@ -2497,10 +2491,21 @@ declare
     v_reason text;
     v_follow_up uuid;
 begin
-    if not public.complete_job(p_job_id, p_worker_id, p_result) then
-        return jsonb_build_object('completed', false, 'follow_up', null, 'reason', null);
+    if p_idle and not p_more then
+        delete from public.job_queue q
+        where q.id = p_job_id and q.status = 'processing' and q.locked_by = p_worker_id
+        returning q.* into v_job;
+        if not found then
+            return jsonb_build_object('completed', false, 'follow_up', null, 'reason', null,
+                                      'kept', false);
+        end if;
+    else
+        if not public.complete_job(p_job_id, p_worker_id, p_result) then
+            return jsonb_build_object('completed', false, 'follow_up', null, 'reason', null,
+                                      'kept', false);
+        end if;
+        select * into v_job from public.job_queue q where q.id = p_job_id;
     end if;
-    select * into v_job from public.job_queue q where q.id = p_job_id;
     v_reason := case
         when p_more then 'backlog'
         -- claimed no later than the tick: its read may predate it (same instant counts)
@@ -2509,7 +2514,8 @@ begin
             then 'rerun'
     end;
     if v_reason is null or v_job.job_type <> 'fetch_mailbox' then
-        return jsonb_build_object('completed', true, 'follow_up', null, 'reason', null);
+        return jsonb_build_object('completed', true, 'follow_up', null, 'reason', null,
+                                  'kept', not p_idle);
     end if;
     insert into public.job_queue (job_type, payload, store_id, priority, max_attempts)
     values ('fetch_mailbox', '{}'::jsonb, v_job.store_id, v_job.priority,
@@ -2525,11 +2531,12 @@ begin
                                    'run_at', now(), 'reason', v_reason,
                                    'after_job', p_job_id));
     end if;
-    return jsonb_build_object('completed', true, 'follow_up', v_follow_up, 'reason', v_reason);
+    return jsonb_build_object('completed', true, 'follow_up', v_follow_up, 'reason', v_reason,
+                              'kept', not (p_idle and not p_more));
 end;
 $$;
 
-ALTER FUNCTION public.finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean) OWNER TO postgres;
+ALTER FUNCTION public.finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean, p_idle boolean) OWNER TO postgres;
 
 --
 -- Name: finish_notification_digest(uuid, text, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
@@ -6809,11 +6816,11 @@ REVOKE ALL ON FUNCTION public.fail_job(p_job_id uuid, p_worker_id text, p_error 
 GRANT ALL ON FUNCTION public.fail_job(p_job_id uuid, p_worker_id text, p_error text, p_error_type text, p_retry_after_seconds integer) TO service_role;
 
 --
--- Name: FUNCTION finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean); Type: ACL; Schema: public; Owner: postgres
+-- Name: FUNCTION finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean, p_idle boolean); Type: ACL; Schema: public; Owner: postgres
 --
 
-REVOKE ALL ON FUNCTION public.finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean) TO service_role;
+REVOKE ALL ON FUNCTION public.finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean, p_idle boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.finish_fetch_job(p_job_id uuid, p_worker_id text, p_result jsonb, p_more boolean, p_idle boolean) TO service_role;
 
 --
 -- Name: FUNCTION finish_notification_digest(p_job_id uuid, p_worker_id text, p_result jsonb); Type: ACL; Schema: public; Owner: postgres

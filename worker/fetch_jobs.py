@@ -67,6 +67,17 @@ def failure(outcome: StoreOutcome) -> WorkerError:
     return StoreFetchFailed(message, service=imap.SERVICE)
 
 
+def is_idle(outcome: StoreOutcome) -> bool:
+    """A fetch that found nothing to do: its job is not kept (finish_fetch_job deletes it)."""
+    return (
+        outcome.status == "ok"
+        and outcome.fetched == 0
+        and outcome.left_alone == 0
+        and not outcome.uidvalidity_changed
+        and not outcome.has_more
+    )
+
+
 def job_summary(run: JobRun, outcome: StoreOutcome) -> dict[str, Any]:
     """What a fetch job's row keeps as its result."""
     return finish(
@@ -143,7 +154,9 @@ class FetchHandler:
         if outcome.status in ("failed", "stopped"):
             raise failure(outcome)
         summary = job_summary(run, outcome)
-        finished = self.db.finish_fetch_job(run.job_id, run.worker_id, summary, summary["more"])
+        finished = self.db.finish_fetch_job(
+            run.job_id, run.worker_id, summary, summary["more"], is_idle(outcome)
+        )
         if finished.get("follow_up"):
             summary["follow_up"] = finished["follow_up"]
         return Settled(summary)

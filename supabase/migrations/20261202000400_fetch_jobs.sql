@@ -60,6 +60,9 @@ create policy mailbox_ticks_service_role_all on public.mailbox_ticks
 -- (2) record the tick for every store; (3) insert again for a store whose job ended between (1)
 -- and (2) without seeing the tick (it was not committed yet). A job still running after (2)
 -- sees the tick when it finishes.
+-- The tick's jobs write no job.enqueued event: with a thousand stores that would be 288,000
+-- events a day kept for 180 days for mail that mostly is not there; the job row and
+-- mailbox_ticks record the tick, and a fetch that finds nothing leaves nothing (finish_fetch_job).
 -- Returns {"stores": active stores considered, "enqueued": new jobs, "rerun": stores whose
 -- running job will be followed at once, "job_ids": [new job ids]}.
 create or replace function public.enqueue_fetch_jobs(
@@ -90,13 +93,7 @@ begin
             on conflict (store_id)
                 where job_type = 'fetch_mailbox' and status in ('pending', 'processing')
             do nothing
-            returning id, store_id, priority, next_retry_at
-        ), logged as (
-            insert into public.events (store_id, job_id, event_type, detail)
-            select i.store_id, i.id, 'job.enqueued',
-                   jsonb_build_object('job_type', 'fetch_mailbox', 'priority', i.priority,
-                                      'run_at', i.next_retry_at, 'reason', 'interval')
-            from inserted i
+            returning id
         )
         select coalesce(array_agg(i.id), '{}') into v_ids from inserted i;
         v_new := v_new || v_ids;
@@ -121,13 +118,17 @@ $$;
 -- bound) or a tick came no earlier than the job was claimed (mailbox_ticks), the store's next
 -- fetch job is enqueued at once, due now, in the same transaction: the backlog is drained job by
 -- job, each a bounded piece of work that any worker may claim, and the mailbox is never without
--- its job in between. Returns {"completed": bool, "follow_up": job id or null, "reason":
--- 'backlog' | 'rerun' | null}; nothing happens when the caller no longer holds the job.
+-- its job in between. A fetch that found nothing to do (p_idle: no message, no baseline, no
+-- UIDVALIDITY change) is deleted instead of completed: no row kept for a week, no job.completed
+-- event kept for 180 days, for every store every interval. Returns {"completed": bool,
+-- "follow_up": job id or null, "reason": 'backlog' | 'rerun' | null, "kept": bool}; nothing
+-- happens when the caller no longer holds the job.
 create or replace function public.finish_fetch_job(
   p_job_id uuid,
   p_worker_id text,
   p_result jsonb,
-  p_more boolean default false
+  p_more boolean default false,
+  p_idle boolean default false
 )
 returns jsonb
 language plpgsql
@@ -138,10 +139,21 @@ declare
     v_reason text;
     v_follow_up uuid;
 begin
-    if not public.complete_job(p_job_id, p_worker_id, p_result) then
-        return jsonb_build_object('completed', false, 'follow_up', null, 'reason', null);
+    if p_idle and not p_more then
+        delete from public.job_queue q
+        where q.id = p_job_id and q.status = 'processing' and q.locked_by = p_worker_id
+        returning q.* into v_job;
+        if not found then
+            return jsonb_build_object('completed', false, 'follow_up', null, 'reason', null,
+                                      'kept', false);
+        end if;
+    else
+        if not public.complete_job(p_job_id, p_worker_id, p_result) then
+            return jsonb_build_object('completed', false, 'follow_up', null, 'reason', null,
+                                      'kept', false);
+        end if;
+        select * into v_job from public.job_queue q where q.id = p_job_id;
     end if;
-    select * into v_job from public.job_queue q where q.id = p_job_id;
     v_reason := case
         when p_more then 'backlog'
         -- claimed no later than the tick: its read may predate it (same instant counts)
@@ -150,7 +162,8 @@ begin
             then 'rerun'
     end;
     if v_reason is null or v_job.job_type <> 'fetch_mailbox' then
-        return jsonb_build_object('completed', true, 'follow_up', null, 'reason', null);
+        return jsonb_build_object('completed', true, 'follow_up', null, 'reason', null,
+                                  'kept', not p_idle);
     end if;
     insert into public.job_queue (job_type, payload, store_id, priority, max_attempts)
     values ('fetch_mailbox', '{}'::jsonb, v_job.store_id, v_job.priority,
@@ -166,12 +179,14 @@ begin
                                    'run_at', now(), 'reason', v_reason,
                                    'after_job', p_job_id));
     end if;
-    return jsonb_build_object('completed', true, 'follow_up', v_follow_up, 'reason', v_reason);
+    return jsonb_build_object('completed', true, 'follow_up', v_follow_up, 'reason', v_reason,
+                              'kept', not (p_idle and not p_more));
 end;
 $$;
 
 revoke all on function public.enqueue_fetch_jobs(uuid[], int) from public, anon, authenticated;
 grant execute on function public.enqueue_fetch_jobs(uuid[], int) to service_role;
-revoke all on function public.finish_fetch_job(uuid, text, jsonb, boolean)
+revoke all on function public.finish_fetch_job(uuid, text, jsonb, boolean, boolean)
   from public, anon, authenticated;
-grant execute on function public.finish_fetch_job(uuid, text, jsonb, boolean) to service_role;
+grant execute on function public.finish_fetch_job(uuid, text, jsonb, boolean, boolean)
+  to service_role;

@@ -3,7 +3,7 @@
 -- Concurrent enqueues from separate sessions are proven in tests/integration/test_fetch_jobs.py.
 -- Runs as service_role. now() is fixed inside the transaction.
 begin;
-select plan(33);
+select plan(37);
 
 set local role service_role;
 
@@ -33,9 +33,8 @@ select is((select array_agg(distinct (q.status, q.priority, q.max_attempts, q.co
           array['(pending,10,4,t)'],
           'pending, priority 10, the fetch policy''s 4 attempts, no conversation');
 select is((select count(*)::int from public.events e, first_tick f
-           where e.job_id in (select (jsonb_array_elements_text(f.r -> 'job_ids'))::uuid)
-             and e.event_type = 'job.enqueued' and e.detail ->> 'reason' = 'interval'), 2,
-          'each new job has its job.enqueued event');
+           where e.job_id in (select (jsonb_array_elements_text(f.r -> 'job_ids'))::uuid)),
+          0, 'the tick''s jobs write no event (the job row and mailbox_ticks record it)');
 
 -- A second tick while the jobs are pending changes nothing.
 select is(public.enqueue_fetch_jobs((select ids from mine)) - 'job_ids',
@@ -118,18 +117,33 @@ select * from public.dequeue_jobs('w3', 10, 60, array['fetch_mailbox']);
 -- From here on, the last tick came before the claims.
 update public.mailbox_ticks set ticked_at = now() - interval '1 minute';
 select is(public.finish_fetch_job((select id from c3), 'someone-else', '{}', true),
-          '{"completed": false, "follow_up": null, "reason": null}'::jsonb,
+          '{"completed": false, "follow_up": null, "reason": null, "kept": false}'::jsonb,
           'another worker cannot finish it, nor enqueue a follow-up');
 select is(public.finish_fetch_job((select id from c3), 'w3', '{"outcome": "ok"}', false),
-          '{"completed": true, "follow_up": null, "reason": null}'::jsonb,
+          '{"completed": true, "follow_up": null, "reason": null, "kept": true}'::jsonb,
           'a drained mailbox claimed after the last tick ends there');
 select is((select count(*)::int from public.job_queue q
            where q.store_id = (select id from s where n = 1)
              and q.status in ('pending', 'processing')),
           0, 'store 1 has no live fetch job now');
 select is(public.finish_fetch_job((select id from c3), 'w3', '{}', true),
-          '{"completed": false, "follow_up": null, "reason": null}'::jsonb,
+          '{"completed": false, "follow_up": null, "reason": null, "kept": false}'::jsonb,
           'finishing a job no longer held does nothing, not even a follow-up');
+
+-- A fetch that found nothing is deleted, not completed: no row, no event.
+select is((public.enqueue_fetch_jobs((select array[id] from s where n = 1)) ->> 'enqueued')::int,
+          1, 'store 1 gets its next tick''s job');
+create temp table c5 on commit drop as
+select * from public.dequeue_jobs('w5', 10, 60, array['fetch_mailbox'])
+where store_id = (select id from s where n = 1);
+update public.mailbox_ticks set ticked_at = now() - interval '1 minute';
+select is(public.finish_fetch_job((select id from c5), 'w5', '{"outcome": "ok"}', false, true),
+          '{"completed": true, "follow_up": null, "reason": null, "kept": false}'::jsonb,
+          'an idle fetch ends without being kept');
+select is((select count(*)::int from public.job_queue where id = (select id from c5)), 0,
+          'its row is gone');
+select is((select count(*)::int from public.events where job_id = (select id from c5)), 0,
+          'and it wrote no event');
 
 -- A dead-lettered fetch job is not live: the next tick enqueues a fresh one.
 update public.job_queue set status = 'dead_letter', dead_lettered_at = now()

@@ -730,11 +730,11 @@ class QueueDatabase(FakeDatabase):
         return job
 
     def finish_fetch_job(
-        self, job_id: str, worker_id: str, result: dict[str, Any], more: bool
+        self, job_id: str, worker_id: str, result: dict[str, Any], more: bool, idle: bool
     ) -> dict[str, Any]:
         job = self._job(job_id)
         job["status"] = "completed"
-        self.settled.append((job["store_id"], "finished", result))
+        self.settled.append((job["store_id"], "idle" if idle else "finished", result))
         if more:
             self._add(job["store_id"])
         return {"completed": True, "follow_up": None, "reason": "backlog" if more else None}
@@ -859,6 +859,19 @@ def test_an_open_breaker_defers_the_job_without_an_attempt() -> None:
 
     assert summary["stores_breaker_open"] == 1
     assert db.settled == [("store-1", "deferred", 30)]  # the breaker's own wait
+
+
+def test_a_fetch_that_found_nothing_is_not_kept() -> None:
+    db = QueueDatabase(state={"uidvalidity": UIDVALIDITY, "last_uid": 1})
+    db.stores = [dict(STORE)]
+
+    run_fetch(db, Budget(FAR), open_mailbox=opener_for(FakeMailbox({1: message(1)})))
+
+    assert [(store, how) for store, how, _ in db.settled] == [("store-1", "idle")]
+    assert fetch_jobs.is_idle(fetch.StoreOutcome("s"))
+    assert not fetch_jobs.is_idle(fetch.StoreOutcome("s", fetched=1, stored=1))
+    assert not fetch_jobs.is_idle(fetch.StoreOutcome("s", left_alone=3))  # a baseline
+    assert not fetch_jobs.is_idle(fetch.StoreOutcome("s", uidvalidity_changed=True))
 
 
 def test_a_refused_login_is_permanent_and_a_lost_connection_transient() -> None:

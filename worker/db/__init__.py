@@ -348,12 +348,24 @@ class Database:
         return cast(dict[str, Any], self._scalar("enqueue_fetch_jobs", args))
 
     def finish_fetch_job(
-        self, job_id: str, worker_id: str, result: Mapping[str, Any], more: bool
+        self,
+        job_id: str,
+        worker_id: str,
+        result: Mapping[str, Any],
+        more: bool,
+        idle: bool = False,
     ) -> dict[str, Any]:
-        """Complete a held fetch job and, when mail is waiting (or a tick came meanwhile),
-        enqueue the store's next one; {"completed", "follow_up", "reason"}."""
+        """Complete a held fetch job (delete it when `idle`: it found nothing) and, when mail is
+        waiting (or a tick came meanwhile), enqueue the store's next one;
+        {"completed", "follow_up", "reason", "kept"}."""
         args = _args(
-            {"job_id": job_id, "worker_id": worker_id, "result": dict(result), "more": more}
+            {
+                "job_id": job_id,
+                "worker_id": worker_id,
+                "result": dict(result),
+                "more": more,
+                "idle": idle,
+            }
         )
         return cast(dict[str, Any], self._scalar("finish_fetch_job", args))
 
