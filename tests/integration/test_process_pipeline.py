@@ -295,6 +295,9 @@ def make_pipeline(
             "shopify_domain": SHOP_DOMAIN,
             "credits": credits,
             "reply_signature": "Equipe Loja Demo",
+            # No low-credit warning unless a test asks for one (test_credits_wait does): it
+            # would join every digest the notification tests count.
+            "low_credits_at": 0,
             **(store or {}),
         },
         {
