@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import statistics
 import subprocess
@@ -46,6 +45,7 @@ from typing import Any
 
 import psycopg
 
+from bench.common import migrations_without_pg_cron
 from worker import offline, promises
 from worker.devstack.dovecot import DovecotServer, free_port
 from worker.devstack.tls import TestCA, create_test_ca
@@ -61,7 +61,6 @@ POLL_SECONDS = 0.2  # how often the driver looks at the sink's log
 LISTEN_BACKLOG = 4096  # connections the fakes queue before accepting
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-USES_PG_CRON = re.compile(r"^\s*create extension[^;]*\bpg_cron\b|\bcron\.\w*schedule", re.I | re.M)
 IN_REPLY_TO = re.compile(rb"^In-Reply-To:[ \t]*(<[^>\r\n]+>)", re.I | re.M)
 
 
@@ -383,11 +382,7 @@ def prepare_database(pgport: int, database: str, enable_statements: bool) -> str
         # from its own database: a scratch database gets every migration but those that touch
         # pg_cron (schedules, which the bench replaces with its own triggers).
         env.setdefault("CRON_DATABASE", "postgres")
-        migrations = Path(tempfile.mkdtemp(prefix="bench-migrations-"))
-        for sql_file in sorted((ROOT / "supabase" / "migrations").glob("*.sql")):
-            if not USES_PG_CRON.search(sql_file.read_text()):
-                shutil.copy(sql_file, migrations / sql_file.name)
-        env["MIGRATIONS_DIR"] = str(migrations)
+        env["MIGRATIONS_DIR"] = str(migrations_without_pg_cron())
     proc = subprocess.run(
         [str(ROOT / "scripts" / "local-db"), "--fresh"],
         env=env,

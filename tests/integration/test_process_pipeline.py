@@ -772,7 +772,8 @@ def test_a_prompt_injection_changes_nothing_the_system_does(pipeline: Pipeline) 
             "confidence": 0.99,
             "order_numbers": ["1001", "1002", "1003", "1004"],
             "is_spam": False,
-            "reply": {"body_text": "Hello! The team will review your request.", "language": "en"},
+            # No promise of a person's follow-up: that alone would hold it (worker/promises.py).
+            "reply": {"body_text": "Hello! Thank you for writing to us.", "language": "en"},
         },
     )
     job_id = pipeline.one(make_email(JOHN, "Refund", INJECTION))
