@@ -33,7 +33,7 @@ from worker import mime, offline, process, services
 from worker.config import load_settings
 from worker.db import Database
 from worker.devstack import fake_shopify
-from worker.devstack.fake_shopify import Catalogue, Fulfillment, Order, Tracking
+from worker.devstack.fake_shopify import Catalogue
 from worker.runs import Budget
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,38 +109,11 @@ def load_neighbour(path: Path = NEIGHBOUR_FILE) -> Neighbour:
     return Neighbour(**data)
 
 
-def order_from_json(data: Mapping[str, Any]) -> Order:
-    """A fake-shop order from a case's JSON."""
-    return Order(
-        name=str(data["name"]),
-        email=str(data["email"]),
-        created_at=str(data.get("created_at") or "2026-11-20T12:00:00Z"),
-        financial_status=str(data.get("financial_status") or "PAID"),
-        fulfillment_status=str(data.get("fulfillment_status") or "UNFULFILLED"),
-        line_items=[(str(title), int(qty)) for title, qty in data.get("line_items") or []],
-        fulfillments=[
-            Fulfillment(
-                status=str(f.get("status") or "IN_TRANSIT"),
-                estimated_delivery_at=f.get("estimated_delivery_at"),
-                delivered_at=f.get("delivered_at"),
-                tracking=[
-                    Tracking(str(t["number"]), t.get("company"), t.get("url"))
-                    for t in f.get("tracking") or []
-                ],
-            )
-            for f in data.get("fulfillments") or []
-        ],
-        customer_email=data.get("customer_email"),
-    )
-
-
 def catalogue_for(case: Case, neighbour: Neighbour) -> Catalogue:
     """The fake shop for one case: its orders and the neighbour customers' orders."""
-    # The catalogue feature's own reader knows the fuller order fields (events, refunds).
-    read = getattr(fake_shopify, "order_from_json", order_from_json)
     catalogue = Catalogue(shop_name="Loja Qualidade")
     for data in [*case.orders, *neighbour.orders]:
-        catalogue.add(read(data))
+        catalogue.add(fake_shopify.order_from_json(data))
     return catalogue
 
 
