@@ -286,12 +286,15 @@ begin
     -- store whose jobs all wait for a retry or an open breaker is passed over, not counted).
     -- From a random store id to the end, then from the start; at most FAIR_STORES (or the batch
     -- size) due stores, and at most FAIR_VISITS stores looked at in each direction. Store-less
-    -- queues (the benchmarks) find none at once.
+    -- queues (the benchmarks) find none at once. Only the claimed types count: a lane claiming
+    -- emails must not spend its stores on stores whose due jobs are all fetches (one live per
+    -- store) or another lane's; each store holds few pending jobs of other types to step over.
     v_start := pg_catalog.gen_random_uuid();
     with recursive after_start as (
         (select q.store_id, q.next_retry_at, 1 as visits
          from public.job_queue q
          where q.status = 'pending' and q.store_id >= v_start
+           and (p_job_types is null or q.job_type = any (p_job_types))
          order by q.store_id, q.next_retry_at, q.id
          limit 1)
         union all
@@ -301,6 +304,7 @@ begin
             select q.store_id, q.next_retry_at
             from public.job_queue q
             where q.status = 'pending' and q.store_id > b.store_id
+              and (p_job_types is null or q.job_type = any (p_job_types))
             order by q.store_id, q.next_retry_at, q.id
             limit 1
         ) n
@@ -309,6 +313,7 @@ begin
         (select q.store_id, q.next_retry_at, 1 as visits
          from public.job_queue q
          where q.status = 'pending' and q.store_id < v_start
+           and (p_job_types is null or q.job_type = any (p_job_types))
          order by q.store_id, q.next_retry_at, q.id
          limit 1)
         union all
@@ -318,6 +323,7 @@ begin
             select q.store_id, q.next_retry_at
             from public.job_queue q
             where q.status = 'pending' and q.store_id > b.store_id and q.store_id < v_start
+              and (p_job_types is null or q.job_type = any (p_job_types))
             order by q.store_id, q.next_retry_at, q.id
             limit 1
         ) n

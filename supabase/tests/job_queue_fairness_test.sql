@@ -3,7 +3,7 @@
 -- while batches stay full, priority comes first, a conversation still has one job in flight, and
 -- the fairness reads stay bounded under statistics that describe an empty queue.
 begin;
-select plan(17);
+select plan(18);
 
 set local role postgres;
 truncate public.job_queue;
@@ -90,6 +90,15 @@ select public.enqueue_job('fair_test', '{"tag": "due"}', null,
                           '00000000-0000-0000-0000-0000000000dd', gen_random_uuid());
 select is((select payload ->> 'tag' from public.dequeue_jobs('fair-9', 1, 300, array['fair_test'])),
           'due', 'a store with a due job is found among 40 stores whose jobs wait');
+
+-- Stores whose due jobs are all of another type (another lane's, as every store's fetch job is
+-- for the email lane) take none of a claim's store turns: among 300 of them the quiet store's
+-- new email is still found by a claim of one.
+select count(public.enqueue_job('other_lane', '{}', null, gen_random_uuid(), gen_random_uuid()))
+from generate_series(1, 300);
+select pg_temp.enqueue('B', 1, 'between lanes');
+select is((select payload ->> 'tag' from public.dequeue_jobs('fair-10', 1, 300, array['fair_test'])),
+          'between lanes', 'due jobs of other types do not use up the stores a claim looks at');
 
 -- Priority still comes first.
 select pg_temp.enqueue('A', 1, 'urgent', 5);
