@@ -214,7 +214,10 @@ class Stack:
         if self.anthropic_key:
             say("    responder: Claude (ANTHROPIC_API_KEY is set)")
         else:
-            say("    responder: offline responder (no ANTHROPIC_API_KEY) - rule-based, pt and en")
+            say(
+                "    responder: offline responder (no ANTHROPIC_API_KEY) - rule-based;"
+                " reads pt and en, writes pt, en and es"
+            )
 
     def http_status(self, path: str) -> int | None:
         url = f"http://127.0.0.1:{self.worker_port}{path}"
