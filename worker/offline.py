@@ -252,17 +252,16 @@ class OfflineResponder:
         context: ReplyContext,
     ) -> Draft:
         """A templated reply in pt, en or es, stating only the given order and product facts."""
-        store, orders = context.store, context.orders
+        store = context.store
         language = reply_language(classification, store)
-        handoff = context.handoff or classification.needs_human
-        body = compose_reply(
-            classification.intent,
-            orders,
+        body = templated_body(
+            classification,
             language,
             store.tone,
+            orders=context.orders,
             products=context.products,
             knowledge=context.knowledge,
-            handoff=handoff,
+            handoff=context.handoff,
         )
         return Draft(
             body_text=with_signature(body, store),
@@ -676,6 +675,29 @@ def matching_entry(intent: str, knowledge: Sequence[KnowledgeEntry]) -> Knowledg
     if topics is None or best.topic in topics:
         return best
     return next((entry for entry in knowledge if entry.topic in topics), None)
+
+
+def templated_body(
+    classification: Classification,
+    language: str,
+    tone: str,
+    *,
+    orders: Sequence[OrderFacts],
+    products: Sequence[ProductFacts],
+    knowledge: Sequence[KnowledgeEntry],
+    handoff: bool,
+) -> str:
+    """The reply body the rules write for a classified email (pure): a person follows up when
+    the context says so or when the email itself needs one (the reply is then held)."""
+    return compose_reply(
+        classification.intent,
+        list(orders),
+        language,
+        tone,
+        products=products,
+        knowledge=knowledge,
+        handoff=handoff or classification.needs_human,
+    )
 
 
 def compose_reply(

@@ -519,13 +519,13 @@ def plausible_tool_input(request: RecordedRequest) -> dict[str, Any] | None:
         for k in store_facts.get("store_knowledge") or []
     ]
     products = [_product_from_prompt(p) for p in context.get("products") or []]
-    handoff = bool(context.get("person_follows_up")) or c.needs_human
-    reply_body = offline.compose_reply(
-        c.intent, orders, language, tone, products=products, knowledge=knowledge, handoff=handoff
+    handoff = bool(context.get("person_follows_up"))
+    reply_body = offline.templated_body(
+        c, language, tone, orders=orders, products=products, knowledge=knowledge, handoff=handoff
     )
     # As the prompt asks: what needs the store's people is handed to them (needs_human), and
     # only then may the reply say that they will follow up.
-    if not handoff and promises.promises_follow_up(reply_body):
+    if not (handoff or c.needs_human) and promises.promises_follow_up(reply_body):
         answer["needs_human"] = True
         answer["human_reason"] = "the store has to decide"
     answer["reply"] = {"body_text": reply_body, "language": language}
